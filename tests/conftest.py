@@ -1,0 +1,34 @@
+"""Shared fixtures. Tests marked `real` load the real Gemma 3 270M (embedded); they run in
+`.ci/run` too, and can be skipped locally with `-m "not real"`."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@pytest.fixture(scope="session")
+def real_model():
+    """The real 270M in float32 and its tokenizer, loaded once per session."""
+    from edge.models import load
+
+    return load("embedded")
+
+
+@pytest.fixture(scope="session")
+def tokenizer():
+    from edge.models import load_tokenizer
+
+    return load_tokenizer("embedded")
+
+
+@pytest.fixture(scope="session")
+def tiny_dir(tmp_path_factory):
+    """A saved tiny Gemma 3 (2 layers, 64 wide) with the real tokenizer."""
+    from tests.tiny import save_tiny
+
+    return save_tiny(tmp_path_factory.mktemp("tiny") / "model")
