@@ -1,0 +1,93 @@
+"""The terminal UI: which variants of my model fit which phone, and push the right one.
+
+    edge tui --run runs/demo          # the variants of a run folder (run.json + report.json)
+    edge tui --folder path/to/ggufs   # or any folder of GGUF files
+    python tui.py --run runs/demo
+
+A thin Textual app over the library: every number on screen comes from `edge.budget`,
+`edge.readings`, `edge.device`, `edge.push` or the quantize report. The screens live in
+`tui_screens/` (one module each), the styles in `tui.tcss`.
+
+Keys: 1-4 (or v d b p) switch screens, ? shows help, q quits. Mouse works too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from textual.app import App
+from textual.binding import Binding
+
+from tui_screens.budget import BudgetScreen
+from tui_screens.devices import DevicesScreen
+from tui_screens.help import HelpScreen
+from tui_screens.push import PushScreen
+from tui_screens.variants import VariantsScreen
+
+HERE = Path(__file__).resolve().parent
+
+
+class EdgeApp(App):
+    """Variants, devices, budget and push, one screen each (Textual modes)."""
+
+    TITLE = "edge"
+    CSS_PATH = HERE / "tui.tcss"
+    MODES = {
+        "variants": VariantsScreen,
+        "devices": DevicesScreen,
+        "budget": BudgetScreen,
+        "push": PushScreen,
+    }
+    DEFAULT_MODE = "variants"
+    BINDINGS = [
+        Binding("1,v", "switch_mode('variants')", "Variants"),
+        Binding("2,d", "switch_mode('devices')", "Devices"),
+        Binding("3,b", "switch_mode('budget')", "Budget"),
+        Binding("4,p", "switch_mode('push')", "Push"),
+        Binding("question_mark,f1", "help", "Help", key_display="?"),
+        Binding("q", "quit", "Quit"),
+    ]
+
+    def __init__(self, run: str | Path | None = None, folder: str | Path | None = None, *,
+                 live: bool = True, host: bool = True, refresh_s: float = 3.0):
+        """
+        Args:
+            run: a run folder whose variants to show (run.json / report.json).
+            folder: a folder of GGUF files, used when there is no run.
+            live: poll adb for connected phones (tests and snapshots turn it off).
+            host: include this laptop as a device in the budget.
+            refresh_s: seconds between two readings of the connected phones.
+        """
+        super().__init__()
+        self.run_dir = Path(run) if run else None
+        self.folder = Path(folder) if folder else None
+        self.live = live
+        self.host = host
+        self.refresh_s = refresh_s
+        self.variants: list = []            # tui_screens.library.Variant, set by the Variants screen
+        self.chosen_file: Path | None = None  # the file the Push screen starts with
+        self.connected: list[str] = []      # serials of the phones the Devices screen last saw
+        self.sub_title = str(self.run_dir or self.folder or "no run or folder given")
+
+    def action_help(self) -> None:
+        if not isinstance(self.screen, HelpScreen):
+            self.push_screen(HelpScreen())
+
+    def show_error(self, what: str, error: BaseException) -> None:
+        """Show an error in the app (never crash): one line, what failed and why."""
+        self.notify(f"{what}: {error}", title="error", severity="error", timeout=8)
+
+
+def main(run: str | None = None, folder: str | None = None) -> None:
+    """Run the app in this terminal (`edge tui` calls this)."""
+    EdgeApp(run=run, folder=folder).run()
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(prog="python tui.py", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--run", default=None, help="a run folder (from `edge demo --out`)")
+    parser.add_argument("--folder", default=None, help="a folder of GGUF files")
+    args = parser.parse_args()
+    sys.exit(main(run=args.run, folder=args.folder))

@@ -1,0 +1,103 @@
+"""The TUI's one door into the library: which GGUF files a run has, and their report rows.
+
+Only glue lives here (which files, which report entry goes with which file); the numbers
+come from `edge.runfolder` (run.json), the quantize report (`report.json`, written by
+`edge quantize`) and gguf-py. Budget, device and push calls go straight to `edge.budget`,
+`edge.device` and `edge.push` from the screens.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from edge.errors import EdgeError
+
+REPORT = "report.json"
+REPORT_FIELDS = ("recipe", "bpw", "kld_mean", "kld_p99", "top1", "ppl", "tok_s", "task_accuracy")
+
+
+@dataclass
+class Variant:
+    """One GGUF file and what the quantize report says about it (None = not measured)."""
+
+    name: str
+    path: Path
+    size_bytes: int
+    recipe: str = ""
+    bpw: float | None = None
+    kld_mean: float | None = None
+    kld_p99: float | None = None
+    top1: float | None = None
+    ppl: float | None = None
+    tok_s: float | None = None
+    task_accuracy: float | None = None
+
+
+def _report_entries(report: Path) -> list[dict]:
+    data = json.loads(report.read_text())
+    entries = data.get("variants", []) if isinstance(data, dict) else data
+    if not isinstance(entries, list):
+        raise EdgeError(f"{report}: expected a list of variants, got {type(entries).__name__}")
+    return [e for e in entries if isinstance(e, dict)]
+
+
+def _gguf_files(root: Path) -> list[Path]:
+    return sorted(p for p in root.rglob("*.gguf") if p.is_file() and not p.name.startswith("."))
+
+
+def _run_files(run_dir: Path) -> list[Path]:
+    from edge.runfolder import MANIFEST, Run
+
+    files: list[Path] = []
+    if (run_dir / MANIFEST).is_file():
+        run = Run.open(run_dir)
+        for stage in run.data.get("stages", {}):
+            files += [p for p in run.outputs(stage) if p.suffix == ".gguf" and p.is_file()]
+    return list(dict.fromkeys(files)) or _gguf_files(run_dir)
+
+
+def variants(run_dir: Path | None, folder: Path | None) -> tuple[str, list[Variant]]:
+    """(a line saying where the files came from, the variants, smallest first)."""
+    if run_dir is not None:
+        if not run_dir.is_dir():
+            raise EdgeError(f"run folder {run_dir} does not exist; give a folder made by `edge demo --out`")
+        root, files, where = run_dir, _run_files(run_dir), f"run {run_dir}"
+    elif folder is not None:
+        if not folder.is_dir():
+            raise EdgeError(f"folder {folder} does not exist; give a folder that holds .gguf files")
+        root, files, where = folder, _gguf_files(folder), f"folder {folder}"
+    else:
+        from edge.models import embedded_gguf
+
+        path = embedded_gguf()
+        root, files, where = path.parent, [path], "the embedded Gemma 3 270M (no --run or --folder given)"
+    if not files:
+        raise EdgeError(f"no .gguf files in {root}; run `edge export` / `edge quantize` into it first")
+    by_name: dict[str, dict] = {}
+    report = root / REPORT
+    if report.is_file():
+        by_name = {Path(e.get("path") or e.get("name", "")).name: e for e in _report_entries(report)}
+        where += f" · quality from {REPORT}"
+    out = []
+    for f in files:
+        entry = by_name.get(f.name, {})
+        v = Variant(name=entry.get("name") or f.stem, path=f, size_bytes=f.stat().st_size)
+        for k in REPORT_FIELDS:
+            if entry.get(k) is not None:
+                setattr(v, k, entry[k])
+        out.append(v)
+    out.sort(key=lambda v: v.size_bytes)
+    return where, out
+
+
+def bits_per_weight(path: Path) -> float:
+    """8 x tensor bytes / tensor elements, from the GGUF's tensor table (gguf-py)."""
+    from gguf import GGUFReader
+
+    reader = GGUFReader(str(path))
+    elements = sum(int(t.n_elements) for t in reader.tensors)
+    if not elements:
+        raise EdgeError(f"{path} has no tensors")
+    return 8 * sum(int(t.n_bytes) for t in reader.tensors) / elements
