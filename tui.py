@@ -20,6 +20,7 @@ from pathlib import Path
 from textual.app import App
 from textual.binding import Binding
 
+from edge.errors import EdgeError
 from tui_screens.budget import BudgetScreen
 from tui_screens.devices import DevicesScreen
 from tui_screens.help import HelpScreen
@@ -81,7 +82,12 @@ class EdgeApp(App):
 
 
 def main(run: str | None = None, folder: str | None = None) -> None:
-    """Run the app in this terminal (`edge tui` calls this)."""
+    """Run the app in this terminal (`edge tui` calls this). A run or folder that does not
+    exist is bad input: EdgeError (one line, exit 2) before the screen is taken over."""
+    for flag, path in (("--run", run), ("--folder", folder)):
+        if path and not Path(path).is_dir():
+            raise EdgeError(f"{flag} {path}: no such folder; give an existing folder "
+                            "(a run from `edge demo --out`, or a folder of .gguf files)")
     EdgeApp(run=run, folder=folder).run()
 
 
@@ -90,4 +96,8 @@ if __name__ == "__main__":
     parser.add_argument("--run", default=None, help="a run folder (from `edge demo --out`)")
     parser.add_argument("--folder", default=None, help="a folder of GGUF files")
     args = parser.parse_args()
-    sys.exit(main(run=args.run, folder=args.folder))
+    try:
+        main(run=args.run, folder=args.folder)
+    except EdgeError as e:
+        print(f"tui.py: error: {e}", file=sys.stderr)
+        sys.exit(e.exit_code)

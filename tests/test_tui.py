@@ -106,6 +106,18 @@ async def test_a_missing_folder_is_an_error_in_the_app(tmp_path):
 
 
 @async_test
+async def test_a_damaged_gguf_is_a_warning_not_a_crash(tmp_path, variants_dir):
+    data = (variants_dir / "tiny-F32.gguf").read_bytes()
+    (tmp_path / "cut.gguf").write_bytes(data[: len(data) // 2])
+    app = EdgeApp(folder=tmp_path, live=False, host=False)
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(app, pilot)
+        status = app.screen.query_one("#variants-status")
+        assert status.has_class("-warn") and "cut.gguf" in str(status.render())
+        assert table_rows(app.screen.query_one("#variants-table"))[0][3] == "—"
+
+
+@async_test
 async def test_help_opens_and_closes():
     app = EdgeApp(folder=ROOT / "no-such-dir", live=False, host=False)
     async with app.run_test(size=SIZE) as pilot:

@@ -93,11 +93,11 @@ def variants(run_dir: Path | None, folder: Path | None) -> tuple[str, list[Varia
 
 
 def bits_per_weight(path: Path) -> float:
-    """8 x tensor bytes / tensor elements, from the GGUF's tensor table (gguf-py)."""
-    from gguf import GGUFReader
+    """Bits per weight over all tensors, as `edge inspect` reports it (a damaged or
+    truncated file is an EdgeError, shown on the Variants screen)."""
+    from edge.export import inspect_gguf
 
-    reader = GGUFReader(str(path))
-    elements = sum(int(t.n_elements) for t in reader.tensors)
-    if not elements:
-        raise EdgeError(f"{path} has no tensors")
-    return 8 * sum(int(t.n_bytes) for t in reader.tensors) / elements
+    bpw = inspect_gguf(path)["bits_per_weight"]
+    if bpw is None:
+        raise EdgeError(f"{path} has no tensors; re-export it")
+    return float(bpw)
