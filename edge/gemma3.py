@@ -66,6 +66,11 @@ OLLAMA_TEMPLATE = (
     "{{- end }}"
 )
 
+# Gemma's RMSNorm computes x * (1 + w) and HF checkpoints store w; llama.cpp applies the GGUF
+# weight as is, so every `*norm.weight` (q/k norms included) gets +1 at export
+# (llama.cpp convert_hf_to_gguf.py, Gemma3Model.norm_shift).
+NORM_SHIFT = 1.0
+
 # Sliding-window pattern: llama.cpp and transformers both make every 6th layer global.
 SLIDING_WINDOW_PATTERN = 6
 LOCAL_ROPE_BASE = 10_000.0
