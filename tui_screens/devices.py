@@ -81,7 +81,7 @@ class DevicesScreen(Screen):
         rows, problems = [], []
         for d in listed:
             if d.state != "device":
-                problems.append(f"{d.serial}: {d.state} ({library.DEVICE_STATE_HELP.get(d.state, 'not ready')})")
+                problems.append(f"{d.serial}: {d.state} ({d.note or 'not ready'})")
                 continue
             try:
                 rows.append(phone_cells(d.serial, library.read_state(d.serial)))

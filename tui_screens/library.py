@@ -101,3 +101,37 @@ def bits_per_weight(path: Path) -> float:
     if bpw is None:
         raise EdgeError(f"{path} has no tensors; re-export it")
     return float(bpw)
+
+
+# ---- phones (edge.device, edge.push, edge.apps) -------------------------------------------------
+NO_DEVICE_HELP = ("no phone connected: plug it in with USB debugging on (Settings > Developer options) "
+                  "and accept the prompt on the phone; `adb devices` should list it. Press r to look again.")
+
+
+def connected_devices() -> list:
+    """`edge.device.list_devices` without the per-phone details (the Devices screen reads
+    each phone's full state itself): [DeviceInfo(serial, state, model, note)]."""
+    from edge import device
+
+    return device.list_devices(details=False)
+
+
+def read_state(serial: str):
+    """The phone's live state (edge.device.read_state -> edge.readings.DeviceState)."""
+    from edge import device
+
+    return device.read_state(serial)
+
+
+def push_apps() -> list[tuple[str, str]]:
+    """(key, title) of every app `edge push --app` knows."""
+    from edge.apps import APPS
+
+    return [(key, r.title) for key, r in APPS.items()]
+
+
+def push(path: Path, app: str, serial: str, *, force: bool, progress, cancel):
+    """`edge.push.push`: checks, upload with sha256 verification, the app's route."""
+    from edge.push import push as push_file
+
+    return push_file(path, app, serial, force=force, progress=progress, cancel=cancel)

@@ -8,7 +8,6 @@ thread worker, turns its progress callback into coalesced messages, and sets the
 from __future__ import annotations
 
 import threading
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,7 +17,7 @@ from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
 from textual.message import Message
 from textual.screen import Screen
-from textual.widgets import Button, Footer, Header, Label, ProgressBar, Select, Static
+from textual.widgets import Button, Checkbox, Footer, Header, Label, ProgressBar, Select, Static
 
 from tui_screens import library
 from tui_screens.common import StatusLine, describe_error, fmt_bytes
@@ -26,13 +25,10 @@ from tui_screens.common import StatusLine, describe_error, fmt_bytes
 
 @dataclass
 class PushProgress(Message):
-    """Bytes sent so far; a newer one replaces an older one still in the queue."""
+    """An `edge.device.Progress` (stage, bytes done/total, speed, ETA) posted from the push
+    worker; a newer one replaces an older one still waiting in the queue."""
 
-    sent: int
-    total: int
-
-    def __post_init__(self) -> None:
-        super().__init__()
+    progress: object
 
     def can_replace(self, message: Message) -> bool:
         return isinstance(message, PushProgress)
@@ -40,22 +36,42 @@ class PushProgress(Message):
 
 @dataclass
 class PushDone(Message):
-    """The push ended: `result` from edge.push, or `error`, or cancelled."""
+    """The push ended: `result` (an `edge.push.PushResult`) or `error`."""
 
     result: object | None = None
     error: BaseException | None = None
 
-    def __post_init__(self) -> None:
-        super().__init__()
+
+def fmt_eta(seconds: float | None) -> str:
+    if seconds is None:
+        return "—"
+    seconds = int(round(seconds))
+    return f"{seconds // 60}:{seconds % 60:02d}"
 
 
-def speed_line(sent: int, total: int, seconds: float) -> str:
-    """'12.3 MiB/s · 40.0 MiB of 240.0 MiB · ETA 0:16' from bytes and elapsed seconds."""
-    if seconds <= 0 or sent <= 0:
-        return f"0 B of {fmt_bytes(total)}"
-    rate = sent / seconds
-    eta = (total - sent) / rate if rate else 0
-    return f"{fmt_bytes(rate)}/s · {fmt_bytes(sent)} of {fmt_bytes(total)} · ETA {int(eta) // 60}:{int(eta) % 60:02d}"
+def progress_line(p) -> str:
+    """'push · 12.3 MiB/s · 40.0 MiB of 240.0 MiB · ETA 0:16' from the library's Progress."""
+    line = f"{p.stage} · {fmt_bytes(p.bytes_per_s)}/s · {fmt_bytes(p.done)} of {fmt_bytes(p.total)} · ETA {fmt_eta(p.eta_s)}"
+    return line + (f" · {p.message}" if p.message else "")
+
+
+def result_text(r) -> str:
+    """The PushResult as a few lines: where it went, how fast, checks, warnings, next steps."""
+    where = f"https://huggingface.co/{r.hf_repo}" if r.hf_repo else f"{r.serial}:{r.remote_path}"
+    lines = [f"[b]pushed[/b] {Path(r.file).name} ({fmt_bytes(r.size_bytes)}) → {where}"]
+    if r.route != "huggingface":
+        lines.append(f"{r.mb_per_s:.1f} MB/s · {r.seconds:.1f} s · "
+                     + (f"sha256 verified on the phone ({r.segments_verified} segment(s))" if r.verified
+                        else "[yellow]not verified[/yellow]")
+                     + (f" · resumed {len(r.resumed_at)}x" if r.resumed_at else ""))
+    if r.budget:
+        lines.append(f"budget on this phone: {r.budget}")
+    lines += [f"[yellow]warning:[/yellow] {w}" for w in r.warnings]
+    if r.next_steps:
+        lines.append("")
+        lines.append("[b]Next steps[/b]")
+        lines += [f" {i}. {step}" for i, step in enumerate(r.next_steps, 1)]
+    return "\n".join(lines)
 
 
 class PushScreen(Screen):
@@ -81,6 +97,8 @@ class PushScreen(Screen):
         with Horizontal(id="push-buttons"):
             yield Button("Push", id="push-go", variant="primary")
             yield Button("Cancel", id="push-cancel", variant="error", disabled=True)
+            yield Checkbox("force: replace a file of the same name; push even if it does not fit",
+                           id="push-force")
         yield ProgressBar(id="push-progress", show_eta=False)
         yield Static("", id="push-speed")
         yield StatusLine(id="push-status")
@@ -89,7 +107,6 @@ class PushScreen(Screen):
 
     def on_mount(self) -> None:
         self._cancel: threading.Event | None = None
-        self._started = 0.0
         self.action_refresh()
 
     def on_screen_resume(self) -> None:
@@ -158,7 +175,6 @@ class PushScreen(Screen):
             return
         path: Path = values["file"]
         self._cancel = threading.Event()
-        self._started = time.monotonic()
         bar = self.query_one(ProgressBar)
         bar.update(total=path.stat().st_size if path.exists() else None, progress=0)
         self.query_one("#push-speed", Static).update("")
@@ -166,14 +182,14 @@ class PushScreen(Screen):
         self.query_one("#push-go", Button).disabled = True
         self.query_one("#push-cancel", Button).disabled = False
         self.query_one(StatusLine).show(f"pushing {path.name} to {values['device']}…", "busy")
-        self.run_push(path, values["device"], values["app"], self._cancel)
+        self.run_push(path, values["device"], values["app"], self.query_one("#push-force", Checkbox).value,
+                      self._cancel)
 
     @work(thread=True, exclusive=True, group="push", exit_on_error=False)
-    def run_push(self, path: Path, serial: str, app_key: str, cancel: threading.Event) -> None:
+    def run_push(self, path: Path, serial: str, app_key: str, force: bool, cancel: threading.Event) -> None:
         try:
-            result = library.push(path, app_key, serial,
-                                  progress=lambda sent, total: self.post_message(PushProgress(sent, total)),
-                                  cancel=cancel)
+            result = library.push(path, app_key, serial, force=force,
+                                  progress=lambda p: self.post_message(PushProgress(p)), cancel=cancel)
         except BaseException as e:  # shown in the app; a cancel arrives here too
             self.post_message(PushDone(error=e))
             return
@@ -185,9 +201,9 @@ class PushScreen(Screen):
             self.query_one(StatusLine).show("cancelling…", "busy")
 
     def on_push_progress(self, msg: PushProgress) -> None:
-        self.query_one(ProgressBar).update(total=msg.total, progress=msg.sent)
-        self.query_one("#push-speed", Static).update(
-            speed_line(msg.sent, msg.total, time.monotonic() - self._started))
+        p = msg.progress
+        self.query_one(ProgressBar).update(total=p.total or None, progress=p.done)
+        self.query_one("#push-speed", Static).update(progress_line(p))
 
     def on_push_done(self, msg: PushDone) -> None:
         cancelled = self._cancel is not None and self._cancel.is_set()
@@ -199,8 +215,8 @@ class PushScreen(Screen):
             status.show(("cancelled: " if cancelled else "push failed: ") + describe_error(msg.error),
                         "warn" if cancelled else "error")
             return
-        status.show(library.push_summary(msg.result), "info")
-        self.query_one("#push-result", Static).update(library.push_next_steps(msg.result))
+        status.show(f"done: {Path(msg.result.file).name} is on {msg.result.serial}", "info")
+        self.query_one("#push-result", Static).update(result_text(msg.result))
 
     @on(Button.Pressed, "#push-go")
     def _go(self) -> None:
