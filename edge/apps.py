@@ -1,0 +1,226 @@
+"""Where each phone app wants a GGUF, as data, and how it gets there.
+
+Facts (../shared/REFERENCE.md, "The apps on the phone"):
+
+- ChatterUI imports from the system file picker only, so the file goes to shared storage
+  (`/sdcard/Download/`), a media scan makes it visible, and the user taps "Import Model".
+  Files adb writes into an app's private folder are invisible to a release build.
+- AnythingLLM has no local-file import. Its loader scans `files/models/gguf/<org>/<repo>/`
+  in its private data for any `.gguf`: with root (`su`) or a debuggable build (`run-as`)
+  we copy the file there; otherwise the only way in is a public Hugging Face repo
+  ("Add a model from Hugging Face"), which `edge push --publish-hf USER/REPO` creates —
+  never without that flag.
+- llama.cpp's Android guide runs its command-line tools from `/data/local/tmp/`.
+"""
+
+from __future__ import annotations
+
+import posixpath
+import urllib.parse
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from edge import device
+from edge.device import cmdline, q
+from edge.errors import EdgeError
+
+
+@dataclass(frozen=True)
+class AppRoute:
+    """One app's delivery route."""
+
+    name: str                 # the --app value
+    title: str
+    package: str              # Android package ("" for command-line tools)
+    folder: str               # default folder on the phone (absolute, or relative to the app's data)
+    private: bool             # the folder is inside the app's private data
+    media_scan: bool          # make the file visible to the system file picker
+    steps: tuple[str, ...]    # what the user does next ({name}, {path}, {repo} filled in)
+
+
+APPS: dict[str, AppRoute] = {
+    "chatterui": AppRoute(
+        "chatterui", "ChatterUI", "com.Vali98.ChatterUI", "/sdcard/Download", False, True,
+        ("In ChatterUI open the menu > Models and tap 'Import Model' (copies it into the app) "
+         "or 'Use External Model' (keeps it in Download, saves space).",
+         "In the file picker choose Download > {name}; then tap the model to load it.")),
+    "anythingllm": AppRoute(
+        "anythingllm", "AnythingLLM", "com.anythingllm", "files/models/gguf/local/{stem}", True, False,
+        ("Restart AnythingLLM (swipe it away, open it again): its model list scans "
+         "files/models/gguf/ and shows {name}.",)),
+    "llamacpp": AppRoute(
+        "llamacpp", "llama.cpp command-line tools", "", "/data/local/tmp/llama", False, False,
+        ("Run it: adb shell /data/local/tmp/llama/llama-cli -m {qpath} -p 'Hello'",
+         "(push llama.cpp's Android build of llama-cli into /data/local/tmp/llama/ first)")),
+}
+HF_STEPS = ("In AnythingLLM: Models > 'Add a model from Hugging Face', paste {repo} and pick {name}.",)
+STAGING = "/data/local/tmp/edge"   # where a private-folder copy is staged (shell-writable)
+
+
+def route(app: str) -> AppRoute:
+    if app not in APPS:
+        raise EdgeError(f"unknown app {app!r}; choose one of: {', '.join(APPS)}")
+    return APPS[app]
+
+
+def target_dir(r: AppRoute, local: Path, dest: str = "") -> str:
+    """The folder the file lands in (private routes: relative to the app's data folder)."""
+    folder = dest or r.folder.format(stem=local.stem)
+    if "\n" in folder or "\0" in folder:
+        raise EdgeError(f"--dest {dest!r} contains a newline or NUL; choose a plain folder name")
+    if not r.private and not folder.startswith("/"):
+        raise EdgeError(f"--dest {dest!r} must be an absolute folder on the phone, e.g. /sdcard/Download")
+    if r.private and (folder.startswith("/") or ".." in folder.split("/")):
+        raise EdgeError(f"--dest {dest!r} for {r.title} is a folder inside its data, e.g. files/models/gguf/me/model")
+    return posixpath.normpath(folder)
+
+
+def private_access(serial: str, package: str) -> str:
+    """How we can write into `package`'s private data: 'root', 'run-as', or ''."""
+    if device.shell(serial, "su -c id 2>/dev/null").out.find("uid=0") >= 0:
+        return "root"
+    if device.shell(serial, cmdline(["run-as", package, "id"]) + " 2>/dev/null").rc == 0:
+        return "run-as"
+    return ""
+
+
+def installed(serial: str, package: str) -> bool:
+    out = device.shell(serial, ["pm", "list", "packages", package]).out
+    return f"package:{package}" in out.split()
+
+
+def media_scan(serial: str, path: str) -> str:
+    """Ask the media scanner to index `path` (for the file picker); '' or a warning."""
+    uri = "file://" + urllib.parse.quote(path)
+    r = device.shell(serial, ["am", "broadcast", "-a", "android.intent.action.MEDIA_SCANNER_SCAN_FILE",
+                              "-d", uri])
+    if r.rc != 0 or "Broadcast completed" not in r.out:
+        return f"media scan did not complete ({device._first_line(r.out)}); the file picker may need a moment"
+    return ""
+
+
+def phone_sha256(serial: str, path: str, access: str = "", package: str = "") -> str:
+    inner = cmdline(["sha256sum", path])
+    line = {"root": f"su -c {q(inner)}", "run-as": cmdline(["run-as", package, "sha256sum", path])}.get(access, inner)
+    out = device.shell(serial, line, timeout=600).out
+    h = out.split()[0] if out.split() else ""
+    if len(h) != 64:
+        raise EdgeError(f"sha256sum of {path} on the phone failed: {device._first_line(out)}")
+    return h
+
+
+def copy_private(serial: str, access: str, package: str, staged: str, folder: str, name: str,
+                 force: bool) -> str:
+    """Copy a verified staged file into the app's private folder; verify; return its path."""
+    data = f"/data/data/{package}"
+    final_rel = posixpath.join(folder, name)
+    part_rel = posixpath.join(folder, f".{name}.edge-partial")
+    if access == "root":
+        final, part, d = (posixpath.join(data, x) for x in (final_rel, part_rel, folder))
+        owner = device.shell(serial, f"su -c {q(cmdline(['stat', '-c', '%u:%g', data]))}").out.strip()
+        if not owner or ":" not in owner:
+            raise EdgeError(f"cannot read the owner of {data} on the phone ({owner!r})")
+        if not force and device.shell(serial, f"su -c {q(cmdline(['test', '-e', final]))}").rc == 0:
+            raise EdgeError(f"{final} already exists on the phone; pass --force to replace it")
+        top = posixpath.join(data, folder.split("/")[0])
+        inner = " && ".join([cmdline(["mkdir", "-p", d]), cmdline(["cp", staged, part]),
+                             cmdline(["mv", "-f", part, final]), cmdline(["chown", "-R", owner, top]),
+                             cmdline(["chmod", "660", final]), cmdline(["restorecon", "-R", top])])
+        device.shell(serial, f"su -c {q(inner)}", timeout=600, check=True)
+    else:  # run-as: the app's own uid writes it (cwd = its data folder), reading from a pipe
+        final = posixpath.join(data, final_rel)
+        if not force and device.shell(serial, cmdline(["run-as", package, "test", "-e", final_rel])).rc == 0:
+            raise EdgeError(f"{final} already exists on the phone; pass --force to replace it")
+        inner = " && ".join([cmdline(["mkdir", "-p", folder]), f"cat > {q(part_rel)}",
+                             cmdline(["mv", "-f", part_rel, final_rel])])
+        device.shell(serial, f"cat {q(staged)} | " + cmdline(["run-as", package, "sh", "-c", inner]),
+                     timeout=600, check=True)
+    want = phone_sha256(serial, staged)
+    got = phone_sha256(serial, final if access == "root" else final_rel, access, package)
+    if got != want:
+        raise EdgeError(f"the copy in {final} differs from the pushed file ({got[:12]} != {want[:12]})")
+    device.shell(serial, ["rm", "-f", staged])
+    return final
+
+
+# ---- Hugging Face (AnythingLLM without root) ----------------------------------------------
+GEMMA_NOTICE = ("Gemma is provided under and subject to the Gemma Terms of Use found at "
+                "https://ai.google.dev/gemma/terms")
+
+
+def model_card(local: Path, repo: str, report: dict | None = None) -> str:
+    """README.md for the Hugging Face repo: what it is, the quality/size table, the licence."""
+    rows = []
+    for v in (report or {}).get("variants", []):
+        if not isinstance(v, dict):
+            continue
+        size = v.get("size_bytes") or v.get("size")
+        rows.append("| {} | {} | {} | {} | {} |".format(
+            v.get("name", "?"), f"{size / 1e6:.0f} MB" if isinstance(size, (int, float)) else "?",
+            _fmt(v.get("bpw")), _fmt(v.get("kld_mean")), _fmt(v.get("task_accuracy", v.get("accuracy")))))
+    table = ("| variant | size | bits/weight | KLD mean | task accuracy |\n|---|---|---|---|---|\n" + "\n".join(rows)
+             if rows else f"| file | size |\n|---|---|\n| {local.name} | {local.stat().st_size / 1e6:.0f} MB |")
+    return f"""---
+license: gemma
+library_name: gguf
+tags: [gguf, gemma3, llama.cpp, on-device]
+---
+
+# {repo.split('/')[-1]}
+
+A Gemma 3 model in GGUF format, made with the `edge` toolkit for phones
+(AnythingLLM: Models > "Add a model from Hugging Face", paste `{repo}`, pick `{local.name}`).
+
+## Quality and size
+
+{table}
+
+## Licence
+
+{GEMMA_NOTICE}. By using this model you agree to those terms, including the
+Gemma Prohibited Use Policy (https://ai.google.dev/gemma/prohibited_use_policy).
+"""
+
+
+def _fmt(x) -> str:
+    return f"{x:.4g}" if isinstance(x, (int, float)) else "?"
+
+
+def find_report(local: Path) -> dict | None:
+    """report.json of the run folder the GGUF came from (DIR/gguf/x.gguf -> DIR/report.json)."""
+    import json
+
+    for d in (local.parent, local.parent.parent):
+        p = d / "report.json"
+        if p.is_file():
+            try:
+                return json.loads(p.read_text())
+            except ValueError:
+                return None
+    return None
+
+
+def hf_api():
+    """The Hugging Face client (a function so tests can hand in their own)."""
+    from huggingface_hub import HfApi
+
+    return HfApi()
+
+
+def publish_hf(local: Path, repo: str, progress: Callable[[str], None] | None = None) -> str:
+    """Create (or reuse) the PUBLIC model repo `repo` and upload the GGUF and a model card."""
+    if repo.count("/") != 1 or not all(repo.split("/")):
+        raise EdgeError(f"--publish-hf {repo!r} must be a Hugging Face repo id like USER/NAME")
+    api = hf_api()
+    try:
+        api.create_repo(repo_id=repo, repo_type="model", private=False, exist_ok=True)
+        card = model_card(local, repo, find_report(local))
+        api.upload_file(path_or_fileobj=card.encode(), path_in_repo="README.md", repo_id=repo)
+        api.upload_file(path_or_fileobj=str(local), path_in_repo=local.name, repo_id=repo)
+    except EdgeError:
+        raise
+    except Exception as e:  # huggingface_hub raises several types for auth/network problems
+        raise EdgeError(f"publishing to Hugging Face repo {repo} failed: {e}; log in with "
+                        f"`huggingface-cli login` (a write token) and check the network") from e
+    return repo

@@ -1,0 +1,519 @@
+"""The one door to phones: everything that talks to adb lives here.
+
+We drive the real `adb` binary (Debian's `adb` package or Android platform-tools) as a
+subprocess rather than a Python client library: it is the program users already trust with
+their phone (USB, RSA keys, wireless debugging, shell protocol v1 and v2), it needs no extra
+dependency, and because we stream file data into `adb shell` ourselves we get exact progress,
+cancel and resume, which `adb push` (and adbutils' push) do not offer. See `upload`.
+
+    edge devices [--json]                      # serial, state, model, Android, ABI, storage, RAM
+    from edge.device import list_devices, shell, read_state, upload
+
+Remote command lines are always built from argument lists with `q()` (POSIX single
+quoting, which the phone's sh undoes): a file name with spaces, quotes, `;`, `$()` or
+newlines arrives as one argument and runs nothing. The adb server port follows
+`ANDROID_ADB_SERVER_PORT` (the tests run a private server); `EDGE_ADB` names another binary.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import posixpath
+import re
+import shlex
+import shutil
+import subprocess
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+from edge.errors import EdgeError
+
+RC_MARK = "__edge_rc="          # appended `echo` that carries the exit status (shell v1 has none)
+SEGMENT_BYTES = 16 << 20        # verification granularity: each segment is hashed on the phone
+CHUNK_BYTES = 1 << 20           # bytes handed to adb per write (progress / cancel granularity)
+SHELL_TIMEOUT_S = 60.0
+
+
+def q(arg: str) -> str:
+    """Quote one argument for the phone's shell (mksh/toybox sh: POSIX single quotes)."""
+    if "\0" in arg:
+        raise EdgeError(f"a NUL byte cannot be part of a phone path: {arg!r}")
+    return shlex.quote(arg)
+
+
+def cmdline(argv: Sequence[str]) -> str:
+    """One safely quoted command line from an argument list."""
+    return " ".join(q(a) for a in argv)
+
+
+# ---- the adb binary -----------------------------------------------------------------------
+def adb_path() -> str:
+    exe = os.environ.get("EDGE_ADB") or shutil.which("adb")
+    if not exe:
+        raise EdgeError("adb not found; install it (`sudo apt-get install adb`, or Android "
+                        "platform-tools) or set EDGE_ADB to its path")
+    return exe
+
+
+def adb(*args: str, serial: str = "", input: bytes | None = None,
+        timeout: float = SHELL_TIMEOUT_S) -> subprocess.CompletedProcess:
+    """Run `adb [-s SERIAL] ARGS...`; stdout+stderr as bytes in .stdout."""
+    cmd = [adb_path()] + (["-s", serial] if serial else []) + list(args)
+    try:
+        return subprocess.run(cmd, input=input, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                              timeout=timeout)
+    except subprocess.TimeoutExpired as e:
+        raise EdgeError(f"adb did not answer within {timeout:.0f} s ({' '.join(args[:2])}); "
+                        f"check the cable and `adb devices`") from e
+
+
+def start_server() -> None:
+    r = adb("start-server", timeout=30)
+    if r.returncode != 0:
+        raise EdgeError(f"cannot start the adb server: {r.stdout.decode(errors='replace').strip()}")
+
+
+@dataclass
+class DeviceInfo:
+    """One line of `edge devices`."""
+
+    serial: str
+    state: str                      # device | unauthorized | offline | ...
+    model: str = ""
+    android: str = ""
+    sdk: int | None = None
+    abi: str = ""
+    storage_free_bytes: int | None = None   # df -k /data "Available"
+    ram_total_bytes: int | None = None      # /proc/meminfo MemTotal
+    transport: str = ""                     # usb | tcp
+    note: str = ""                          # what to do when state is not `device`
+
+
+STATE_HELP = {
+    "unauthorized": "unlock the phone and accept the 'Allow USB debugging?' prompt (the RSA key), then retry",
+    "offline": "the phone is not answering: replug the cable or toggle USB debugging off and on",
+    "no permissions": "the USB device is not accessible: add a udev rule for it (see README) or run adb as root",
+    "authorizing": "the phone is checking this computer's key: unlock it and wait a moment",
+    "connecting": "still connecting: wait a moment and retry",
+}
+
+
+def parse_devices(text: str) -> list[DeviceInfo]:
+    """Parse `adb devices -l`."""
+    out = []
+    for line in text.splitlines():
+        if not line.strip() or line.startswith(("List of devices", "*", "adb server")):
+            continue
+        m = re.match(r"(\S+)\s+(no permissions.*?|\S+)(?:\s+(.*))?$", line)
+        if not m:
+            continue
+        serial, state, rest = m.group(1), m.group(2), m.group(3) or ""
+        state = "no permissions" if state.startswith("no permissions") else state
+        info = dict(kv.split(":", 1) for kv in rest.split() if ":" in kv)
+        out.append(DeviceInfo(serial=serial, state=state, model=info.get("model", "").replace("_", " "),
+                              transport="tcp" if re.search(r":\d+$", serial) else "usb",
+                              note=STATE_HELP.get(state, "")))
+    return out
+
+
+def list_devices(details: bool = True) -> list[DeviceInfo]:
+    """Every device the adb server knows, with model/Android/ABI/storage/RAM for online ones."""
+    start_server()
+    r = adb("devices", "-l", timeout=30)
+    devs = parse_devices(r.stdout.decode(errors="replace"))
+    if details:
+        for d in devs:
+            if d.state == "device":
+                _fill_details(d)
+    return devs
+
+
+def _fill_details(d: DeviceInfo) -> None:
+    from edge.readings import parse_df, parse_getprop, parse_proc_meminfo
+
+    try:
+        props = parse_getprop(shell(d.serial, "getprop", timeout=15).out)
+        mem = parse_proc_meminfo(shell(d.serial, ["cat", "/proc/meminfo"], timeout=15).out)
+        free = parse_df(shell(d.serial, ["df", "-k", "/data"], timeout=15).out)
+    except EdgeError as e:
+        d.note = str(e)
+        return
+    d.model = props.get("ro.product.model", d.model)
+    d.android = props.get("ro.build.version.release", "")
+    sdk = props.get("ro.build.version.sdk", "")
+    d.sdk = int(sdk) if sdk.isdigit() else None
+    d.abi = props.get("ro.product.cpu.abi", "")
+    d.ram_total_bytes = mem.get("MemTotal")
+    d.storage_free_bytes = free
+
+
+def pick_device(serial: str = "") -> str:
+    """The serial to use: the one given (checked), or the only online device."""
+    devs = list_devices(details=False)
+    if serial:
+        d = next((d for d in devs if d.serial == serial), None)
+        if d is None and re.search(r":\d+$", serial):      # a wireless/TCP device: try to attach
+            adb("connect", serial, timeout=15)
+            d = next((d for d in list_devices(details=False) if d.serial == serial), None)
+        if d is None:
+            known = ", ".join(x.serial for x in devs) or "none"
+            raise EdgeError(f"no device with serial {serial!r} (connected: {known}); see `edge devices`")
+        if d.state == "offline" and d.transport == "tcp" and wait_online(serial, 10.0):
+            return serial                                   # a dropped wireless link, re-attached
+        _require_online(d)
+        return serial
+    online = [d for d in devs if d.state == "device"]
+    if len(online) == 1:
+        return online[0].serial
+    if not devs:
+        raise EdgeError("no phone connected: plug it in with USB debugging on (see README: "
+                        "'Pushing to a phone'), then run `edge devices`")
+    if not online:
+        _require_online(devs[0])
+    raise EdgeError(f"{len(online)} phones connected ({', '.join(d.serial for d in online)}); "
+                    f"pass --serial with one of them")
+
+
+def _require_online(d: DeviceInfo) -> None:
+    if d.state != "device":
+        raise EdgeError(f"device {d.serial} is {d.state}: {STATE_HELP.get(d.state, 'check `adb devices`')}")
+
+
+# ---- shell ---------------------------------------------------------------------------------
+@dataclass
+class ShellResult:
+    rc: int
+    out: str
+
+
+def shell(serial: str, command: str | Sequence[str], *, timeout: float = SHELL_TIMEOUT_S,
+          check: bool = False) -> ShellResult:
+    """Run a command on the phone. A list is quoted argument by argument (always safe);
+    a string is sent as is (only for command lines built here with `q`)."""
+    line = command if isinstance(command, str) else cmdline(command)
+    r = adb("shell", f"{line}; echo {RC_MARK}$?", serial=serial, timeout=timeout)
+    text = r.stdout.decode(errors="replace")
+    out, mark, rc = text.rpartition(RC_MARK)
+    if not mark or not rc.strip().isdigit():
+        raise EdgeError(f"device {serial} did not answer ({_first_line(text) or 'no output'}); "
+                        f"check `edge devices`")
+    res = ShellResult(int(rc.strip()), out)
+    if check and res.rc != 0:
+        raise EdgeError(f"on the phone, `{line[:120]}` failed (exit {res.rc}): {_first_line(out)}")
+    return res
+
+
+def _first_line(text: str) -> str:
+    lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
+    return lines[-1] if lines else ""
+
+
+def read_state(serial: str):
+    """Read the phone's state (memory, thermal, battery, SoC, storage) -> readings.DeviceState."""
+    from edge.readings import COMMANDS, parse_state
+
+    outputs = {}
+    for name, cmd in COMMANDS.items():
+        try:
+            outputs[name] = shell(serial, cmd, timeout=20).out
+        except EdgeError:
+            outputs[name] = ""
+    return parse_state(outputs, serial=serial)
+
+
+def remote_size(serial: str, path: str) -> int | None:
+    r = shell(serial, f"stat -c %s {q(path)} 2>/dev/null")
+    return int(r.out.strip()) if r.rc == 0 and r.out.strip().isdigit() else None
+
+
+def free_bytes(serial: str, path: str) -> int | None:
+    """Free bytes on the file system holding `path` (toybox `df -k`)."""
+    from edge.readings import parse_df
+
+    return parse_df(shell(serial, ["df", "-k", path]).out)
+
+
+def wait_online(serial: str, timeout: float = 30.0) -> bool:
+    """After a dropped link: re-attach a TCP device, wait until it answers a shell."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if re.search(r":\d+$", serial):
+            adb("connect", serial, timeout=10)
+        r = adb("shell", "echo ok", serial=serial, timeout=10)
+        if r.returncode == 0 and b"ok" in r.stdout:
+            return True
+        time.sleep(0.5)
+    return False
+
+
+# ---- upload: stream + verify + rename --------------------------------------------------------
+@dataclass
+class Progress:
+    """Reported to a `progress` callback during an upload."""
+
+    stage: str                  # push | verify | retry | done
+    done: int                   # bytes handed to the phone
+    total: int
+    bytes_per_s: float = 0.0
+    eta_s: float | None = None
+    message: str = ""
+
+
+@dataclass
+class UploadStats:
+    remote_path: str
+    size_bytes: int
+    seconds: float
+    segments_verified: int
+    segment_bytes: int
+    resumed_at: list[int] = field(default_factory=list)   # offsets pushing resumed from
+    retries: int = 0
+
+    @property
+    def mb_per_s(self) -> float:
+        return self.size_bytes / 1e6 / max(self.seconds, 1e-9)
+
+
+class Cancelled(EdgeError):
+    """The caller set the cancel event."""
+
+
+def partial_name(local: Path, remote_dir: str, name: str) -> str:
+    """The temporary name on the phone: hidden, in the final folder (so `mv` is atomic),
+    tied to this local file's size and mtime so a later run resumes only the same file."""
+    st = local.stat()
+    fp = hashlib.sha1(f"{local.name}\0{st.st_size}\0{st.st_mtime_ns}".encode()).hexdigest()[:10]
+    return posixpath.join(remote_dir, f".{name}.{fp}.edge-partial")
+
+
+def upload(serial: str, local: Path, remote: str, *, progress: Callable[[Progress], None] | None = None,
+           cancel: threading.Event | None = None, segment_bytes: int = SEGMENT_BYTES,
+           retries: int = 5, reconnect_s: float = 30.0) -> UploadStats:
+    """Copy `local` to `remote` on the phone: stream to a temporary name, verify every segment
+    with sha256sum computed on the phone (while later segments are still on the wire), then
+    rename. A dropped link resumes from the bytes the phone has; the final name only ever
+    holds a complete, verified file."""
+    local = Path(local)
+    size = local.stat().st_size
+    tmp = partial_name(local, posixpath.dirname(remote), posixpath.basename(remote))
+    shell(serial, ["mkdir", "-p", posixpath.dirname(remote)], check=True)
+    head = shell(serial, "echo abc | head -c 2")
+    if head.out != "ab":
+        raise EdgeError(f"the phone's shell has no `head -c` (said {_first_line(head.out)!r}); "
+                        f"Android 10 or newer is needed for edge push")
+    have = remote_size(serial, tmp) or 0
+    if have > size:
+        shell(serial, ["rm", "-f", tmp], check=True)
+        have = 0
+    t0 = time.monotonic()
+    verifier = _Verifier(serial, local, tmp, size, segment_bytes)
+    stats = UploadStats(remote, size, 0.0, 0, segment_bytes)
+    report = progress or (lambda p: None)
+    restarted = False
+    try:
+        verifier.start()
+        while True:
+            if have:
+                stats.resumed_at.append(have)
+            try:
+                _stream(serial, local, tmp, have, size, report, cancel, t0)
+            except _LinkDropped as e:
+                stats.retries += 1
+                if stats.retries > retries:
+                    raise EdgeError(f"the link to {serial} dropped {stats.retries} times ({e}); "
+                                    f"the partial file {tmp} stays for a resume: rerun the same command") from e
+                report(Progress("retry", have, size, message=f"link dropped ({e}); reconnecting"))
+                if not wait_online(serial, reconnect_s):
+                    raise EdgeError(f"{serial} did not come back within {reconnect_s:.0f} s; "
+                                    f"rerun the same command to resume from the partial file {tmp}") from e
+                have = _stable_size(serial, tmp)
+                continue
+            got = remote_size(serial, tmp)
+            if got != size:
+                raise EdgeError(f"after pushing, {tmp} holds {got} of {size} bytes")
+            report(Progress("verify", size, size, message="checking the last segments on the phone"))
+            bad = verifier.finish()
+            if bad is None:
+                break
+            if restarted:
+                raise EdgeError(f"segment at byte {bad} differs on the phone twice; the storage or "
+                                f"cable is unreliable: try another cable or folder")
+            # a segment differs: drop everything from it and push that part again
+            restarted = True
+            shell(serial, ["rm", "-f", tmp], check=True)
+            have = 0
+            verifier = _Verifier(serial, local, tmp, size, segment_bytes)
+            verifier.start()
+        shell(serial, ["mv", "-f", tmp, remote], check=True)
+    except Cancelled:
+        verifier.stop()
+        shell(serial, ["rm", "-f", tmp])
+        raise
+    finally:
+        verifier.stop()
+    stats.seconds = time.monotonic() - t0
+    stats.segments_verified = verifier.verified
+    report(Progress("done", size, size, size / max(stats.seconds, 1e-9), 0.0))
+    return stats
+
+
+class _LinkDropped(Exception):
+    pass
+
+
+def _stream(serial, local, tmp, offset, size, report, cancel, t0) -> None:
+    """Append local[offset:] to tmp through `adb shell` stdin (`head -c N >> tmp`)."""
+    remaining = size - offset
+    if remaining == 0:
+        return
+    line = f"head -c {remaining} >> {q(tmp)}; echo {RC_MARK}$?"
+    p = subprocess.Popen([adb_path(), "-s", serial, "shell", "-e", "none", line],
+                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    sent, start, err = offset, time.monotonic(), None
+    try:
+        with open(local, "rb") as f:
+            f.seek(offset)
+            while sent < size:
+                if cancel is not None and cancel.is_set():
+                    p.kill()
+                    raise Cancelled("push cancelled")
+                chunk = f.read(min(CHUNK_BYTES, size - sent))
+                try:
+                    p.stdin.write(chunk)
+                except (BrokenPipeError, OSError) as e:
+                    err = e
+                    break
+                sent += len(chunk)
+                rate = (sent - offset) / max(time.monotonic() - start, 1e-9)
+                report(Progress("push", sent, size, rate, (size - sent) / rate if rate else None))
+        out, _ = p.communicate(timeout=max(30.0, remaining / 5e6))
+    except subprocess.TimeoutExpired:
+        p.kill()
+        raise _LinkDropped("no answer after the last byte")
+    text = out.decode(errors="replace")
+    before, mark, rc = text.rpartition(RC_MARK)
+    if mark and rc.strip() == "0":
+        return
+    if mark:   # the phone answered: a real error (storage full, permission)
+        raise EdgeError(f"writing {tmp} on the phone failed: {_first_line(before) or 'exit ' + rc.strip()}")
+    raise _LinkDropped(_first_line(text) or str(err) or "adb exited")
+
+
+def _stable_size(serial: str, tmp: str) -> int:
+    """The partial file's size once it stops changing (a killed writer may still flush)."""
+    last = remote_size(serial, tmp) or 0
+    for _ in range(20):
+        time.sleep(0.3)
+        now = remote_size(serial, tmp) or 0
+        if now == last:
+            return now
+        last = now
+    return last
+
+
+class _Verifier(threading.Thread):
+    """Hash segments on the phone (dd | sha256sum) as soon as they are complete there, and
+    the same byte ranges locally; overlapped with the transfer so verification is mostly free."""
+
+    def __init__(self, serial, local, tmp, size, segment_bytes):
+        super().__init__(daemon=True)
+        if segment_bytes % (1 << 20):
+            raise ValueError("segment_bytes must be a multiple of 1 MiB")
+        self.serial, self.local, self.tmp, self.size, self.seg = serial, local, tmp, size, segment_bytes
+        self.n = max(1, -(-size // segment_bytes))
+        self.verified = 0                 # segments [0, verified) match
+        self.bad: int | None = None       # byte offset of a mismatching segment
+        self.error: Exception | None = None
+        self._halt = threading.Event()
+        self._lock = threading.Lock()
+
+    def _hash_remote(self, first: int, last: int) -> list[str]:
+        mib = self.seg >> 20
+        line = "; ".join(
+            f"dd if={q(self.tmp)} bs=1048576 skip={k * mib} count={mib} 2>/dev/null | sha256sum"
+            for k in range(first, last))
+        r = shell(self.serial, line, timeout=120)
+        hashes = re.findall(r"^([0-9a-f]{64})\s", r.out, re.M)
+        if len(hashes) != last - first:
+            raise EdgeError(f"sha256sum on the phone gave {len(hashes)} hashes for {last - first} segments")
+        return hashes
+
+    def _hash_local(self, k: int) -> str:
+        h = hashlib.sha256()
+        with open(self.local, "rb") as f:
+            f.seek(k * self.seg)
+            left = min(self.seg, self.size - k * self.seg)
+            while left:
+                b = f.read(min(left, 4 << 20))
+                h.update(b)
+                left -= len(b)
+        return h.hexdigest()
+
+    def _step(self, upto: int) -> None:
+        """Verify complete segments below remote byte `upto`."""
+        with self._lock:
+            last = min(self.n, upto // self.seg) if upto < self.size else self.n
+            if last <= self.verified or self.bad is not None:
+                return
+            remote = self._hash_remote(self.verified, last)
+            for k, rh in zip(range(self.verified, last), remote):
+                if rh != self._hash_local(k):
+                    self.bad = k * self.seg
+                    return
+                self.verified = k + 1
+
+    def run(self):
+        while not self._halt.is_set() and self.verified < self.n and self.bad is None:
+            try:
+                have = remote_size(self.serial, self.tmp) or 0
+                if have >= min(self.size, (self.verified + 1) * self.seg):
+                    self._step(have)
+                    continue
+            except EdgeError:
+                pass                      # link down: the pusher reconnects; try again later
+            self._halt.wait(0.2)
+
+    def finish(self) -> int | None:
+        """After the push: verify what is left; None if every segment matches, else the
+        offset of the first bad one."""
+        self._halt.set()
+        self.join()
+        self._step(self.size)
+        if self.verified < self.n and self.bad is None:
+            raise EdgeError(f"verified {self.verified} of {self.n} segments of {self.tmp}")
+        return self.bad
+
+    def stop(self):
+        self._halt.set()
+
+
+# ---- the command -----------------------------------------------------------------------------
+def _gb(n: int | None) -> str:
+    return f"{n / 1e9:.1f} GB" if n is not None else "?"
+
+
+def devices_cmd(*, json: bool = False):
+    """List the phones the adb server sees: serial, state, model, Android, ABI, free storage, RAM.
+
+    A phone shows as `unauthorized` until you accept this computer's key on it, and as
+    `offline` when it stops answering; the note says what to do.
+
+    Args:
+        json: print the list as JSON (for scripts) instead of a table.
+    """
+    devs = list_devices()
+    if not json:
+        if not devs:
+            print("no phones: connect one with USB debugging on (see README), or `adb connect HOST:PORT`")
+        else:
+            print(f"{'serial':<22} {'state':<13} {'model':<18} {'android':<8} {'abi':<12} {'free':>8} {'RAM':>8}")
+            for d in devs:
+                print(f"{d.serial:<22} {d.state:<13} {d.model[:18]:<18} {d.android:<8} {d.abi:<12} "
+                      f"{_gb(d.storage_free_bytes):>8} {_gb(d.ram_total_bytes):>8}")
+                if d.note:
+                    print(f"  -> {d.note}")
+    return {"devices": [asdict(d) for d in devs]}

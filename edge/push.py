@@ -1,0 +1,240 @@
+"""Push a GGUF to a phone and into the app that will run it.
+
+    edge push run/gguf/model-Q4_K_M.gguf --app chatterui            # -> /sdcard/Download/, media scan
+    edge push model.gguf --app llamacpp --serial 127.0.0.1:5555      # -> /data/local/tmp/llama/
+    edge push model.gguf --app anythingllm                           # root / run-as copy into the app
+    edge push model.gguf --app anythingllm --publish-hf me/my-gemma  # else: a PUBLIC HF repo
+
+Checks first (the file is a GGUF, our budget says it fits this phone — else `--force` —,
+enough free storage, the target name is free — else `--force`), then `edge.device.upload`:
+a temporary name, sha256 of every segment computed on the phone, resume after a dropped
+link, rename. Routes per app are data in `edge.apps`.
+
+The TUI calls `push(file, app, serial, progress=callback, cancel=event) -> PushResult`.
+"""
+
+from __future__ import annotations
+
+import posixpath
+import struct
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from edge import apps, device
+from edge.device import Cancelled, Progress, q
+from edge.errors import EdgeError
+
+GGUF_MAGIC = b"GGUF"
+STORAGE_MARGIN = 64 << 20        # keep this much free beyond the file (the phone needs room too)
+
+
+@dataclass
+class PushResult:
+    """What `push` did; `next_steps` is what the user does on the phone."""
+
+    file: str
+    app: str
+    serial: str
+    remote_path: str = ""          # where the file now is on the phone ("" for HF-only)
+    route: str = ""                # shared storage | tmp | root copy | run-as copy | huggingface
+    size_bytes: int = 0
+    seconds: float = 0.0
+    mb_per_s: float = 0.0
+    verified: bool = False         # every segment's sha256 on the phone matched
+    segments_verified: int = 0
+    resumed_at: list[int] = field(default_factory=list)
+    retries: int = 0
+    budget: str = ""               # fits | tight | does not fit | unknown
+    hf_repo: str = ""
+    warnings: list[str] = field(default_factory=list)
+    next_steps: list[str] = field(default_factory=list)
+
+
+def check_gguf(path: Path) -> None:
+    """A readable GGUF file (magic, version 2/3, at least one tensor), else EdgeError."""
+    if not path.is_file():
+        raise EdgeError(f"{path} is not a file; give the path of a .gguf (e.g. from `edge quantize`)")
+    with open(path, "rb") as f:
+        head = f.read(24)
+    if len(head) < 24 or head[:4] != GGUF_MAGIC:
+        raise EdgeError(f"{path} is not a GGUF file (it starts with {head[:4]!r}); export one with `edge export`")
+    version, n_tensors = struct.unpack("<IQ", head[4:16])
+    if version not in (2, 3) or n_tensors == 0:
+        raise EdgeError(f"{path} is GGUF version {version} with {n_tensors} tensors; "
+                        f"expected a model (version 2 or 3); re-export it")
+
+
+def budget_verdict(path: Path, state) -> tuple[str, str]:
+    """(verdict, detail) from `edge.budget.verdict` when the budget module is there."""
+    try:
+        from edge import budget
+        fn = budget.verdict
+    except (ImportError, AttributeError):
+        return "unknown", "the budget estimator (edge.budget) is not available"
+    try:
+        v = fn(path, state)
+    except EdgeError as e:
+        return "unknown", f"budget: {e}"
+    except TypeError:
+        try:
+            v = fn(path, device=state)
+        except Exception as e:  # an API we do not know yet: say so, never block the push
+            return "unknown", f"budget check failed: {e}"
+    word = v if isinstance(v, str) else (v.get("verdict") if isinstance(v, dict) else getattr(v, "verdict", ""))
+    detail = "" if isinstance(v, str) else (v.get("detail", "") if isinstance(v, dict)
+                                            else getattr(v, "detail", "") or getattr(v, "summary", ""))
+    word = str(word or "unknown").lower().replace("_", " ")
+    return word, str(detail or "")
+
+
+def push(file: str | Path, app: str, serial: str = "", *, dest: str = "", force: bool = False,
+         publish_hf: str = "", progress: Callable[[Progress], None] | None = None,
+         cancel: threading.Event | None = None, segment_bytes: int = device.SEGMENT_BYTES,
+         retries: int = 5) -> PushResult:
+    """Push `file` for `app` (chatterui | anythingllm | llamacpp) to the phone `serial`.
+
+    `progress(Progress)` is called from this thread with stage push/verify/retry/done and
+    bytes done/total/speed/ETA; setting `cancel` stops the push and removes the partial file.
+    """
+    local = Path(file)
+    route = apps.route(app)
+    check_gguf(local)
+    if publish_hf and app != "anythingllm":
+        raise EdgeError("--publish-hf is only for --app anythingllm (the other apps import local files)")
+    size = local.stat().st_size
+    report = progress or (lambda p: None)
+    t0 = time.monotonic()
+    serial = device.pick_device(serial)
+    res = PushResult(file=str(local), app=app, serial=serial, size_bytes=size)
+
+    # does it fit? (our budget, from the phone's live state)
+    try:
+        state = device.read_state(serial)
+    except EdgeError as e:
+        state = None
+        res.warnings.append(f"could not read the phone's state: {e}")
+    if state is not None:
+        res.budget, detail = budget_verdict(local, state)
+        if res.budget in ("does not fit", "no", "too big") and not force:
+            raise EdgeError(f"{local.name} does not fit {state.model or serial} by our budget ({detail}); "
+                            f"pick a smaller variant or pass --force to push anyway")
+        if res.budget not in ("fits", "ok", "yes"):
+            res.warnings.append(f"budget: {res.budget}" + (f" ({detail})" if detail else ""))
+
+    access = ""
+    if route.private:
+        if route.package and not apps.installed(serial, route.package):
+            res.warnings.append(f"{route.title} ({route.package}) is not installed on the phone")
+        access = apps.private_access(serial, route.package)
+        if not access:
+            if not publish_hf:
+                raise EdgeError(f"{route.title} has no local import and this phone is neither rooted nor "
+                                f"running a debuggable build; pass --publish-hf USER/REPO to upload the file "
+                                f"to a PUBLIC Hugging Face repo and add it in the app from there")
+            return _publish(local, publish_hf, res, t0)
+
+    folder = apps.target_dir(route, local, dest)
+    remote_dir = apps.STAGING if route.private else folder
+    remote = posixpath.join(remote_dir, local.name)
+
+    # room on the phone, and a free target name
+    need = size * (2 if route.private else 1) + STORAGE_MARGIN
+    device.shell(serial, ["mkdir", "-p", remote_dir], check=True)
+    free = device.free_bytes(serial, remote_dir)
+    if free is None:
+        res.warnings.append(f"could not read free storage of {remote_dir}")
+    elif free < need:
+        raise EdgeError(f"the phone has {free / 1e9:.2f} GB free in {remote_dir}, {local.name} needs "
+                        f"{need / 1e9:.2f} GB; free some space on the phone")
+    if not route.private and device.shell(serial, ["test", "-e", remote]).rc == 0 and not force:
+        raise EdgeError(f"{remote} already exists on the phone; pass --force to replace it")
+
+    try:
+        st = device.upload(serial, local, remote, progress=report, cancel=cancel,
+                           segment_bytes=segment_bytes, retries=retries)
+    except Cancelled:
+        raise
+    res.verified = True
+    res.segments_verified, res.resumed_at, res.retries = st.segments_verified, st.resumed_at, st.retries
+    res.remote_path = remote
+    res.route = "shared storage" if remote.startswith(("/sdcard", "/storage")) else "tmp"
+
+    if route.private:
+        res.remote_path = apps.copy_private(serial, access, route.package, remote, folder, local.name, force)
+        res.route = f"{access} copy"
+    if route.media_scan:
+        warn = apps.media_scan(serial, res.remote_path)
+        if warn:
+            res.warnings.append(warn)
+    res.seconds = time.monotonic() - t0
+    res.mb_per_s = size / 1e6 / max(st.seconds, 1e-9)
+    fill = {"name": local.name, "path": res.remote_path, "qpath": q(res.remote_path)}
+    res.next_steps = [s.format(**fill) for s in route.steps]
+    return res
+
+
+def _publish(local: Path, repo: str, res: PushResult, t0: float) -> PushResult:
+    res.hf_repo = apps.publish_hf(local, repo)
+    res.route = "huggingface"
+    res.seconds = time.monotonic() - t0
+    res.next_steps = [s.format(repo=repo, name=local.name) for s in apps.HF_STEPS]
+    return res
+
+
+def push_cmd(file: str, *, app: str, serial: str = "", dest: str = "", force: bool = False,
+             publish_hf: str = "", json: bool = False):
+    """Push a GGUF to a phone for ChatterUI, AnythingLLM or the llama.cpp tools.
+
+    Checks that the file is a GGUF that our budget says fits the phone and that there is room,
+    then copies it under a temporary name, checks every part with sha256 computed on the
+    phone, resumes after a dropped connection, and renames it. The final name never holds a
+    partial file. ChatterUI: /sdcard/Download/ + media scan, then two taps in the app.
+    AnythingLLM: a copy into its model folder on a rooted phone or debuggable build; otherwise
+    only with --publish-hf (uploads to a PUBLIC Hugging Face repo). llamacpp: /data/local/tmp/llama/.
+
+    Args:
+        file: the .gguf file to push.
+        app: chatterui, anythingllm or llamacpp.
+        serial: the phone's adb serial (see `edge devices`); optional with one phone connected.
+        dest: another folder on the phone (AnythingLLM: a folder inside its data, e.g. files/models/gguf/me/x).
+        force: push even if our budget says it does not fit, and replace a file of the same name.
+        publish_hf: AnythingLLM without root: upload to this PUBLIC Hugging Face repo (USER/NAME).
+        json: print the result as JSON instead of text and a progress bar.
+    """
+    bar = None
+    if not json:
+        from tqdm import tqdm
+
+        size = Path(file).stat().st_size if Path(file).is_file() else 0
+        bar = tqdm(total=size, unit="B", unit_scale=True, unit_divisor=1024, desc="push", leave=True)
+
+    def progress(p: Progress):
+        if bar is None:
+            return
+        if p.stage in ("push", "done"):
+            bar.update(max(0, p.done - bar.n))
+        if p.stage != "push" and p.message:
+            bar.set_postfix_str(p.message[:40])
+
+    try:
+        res = push(file, app, serial, dest=dest, force=force, publish_hf=publish_hf, progress=progress)
+    finally:
+        if bar is not None:
+            bar.close()
+    if json:
+        return asdict(res)
+    where = f"https://huggingface.co/{res.hf_repo}" if res.hf_repo else f"{res.serial}:{res.remote_path}"
+    print(f"pushed {Path(file).name} ({res.size_bytes / 1e6:.1f} MB) -> {where}")
+    if res.route != "huggingface":
+        print(f"  {res.mb_per_s:.1f} MB/s, sha256 verified on the phone ({res.segments_verified} segments)"
+              + (f", resumed {len(res.resumed_at)}x" if res.resumed_at else ""))
+    if res.budget:
+        print(f"  budget: {res.budget}")
+    for w in res.warnings:
+        print(f"  warning: {w}")
+    for s in res.next_steps:
+        print(f"  next: {s}")
+    return res

@@ -1,0 +1,279 @@
+"""edge push against the simulated phone through a REAL adb server: delivery, verification,
+resume after a dropped link, faults, hostile file names, and the three app routes."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+import threading
+import types
+
+import numpy as np
+import pytest
+
+from edge import apps, device, push as push_mod
+from edge.cli import main
+from edge.errors import EdgeError
+from edge.push import push
+from tests.adbsim import AdbServer, AdbSim, Phone
+from tests.test_device import NASTY
+
+pytestmark = pytest.mark.skipif(shutil.which("adb") is None, reason="adb not installed (scripts/setup.sh)")
+SEG = 1 << 20       # 1 MiB verification segments: several per test file
+
+
+@pytest.fixture(scope="module")
+def server():
+    s = AdbServer()
+    yield s
+    s.close()
+
+
+@pytest.fixture
+def sim(server):
+    sim = AdbSim(Phone(fixture="pixel_7"))
+    server.attach(sim)
+    yield sim
+    server.detach(sim)
+    sim.close()
+
+
+@pytest.fixture(scope="module")
+def gguf_file(tmp_path_factory):
+    """A small real GGUF (gguf-py writer), 3.3 MB: three full segments and a partial one."""
+    import gguf
+
+    path = tmp_path_factory.mktemp("g") / "tiny-Q8_0.gguf"
+    w = gguf.GGUFWriter(str(path), "gemma3")
+    w.add_block_count(1)
+    rng = np.random.default_rng(0)
+    w.add_tensor("token_embd.weight", rng.standard_normal((800, 1024)).astype(np.float32))
+    w.add_tensor("output_norm.weight", np.ones(1024, np.float32))
+    w.write_header_to_file(); w.write_kv_data_to_file(); w.write_tensors_to_file(); w.close()
+    return path
+
+
+def named_copy(src, tmp_path, name):
+    d = tmp_path / "n"
+    d.mkdir(exist_ok=True)
+    p = d / name
+    shutil.copyfile(src, p)
+    return p
+
+
+def leftovers(sim) -> list[str]:
+    return [str(p.relative_to(sim.phone.root)) for p in sim.phone.root.rglob("*") if "edge-partial" in p.name]
+
+
+def test_chatterui_route(sim, gguf_file):
+    seen = []
+    res = push(gguf_file, "chatterui", sim.serial, progress=seen.append, segment_bytes=SEG)
+    assert sim.phone.files("/sdcard/Download") == {gguf_file.name: gguf_file.read_bytes()}
+    assert res.remote_path == f"/sdcard/Download/{gguf_file.name}" and res.route == "shared storage"
+    assert res.verified and res.segments_verified == 4 and not leftovers(sim)
+    scan = sim.phone.broadcasts[-1]
+    assert scan["-a"] == "android.intent.action.MEDIA_SCANNER_SCAN_FILE"
+    assert scan["-d"] == f"file:///storage/emulated/0/Download/{gguf_file.name}".replace("/storage/emulated/0", "/sdcard")
+    assert any("Import Model" in s for s in res.next_steps) and any(gguf_file.name in s for s in res.next_steps)
+    pushes = [p for p in seen if p.stage == "push"]
+    assert pushes[-1].done == gguf_file.stat().st_size and pushes[-1].bytes_per_s > 0
+    assert seen[-1].stage == "done"
+    # the phone computed the checksums: dd | sha256sum over the partial file
+    assert any(c[0] == "sha256sum" for c in sim.phone.log)
+
+
+def test_llamacpp_route_and_cli_json(sim, gguf_file, capsys):
+    assert main(["push", str(gguf_file), "--app", "llamacpp", "--serial", sim.serial, "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["remote_path"] == f"/data/local/tmp/llama/{gguf_file.name}" and out["verified"]
+    assert sim.phone.files("/data/local/tmp/llama") == {gguf_file.name: gguf_file.read_bytes()}
+    assert "llama-cli" in out["next_steps"][0]
+
+
+def test_anythingllm_root_copy(sim, gguf_file):
+    sim.phone.rooted = True
+    res = push(gguf_file, "anythingllm", sim.serial, segment_bytes=SEG)
+    folder = f"/data/data/com.anythingllm/files/models/gguf/local/{gguf_file.stem}"
+    assert res.route == "root copy" and res.remote_path == f"{folder}/{gguf_file.name}"
+    assert sim.phone.files(folder) == {gguf_file.name: gguf_file.read_bytes()}
+    assert sim.phone.files("/data/local/tmp/edge") == {}           # staging cleaned up
+    assert any(c[0] == "chown" for c in sim.phone.log) and not leftovers(sim)
+
+
+def test_anythingllm_run_as_copy(sim, gguf_file):
+    sim.phone.debuggable.add("com.anythingllm")
+    res = push(gguf_file, "anythingllm", sim.serial, dest="files/models/gguf/me/my model", segment_bytes=SEG)
+    folder = "/data/data/com.anythingllm/files/models/gguf/me/my model"
+    assert res.route == "run-as copy" and sim.phone.files(folder) == {gguf_file.name: gguf_file.read_bytes()}
+    assert ["run-as", "com.anythingllm", "sh", "-c"] == next(c for c in sim.phone.log if c[0] == "run-as" and "sh" in c)[:4]
+
+
+def test_anythingllm_without_root_needs_the_flag(sim, gguf_file, monkeypatch):
+    with pytest.raises(EdgeError, match="--publish-hf"):
+        push(gguf_file, "anythingllm", sim.serial)
+    assert sim.phone.pushed_bytes == 0                              # nothing uploaded by surprise
+    calls = []
+
+    class FakeHf:   # Hugging Face cannot be reached from here: record what would be sent
+        def create_repo(self, **kw): calls.append(("create", kw))
+        def upload_file(self, **kw): calls.append(("upload", kw))
+
+    monkeypatch.setattr(apps, "hf_api", lambda: FakeHf())
+    res = push(gguf_file, "anythingllm", sim.serial, publish_hf="me/tiny-gemma")
+    assert res.route == "huggingface" and res.hf_repo == "me/tiny-gemma"
+    assert calls[0] == ("create", {"repo_id": "me/tiny-gemma", "repo_type": "model", "private": False, "exist_ok": True})
+    card = next(kw["path_or_fileobj"] for op, kw in calls if kw.get("path_in_repo") == "README.md").decode()
+    assert "license: gemma" in card and "ai.google.dev/gemma/terms" in card and gguf_file.name in card
+    assert any(kw.get("path_in_repo") == gguf_file.name for op, kw in calls)
+    assert "me/tiny-gemma" in res.next_steps[0]
+    with pytest.raises(EdgeError, match="only for --app anythingllm"):
+        push(gguf_file, "chatterui", sim.serial, publish_hf="me/x")
+
+
+def test_model_card_table_from_report(gguf_file):
+    report = {"variants": [{"name": "Q4_0", "size_bytes": 158e6, "bpw": 4.5, "kld_mean": 0.0312, "task_accuracy": 0.94}]}
+    card = apps.model_card(gguf_file, "me/x", report)
+    assert "| Q4_0 | 158 MB | 4.5 | 0.0312 | 0.94 |" in card
+
+
+def test_resume_after_dropped_link(sim, gguf_file):
+    size = gguf_file.stat().st_size
+    sim.phone.drop_after = size // 2                    # pull the cable half-way
+    res = push(gguf_file, "llamacpp", sim.serial, segment_bytes=SEG)
+    assert res.retries == 1 and len(res.resumed_at) == 1 and 0 < res.resumed_at[0] < size
+    assert sim.phone.pushed_bytes < 1.6 * size          # resumed, not restarted
+    assert sim.phone.files("/data/local/tmp/llama") == {gguf_file.name: gguf_file.read_bytes()}
+    assert not leftovers(sim)
+
+
+def test_link_that_keeps_dropping_leaves_no_final_file(sim, gguf_file, monkeypatch):
+    drops = {"n": 0}
+    original = device._stream
+
+    def flaky(*a, **kw):          # the phone drops the link on every attempt
+        sim.phone.drop_after = sim.phone.pushed_bytes + 300_000
+        drops["n"] += 1
+        return original(*a, **kw)
+
+    monkeypatch.setattr(device, "_stream", flaky)
+    with pytest.raises(EdgeError, match="dropped 3 times.*rerun"):
+        push(gguf_file, "chatterui", sim.serial, segment_bytes=SEG, retries=2)
+    assert drops["n"] == 3
+    assert gguf_file.name not in sim.phone.files("/sdcard/Download")   # never a partial final file
+    assert len(leftovers(sim)) == 1                                      # the resumable partial
+    sim.phone.drop_after = None
+    monkeypatch.setattr(device, "_stream", original)
+    before = sim.phone.pushed_bytes
+    res = push(gguf_file, "chatterui", sim.serial, segment_bytes=SEG)    # a rerun resumes it
+    assert res.resumed_at and sim.phone.pushed_bytes - before < gguf_file.stat().st_size
+    assert sim.phone.files("/sdcard/Download")[gguf_file.name] == gguf_file.read_bytes()
+
+
+def test_corruption_is_caught_by_the_phone_checksum(sim, gguf_file):
+    sim.phone.corrupt_after = 1_500_000                 # one flipped bit in segment 1
+    res = push(gguf_file, "llamacpp", sim.serial, segment_bytes=SEG)
+    assert sim.phone.files("/data/local/tmp/llama")[gguf_file.name] == gguf_file.read_bytes()
+    assert sim.phone.pushed_bytes > 1.5 * gguf_file.stat().st_size    # the bad part was pushed again
+    assert res.verified
+
+
+def test_storage_full_before_and_during(sim, gguf_file):
+    sim.phone.capacity = sim.phone.used() + 2_000_000
+    with pytest.raises(EdgeError, match="GB free.*needs"):
+        push(gguf_file, "chatterui", sim.serial)
+    assert sim.phone.pushed_bytes == 0
+    sim.phone.df_free = 10 << 30                        # df says there is room; there is not
+    with pytest.raises(EdgeError, match="No space left on device"):
+        push(gguf_file, "chatterui", sim.serial, segment_bytes=SEG)
+    assert gguf_file.name not in sim.phone.files("/sdcard/Download")
+
+
+def test_unauthorized_phone(server, gguf_file):
+    locked = AdbSim(Phone(unauthorized=True))
+    try:
+        server.attach(locked)
+        with pytest.raises(EdgeError, match="unauthorized: unlock the phone and accept"):
+            push(gguf_file, "chatterui", locked.serial)
+    finally:
+        server.detach(locked)
+        locked.close()
+
+
+def test_throttled_link_is_honoured(sim, gguf_file):
+    sim.phone.throttle_bps = 20e6
+    res = push(gguf_file, "llamacpp", sim.serial, segment_bytes=SEG)
+    assert res.mb_per_s < 20.5 and res.verified
+
+
+def test_existing_file_needs_force(sim, gguf_file):
+    push(gguf_file, "chatterui", sim.serial, segment_bytes=SEG)
+    with pytest.raises(EdgeError, match="already exists.*--force"):
+        push(gguf_file, "chatterui", sim.serial)
+    res = push(gguf_file, "chatterui", sim.serial, force=True, segment_bytes=SEG)
+    assert res.verified
+
+
+def test_cancel_removes_the_partial(sim, gguf_file):
+    cancel = threading.Event()
+
+    def progress(p):
+        if p.stage == "push" and p.done >= 1 << 20:
+            cancel.set()
+
+    with pytest.raises(EdgeError, match="cancelled"):
+        push(gguf_file, "chatterui", sim.serial, progress=progress, cancel=cancel, segment_bytes=SEG)
+    assert sim.phone.files("/sdcard/Download") == {} and not leftovers(sim)
+
+
+@pytest.mark.parametrize("name", NASTY)
+def test_hostile_file_names_arrive_intact_and_run_nothing(sim, gguf_file, tmp_path, name):
+    if "/" in name:
+        pytest.skip("not a file name")
+    local = named_copy(gguf_file, tmp_path, name)
+    sim.phone.rooted = True
+    push(local, "chatterui", sim.serial, segment_bytes=4 << 20)
+    push(local, "anythingllm", sim.serial, segment_bytes=4 << 20, dest="files/models/gguf/x/y")
+    assert sim.phone.files("/sdcard/Download") == {name: gguf_file.read_bytes()}
+    assert sim.phone.files("/data/data/com.anythingllm/files/models/gguf/x/y") == {name: gguf_file.read_bytes()}
+    assert not any(p.name == "PWNED" for p in sim.phone.root.rglob("*"))
+    assert not any(c[:1] == ["touch"] for c in sim.phone.log)
+
+
+def test_bad_input(sim, gguf_file, tmp_path):
+    bad = tmp_path / "notes.gguf"
+    bad.write_text("not a model")
+    with pytest.raises(EdgeError, match="not a GGUF"):
+        push(bad, "chatterui", sim.serial)
+    with pytest.raises(EdgeError, match="unknown app 'ollama'"):
+        push(gguf_file, "ollama", sim.serial)
+    with pytest.raises(EdgeError, match="absolute folder"):
+        push(gguf_file, "chatterui", sim.serial, dest="Download")
+    assert main(["push", str(bad), "--app", "chatterui", "--serial", sim.serial]) == 2
+
+
+def test_old_shell_without_head_c(sim, gguf_file):
+    sim.phone.head_c = False
+    with pytest.raises(EdgeError, match="no `head -c`"):
+        push(gguf_file, "chatterui", sim.serial)
+
+
+def test_budget_verdict_gates_the_push(sim, gguf_file, monkeypatch):
+    fake = types.SimpleNamespace(verdict=lambda path, state: {"verdict": "does not fit",
+                                                              "detail": f"{state.model}: 9 GB > 7 GB"})
+    monkeypatch.setitem(sys.modules, "edge.budget", fake)
+    import edge
+    monkeypatch.setattr(edge, "budget", fake, raising=False)
+    with pytest.raises(EdgeError, match="does not fit Pixel 7.*--force"):
+        push(gguf_file, "chatterui", sim.serial)
+    res = push(gguf_file, "chatterui", sim.serial, force=True, segment_bytes=SEG)
+    assert res.budget == "does not fit" and any("budget" in w for w in res.warnings)
+    fake.verdict = lambda path, state: "fits"
+    assert push(gguf_file, "llamacpp", sim.serial, segment_bytes=SEG).budget == "fits"
+
+
+def test_budget_missing_is_tolerated(monkeypatch):
+    monkeypatch.setitem(sys.modules, "edge.budget", None)     # import fails
+    import edge
+    monkeypatch.delattr(edge, "budget", raising=False)
+    assert push_mod.budget_verdict(None, None)[0] == "unknown"
