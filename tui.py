@@ -68,6 +68,7 @@ class EdgeApp(App):
         self.host = host
         self.refresh_s = refresh_s
         self.variants: list = []            # tui_screens.library.Variant, set by the Variants screen
+        self.report: Path | None = None     # the quality report (report.json) of those variants
         self.chosen_file: Path | None = None  # the file the Push screen starts with
         self.connected: list[str] = []      # serials of the phones the Devices screen last saw
         self.sub_title = str(self.run_dir or self.folder or "no run or folder given")

@@ -45,7 +45,7 @@ def write_tiny_gguf(path: Path, qtype: GGMLQuantizationType = GGMLQuantizationTy
     rng = np.random.default_rng(seed)
     w = GGUFWriter(str(path), MODEL_ARCH.GEMMA3.name.lower())
     w.add_name(f"tiny-gemma3-{qtype.name}")
-    w.add_context_length(2048)
+    w.add_context_length(32768)
     w.add_embedding_length(WIDTH)
     w.add_block_count(N_LAYERS)
     w.add_feed_forward_length(FFN)
@@ -65,6 +65,7 @@ def write_tiny_gguf(path: Path, qtype: GGMLQuantizationType = GGMLQuantizationTy
     w.add_file_type({GGMLQuantizationType.F32: 0, GGMLQuantizationType.F16: 1,
                      GGMLQuantizationType.Q8_0: 7}[qtype])
     for name, shape, matrix in _tensors():
+        name += ".weight"
         data = rng.standard_normal(shape).astype(np.float32) * 0.02
         if matrix and qtype == GGMLQuantizationType.F16:
             w.add_tensor(name, data.astype(np.float16))

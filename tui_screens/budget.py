@@ -1,8 +1,10 @@
-"""Budget: every variant x every device (bundled profiles, connected phones, this laptop):
-fits / tight / does not fit, the largest n_ctx, predicted speed and a thermal note, with the
-recommended variant marked. The details of the cell under the cursor are shown below.
+"""Budget: every device (connected phones, this machine, the bundled profiles) x every
+variant: fits / tight / does not fit at the chosen n_ctx, the largest n_ctx that fits,
+predicted decode speed and a thermal note; the recommended variant of each device is
+starred. The details of the cell under the cursor are shown below the grid.
 
-All numbers are `edge.budget`'s (the same as `edge budget`); this screen lays them out.
+All numbers are `edge.budget`'s (`matrix`, `recommend`: the same as `edge budget`); this
+screen only lays them out. `c` cycles n_ctx.
 """
 
 from __future__ import annotations
@@ -15,97 +17,139 @@ from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Header, Static
 
 from tui_screens import library
-from tui_screens.common import StatusLine, describe_error
+from tui_screens.common import StatusLine, describe_error, fmt_bytes
 
 STAR = "★"
-VERDICT_STYLE = {"fits": ("✓ fits", "green"), "tight": ("~ tight", "yellow"),
-                 "no": ("✗ no fit", "red")}
+CTX_CHOICES = (2048, 4096, 8192, 16384, 32768)
+VERDICT_STYLE = {"fits": ("✓", "green"), "tight": ("~", "yellow"), "does not fit": ("✗", "red")}
+LEGEND = (f"{STAR} recommended for that device · ✓ fits · ~ tight (may be killed under memory pressure) · "
+          "✗ does not fit · max ctx = largest n_ctx that fits · tok/s = predicted decode · 🌡 throttles below the target speed")
 
 
-def cell_text(verdict) -> Text:
-    """'✓ fits · 32k ctx · 41 tok/s' coloured by verdict."""
-    label, style = VERDICT_STYLE.get(library.verdict_kind(verdict), (str(library.verdict_kind(verdict)), ""))
-    parts = [label]
-    n_ctx = library.verdict_max_ctx(verdict)
-    if n_ctx:
-        parts.append(f"{n_ctx // 1024}k ctx" if n_ctx >= 1024 else f"{n_ctx} ctx")
-    speed = library.verdict_speed(verdict)
-    if speed is not None:
-        parts.append(f"{speed:.0f} tok/s")
-    if library.verdict_thermal(verdict):
-        parts.append("🌡")
-    return Text(" · ".join(parts), style=style)
+def fmt_ctx(n: int) -> str:
+    return f"{n // 1024}k" if n >= 1024 and n % 1024 == 0 else str(n)
+
+
+def cell_text(v, recommended: bool) -> Text:
+    """'★ ✓ 32k · 41 tok/s' coloured by verdict."""
+    mark, style = VERDICT_STYLE.get(v.verdict, ("?", ""))
+    parts = [f"{mark} {fmt_ctx(v.max_ctx)}" if v.max_ctx else f"{mark} —"]
+    if v.tok_s is not None:
+        parts.append(f"{v.tok_s:.0f} tok/s")
+    text = Text((STAR + " " if recommended else "  ") + " · ".join(parts), style=style)
+    if v.thermal.startswith("throttles"):   # edge.budget: sustained speed below its target
+        text.append(" 🌡")
+    if recommended:
+        text.stylize("bold")
+    return text
+
+
+def detail_text(v, column: library.Column, recommended: str | None, reason: str) -> str:
+    """Everything the budget says about one (variant, device), as a few lines of markup."""
+    e = v.estimate
+    mark, style = VERDICT_STYLE.get(v.verdict, ("?", ""))
+    lines = [
+        f"[b]{v.variant}[/b] on [b]{column.label}[/b] ({v.device_kind}) at n_ctx {v.ctx}: "
+        f"[{style}]{mark} {v.verdict}[/{style}] · needs {fmt_bytes(v.total_bytes)} "
+        f"(peak {fmt_bytes(v.peak_bytes)}) of {fmt_bytes(v.usable_bytes)} usable · largest n_ctx {v.max_ctx}",
+        f"RAM: weights {fmt_bytes(e['weights_bytes'])} + KV cache {fmt_bytes(e['kv_bytes'])} + compute "
+        f"{fmt_bytes(e['compute_bytes'])} + runtime {fmt_bytes(e['overhead_bytes'])}",
+    ]
+    if v.tok_s is not None:
+        speed = f"speed: {v.tok_s:.1f} tok/s at an empty context, {v.tok_s_full:.1f} with it full"
+        if v.energy_mj_per_token is not None:
+            speed += f" · {v.energy_mj_per_token:.0f} mJ/token"
+        lines.append(speed)
+    if v.thermal:
+        lines.append(f"heat: {v.thermal}")
+    apps = []
+    for name, rule in (("PocketPal", v.pocketpal), ("AnythingLLM", v.anythingllm)):
+        if rule:
+            apps.append(f"{name} {'accepts' if rule.get('fits') else 'refuses'}"
+                        + (" (tight)" if rule.get("tight") else ""))
+    if apps:
+        lines.append("the apps' own rules: " + ", ".join(apps))
+    lines.append(f"{STAR} recommended here: {recommended or 'none'} — {reason}")
+    lines += [f"[yellow]note:[/yellow] {w}" for w in v.warnings]
+    return "\n".join(lines)
 
 
 class BudgetScreen(Screen):
-    """The matrix, a legend, and the details of the selected cell."""
+    """The grid (devices x variants), a legend, the selected cell's details."""
 
-    BINDINGS = [Binding("r", "reload", "Refresh")]
+    BINDINGS = [Binding("r", "reload", "Refresh"),
+                Binding("c", "cycle_ctx", "n_ctx")]
 
     def compose(self) -> ComposeResult:
         yield Header()
-        yield Static("Budget: which variant fits which phone", classes="title")
+        yield Static("Budget: which variant fits which device", classes="title", id="budget-title")
         yield DataTable(id="budget-table", cursor_type="cell", zebra_stripes=True)
-        yield Static(f"{STAR} recommended · ✓ fits · ~ tight (may be killed under memory pressure) · "
-                     "✗ does not fit · 🌡 thermal note · ctx = largest n_ctx that fits",
-                     id="budget-legend")
+        yield Static(LEGEND, id="budget-legend")
         yield Static("", id="budget-detail")
         yield StatusLine(id="budget-status")
         yield Footer()
 
     def on_mount(self) -> None:
-        self._cells: dict[tuple[str, str], object] = {}
+        self.ctx = 4096
+        self.result: library.BudgetResult | None = None
         self.action_reload()
 
-    def on_screen_resume(self) -> None:
-        if getattr(self.app, "variants", None) and not self._cells:
-            self.action_reload()
-
     def action_reload(self) -> None:
-        self.query_one(StatusLine).show("estimating…", "busy")
-        self.compute()
+        self.query_one(StatusLine).show(f"estimating at n_ctx {self.ctx}…", "busy")
+        self.compute(self.ctx)
+
+    def action_cycle_ctx(self) -> None:
+        i = CTX_CHOICES.index(self.ctx) if self.ctx in CTX_CHOICES else 0
+        self.ctx = CTX_CHOICES[(i + 1) % len(CTX_CHOICES)]
+        self.action_reload()
 
     @work(thread=True, exclusive=True, group="budget", exit_on_error=False)
-    def compute(self) -> None:
+    def compute(self, ctx: int) -> None:
         app = self.app
         try:
-            variants = getattr(app, "variants", None)
-            if not variants:
-                _, variants = library.variants(app.run_dir, app.folder)
-                app.variants = variants
-            devices = library.budget_devices(live=app.live, host=app.host)
-            result = library.budget_matrix([v.path for v in variants], devices)
+            if not app.variants:
+                _, app.variants, app.report = library.variants(app.run_dir, app.folder)
+            devices, notes = library.budget_devices(live=app.live, host=app.host)
+            result = library.budget([v.path for v in app.variants], devices, ctx=ctx,
+                                    report=app.report, notes=notes)
         except Exception as e:  # shown in the app, never a crash
             app.call_from_thread(self.query_one(StatusLine).show, describe_error(e), "error")
             return
         app.call_from_thread(self._show, result)
 
-    def _show(self, result) -> None:
+    def _show(self, r: library.BudgetResult) -> None:
+        self.result = r
+        self.query_one("#budget-title", Static).update(
+            f"Budget at n_ctx {r.ctx}: which variant fits which device  (c: change n_ctx)")
         table = self.query_one(DataTable)
         table.clear(columns=True)
-        rows, columns, cells, recommended, notes = library.matrix_layout(result)
-        table.add_column("variant", key="variant")
-        for key, label in columns:
-            table.add_column(label, key=key)
-        self._cells = cells
-        for row_key, label in rows:
-            name = Text(f"{STAR} {label}", style="bold") if row_key == recommended else Text(f"  {label}")
-            table.add_row(name, *[cell_text(cells[row_key, c]) for c, _ in columns], key=row_key)
-        msg = f"{len(rows)} variant(s) × {len(columns)} device(s)"
-        if recommended:
-            msg += f" · recommended: {dict(rows)[recommended]}"
-        if notes:
-            msg += " · " + " · ".join(notes)
-        self.query_one(StatusLine).show(msg, "info")
-        if rows and columns:
+        table.add_column("device", key="device")
+        for name in r.variants:
+            table.add_column(name.removesuffix(".gguf"), key=name)
+        for c in r.devices:
+            table.add_row(c.label, *[cell_text(r.verdicts[c.key, n], r.recommended[c.key] == n)
+                                     for n in r.variants], key=c.key)
+        fitting = sum(1 for c in r.devices if r.recommended[c.key])
+        msg = (f"{len(r.devices)} device(s) × {len(r.variants)} variant(s) · a variant fits "
+               f"{fitting} of {len(r.devices)} device(s)")
+        if self.app.report is None:
+            msg += " · no quality report: recommendations by bits per weight"
+        self.query_one(StatusLine).show(" · ".join([msg] + r.notes), "warn" if r.notes else "info")
+        if r.devices and r.variants:
             table.move_cursor(row=0, column=1)
-            self._detail(rows[0][0], columns[0][0])
+            self._detail(r.devices[0].key, r.variants[0])
 
     @on(DataTable.CellHighlighted, "#budget-table")
     def _highlighted(self, event: DataTable.CellHighlighted) -> None:
         self._detail(event.cell_key.row_key.value, event.cell_key.column_key.value)
 
-    def _detail(self, row: str, column: str) -> None:
-        verdict = self._cells.get((row, column))
-        self.query_one("#budget-detail", Static).update(
-            library.verdict_detail(verdict) if verdict is not None else "")
+    def _detail(self, device_key: str, variant: str) -> None:
+        r = self.result
+        detail = self.query_one("#budget-detail", Static)
+        if r is None or (device_key, variant) not in r.verdicts:
+            detail.update("← a device: its recommended variant is starred; move right for details"
+                          if r is not None else "")
+            return
+        column = next(c for c in r.devices if c.key == device_key)
+        detail.update(detail_text(r.verdicts[device_key, variant], column,
+                                  r.recommended[device_key], r.reasons[device_key]))

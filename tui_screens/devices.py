@@ -20,8 +20,8 @@ from tui_screens.common import StatusLine, describe_error, fmt_bytes, fmt_temp
 PHONE_COLUMNS = [("serial", "serial"), ("model", "model"), ("soc", "SoC"), ("free", "RAM free"),
                  ("total", "RAM total"), ("thermal", "thermal"), ("battery", "battery"),
                  ("notes", "warnings")]
-PROFILE_COLUMNS = [("name", "profile"), ("soc", "SoC"), ("ram", "RAM"), ("budget", "app budget"),
-                   ("speed", "decode tok/s (ref)"), ("source", "source")]
+PROFILE_COLUMNS = [("key", "key"), ("name", "phone"), ("tier", "tier"), ("soc", "SoC"), ("ram", "RAM"),
+                   ("usable", "one app can use"), ("bw", "memory GB/s"), ("isa", "dotprod / i8mm")]
 
 
 def phone_cells(serial: str, state) -> list[str]:
@@ -34,6 +34,13 @@ def phone_cells(serial: str, state) -> list[str]:
         battery += f" · {state.battery_level}%"
     return [serial, state.model or "—", state.soc or "—", fmt_bytes(state.available_bytes),
             fmt_bytes(state.total_bytes), thermal, battery, "; ".join(state.warnings()) or "ok"]
+
+
+def profile_cells(p, usable: int) -> list[str]:
+    """One row from an `edge.budget.Profile` (sources: `edge profiles` or the .toml file)."""
+    isa = " / ".join(("yes" if p.dotprod else "no", "yes" if p.i8mm else "no"))
+    return [p.key, p.name, p.tier, p.soc, f"{p.ram_gb:g} GB", fmt_bytes(usable),
+            f"{p.bandwidth_gbs:.1f}", isa]
 
 
 class DevicesScreen(Screen):
@@ -109,7 +116,7 @@ class DevicesScreen(Screen):
     @work(thread=True, exclusive=True, group="profiles", exit_on_error=False)
     def load_profiles(self) -> None:
         try:
-            rows = [library.profile_cells(p) for p in library.profiles()]
+            rows = [profile_cells(p, library.usable_bytes(p)) for p in library.profiles()]
         except Exception as e:
             self.app.call_from_thread(self.app.show_error, "profiles", e)
             return

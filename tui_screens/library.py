@@ -58,8 +58,9 @@ def _run_files(run_dir: Path) -> list[Path]:
     return list(dict.fromkeys(files)) or _gguf_files(run_dir)
 
 
-def variants(run_dir: Path | None, folder: Path | None) -> tuple[str, list[Variant]]:
-    """(a line saying where the files came from, the variants, smallest first)."""
+def variants(run_dir: Path | None, folder: Path | None) -> tuple[str, list[Variant], Path | None]:
+    """(a line saying where the files came from, the variants smallest first, the quality
+    report if there is one)."""
     if run_dir is not None:
         if not run_dir.is_dir():
             raise EdgeError(f"run folder {run_dir} does not exist; give a folder made by `edge demo --out`")
@@ -76,10 +77,12 @@ def variants(run_dir: Path | None, folder: Path | None) -> tuple[str, list[Varia
     if not files:
         raise EdgeError(f"no .gguf files in {root}; run `edge export` / `edge quantize` into it first")
     by_name: dict[str, dict] = {}
-    report = root / REPORT
+    report: Path | None = root / REPORT
     if report.is_file():
         by_name = {Path(e.get("path") or e.get("name", "")).name: e for e in _report_entries(report)}
         where += f" · quality from {REPORT}"
+    else:
+        report = None
     out = []
     for f in files:
         entry = by_name.get(f.name, {})
@@ -89,7 +92,7 @@ def variants(run_dir: Path | None, folder: Path | None) -> tuple[str, list[Varia
                 setattr(v, k, entry[k])
         out.append(v)
     out.sort(key=lambda v: v.size_bytes)
-    return where, out
+    return where, out, report
 
 
 def bits_per_weight(path: Path) -> float:
@@ -135,3 +138,81 @@ def push(path: Path, app: str, serial: str, *, force: bool, progress, cancel):
     from edge.push import push as push_file
 
     return push_file(path, app, serial, force=force, progress=progress, cancel=cancel)
+
+
+# ---- budget (edge.budget, edge.readings) ----------------------------------------------------------
+def profiles() -> list:
+    """The bundled phone profiles (edge.budget.load_profiles), in file order."""
+    from edge.budget import load_profiles
+
+    return list(load_profiles().values())
+
+
+def usable_bytes(profile) -> int:
+    """What one foreground app can take on this phone, by the budget's rule."""
+    from edge.budget import usable_bytes_for
+
+    return usable_bytes_for(profile.ram_bytes)
+
+
+@dataclass
+class Column:
+    """One device of the budget: a profile, a live phone or this machine."""
+
+    key: str
+    label: str
+    device: object          # edge.budget.Profile or edge.readings.DeviceState
+
+
+def budget_devices(live: bool, host: bool) -> tuple[list[Column], list[str]]:
+    """Every device to budget for: connected phones first (live state), then this machine,
+    then the bundled profiles. Second value: notes on devices that could not be read."""
+    from edge.readings import host_state
+
+    out, notes = [], []
+    if live:
+        try:
+            for d in connected_devices():
+                if d.state != "device":
+                    continue
+                try:
+                    st = read_state(d.serial)
+                    out.append(Column(f"adb:{d.serial}", f"📱 {st.model or d.serial}", st))
+                except Exception as e:
+                    notes.append(f"{d.serial}: {e}")
+        except Exception as e:  # adb missing: budget the profiles anyway
+            notes.append(str(e).split(";")[0])
+    if host:
+        out.append(Column("host", "💻 this machine", host_state()))
+    out += [Column(p.key, p.name, p) for p in profiles()]
+    return out, notes
+
+
+@dataclass
+class BudgetResult:
+    """The verdict grid and, per device, the recommended variant (a file name) and why."""
+
+    variants: list[str]                         # file names
+    devices: list[Column]
+    verdicts: dict[tuple[str, str], object]     # (device key, file name) -> edge.budget.Verdict
+    recommended: dict[str, str | None]          # device key -> file name
+    reasons: dict[str, str]
+    ctx: int
+    notes: list[str]
+
+
+def budget(paths: list[Path], devices: list[Column], *, ctx: int, report: Path | None,
+           notes: list[str] = ()) -> BudgetResult:
+    """edge.budget.matrix over every (variant, device), and edge.budget.recommend per device."""
+    from edge import budget as b
+
+    infos = [b.read_gguf(p) for p in paths]
+    names = [Path(p).name for p in paths]
+    grid = b.matrix(infos, [c.device for c in devices], ctx=ctx)
+    verdicts = {(c.key, names[i]): grid[i * len(devices) + j]
+                for i in range(len(infos)) for j, c in enumerate(devices)}
+    recommended, reasons = {}, {}
+    for c in devices:
+        r = b.recommend(infos, c.device, report=report, ctx=ctx)
+        recommended[c.key], reasons[c.key] = r.choice, r.reason
+    return BudgetResult(names, devices, verdicts, recommended, reasons, ctx, list(notes))

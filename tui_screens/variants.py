@@ -61,11 +61,11 @@ class VariantsScreen(Screen):
     def load(self) -> None:
         app = self.app
         try:
-            source, variants = library.variants(app.run_dir, app.folder)
+            source, variants, report = library.variants(app.run_dir, app.folder)
         except Exception as e:  # shown in the app, never a crash
             app.call_from_thread(self.query_one(StatusLine).show, describe_error(e), "error")
             return
-        app.call_from_thread(self._show, source, variants)
+        app.call_from_thread(self._show, source, variants, report)
         # Bits per weight the report did not give: read each GGUF (slow for big vocabularies).
         for v in variants:
             if v.bpw is None:
@@ -78,8 +78,8 @@ class VariantsScreen(Screen):
                 app.call_from_thread(self._update_row, v)
         app.call_from_thread(self._done, variants)
 
-    def _show(self, source: str, variants: list[library.Variant]) -> None:
-        self.app.variants = variants
+    def _show(self, source: str, variants: list[library.Variant], report: Path | None) -> None:
+        self.app.variants, self.app.report = variants, report
         self.query_one("#variants-source", Static).update(source)
         table = self.query_one(DataTable)
         table.clear()
