@@ -1,0 +1,927 @@
+"""Will this GGUF run on that phone? RAM, speed and heat, from the file's own metadata.
+
+Takes a GGUF (any Gemma 3 variant) and a device (a profile from profiles/*.toml, a live
+phone over adb, or this machine) and answers with numbers: bytes of RAM by part, the largest
+n_ctx that fits, decode tokens/s, what the phone can hold for minutes, and a verdict
+(fits / tight / does not fit) next to what PocketPal's and AnythingLLM's own rules say.
+
+    edge profiles
+    edge budget model.gguf --device pixel_7 --ctx 8192
+    edge budget model.gguf --host --json          # total_bytes and its parts
+    python bench/budget.py                        # measured RSS vs ours vs the apps' rules
+
+Python API (what the TUI calls):
+    load_profiles() -> dict[str, Profile]         read + validate profiles/*.toml
+    read_gguf(path) -> ModelInfo                  metadata and tensor sizes (header only)
+    estimate(path, ctx=4096, ubatch=512, kv_type="f16", swa_full=True) -> Estimate
+    verdict(path, device, ctx=..., ...) -> Verdict   device: Profile | DeviceState | name
+    matrix(paths, devices, ...) -> list[Verdict]
+    recommend(paths, device, report=None, ...) -> Recommendation
+    measure_rss(path, ctx=..., ...) -> dict       real llama-cpp-python RSS, in a subprocess
+
+Memory model (all formulas name their reference):
+- weights: the tensor data, resident because llama.cpp maps the file with MAP_POPULATE and
+  unmaps only the metadata head (llama-mmap.cpp, llama-model-loader.cpp `unmap_fragment`).
+- KV cache: per layer, cells x n_head_kv x (key_length x bytes(type_k) + value_length x
+  bytes(type_v)); cells = n_ctx on global layers, and on sliding-window layers n_ctx when the
+  SWA cache is kept full size (llama-cpp-python's default) or min(n_ctx, window + n_ubatch)
+  padded to 256 (llama-kv-cache-iswa.cpp). Gemma 3: layer il is global when il % 6 == 5
+  (edge.gemma3), read from the file's block count and sliding window.
+- compute: the part of llama.cpp's reserved compute buffer a chat actually touches: the
+  attention scores of one ubatch against the whole context, n_ctx x n_ubatch x n_head x 4 B
+  without flash attention, plus one row of logits. Reported separately as `compute_bytes`.
+- overhead: the process and llama.cpp runtime, plus the vocabulary tables; calibrated on this
+  machine against llama-cpp-python (HOST_CALIBRATION below, re-measured by bench/budget.py).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import mmap
+import os
+import re
+import struct
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from edge import gemma3
+from edge.errors import EdgeError
+
+PROFILES_DIR = Path(__file__).resolve().parent.parent / "profiles"
+GIB, MIB = 1 << 30, 1 << 20
+
+# ---- facts and calibration --------------------------------------------------------------
+# KV cache element sizes (ggml type sizes: f16 2 B; q8_0 34 B per 32; q4_0 18 B per 32).
+KV_BYTES: dict[str, float] = {"f16": 2.0, "bf16": 2.0, "f32": 4.0, "q8_0": 34 / 32, "q4_0": 18 / 32,
+                              "q4_1": 20 / 32, "q5_0": 22 / 32, "q5_1": 24 / 32}
+KV_PAD = 256          # llama.cpp pads the KV cache size to 256 cells
+
+# Measured on the project machine (2-core x86_64, llama-cpp-python 0.3.36, 2 threads) by
+# `python bench/budget.py --calibrate`; see docs/BENCHMARKS.md "Budget". Re-run to refresh.
+HOST_CALIBRATION = {
+    # RSS of a Python process with llama_cpp imported and a model loaded, beyond weights, KV,
+    # compute and vocabulary: interpreter, numpy, ggml/llama libraries, thread pools (fitted
+    # over n_ctx 512..32768 on the embedded Q4_K_M: 86.6 MB + 322 B per context token).
+    "runtime_bytes": 86_600_000,
+    "runtime_bytes_per_ctx": 322,
+    # llama.cpp's vocabulary tables (token text, scores, types, lookup maps), per token.
+    "vocab_bytes_per_token": 80,
+    # effective bandwidth llama.cpp decode reaches here, bytes read per token x tokens/s.
+    "decode_bandwidth_gbs": 18.0,
+    # plain streaming read bandwidth here (numpy sum of a 512 MiB array, 1 thread).
+    "stream_bandwidth_gbs": 28.0,
+}
+# On a phone, llama.rn runs inside the app's own process: its Java/React Native runtime is
+# extra. Estimate: a React Native app at rest holds 150-250 MB (PocketPal/ChatterUI in
+# `dumpsys meminfo` on a Pixel); we take 200 MB.
+PHONE_APP_RUNTIME_BYTES = 200 * MIB
+# Fraction of the theoretical DRAM bandwidth a phone's CPU cluster reaches in a streaming
+# read: about 0.5-0.65 (Chips and Cheese / AnandTech memory bandwidth tests of Snapdragon
+# 8 Gen 1-3 and Dimensity 9000 CPU clusters); we take 0.55.
+PHONE_STREAM_FRACTION = 0.55
+# What Android leaves to one foreground app: total RAM minus the system's share (kernel,
+# carve-outs, system_server, SystemUI, launcher, GMS): about 1.2 GB + 18 % of RAM (dumpsys
+# meminfo on 3-16 GB phones shows 1.6-4 GB used by the system at rest). Estimate.
+SYSTEM_RESERVE_FIXED = 1.2e9
+SYSTEM_RESERVE_FRACTION = 0.18
+FIT_HEADROOM = 0.80      # fits: needs <= 80 % of what the app can use; tight: <= 100 %
+
+
+# ---- GGUF metadata (header only) ----------------------------------------------------------
+@dataclass
+class ModelInfo:
+    """What a GGUF says about itself: shapes, tensor sizes, types. Read from the header."""
+
+    path: str
+    file_bytes: int
+    arch: str
+    name: str
+    file_type: int | None
+    n_layers: int
+    n_embd: int
+    n_ff: int
+    n_head: int
+    n_head_kv: int
+    key_length: int
+    value_length: int
+    n_vocab: int
+    context_length: int
+    sliding_window: int        # 0 = none
+    swa_pattern: int           # every swa_pattern-th layer is global (Gemma 3: 6)
+    tensor_bytes: int          # all tensor data
+    embd_bytes: int            # token_embd
+    embd_type: str
+    output_bytes: int          # a separate output.weight; 0 when tied to token_embd
+    tied_output: bool
+    types: dict[str, int] = field(default_factory=dict)   # type name -> bytes
+
+    @property
+    def params(self) -> int:
+        return self._params
+
+    def global_layers(self) -> list[int]:
+        if not self.sliding_window:
+            return list(range(self.n_layers))
+        return [il for il in range(self.n_layers) if gemma3.is_global_layer(il, self.swa_pattern)]
+
+    @property
+    def bits_per_weight(self) -> float:
+        return 8 * self.tensor_bytes / max(self._params, 1)
+
+
+def _gguf_types():
+    import gguf
+
+    return gguf.GGUFValueType, gguf.GGMLQuantizationType, gguf.GGML_QUANT_SIZES
+
+
+def read_gguf(path: str | Path) -> ModelInfo:
+    """Read a GGUF's metadata and tensor table (not its data) with gguf-py's type tables.
+
+    gguf.GGUFReader parses the 262,144-entry vocabulary into numpy views (measured 50-110 s
+    here); this walks the same header with struct and skips the arrays it does not need.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise EdgeError(f"GGUF file {path} not found; give the path of a .gguf file")
+    VT, QT, QSIZES = _gguf_types()
+    scalar = {VT.UINT8: "<B", VT.INT8: "<b", VT.UINT16: "<H", VT.INT16: "<h", VT.UINT32: "<I",
+              VT.INT32: "<i", VT.FLOAT32: "<f", VT.BOOL: "<?", VT.UINT64: "<Q", VT.INT64: "<q",
+              VT.FLOAT64: "<d"}
+    with open(path, "rb") as f:
+        try:
+            buf = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+        except ValueError:
+            raise EdgeError(f"{path} is empty; it is not a GGUF file") from None
+    try:
+        if len(buf) < 24 or buf[:4] != b"GGUF":
+            raise EdgeError(f"{path} is not a GGUF file (no GGUF magic); give a llama.cpp .gguf")
+        version, n_tensors, n_kv = struct.unpack_from("<IQQ", buf, 4)
+        pos = 24
+
+        def read_str():
+            nonlocal pos
+            (n,) = struct.unpack_from("<Q", buf, pos)
+            s = bytes(buf[pos + 8: pos + 8 + n]).decode("utf-8", "replace")
+            pos += 8 + n
+            return s
+
+        def read_value(vt, keep=True):
+            nonlocal pos
+            if vt == VT.STRING:
+                return read_str()
+            if vt == VT.ARRAY:
+                et, n = struct.unpack_from("<IQ", buf, pos)
+                pos += 12
+                et = VT(et)
+                if et == VT.STRING:
+                    if not keep:
+                        for _ in range(n):
+                            (ln,) = struct.unpack_from("<Q", buf, pos)
+                            pos += 8 + ln
+                        return n
+                    return [read_str() for _ in range(n)]
+                size = struct.calcsize(scalar[et])
+                if not keep:
+                    pos += size * n
+                    return n
+                vals = list(struct.unpack_from("<" + scalar[et][1] * n, buf, pos))
+                pos += size * n
+                return vals
+            fmt = scalar[VT(vt)]
+            (v,) = struct.unpack_from(fmt, buf, pos)
+            pos += struct.calcsize(fmt)
+            return v
+
+        kv: dict = {}
+        for _ in range(n_kv):
+            key = read_str()
+            (vt,) = struct.unpack_from("<I", buf, pos)
+            pos += 4
+            big = key.startswith("tokenizer.ggml.") and key.rsplit(".", 1)[1] in (
+                "tokens", "scores", "token_type", "merges")
+            kv[key] = read_value(VT(vt), keep=not big)   # big arrays: their length only
+        tensors = []
+        for _ in range(n_tensors):
+            name = read_str()
+            (nd,) = struct.unpack_from("<I", buf, pos)
+            dims = struct.unpack_from("<" + "Q" * nd, buf, pos + 4)
+            ttype, _off = struct.unpack_from("<IQ", buf, pos + 4 + 8 * nd)
+            pos += 4 + 8 * nd + 12
+            tensors.append((name, dims, ttype))
+    except (struct.error, ValueError, UnicodeDecodeError) as e:
+        raise EdgeError(f"{path} is not a readable GGUF ({e}); re-export or re-download it") from None
+    finally:
+        buf.close()
+    return _model_info(path, kv, tensors, QT, QSIZES)
+
+
+def _model_info(path: Path, kv: dict, tensors: list, QT, QSIZES) -> ModelInfo:
+    arch = kv.get("general.architecture", "")
+    gtype = kv.get("general.type", "model")
+    a = lambda k, d=None: kv.get(f"{arch}.{k}", d)   # noqa: E731
+    names = {t[0] for t in tensors}
+    if gtype != "model" or arch in ("clip", "") or a("block_count") is None or "token_embd.weight" not in names:
+        raise EdgeError(f"{path} is not a language model GGUF (architecture {arch or '?'!r}, type "
+                        f"{gtype!r}); give the model file, not a projector/adapter/vocab file")
+    total = embd = out = 0
+    embd_type = ""
+    types: dict[str, int] = {}
+    params = 0
+    for name, dims, ttype in tensors:
+        try:
+            qt = QT(ttype)
+        except ValueError:
+            raise EdgeError(f"{path}: tensor {name} has unknown type id {ttype}; update gguf (pip install -U gguf)") from None
+        block, size = QSIZES[qt]
+        n = math.prod(dims)
+        nbytes = n // block * size
+        total += nbytes
+        params += n
+        types[qt.name] = types.get(qt.name, 0) + nbytes
+        if name == "token_embd.weight":
+            embd, embd_type = nbytes, qt.name
+            n_vocab_t = dims[1] if len(dims) > 1 else 0
+        elif name == "output.weight":
+            out = nbytes
+    n_head = a("attention.head_count")
+    n_head = max(n_head) if isinstance(n_head, list) else n_head
+    n_head_kv = a("attention.head_count_kv", n_head)
+    n_head_kv = max(n_head_kv) if isinstance(n_head_kv, list) else n_head_kv
+    n_embd = a("embedding_length")
+    tokens = kv.get("tokenizer.ggml.tokens")
+    pattern = a("attention.sliding_window_pattern")
+    if not isinstance(pattern, int) or pattern <= 0:
+        pattern = gemma3.SLIDING_WINDOW_PATTERN if arch.startswith("gemma3") else 1
+    info = ModelInfo(
+        path=str(path), file_bytes=path.stat().st_size, arch=arch, name=kv.get("general.name", path.stem),
+        file_type=kv.get("general.file_type"), n_layers=a("block_count"), n_embd=n_embd,
+        n_ff=a("feed_forward_length", 0) if not isinstance(a("feed_forward_length"), list) else max(a("feed_forward_length")),
+        n_head=n_head, n_head_kv=n_head_kv,
+        key_length=a("attention.key_length", n_embd // n_head),
+        value_length=a("attention.value_length", n_embd // n_head),
+        n_vocab=tokens if isinstance(tokens, int) else n_vocab_t,
+        context_length=a("context_length", 0), sliding_window=a("attention.sliding_window", 0) or 0,
+        swa_pattern=pattern, tensor_bytes=total, embd_bytes=embd, embd_type=embd_type,
+        output_bytes=out, tied_output=out == 0, types=types)
+    info._params = params
+    return info
+
+
+# ---- the estimate -----------------------------------------------------------------------
+@dataclass
+class Estimate:
+    """RAM (bytes, by part) and decode speed of one GGUF at one setting, on the llama.cpp CPU path."""
+
+    path: str
+    ctx: int
+    ubatch: int
+    kv_type: str
+    swa_full: bool
+    weights_bytes: int
+    kv_bytes: int
+    compute_bytes: int
+    overhead_bytes: int
+    total_bytes: int
+    file_bytes: int
+    bytes_per_token: int          # read per generated token at an empty context
+    bytes_per_token_full: int     # ... with the context full
+    kv_cells: list[int]           # per layer
+    notes: list[str] = field(default_factory=list)
+
+    def tokens_per_s(self, bandwidth_gbs: float, full: bool = False) -> float:
+        b = self.bytes_per_token_full if full else self.bytes_per_token
+        return bandwidth_gbs * 1e9 / b
+
+
+def _check_setting(ctx: int, ubatch: int, kv_type: str) -> None:
+    if not isinstance(ctx, int) or ctx < 1:
+        raise EdgeError(f"--ctx {ctx!r} must be a positive number of tokens, e.g. 4096")
+    if not isinstance(ubatch, int) or ubatch < 1:
+        raise EdgeError(f"--ubatch {ubatch!r} must be a positive number of tokens, e.g. 512")
+    if kv_type not in KV_BYTES:
+        raise EdgeError(f"--kv-type {kv_type!r} is not a KV cache type; use one of {', '.join(KV_BYTES)}")
+
+
+def kv_cells(info: ModelInfo, ctx: int, ubatch: int = 512, swa_full: bool = True, n_seq: int = 1) -> list[int]:
+    """KV cells per layer (llama-kv-cache-iswa.cpp): n_ctx, or the sliding-window size."""
+    n = -(-ctx // KV_PAD) * KV_PAD
+    glob = set(info.global_layers())
+    if swa_full or not info.sliding_window:
+        return [n] * info.n_layers
+    swa = min(n, -(-(info.sliding_window * n_seq + ubatch) // KV_PAD) * KV_PAD)
+    return [n if il in glob else swa for il in range(info.n_layers)]
+
+
+def estimate(path: str | Path | ModelInfo, *, ctx: int = 4096, ubatch: int = 512, kv_type: str = "f16",
+             swa_full: bool = True, runtime_bytes: int | None = None,
+             flash_attn: bool = False) -> Estimate:
+    """Estimate RSS of llama.cpp (CPU) running this GGUF at n_ctx `ctx`.
+
+    `runtime_bytes` is the process's own footprint (default: a Python process with
+    llama-cpp-python, calibrated here; a phone app adds PHONE_APP_RUNTIME_BYTES).
+    """
+    info = path if isinstance(path, ModelInfo) else read_gguf(path)
+    _check_setting(ctx, ubatch, kv_type)
+    notes = []
+    if info.context_length and ctx > info.context_length:
+        notes.append(f"n_ctx {ctx} is above the model's trained context {info.context_length}")
+    cells = kv_cells(info, ctx, ubatch, swa_full)
+    per_cell = info.n_head_kv * (info.key_length + info.value_length) * KV_BYTES[kv_type]
+    kv = int(sum(cells) * per_cell)
+    # weights resident: all tensor data (the metadata head is unmapped after load)
+    weights = info.tensor_bytes
+    # compute actually touched in a chat: one ubatch of attention scores against the context
+    # (no flash attention: f32 n_kv x n_ubatch x n_head) + one logits row + activations
+    ub = min(ubatch, ctx)
+    if flash_attn:
+        scores = 0
+    else:
+        scores = ub * ub * info.n_head * 4     # a first prompt of one ubatch: n_kv = ubatch
+    acts = ub * (info.n_embd * 6 + info.n_ff * 3) * 4
+    compute = scores + acts + info.n_vocab * 4
+    cal = HOST_CALIBRATION
+    runtime = cal["runtime_bytes"] if runtime_bytes is None else runtime_bytes
+    overhead = int(runtime + cal["runtime_bytes_per_ctx"] * ctx + cal["vocab_bytes_per_token"] * info.n_vocab)
+    # read per token: every weight matrix once; the token embedding is read as one row unless
+    # it is also the output head (tied), then all of it; plus the KV cache in use
+    embd_row = info.embd_bytes // max(info.n_vocab, 1)
+    read = info.tensor_bytes - (0 if info.tied_output else info.embd_bytes - embd_row)
+    kv_full = int(sum(min(c, ctx) if (il in set(info.global_layers()) or not info.sliding_window)
+                      else min(c, info.sliding_window) for il, c in enumerate(cells)) * per_cell)
+    total = weights + kv + compute + overhead
+    return Estimate(path=info.path, ctx=ctx, ubatch=ubatch, kv_type=kv_type, swa_full=swa_full,
+                    weights_bytes=weights, kv_bytes=kv, compute_bytes=int(compute), overhead_bytes=overhead,
+                    total_bytes=int(total), file_bytes=info.file_bytes, bytes_per_token=read,
+                    bytes_per_token_full=read + kv_full, kv_cells=cells, notes=notes)
+
+
+# ---- measurement (real llama-cpp-python, in a subprocess) --------------------------------
+_CHILD = r"""
+import json, os, sys, time, resource
+import psutil
+args = json.loads(sys.argv[1])
+proc = psutil.Process()
+import llama_cpp
+from llama_cpp import Llama
+r_import = proc.memory_info().rss
+types = {"f16": 1, "q8_0": 8, "q4_0": 2, "f32": 0, "bf16": 30}
+kw = dict(model_path=args["path"], n_ctx=args["ctx"], n_batch=max(args["ubatch"], 512), n_ubatch=args["ubatch"],
+          n_threads=args["threads"], verbose=False, swa_full=args["swa_full"], flash_attn=args["flash_attn"],
+          type_k=types[args["kv_type"]], type_v=types[args["kv_type"]])
+t0 = time.time()
+llm = Llama(**kw)
+load_s = time.time() - t0
+r_loaded = proc.memory_info().rss
+text = "The history of the river valley begins with the first farmers who settled along its banks. " * 64
+toks = llm.tokenize(text.encode(), add_bos=True)[: args["prompt"]]
+t0 = time.time()
+n = 0
+for tok in llm.generate(toks, temp=0.0, top_k=1):
+    n += 1
+    if n == 1:
+        prompt_s = time.time() - t0
+        t0 = time.time()
+    if n >= args["gen"]:
+        break
+gen_s = time.time() - t0
+r_used = proc.memory_info().rss
+print(json.dumps({"rss_import": r_import, "rss_loaded": r_loaded, "rss_used": r_used,
+                  "peak_rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+                  "load_s": load_s, "prompt_tokens": len(toks), "prompt_s": prompt_s,
+                  "gen_tokens": n, "gen_s": gen_s, "tok_s": (n - 1) / gen_s if n > 1 else None}))
+"""
+
+
+def measure_rss(path: str | Path, *, ctx: int = 4096, ubatch: int = 512, kv_type: str = "f16",
+                swa_full: bool = True, flash_attn: bool = False, prompt: int = 256, gen: int = 32,
+                threads: int = 2, timeout: float = 300) -> dict:
+    """Load `path` with llama-cpp-python in a fresh subprocess, run a short chat, report RSS.
+
+    Returns rss_import (Python + llama_cpp imported), rss_loaded (after Llama(...)), rss_used
+    (after a `prompt`-token prompt and `gen` generated tokens), peak_rss, and decode tok/s.
+    """
+    _check_setting(ctx, ubatch, kv_type)
+    args = dict(path=str(path), ctx=ctx, ubatch=ubatch, kv_type=kv_type, swa_full=swa_full,
+                flash_attn=flash_attn, prompt=min(prompt, max(ctx - gen - 8, 8)), gen=gen, threads=threads)
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads))
+    p = subprocess.run([sys.executable, "-c", _CHILD, json.dumps(args)], capture_output=True, text=True,
+                       timeout=timeout, env=env)
+    if p.returncode != 0:
+        raise RuntimeError(f"llama-cpp-python measurement failed: {p.stderr.strip()[-600:]}")
+    return json.loads(p.stdout.strip().splitlines()[-1])
+
+
+# ---- device profiles --------------------------------------------------------------------
+TIERS = ("budget", "mid", "flagship")
+# field -> (python type(s), must be positive)
+PROFILE_FIELDS: dict[str, tuple[tuple[type, ...], bool]] = {
+    "ram_gb": ((int, float), True),
+    "soc": ((str,), False),
+    "cpu": ((str,), False),
+    "cpu_cores": ((int,), True),
+    "dotprod": ((bool,), False),
+    "i8mm": ((bool,), False),
+    "memory_type": ((str,), False),
+    "memory_mts": ((int, float), True),
+    "bus_bits": ((int,), True),
+    "bandwidth_gbs": ((int, float), True),
+    "android": ((str,), False),
+    "sustained_power_w": ((int, float), True),
+    "load_power_w": ((int, float), True),
+}
+
+
+@dataclass
+class Profile:
+    """One phone, from profiles/<key>.toml. Every value has its source in `sources`."""
+
+    key: str
+    name: str
+    tier: str
+    ram_gb: float
+    soc: str
+    cpu: str
+    cpu_cores: int
+    dotprod: bool
+    i8mm: bool
+    memory_type: str
+    memory_mts: float
+    bus_bits: int
+    bandwidth_gbs: float
+    android: str
+    sustained_power_w: float
+    load_power_w: float
+    sources: dict[str, str] = field(default_factory=dict)
+    path: str = ""
+
+    @property
+    def ram_bytes(self) -> int:
+        """Physical RAM: phone RAM is sold in binary gigabytes (an '8 GB' phone has 8 GiB)."""
+        return int(self.ram_gb * GIB)
+
+
+def _load_profile(path: Path) -> Profile:
+    import tomllib
+
+    try:
+        data = tomllib.loads(path.read_text())
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        raise EdgeError(f"profile {path}: not valid TOML ({e}); fix the file") from None
+    for key in ("name", "tier"):
+        if not isinstance(data.get(key), str) or not data[key]:
+            raise EdgeError(f"profile {path}: field '{key}' is missing; add {key} = \"...\"")
+    if data["tier"] not in TIERS:
+        raise EdgeError(f"profile {path}: field 'tier' is {data['tier']!r}; use one of {', '.join(TIERS)}")
+    values, sources = {}, {}
+    for name, (types, positive) in PROFILE_FIELDS.items():
+        entry = data.get(name)
+        if entry is None:
+            raise EdgeError(f"profile {path}: field '{name}' is missing; add {name} = {{ value = ..., source = \"...\" }}")
+        if not isinstance(entry, dict) or "value" not in entry:
+            raise EdgeError(f"profile {path}: field '{name}' must be {{ value = ..., source = \"...\" }}")
+        v, src = entry["value"], entry.get("source")
+        if not isinstance(src, str) or not src.strip():
+            raise EdgeError(f"profile {path}: field '{name}' has no source; every number says where it came from")
+        ok = isinstance(v, types) and not (bool not in types and isinstance(v, bool))
+        if not ok:
+            raise EdgeError(f"profile {path}: field '{name}' is {v!r}; expected {' or '.join(t.__name__ for t in types)}")
+        if positive and v <= 0:
+            raise EdgeError(f"profile {path}: field '{name}' is {v!r}; it must be positive")
+        values[name], sources[name] = v, src
+    computed = values["memory_mts"] * values["bus_bits"] / 8 / 1000
+    if abs(computed - values["bandwidth_gbs"]) > 0.02 * computed:
+        raise EdgeError(f"profile {path}: field 'bandwidth_gbs' is {values['bandwidth_gbs']} but memory_mts x "
+                        f"bus_bits / 8 gives {computed:.1f} GB/s; fix one of them")
+    return Profile(key=path.stem, name=data["name"], tier=data["tier"], sources=sources, path=str(path), **values)
+
+
+def load_profiles(folder: str | Path | None = None) -> dict[str, Profile]:
+    """Read and validate every profiles/*.toml; key = file stem. Bad files raise EdgeError."""
+    folder = Path(folder) if folder else PROFILES_DIR
+    files = sorted(folder.glob("*.toml"))
+    if not files:
+        raise EdgeError(f"no device profiles in {folder}; reinstall the toolkit or pass a folder of *.toml")
+    return {f.stem: _load_profile(f) for f in files}
+
+
+def get_profile(name: str, profiles: dict[str, Profile] | None = None) -> Profile:
+    profiles = profiles or load_profiles()
+    if name in profiles:
+        return profiles[name]
+    low = name.lower().replace(" ", "_").replace("-", "_")
+    hits = [p for k, p in profiles.items() if low == k or low in k]
+    if len(hits) == 1:
+        return hits[0]
+    raise EdgeError(f"unknown device profile {name!r}; known: {', '.join(profiles)} (see `edge profiles`)")
+
+
+def match_profile(state, profiles: dict[str, Profile] | None = None) -> Profile | None:
+    """The profile of a live phone, by model name or SoC code (for its bandwidth and power)."""
+    profiles = profiles or load_profiles()
+    model, soc = (state.model or "").lower(), (state.soc or "").lower()
+    for p in profiles.values():
+        if model and (model in p.name.lower() or p.name.lower().split(" (")[0].endswith(model)):
+            return p
+    for p in profiles.values():
+        if soc and len(soc) >= 4 and soc in p.soc.lower():
+            return p
+    return None
+
+
+# ---- the apps' own rules ----------------------------------------------------------------
+def pocketpal_rule(file_bytes: int, ram_bytes: int) -> dict:
+    """PocketPal: the model file must fit in min(60 % of RAM, RAM - 1.2 GB) (REFERENCE.md)."""
+    budget = min(0.6 * ram_bytes, ram_bytes - 1.2e9)
+    return {"estimate_bytes": int(file_bytes), "budget_bytes": int(budget), "fits": file_bytes <= budget}
+
+
+def anythingllm_rule(file_bytes: int, ram_bytes: int) -> dict:
+    """AnythingLLM: need 0.43 GB + 0.92 x file against min(0.65 x RAM, RAM - 1.2 GB); 'tight'
+    when the weights exceed RAM - 2.5 GB (REFERENCE.md)."""
+    need = 0.43e9 + 0.92 * file_bytes
+    budget = min(0.65 * ram_bytes, ram_bytes - 1.2e9)
+    return {"estimate_bytes": int(need), "budget_bytes": int(budget), "fits": need <= budget,
+            "tight": file_bytes > ram_bytes - 2.5e9}
+
+
+# ---- verdicts ---------------------------------------------------------------------------
+@dataclass
+class Verdict:
+    """One (variant, device) answer."""
+
+    variant: str
+    device: str
+    device_kind: str            # profile, adb or host
+    ctx: int
+    verdict: str                # fits, tight, does not fit
+    total_bytes: int
+    peak_bytes: int
+    usable_bytes: int
+    max_ctx: int                # largest n_ctx (multiple of 256) that still "fits"
+    tok_s: float | None         # predicted decode speed, empty context
+    tok_s_full: float | None    # ... with the context full
+    sustained_tok_s: float | None
+    energy_mj_per_token: float | None
+    thermal: str
+    pocketpal: dict
+    anythingllm: dict
+    estimate: dict
+    warnings: list[str] = field(default_factory=list)
+
+
+def usable_bytes_for(ram_bytes: int) -> int:
+    """Memory one foreground app can take on an Android phone with `ram_bytes` (estimate)."""
+    return int(ram_bytes - SYSTEM_RESERVE_FIXED - SYSTEM_RESERVE_FRACTION * ram_bytes)
+
+
+def host_bandwidth_efficiency() -> float:
+    """How much of the streaming bandwidth llama.cpp decode reaches, calibrated on this machine."""
+    return HOST_CALIBRATION["decode_bandwidth_gbs"] / HOST_CALIBRATION["stream_bandwidth_gbs"]
+
+
+def _classify(need: int, usable: int) -> str:
+    if need <= FIT_HEADROOM * usable:
+        return "fits"
+    return "tight" if need <= usable else "does not fit"
+
+
+def _peak(e: Estimate, info: ModelInfo) -> int:
+    """total + the attention scores of a full ubatch against a full context (worst case)."""
+    ub = min(e.ubatch, e.ctx)
+    return e.total_bytes + max(0, max(e.kv_cells) - ub) * ub * info.n_head * 4   # FA off
+
+
+def max_ctx(info: ModelInfo, usable: int, *, ubatch=512, kv_type="f16", swa_full=True, runtime_bytes=None) -> int:
+    """Largest n_ctx (multiple of 256, up to the model's context) whose peak still fits."""
+    hi = info.context_length or 131072
+    best, lo = 0, 256
+    while lo <= hi:
+        mid = (lo + hi) // 2 // 256 * 256 or 256
+        e = estimate(info, ctx=mid, ubatch=ubatch, kv_type=kv_type, swa_full=swa_full, runtime_bytes=runtime_bytes)
+        if _classify(_peak(e, info), usable) == "fits":
+            best, lo = mid, mid + 256
+        else:
+            hi = mid - 256
+    return best
+
+
+def verdict(path, device, *, ctx: int = 4096, ubatch: int = 512, kv_type: str = "f16", swa_full: bool = True,
+            target_tok_s: float = 10.0, profiles: dict | None = None) -> Verdict:
+    """Will `path` run on `device` (a Profile, a DeviceState, or a profile name)?"""
+    from edge.readings import DeviceState
+
+    info = path if isinstance(path, ModelInfo) else read_gguf(path)
+    if isinstance(device, str):
+        device = get_profile(device, profiles)
+    warnings: list[str] = []
+    prof = None
+    if isinstance(device, Profile):
+        prof, kind, dev_name = device, "profile", device.key
+        ram = device.ram_bytes
+        usable = usable_bytes_for(ram)
+        runtime = PHONE_APP_RUNTIME_BYTES
+    elif isinstance(device, DeviceState):
+        kind = device.source
+        dev_name = device.model or device.serial or kind
+        ram = device.total_bytes or 0
+        usable = device.available_bytes or 0
+        if not ram or not usable:
+            raise EdgeError(f"device {dev_name} did not report its memory; check `adb shell cat /proc/meminfo`")
+        runtime = None if kind == "host" else PHONE_APP_RUNTIME_BYTES
+        if kind != "host":
+            prof = match_profile(device, profiles)
+        warnings += device.warnings()
+    else:
+        raise TypeError(f"device must be a Profile, DeviceState or profile name, not {type(device).__name__}")
+    e = estimate(info, ctx=ctx, ubatch=ubatch, kv_type=kv_type, swa_full=swa_full, runtime_bytes=runtime)
+    peak = _peak(e, info)
+    v = _classify(peak, usable)
+    mc = max_ctx(info, usable, ubatch=ubatch, kv_type=kv_type, swa_full=swa_full, runtime_bytes=runtime)
+    # speed and heat
+    tok = tok_full = sust = energy = None
+    thermal = ""
+    if kind == "host":
+        bw = HOST_CALIBRATION["decode_bandwidth_gbs"]
+        tok, tok_full = e.tokens_per_s(bw), e.tokens_per_s(bw, full=True)
+        thermal = "laptop: no sustained power envelope modelled"
+    elif prof is not None:
+        bw = prof.bandwidth_gbs * PHONE_STREAM_FRACTION * host_bandwidth_efficiency()
+        tok, tok_full = e.tokens_per_s(bw), e.tokens_per_s(bw, full=True)
+        energy = prof.load_power_w / tok * 1000
+        sust = tok * min(1.0, prof.sustained_power_w / prof.load_power_w)
+        if sust >= target_tok_s:
+            thermal = (f"holds {sust:.0f} tok/s sustained ({prof.sustained_power_w:g} W envelope, "
+                       f"{energy:.0f} mJ/token at {prof.load_power_w:g} W)")
+        else:
+            thermal = (f"throttles to about {sust:.1f} tok/s, below the {target_tok_s:g} tok/s target "
+                       f"({prof.sustained_power_w:g} W envelope vs {prof.load_power_w:g} W under load)")
+        if not (prof.dotprod or prof.i8mm):
+            warnings.append("CPU without dotprod/i8mm: quantized matmuls run on plain NEON, speed is "
+                            "likely compute-bound and below this bandwidth estimate")
+    else:
+        thermal = "no profile matches this phone: speed unknown"
+    if isinstance(device, DeviceState) and kind != "host":
+        live = f"now: thermal status {device.thermal_status_name}"
+        if device.skin_temp_c is not None:
+            live += f", skin {device.skin_temp_c:.1f} C"
+        if device.battery_temp_c is not None:
+            live += f", battery {device.battery_temp_c:.1f} C"
+        thermal = f"{thermal}; {live}"
+    if e.notes:
+        warnings += e.notes
+    return Verdict(variant=Path(info.path).name, device=dev_name, device_kind=kind, ctx=ctx, verdict=v,
+                   total_bytes=e.total_bytes, peak_bytes=peak, usable_bytes=usable, max_ctx=mc,
+                   tok_s=tok, tok_s_full=tok_full, sustained_tok_s=sust, energy_mj_per_token=energy,
+                   thermal=thermal, pocketpal=pocketpal_rule(info.file_bytes, ram),
+                   anythingllm=anythingllm_rule(info.file_bytes, ram), estimate=asdict(e), warnings=warnings)
+
+
+def matrix(paths, devices, **kw) -> list[Verdict]:
+    """Verdicts for every (variant, device); devices are Profiles, DeviceStates or names."""
+    infos = [p if isinstance(p, ModelInfo) else read_gguf(p) for p in paths]
+    return [verdict(i, d, **kw) for i in infos for d in devices]
+
+
+# ---- recommendation ---------------------------------------------------------------------
+@dataclass
+class Recommendation:
+    device: str
+    choice: str | None          # file name of the recommended variant
+    reason: str
+    candidates: list[dict] = field(default_factory=list)   # per variant: verdict, kld_mean, q4_0
+
+
+def _quality(report) -> dict[str, dict]:
+    """Per-variant quality rows from quantize's report.json (file stem -> row), tolerant of shape."""
+    if report is None:
+        return {}
+    if isinstance(report, (str, Path)):
+        try:
+            report = json.loads(Path(report).read_text())
+        except (OSError, json.JSONDecodeError) as e:
+            raise EdgeError(f"quality report {report}: cannot read it ({e}); pass the quantize report.json") from None
+    rows = report.get("variants", report) if isinstance(report, dict) else report
+    if isinstance(rows, dict):
+        rows = [dict(v, name=k) for k, v in rows.items() if isinstance(v, dict)]
+    out = {}
+    for r in rows if isinstance(rows, list) else []:
+        if not isinstance(r, dict):
+            continue
+        for key in ("path", "file", "gguf", "name", "variant", "recipe"):
+            if isinstance(r.get(key), str):
+                out[Path(r[key]).name.removesuffix(".gguf")] = r
+    return out
+
+
+def is_q4_0(info: ModelInfo) -> bool:
+    """Mostly plain Q4_0 weights (llama.cpp file type 2, or Q4_0 the largest share of bytes)."""
+    if info.file_type == 2:
+        return True
+    return bool(info.types) and max(info.types, key=info.types.get) == "Q4_0"
+
+
+def recommend(paths, device, *, report=None, ctx: int = 4096, close: float = 1.25, **kw) -> Recommendation:
+    """The best variant that fits `device` with headroom.
+
+    Best = lowest `kld_mean` in the quality report (else most bits per weight). On a CPU with
+    dotprod or i8mm, a Q4_0 variant whose kld_mean is within `close` x the best is preferred:
+    llama.cpp repacks Q4_0 into its interleaved layout there and decodes it fastest.
+    """
+    infos = [p if isinstance(p, ModelInfo) else read_gguf(p) for p in paths]
+    quality = _quality(report)
+    dev = get_profile(device, kw.pop("profiles", None)) if isinstance(device, str) else device
+    fast_q4 = bool(getattr(dev, "dotprod", False) or getattr(dev, "i8mm", False))
+    cands = []
+    for info in infos:
+        v = verdict(info, dev, ctx=ctx, **kw)
+        q = quality.get(Path(info.path).stem, {})
+        cands.append({"variant": Path(info.path).name, "verdict": v.verdict, "total_bytes": v.total_bytes,
+                      "tok_s": v.tok_s, "bpw": round(info.bits_per_weight, 2), "q4_0": is_q4_0(info),
+                      "kld_mean": q.get("kld_mean")})
+    name = getattr(dev, "key", None) or getattr(dev, "model", "") or "device"
+    ok = [c for c in cands if c["verdict"] == "fits"]
+    if not ok:
+        tight = [c for c in cands if c["verdict"] == "tight"]
+        reason = (f"nothing fits with headroom at n_ctx {ctx}" +
+                  (f"; {min(tight, key=lambda c: c['total_bytes'])['variant']} is tight" if tight else ""))
+        return Recommendation(name, None, reason, cands)
+    scored = [c for c in ok if isinstance(c["kld_mean"], (int, float))]
+    if scored:
+        best = min(scored, key=lambda c: c["kld_mean"])
+        reason = f"lowest KL divergence ({best['kld_mean']:.4g}) among variants that fit"
+        if fast_q4 and not best["q4_0"]:
+            q4 = [c for c in scored if c["q4_0"] and c["kld_mean"] <= close * best["kld_mean"] + 1e-3]
+            if q4:
+                alt = min(q4, key=lambda c: c["kld_mean"])
+                reason = (f"Q4_0 on a dotprod/i8mm CPU (llama.cpp repacks it for speed) and its KL divergence "
+                          f"{alt['kld_mean']:.4g} is within {close:g}x of the best ({best['variant']}, "
+                          f"{best['kld_mean']:.4g})")
+                best = alt
+        return Recommendation(name, best["variant"], reason, cands)
+    best = max(ok, key=lambda c: c["bpw"])
+    return Recommendation(name, best["variant"], "no quality report: the most bits per weight that fits "
+                          "(pass the quantize report.json to weigh quality and prefer Q4_0)", cands)
+
+
+# ---- CLI --------------------------------------------------------------------------------
+def _gb(b) -> str:
+    return "-" if b is None else f"{b / 1e9:.2f} GB"
+
+
+def _mb(b) -> str:
+    return "-" if b is None else f"{b / 1e6:,.0f} MB"
+
+
+def profiles_cmd(*, json: bool = False):
+    """List the bundled phone profiles (profiles/*.toml): RAM, SoC, bandwidth, CPU features, power.
+
+    Every value in a profile carries its source; `--json` prints them all.
+
+    Args:
+        json: print the profiles, with every value's source, as JSON.
+    """
+    profiles = load_profiles()
+    if json:
+        return {"profiles": [asdict(p) | {"usable_bytes": usable_bytes_for(p.ram_bytes)} for p in profiles.values()]}
+    order = sorted(profiles.values(), key=lambda p: (TIERS.index(p.tier), p.ram_gb, p.key))
+    rows = [("profile", "tier", "RAM", "SoC", "memory", "GB/s", "dotprod", "i8mm", "Android", "sust. W")]
+    for p in order:
+        rows.append((p.key, p.tier, f"{p.ram_gb:g} GB", p.soc.split(" (")[0], p.memory_type,
+                     f"{p.bandwidth_gbs:g}", "yes" if p.dotprod else "no", "yes" if p.i8mm else "no",
+                     p.android, f"{p.sustained_power_w:g}"))
+    print(_table(rows))
+    print(f"\n{len(profiles)} profiles in {PROFILES_DIR}; sources: `edge profiles --json`")
+    return None
+
+
+def _table(rows: list[tuple]) -> str:
+    widths = [max(len(str(r[i])) for r in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def _verdict_rows(vs: list[Verdict], with_variant: bool) -> str:
+    head = (("variant",) if with_variant else ()) + ("device", "verdict", "needs", "usable", "max n_ctx",
+                                                    "tok/s", "sustained", "PocketPal", "AnythingLLM")
+    rows = [head]
+    for v in vs:
+        rows.append(((v.variant,) if with_variant else ()) + (
+            v.device, v.verdict, _mb(v.peak_bytes), _mb(v.usable_bytes), f"{v.max_ctx:,}",
+            "-" if v.tok_s is None else f"{v.tok_s:.0f}",
+            "-" if v.sustained_tok_s is None else f"{v.sustained_tok_s:.0f}",
+            "fits" if v.pocketpal["fits"] else "no",
+            ("tight" if v.anythingllm["tight"] else "fits") if v.anythingllm["fits"] else "no"))
+    return _table(rows)
+
+
+def _live_state(serial: str):
+    try:
+        from edge.device import read_state
+    except ImportError as e:
+        raise EdgeError(f"reading a live phone needs edge.device ({e}); use --device NAME for a profile") from None
+    return read_state(serial)
+
+
+def budget_cmd(file: str, *, device: str = "", serial: str = "", host: bool = False, ctx: int = 4096,
+               ubatch: int = 512, kv_type: str = "f16", swa_full: bool = True, json: bool = False):
+    """Estimate RAM, speed and heat of a GGUF on a phone profile, a live phone, or this machine.
+
+    RAM is counted in parts (weights, KV cache with Gemma 3's 5:1 sliding-window layers,
+    compute buffer, runtime) from the file's own metadata; the verdict compares the peak with
+    what one app can use, beside PocketPal's and AnythingLLM's own rules. Without --device,
+    --serial or --host, every bundled profile is shown.
+
+    Args:
+        file: the .gguf file.
+        device: a profile name from `edge profiles` (e.g. pixel_7).
+        serial: a phone's adb serial: read its memory and temperatures live.
+        host: budget for this machine instead (psutil).
+        ctx: context length n_ctx in tokens.
+        ubatch: llama.cpp's n_ubatch (tokens per compute step).
+        kv_type: KV cache type: f16, q8_0 or q4_0.
+        swa_full: keep full-size caches on sliding-window layers (llama-cpp-python's default); --no-swa-full shrinks them to window + ubatch.
+        json: print the estimate (total_bytes and its parts) and verdicts as JSON.
+    """
+    if sum(bool(x) for x in (device, serial, host)) > 1:
+        raise EdgeError("give at most one of --device, --serial and --host")
+    info = read_gguf(file)
+    est = estimate(info, ctx=ctx, ubatch=ubatch, kv_type=kv_type, swa_full=swa_full)
+    kw = dict(ctx=ctx, ubatch=ubatch, kv_type=kv_type, swa_full=swa_full)
+    if host:
+        from edge.readings import host_state
+
+        devices = [host_state()]
+    elif serial:
+        devices = [_live_state(serial)]
+    elif device:
+        devices = [get_profile(device)]
+    else:
+        devices = list(load_profiles().values())
+    vs = [verdict(info, d, **kw) for d in devices]
+    if json:
+        return {"file": str(file), "settings": kw, **{k: v for k, v in asdict(est).items() if k != "path"},
+                "verdicts": [asdict(v) for v in vs]}
+    print(f"{Path(file).name}: {info.name}, {info.n_layers} layers ({len(info.global_layers())} global), "
+          f"{info.bits_per_weight:.2f} bits/weight, file {_mb(info.file_bytes)}")
+    sw = "full" if swa_full else f"window {info.sliding_window} + ubatch"
+    print(f"n_ctx {ctx:,}, n_ubatch {ubatch}, KV {kv_type}, sliding-window cache {sw} (llama.cpp CPU, this machine):")
+    for label, b in (("weights", est.weights_bytes), ("KV cache", est.kv_bytes), ("compute", est.compute_bytes),
+                     ("runtime + vocab", est.overhead_bytes), ("total", est.total_bytes)):
+        print(f"  {label:<16}{_mb(b):>12}")
+    print(f"  read per token  {_mb(est.bytes_per_token):>12} (tied output head included)\n")
+    print(_verdict_rows(vs, with_variant=False))
+    notes = sorted({w for v in vs for w in v.warnings})
+    for v in vs:
+        if len(vs) == 1:
+            print(f"\nheat: {v.thermal}")
+    for w in notes:
+        print(f"warning: {w}")
+    return None
+
+
+# ---- demo stage -------------------------------------------------------------------------
+DEMO_DEVICES = ("galaxy_a12", "pixel_7", "galaxy_s24_ultra")   # budget, mid, flagship
+DEMO_CTX = 4096
+
+
+def demo_stage(ctx):
+    """`edge demo`: the budget matrix of the run's variants x a budget, a mid and a flagship phone."""
+    from edge.demo import StageResult
+    from edge.fsutil import write_text_atomic
+
+    t0 = time.time()
+    paths = [Path(p) for p in (ctx.artifacts.get("variants") or [])]
+    if not paths and ctx.artifacts.get("ref_gguf"):
+        paths = [Path(ctx.artifacts["ref_gguf"])]
+    if not paths:
+        from edge.models import embedded_gguf
+
+        paths = [embedded_gguf()]
+    profiles = load_profiles()
+    devices = [profiles[k] for k in DEMO_DEVICES if k in profiles]
+    infos = [read_gguf(p) for p in paths]
+    verdicts = matrix(infos, devices, ctx=DEMO_CTX)
+    report = ctx.artifacts.get("report_json")
+    recs = [recommend(infos, d, report=report if report and Path(report).is_file() else None, ctx=DEMO_CTX)
+            for d in devices]
+    out = ctx.run.path("budget.json")
+    data = {"ctx": DEMO_CTX, "devices": [asdict(d) for d in devices],
+            "verdicts": [asdict(v) for v in verdicts], "recommendations": [asdict(r) for r in recs]}
+    write_text_atomic(out, json.dumps(data, indent=2, default=str))
+    seconds = time.time() - t0
+    summary = {"variants": len(paths), "devices": [d.key for d in devices],
+               "fits": sum(v.verdict == "fits" for v in verdicts), "pairs": len(verdicts),
+               "recommendations": {r.device: r.choice for r in recs}}
+    ctx.run.record("budget", outputs=[out], inputs=paths, settings={"ctx": DEMO_CTX, "devices": list(DEMO_DEVICES)},
+                   seconds=seconds, summary=summary)
+    ctx.artifacts["budget_json"] = str(out)
+    table = _verdict_rows(verdicts, with_variant=True)
+    table += "\n" + "\n".join(f"recommended on {r.device}: {r.choice or 'none'} ({r.reason})" for r in recs)
+    return StageResult(f"{summary['fits']}/{len(verdicts)} (variant, phone) pairs fit at n_ctx {DEMO_CTX}; "
+                       f"budget.json", table)
