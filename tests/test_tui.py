@@ -23,7 +23,7 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tests.test_tui_gguf import tiny_variants  # noqa: E402
+from tests.test_tui_gguf import tiny_variants, write_sparse_gguf  # noqa: E402
 from tui import EdgeApp  # noqa: E402
 from tui_screens import library  # noqa: E402
 from tui_screens.help import HelpScreen  # noqa: E402
@@ -136,6 +136,192 @@ async def test_enter_on_a_variant_opens_push_with_that_file(variants_dir):
         await settle(app, pilot)
         assert app.current_mode == "push"
         assert app.screen.query_one("#push-file").value == variants_dir / "tiny-F16.gguf"
+
+
+# ---- Budget -----------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def budget_dir(tmp_path_factory, variants_dir) -> Path:
+    """A tiny Q8_0 (with its report row) and a sparse file shaped like a Gemma 3 4B in F16."""
+    folder = tmp_path_factory.mktemp("tui") / "mixed"
+    folder.mkdir()
+    shutil.copy(variants_dir / "tiny-Q8_0.gguf", folder)
+    report = json.loads((variants_dir / "report.json").read_text())
+    report["variants"] = report["variants"][:1]
+    (folder / "report.json").write_text(json.dumps(report))
+    write_sparse_gguf(folder / "big-F16.gguf")
+    return folder
+
+
+@async_test
+async def test_budget_grid_is_the_librarys(budget_dir):
+    """Every cell shows edge.budget's verdict and largest n_ctx; stars are edge.budget.recommend's."""
+    from edge import budget
+
+    app = EdgeApp(folder=budget_dir, live=False, host=False)
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(app, pilot)
+        await pilot.press("b")
+        await settle(app, pilot)
+        table = app.screen.query_one("#budget-table")
+        profiles = budget.load_profiles()
+        assert table.row_count == len(profiles)
+        files = [budget_dir / "tiny-Q8_0.gguf", budget_dir / "big-F16.gguf"]    # smallest first
+        marks = {"fits": "✓", "tight": "~", "does not fit": "✗"}
+        seen = set()
+        for i, profile in enumerate(profiles.values()):
+            row = [str(c) for c in table.get_row_at(i)]
+            assert row[0] == profile.name
+            best = budget.recommend(files, profile, report=budget_dir / "report.json", ctx=4096).choice
+            for f, cell in zip(files, row[1:]):
+                v = budget.verdict(f, profile, ctx=4096)
+                seen.add(v.verdict)
+                assert cell.lstrip("★ ").startswith(marks[v.verdict]), (profile.key, f.name, cell)
+                assert (f"{v.max_ctx // 1024}k" if v.max_ctx else "—") in cell
+                assert cell.startswith("★") == (best == f.name)
+        assert {"fits", "does not fit"} <= seen      # the 4B does not fit small phones
+        # details of the cell under the cursor, and n_ctx cycling
+        assert "tiny-Q8_0.gguf on" in str(app.screen.query_one("#budget-detail").render())
+        await pilot.press("right")
+        assert "big-F16.gguf on" in str(app.screen.query_one("#budget-detail").render())
+        await pilot.press("c")
+        await settle(app, pilot)
+        assert "n_ctx 8192" in str(app.screen.query_one("#budget-detail").render())
+
+
+# ---- Devices and Push, through the real adb server to the simulated phone ---------------------
+needs_adb = pytest.mark.skipif(shutil.which("adb") is None, reason="adb not installed (scripts/setup.sh)")
+
+
+@pytest.fixture(scope="module")
+def adb_server():
+    from tests.adbsim import AdbServer
+
+    server = AdbServer()
+    yield server
+    server.close()
+
+
+@pytest.fixture
+def phone(adb_server):
+    from tests.adbsim import AdbSim, Phone
+
+    sim = AdbSim(Phone(fixture="pixel_7"))
+    adb_server.attach(sim)
+    yield sim
+    adb_server.detach(sim)
+    sim.close()
+
+
+async def wait_until(pilot, check, timeout: float = 20.0) -> None:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if check():
+            return
+        await pilot.pause(0.1)
+    raise AssertionError("condition not met in time")
+
+
+@needs_adb
+@async_test
+async def test_devices_screen_reads_the_phone_live(phone, variants_dir):
+    from edge.device import read_state
+
+    state = read_state(phone.serial)
+    app = EdgeApp(folder=variants_dir, live=True, host=False, refresh_s=0.5)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("d")
+        table = app.screen.query_one("#devices-table")
+        await wait_until(pilot, lambda: table.row_count == 1)
+        row = [str(c) for c in table.get_row_at(0)]
+        assert row[0] == phone.serial and row[1] == "Pixel 7"
+        assert row[3] == "{:.1f} GiB".format(state.available_bytes / 2**30)     # RAM free
+        assert row[5] == "0 NONE" and row[6].startswith("32.6 °C")
+        # the phone heats up: the next refresh shows it, with the library's warning
+        fx = phone.phone.fixtures             # what the simulated `dumpsys battery` prints
+        fx["battery"] = fx["battery"].replace("temperature: 326", "temperature: 415")
+        await wait_until(pilot, lambda: str(table.get_row_at(0)[6]).startswith("41.5 °C"))
+        assert "battery at 41.5 C" in str(table.get_row_at(0)[7])
+        assert app.screen.query_one("#profiles-table").row_count >= 10
+
+
+@needs_adb
+@async_test
+async def test_no_phone_and_no_adb_are_states_with_advice(adb_server, variants_dir, monkeypatch):
+    app = EdgeApp(folder=variants_dir, live=True, host=False, refresh_s=0.5)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("d")
+        status = app.screen.query_one("#devices-status")
+        await wait_until(pilot, lambda: "no phone connected" in str(status.render()))
+        assert "USB debugging" in str(status.render())
+        monkeypatch.setenv("PATH", str(Path(variants_dir)))       # no adb on the PATH any more
+        monkeypatch.delenv("EDGE_ADB", raising=False)
+        await wait_until(pilot, lambda: "adb not found" in str(status.render()))
+        assert "apt-get install adb" in str(status.render()) and app.is_running
+        await pilot.press("p")
+        await wait_until(pilot, lambda: "adb not found" in str(app.screen.query_one("#push-status").render()))
+
+
+def _gguf_of_mib(path: Path, mib: int) -> Path:
+    """A real (if meaningless) GGUF of about `mib` MiB: one F32 matrix."""
+    import numpy as np
+    from gguf import GGUFWriter
+
+    w = GGUFWriter(str(path), "gemma3")
+    w.add_block_count(1)
+    w.add_tensor("token_embd.weight", np.random.default_rng(0).standard_normal((mib * 256, 1024)).astype(np.float32))
+    w.write_header_to_file(); w.write_kv_data_to_file(); w.write_tensors_to_file(); w.close()
+    return path
+
+
+@needs_adb
+@async_test
+async def test_push_from_the_tui_to_the_phone(phone, variants_dir):
+    """Variants: Enter on a file -> Push: the phone and ChatterUI preselected -> Ctrl+S ->
+    the file is on the (simulated) phone, byte for byte, and the app's next steps are shown."""
+    app = EdgeApp(folder=variants_dir, live=True, host=False)
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(app, pilot)
+        await pilot.press("enter")                      # tiny-Q8_0, the first row
+        device = app.screen.query_one("#push-device")
+        await wait_until(pilot, lambda: device.value == phone.serial)
+        assert app.screen.query_one("#push-app").value == "chatterui"
+        await pilot.press("ctrl+s")
+        status = app.screen.query_one("#push-status")
+        await wait_until(pilot, lambda: "done" in str(status.render()) or status.has_class("-error"))
+        assert "done" in str(status.render()), str(status.render())
+        local = (variants_dir / "tiny-Q8_0.gguf").read_bytes()
+        assert phone.phone.files("/sdcard/Download") == {"tiny-Q8_0.gguf": local}
+        result = str(app.screen.query_one("#push-result").render())
+        assert "sha256 verified" in result and "Next steps" in result and "Import Model" in result
+        assert app.screen.query_one("#push-progress").progress == len(local)
+        # the same again: the library refuses to overwrite; the error is shown, not raised
+        await pilot.press("ctrl+s")
+        await wait_until(pilot, lambda: status.has_class("-error"))
+        assert "already exists" in str(status.render()) and app.is_running
+
+
+@needs_adb
+@async_test
+async def test_cancel_a_push(phone, tmp_path):
+    big = _gguf_of_mib(tmp_path / "slow.gguf", 6)
+    phone.phone.throttle_bps = 2e6                      # about 3 s for the whole file
+    app = EdgeApp(folder=tmp_path, live=True, host=False)
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(app, pilot)
+        await pilot.press("enter")
+        await wait_until(pilot, lambda: app.screen.query_one("#push-device").value == phone.serial)
+        await pilot.press("ctrl+s")
+        bar = app.screen.query_one("#push-progress")
+        await wait_until(pilot, lambda: (bar.progress or 0) > 0)
+        assert "MiB/s" in str(app.screen.query_one("#push-speed").render()) or \
+            "KiB/s" in str(app.screen.query_one("#push-speed").render())
+        await pilot.press("escape")
+        status = app.screen.query_one("#push-status")
+        await wait_until(pilot, lambda: "cancelled" in str(status.render()))
+        assert bar.progress < big.stat().st_size
+        await wait_until(pilot, lambda: not app.screen.query_one("#push-cancel").disabled is False)
+    assert phone.phone.files("/sdcard/Download") == {}
+    assert not [p for p in phone.phone.root.rglob("*") if "edge-partial" in p.name]
 
 
 # ---- a real terminal --------------------------------------------------------------------------

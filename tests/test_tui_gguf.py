@@ -15,14 +15,18 @@ import numpy as np
 from gguf import GGMLQuantizationType, GGUFWriter, MODEL_ARCH, MODEL_TENSOR, TENSOR_NAMES, quants
 
 N_LAYERS, WIDTH, FFN, VOCAB, HEADS, KV_HEADS, HEAD_DIM = 2, 64, 128, 512, 2, 1, 32
+# The shape of a Gemma 3 4B (public config.json of google/gemma-3-4b-pt) for a sparse "big" file.
+BIG = dict(n_layers=34, width=2560, ffn=10240, vocab=262144, heads=8, kv_heads=4, head_dim=256)
 
 
-def _tensors() -> list[tuple[str, tuple[int, ...], bool]]:
-    """(name, numpy shape, is_matrix) for every tensor of the tiny model."""
+def _tensors(n_layers=N_LAYERS, width=WIDTH, ffn=FFN, vocab=VOCAB, heads=HEADS, kv_heads=KV_HEADS,
+             head_dim=HEAD_DIM) -> list[tuple[str, tuple[int, ...], bool]]:
+    """(name, numpy shape, is_matrix) for every tensor of a Gemma 3 of this shape."""
     T = TENSOR_NAMES
-    out = [(T[MODEL_TENSOR.TOKEN_EMBD], (VOCAB, WIDTH), True),
+    WIDTH, FFN, HEADS, KV_HEADS, HEAD_DIM = width, ffn, heads, kv_heads, head_dim
+    out = [(T[MODEL_TENSOR.TOKEN_EMBD], (vocab, WIDTH), True),
            (T[MODEL_TENSOR.OUTPUT_NORM], (WIDTH,), False)]
-    for i in range(N_LAYERS):
+    for i in range(n_layers):
         out += [(T[MODEL_TENSOR.ATTN_Q].format(bid=i), (HEADS * HEAD_DIM, WIDTH), True),
                 (T[MODEL_TENSOR.ATTN_K].format(bid=i), (KV_HEADS * HEAD_DIM, WIDTH), True),
                 (T[MODEL_TENSOR.ATTN_V].format(bid=i), (KV_HEADS * HEAD_DIM, WIDTH), True),
@@ -43,27 +47,8 @@ def write_tiny_gguf(path: Path, qtype: GGMLQuantizationType = GGMLQuantizationTy
                     seed: int = 0) -> Path:
     """Write a tiny Gemma 3 GGUF whose matrices are stored as `qtype` (F32, F16 or Q8_0)."""
     rng = np.random.default_rng(seed)
-    w = GGUFWriter(str(path), MODEL_ARCH.GEMMA3.name.lower())
-    w.add_name(f"tiny-gemma3-{qtype.name}")
-    w.add_context_length(32768)
-    w.add_embedding_length(WIDTH)
-    w.add_block_count(N_LAYERS)
-    w.add_feed_forward_length(FFN)
-    w.add_head_count(HEADS)
-    w.add_head_count_kv(KV_HEADS)
-    w.add_key_length(HEAD_DIM)
-    w.add_value_length(HEAD_DIM)
-    w.add_layer_norm_rms_eps(1e-6)
-    w.add_rope_freq_base(1e6)
-    w.add_sliding_window(512)
-    w.add_tokenizer_model("llama")
-    w.add_token_list([f"<t{i}>".encode() for i in range(VOCAB)])
-    w.add_token_scores([0.0] * VOCAB)
-    w.add_token_types([1] * VOCAB)
-    w.add_bos_token_id(2)
-    w.add_eos_token_id(1)
-    w.add_file_type({GGMLQuantizationType.F32: 0, GGMLQuantizationType.F16: 1,
-                     GGMLQuantizationType.Q8_0: 7}[qtype])
+    w = _writer(path, f"tiny-gemma3-{qtype.name}", qtype, n_layers=N_LAYERS, width=WIDTH, ffn=FFN,
+                heads=HEADS, kv_heads=KV_HEADS, head_dim=HEAD_DIM)
     for name, shape, matrix in _tensors():
         name += ".weight"
         data = rng.standard_normal(shape).astype(np.float32) * 0.02
@@ -78,6 +63,54 @@ def write_tiny_gguf(path: Path, qtype: GGMLQuantizationType = GGMLQuantizationTy
     w.write_tensors_to_file()
     w.close()
     return path
+
+
+def write_sparse_gguf(path: Path, shape: dict = BIG) -> Path:
+    """A well-formed F16 GGUF with the tensor table of a big Gemma 3 (default: 4B, about 7.8 GB)
+    whose data is a hole: the file has its full size but takes no disk space (sparse). The
+    budget reads only the header, so it sees a real 4B-sized model."""
+    w = _writer(path, "sparse-gemma3-F16", GGMLQuantizationType.F16, **{k: v for k, v in shape.items() if k != "vocab"})
+    total = 0
+    for name, dims, matrix in _tensors(**shape):
+        qtype = GGMLQuantizationType.F16 if matrix else GGMLQuantizationType.F32
+        nbytes = int(np.prod(dims)) * (2 if matrix else 4)
+        w.add_tensor_info(name + ".weight", dims, np.float16 if matrix else np.float32, nbytes, raw_dtype=qtype)
+        total += GGUFWriter.ggml_pad(nbytes, w.data_alignment)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_ti_data_to_file()
+    w.close()
+    start = GGUFWriter.ggml_pad(path.stat().st_size, w.data_alignment)
+    with open(path, "r+b") as f:
+        f.truncate(start + total)
+    return path
+
+
+def _writer(path: Path, name: str, qtype: GGMLQuantizationType, *, n_layers, width, ffn, heads, kv_heads,
+            head_dim) -> GGUFWriter:
+    """A GGUFWriter with the Gemma 3 metadata llama.cpp's converter writes (small vocabulary)."""
+    w = GGUFWriter(str(path), MODEL_ARCH.GEMMA3.name.lower())
+    w.add_name(name)
+    w.add_context_length(32768)
+    w.add_embedding_length(width)
+    w.add_block_count(n_layers)
+    w.add_feed_forward_length(ffn)
+    w.add_head_count(heads)
+    w.add_head_count_kv(kv_heads)
+    w.add_key_length(head_dim)
+    w.add_value_length(head_dim)
+    w.add_layer_norm_rms_eps(1e-6)
+    w.add_rope_freq_base(1e6)
+    w.add_sliding_window(512)
+    w.add_tokenizer_model("llama")
+    w.add_token_list([f"<t{i}>".encode() for i in range(VOCAB)])
+    w.add_token_scores([0.0] * VOCAB)
+    w.add_token_types([1] * VOCAB)
+    w.add_bos_token_id(2)
+    w.add_eos_token_id(1)
+    w.add_file_type({GGMLQuantizationType.F32: 0, GGMLQuantizationType.F16: 1,
+                     GGMLQuantizationType.Q8_0: 7}[qtype])
+    return w
 
 
 def tiny_variants(folder: Path, report: bool = True) -> list[Path]:
@@ -113,3 +146,14 @@ def test_tiny_gguf_reads_back(tmp_path):
     types = {t.tensor_type for t in r.tensors}
     assert GGMLQuantizationType.Q8_0 in types and GGMLQuantizationType.F32 in types
     assert json.loads((tmp_path / "v" / "report.json").read_text())["variants"][0]["recipe"] == "Q8_0"
+
+
+def test_sparse_gguf_has_the_size_of_a_4b_and_no_blocks(tmp_path):
+    from gguf import GGUFReader
+
+    p = write_sparse_gguf(tmp_path / "big.gguf")
+    r = GGUFReader(str(p))            # the reader checks every tensor lies inside the file
+    params = sum(int(t.n_elements) for t in r.tensors)
+    assert 3.8e9 < params < 4.0e9
+    assert p.stat().st_size > 7.5e9
+    assert p.stat().st_blocks * 512 < 1 << 20   # sparse: nothing written
