@@ -75,7 +75,7 @@ def prompt_tokens(llm, messages: list[dict]) -> list[int]:
     """Render with the file's template and tokenize with exactly one `<bos>`."""
     from edge.export import render_chat
 
-    template = (getattr(llm, "metadata", {}) or {}).get("tokenizer.chat_template") or gemma3.CHAT_TEMPLATE
+    template = (getattr(llm, "metadata", {}) or {}).get("tokenizer.chat_template") or gemma3.GGUF_CHAT_TEMPLATE
     text = render_chat(template, messages, add_generation_prompt=True)
     starts_with_bos = text.startswith(gemma3.BOS)
     ids = llm.tokenize(text.encode("utf-8"), add_bos=not starts_with_bos, special=True)

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
 import time
 from dataclasses import asdict, dataclass, field
@@ -354,8 +355,12 @@ def _vocab_from_sentencepiece(model_dir: Path) -> Vocab:
 
 
 def chat_template(model_dir: Path) -> tuple[str, str]:
-    """(template, source): the model's own template when it renders no `<bos>` itself
-    (llama.cpp adds one: a second is the classic Gemma GGUF bug), else the toolkit's."""
+    """(template, source) for `tokenizer.chat_template`: it must render exactly one `<bos>`,
+    at the start (see gemma3.GGUF_CHAT_TEMPLATE for why engines then send exactly one).
+
+    The model's own template is kept when it is Gemma's format; one that renders no `<bos>`
+    gets `{{ bos_token }}` in front; anything else is replaced by the toolkit's template.
+    """
     text = None
     if (model_dir / "chat_template.jinja").is_file():
         text = (model_dir / "chat_template.jinja").read_text(encoding="utf-8")
@@ -365,14 +370,22 @@ def chat_template(model_dir: Path) -> tuple[str, str]:
         except (json.JSONDecodeError, UnicodeDecodeError):
             text = None
     if not isinstance(text, str) or not text.strip():
-        return gemma3.CHAT_TEMPLATE, "edge.gemma3 (the model has none)"
+        return gemma3.GGUF_CHAT_TEMPLATE, "edge.gemma3 (the model has none)"
+    if text == gemma3.CHAT_TEMPLATE:
+        return gemma3.GGUF_CHAT_TEMPLATE, "edge.gemma3 (the model's, with {{ bos_token }} for engines)"
     try:
-        rendered = render_chat(text, [{"role": "user", "content": "hi"}])
+        rendered = render_chat(text, [{"role": "user", "content": "hi"}, {"role": "model", "content": "yo"},
+                                      {"role": "user", "content": "ok"}])
     except Exception:  # jinja raises many types; a template we cannot render is replaced
-        return gemma3.CHAT_TEMPLATE, "edge.gemma3 (the model's template does not render)"
-    if gemma3.BOS in rendered or gemma3.START_OF_TURN not in rendered:
-        return gemma3.CHAT_TEMPLATE, "edge.gemma3 (the model's template adds <bos> or is not Gemma's)"
-    return text, "model"
+        return gemma3.GGUF_CHAT_TEMPLATE, "edge.gemma3 (the model's template does not render)"
+    if gemma3.START_OF_TURN not in rendered:
+        return gemma3.GGUF_CHAT_TEMPLATE, "edge.gemma3 (the model's template is not Gemma's format)"
+    n_bos = rendered.count(gemma3.BOS)
+    if n_bos == 0:
+        return "{{ bos_token }}" + text, "model (with {{ bos_token }} for engines)"
+    if n_bos == 1 and rendered.startswith(gemma3.BOS):
+        return text, "model"
+    return gemma3.GGUF_CHAT_TEMPLATE, f"edge.gemma3 (the model's template renders {n_bos} <bos>)"
 
 
 def render_chat(template: str, messages: list[dict], add_generation_prompt: bool = True) -> str:
@@ -534,13 +547,28 @@ def _add_metadata(w, cfg: dict, vocab: Vocab, template: str, file_type, provenan
 def default_provenance(model_dir: Path, cfg: dict) -> dict:
     """What we can say about where a checkpoint came from, from its own files."""
     prov: dict = {"name": model_dir.name}
-    src = model_dir / "edge_source.json"
-    if src.is_file():
+
+    def read(path: Path) -> dict:
         try:
-            info = json.loads(src.read_text())
-            prov["base_model"] = f"{info.get('source')} ({info.get('gguf')}, dequantized to {info.get('dequantized_to')})"
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            pass
+            data = json.loads(path.read_text()) if path.is_file() else {}
+            return data if isinstance(data, dict) else {}
+        except (json.JSONDecodeError, UnicodeDecodeError, OSError):
+            return {}
+
+    src = read(model_dir / "edge_source.json")  # the embedded model's conversion record
+    if src:
+        prov["base_model"] = f"{src.get('source')} ({src.get('gguf')}, dequantized to {src.get('dequantized_to')})"
+    merge = read(model_dir / "edge_merge.json")  # written by `edge merge`
+    if merge:
+        base = merge.get("base")
+        prov["base_model"] = (base.get("path") if isinstance(base, dict) else base) or prov.get("base_model", "")
+        if merge.get("adapter"):
+            adapter = Path(merge["adapter"])
+            prov["adapter"] = str(adapter)
+            data = read(adapter / "edge_adapter.json").get("data") or {}
+            if isinstance(data, dict) and data.get("path"):
+                prov["dataset"] = Path(data["path"]).name
+                prov["dataset_sha256"] = data.get("sha256", "")
     prov.setdefault("base_model", cfg.get("_name_or_path") or cfg.get("_model_name_or_path") or "")
     return prov
 
@@ -607,13 +635,22 @@ def export_gguf(model_dir, out_path, outtype: str = "f32", provenance: dict | No
             w.close()
             if bar is not None:
                 bar.close()
+        _public(tmp)
     write_text_atomic(mf_path, modelfile_text(out_path.name), force=True)
+    _public(mf_path)
     n_params = sum(p.src.n for p in planned)
     size = out_path.stat().st_size
     return ExportResult(
         path=str(out_path), modelfile=str(mf_path), outtype=key, size_bytes=size, n_tensors=len(planned),
         n_params=n_params, bits_per_weight=round(total * 8 / n_params, 3), seconds=round(time.time() - t0, 2),
         tokenizer_source=vocab.source, chat_template_source=template_src, f16_fallback=fallback)
+
+
+def _public(path: Path) -> None:
+    """Temporary files are created 0600; a finished export is readable like any new file."""
+    mask = os.umask(0)
+    os.umask(mask)
+    os.chmod(path, 0o666 & ~mask)
 
 
 def _stream_tensor(p: _Planned, fh, fout, bar) -> None:
@@ -666,70 +703,151 @@ def modelfile_text(gguf_name: str) -> str:
     ])
 
 
-def open_gguf(path):
-    """A GGUFReader for a complete GGUF file, or EdgeError saying what is wrong with it."""
+@dataclass
+class GGUFTensor:
+    name: str
+    shape: tuple[int, ...]  # GGUF order (fastest-varying dimension first)
+    type: str  # gguf.GGMLQuantizationType name
+    n_elements: int
+    n_bytes: int
+    offset: int  # absolute, in the file
+
+
+@dataclass
+class GGUFInfo:
+    path: str
+    version: int
+    metadata: dict
+    tensors: list[GGUFTensor]
+    size_bytes: int
+
+
+def read_gguf(path, full_arrays: bool = False, array_limit: int = 8) -> GGUFInfo:
+    """Parse a GGUF header (metadata + tensor table) without touching the weights.
+
+    gguf-py's GGUFReader builds a numpy view per vocabulary string (35 s for Gemma's 262k
+    tokens on a busy 2-core machine); this walks the same layout (ggml/docs/gguf.md) with
+    `struct` in well under a second. Arrays longer than `array_limit` are summarized as
+    "[N items]" unless `full_arrays`. A non-GGUF, truncated or damaged file -> EdgeError.
+    """
+    import mmap
+    import struct
+
     path = Path(path)
     if not path.is_file():
         raise EdgeError(f"{path} does not exist; give a .gguf file")
     size = path.stat().st_size
     with open(path, "rb") as f:
         magic = f.read(4)
-    if magic != GGUF_MAGIC:
-        raise EdgeError(f"{path} is not a GGUF file (starts with {magic!r}); give a .gguf file")
+        if magic != GGUF_MAGIC:
+            raise EdgeError(f"{path} is not a GGUF file (it starts with {magic!r}); give a .gguf file")
+        mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
     g = _gguf()
+    V = g.GGUFValueType
+    scalar = {V.UINT8: "<B", V.INT8: "<b", V.UINT16: "<H", V.INT16: "<h", V.UINT32: "<I", V.INT32: "<i",
+              V.FLOAT32: "<f", V.BOOL: "<?", V.UINT64: "<Q", V.INT64: "<q", V.FLOAT64: "<d"}
+    np_types = {V.UINT8: "<u1", V.INT8: "<i1", V.UINT16: "<u2", V.INT16: "<i2", V.UINT32: "<u4",
+                V.INT32: "<i4", V.FLOAT32: "<f4", V.BOOL: "?", V.UINT64: "<u8", V.INT64: "<i8", V.FLOAT64: "<f8"}
+    pos = 4
+
+    def take(fmt: str):
+        nonlocal pos
+        v = struct.unpack_from(fmt, mm, pos)[0]
+        pos += struct.calcsize(fmt)
+        return v
+
+    def string() -> str:
+        nonlocal pos
+        n = take("<Q")
+        if pos + n > size:
+            raise ValueError("string past the end")
+        v = mm[pos:pos + n].decode("utf-8", errors="replace")
+        pos += n
+        return v
+
+    def value(vtype):
+        nonlocal pos
+        if vtype == V.STRING:
+            return string()
+        if vtype == V.FLOAT32:
+            return float(f"{take('<f'):.7g}")  # 0.95, not 0.949999988079071
+        if vtype in scalar:
+            return take(scalar[vtype])
+        if vtype != V.ARRAY:
+            raise ValueError(f"unknown value type {vtype}")
+        sub, n = V(take("<I")), take("<Q")
+        keep = full_arrays or n <= array_limit
+        if sub in np_types:
+            width = np.dtype(np_types[sub]).itemsize
+            if pos + n * width > size:
+                raise ValueError("array past the end")
+            out = np.frombuffer(mm, dtype=np_types[sub], count=n, offset=pos).tolist() if keep else f"[{n} items]"
+            pos += n * width
+            return out
+        items = [value(sub) for _ in range(n)]  # strings (the vocabulary) or nested arrays
+        return items if keep else f"[{n} items]"
+
     try:
-        reader = g.GGUFReader(path)
-    except Exception as e:  # the reader raises ValueError/IndexError/struct errors on damage
-        raise EdgeError(f"{path} is a damaged or truncated GGUF file ({type(e).__name__}); re-export it") from None
-    for t in reader.tensors:
-        if int(t.data_offset) + int(t.n_bytes) > size:
-            raise EdgeError(f"{path} is truncated (tensor {t.name} runs past the end); re-export or re-copy it")
-    return reader
+        version, n_tensors, n_kv = take("<I"), take("<Q"), take("<Q")
+        if version not in (2, 3) or n_tensors > 1 << 24 or n_kv > 1 << 24:
+            raise ValueError(f"implausible header (version {version})")
+        meta = {}
+        for _ in range(n_kv):
+            key = string()
+            meta[key] = value(V(take("<I")))
+        raw = []
+        for _ in range(n_tensors):
+            name = string()
+            dims = take("<I")
+            shape = tuple(take("<Q") for _ in range(dims))
+            raw.append((name, shape, g.GGMLQuantizationType(take("<I")), take("<Q")))
+        align = int(meta.get("general.alignment", g.GGUF_DEFAULT_ALIGNMENT))
+        data_start = (pos + align - 1) // align * align
+        tensors = []
+        for name, shape, qtype, off in raw:
+            block, type_size = g.GGML_QUANT_SIZES[qtype]
+            n = math.prod(shape)
+            nbytes = n // block * type_size
+            if data_start + off + nbytes > size:
+                raise EdgeError(f"{path} is truncated (tensor {name} runs past the end of the "
+                                f"{size}-byte file); re-export or re-copy it")
+            tensors.append(GGUFTensor(name, shape, qtype.name, n, nbytes, data_start + off))
+    except (struct.error, ValueError, IndexError, KeyError, OverflowError) as e:
+        raise EdgeError(f"{path} is a damaged or truncated GGUF file ({e}); re-export or re-copy it") from None
+    finally:
+        mm.close()
+    return GGUFInfo(str(path), version, meta, tensors, size)
 
 
-def gguf_metadata(reader, array_limit: int = 8) -> dict:
-    """Key -> value; long arrays (the vocabulary) are summarized by length."""
-    out = {}
-    for k, f in reader.fields.items():
-        if k.startswith("GGUF."):
-            continue
-        if f.types and f.types[0] == _gguf().GGUFValueType.ARRAY and len(f.data) > array_limit:
-            out[k] = f"[{len(f.data)} items]"
-            continue
-        try:
-            out[k] = f.contents()
-        except Exception:  # an odd value type: show its kind, not a crash
-            out[k] = f"<{f.types}>"
-    return out
+def open_gguf(path) -> GGUFInfo:
+    """A complete GGUF's header, or EdgeError saying what is wrong with the file."""
+    return read_gguf(path)
 
 
 def inspect_gguf(path) -> dict:
-    reader = open_gguf(path)
-    path = Path(path)
+    info = read_gguf(path)
     g = _gguf()
     types: dict[str, dict] = {}
-    n_params = tensor_bytes = 0
-    for t in reader.tensors:
-        name = g.GGMLQuantizationType(int(t.tensor_type)).name
-        e = types.setdefault(name, {"tensors": 0, "params": 0, "bytes": 0})
+    for t in info.tensors:
+        e = types.setdefault(t.type, {"tensors": 0, "params": 0, "bytes": 0})
         e["tensors"] += 1
-        e["params"] += int(t.n_elements)
-        e["bytes"] += int(t.n_bytes)
-        n_params += int(t.n_elements)
-        tensor_bytes += int(t.n_bytes)
-    meta = gguf_metadata(reader)
+        e["params"] += t.n_elements
+        e["bytes"] += t.n_bytes
+    n_params = sum(t.n_elements for t in info.tensors)
+    tensor_bytes = sum(t.n_bytes for t in info.tensors)
+    meta = info.metadata
     ft = meta.get("general.file_type")
     try:
         ft_name = g.LlamaFileType(int(ft)).name if ft is not None else None
-    except ValueError:
+    except (ValueError, TypeError):
         ft_name = str(ft)
     return {
-        "path": str(path),
-        "size_bytes": path.stat().st_size,
+        "path": info.path,
+        "size_bytes": info.size_bytes,
         "architecture": meta.get("general.architecture"),
         "name": meta.get("general.name"),
         "file_type": ft_name,
-        "n_tensors": len(reader.tensors),
+        "n_tensors": len(info.tensors),
         "n_params": n_params,
         "tensor_bytes": tensor_bytes,
         "bits_per_weight": round(tensor_bytes * 8 / n_params, 3) if n_params else None,
@@ -770,8 +888,7 @@ def modelfile_cmd(file: str, *, out: str = "", force: bool = False) -> str:
         out: where to write the Modelfile (default: FILE with the suffix .Modelfile).
         force: overwrite an existing Modelfile.
     """
-    reader = open_gguf(file)
-    arch = gguf_metadata(reader).get("general.architecture")
+    arch = read_gguf(file).metadata.get("general.architecture")
     if arch != "gemma3":
         raise EdgeError(f"{file} is a {arch!r} model; this Modelfile is for Gemma 3 (gemma3)")
     path = Path(out) if out else modelfile_path(Path(file))

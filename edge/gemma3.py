@@ -53,6 +53,15 @@ CHAT_TEMPLATE = (
     "{%- if add_generation_prompt -%}{{ '<start_of_turn>model\n' }}{%- endif -%}"
 )
 
+# The template embedded in exported GGUFs (`tokenizer.chat_template`): CHAT_TEMPLATE behind
+# `{{ bos_token }}`, as Google's own Gemma 3 template starts. Engines still see one <bos>:
+# llama.cpp's common chat code strips a leading bos_token from the rendered text when the
+# vocab adds one itself (common/chat.cpp: `if (inputs.add_bos && string_starts_with(result,
+# tmpl.bos_token()))`), and llama-cpp-python's Jinja2ChatFormatter marks its output
+# `added_special=True`, so it adds no <bos> of its own: without `{{ bos_token }}` its
+# create_chat_completion would send none (checked in tests/test_export.py).
+GGUF_CHAT_TEMPLATE = "{{ bos_token }}" + CHAT_TEMPLATE
+
 # Ollama Go-template equivalent of CHAT_TEMPLATE (Ollama adds no <bos> itself for GGUF with
 # add_bos_token true: llama.cpp's tokenizer does).
 OLLAMA_TEMPLATE = (
