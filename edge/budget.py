@@ -36,6 +36,7 @@ Memory model (all formulas name their reference):
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import mmap
@@ -60,14 +61,50 @@ KV_BYTES: dict[str, float] = {"f16": 2.0, "bf16": 2.0, "f32": 4.0, "q8_0": 34 / 
                               "q4_1": 20 / 32, "q5_0": 22 / 32, "q5_1": 24 / 32}
 KV_PAD = 256          # llama.cpp pads the KV cache size to 256 cells
 
+# llama.cpp's CPU backend copies some weight types into an interleaved "CPU_REPACK" buffer at
+# load time (ggml-cpu/repack.cpp, ggml_repack_get_optimal_repack_type), while the mmapped file
+# stays resident: those matmul weights count twice in RSS. A tied token_embd is repacked too,
+# as the output head (measured here: pure Q4_0 270M, CPU_Mapped 144.00 MiB + CPU_REPACK
+# 143.79 MiB; Q4_K_M, 12.66 MiB of Q4_K repacked). Which types, by CPU feature:
+REPACK_TYPES: dict[str, set[str]] = {
+    "avx2": {"Q4_0", "Q4_K", "IQ4_NL"},        # x86: q4_0_8x8, q4_K_8x8, iq4_nl_8x8
+    "i8mm": {"Q4_0", "Q4_K", "IQ4_NL"},        # Arm: q4_0_4x8, q4_K_8x8, iq4_nl_4x4
+    "dotprod": {"Q4_0", "IQ4_NL"},             # Arm: q4_0_4x4, iq4_nl_4x4
+}
+
+
+def repack_types(features) -> set[str]:
+    """Weight types llama.cpp repacks on a CPU with these /proc/cpuinfo features."""
+    f = set(features)
+    out: set[str] = set()
+    if "avx2" in f:
+        out |= REPACK_TYPES["avx2"]
+    if "i8mm" in f:
+        out |= REPACK_TYPES["i8mm"]
+    if "asimddp" in f or "dotprod" in f:
+        out |= REPACK_TYPES["dotprod"]
+    return out
+
+
+@functools.lru_cache(maxsize=1)
+def host_features() -> tuple[str, ...]:
+    try:
+        from edge.readings import parse_cpuinfo
+
+        with open("/proc/cpuinfo") as f:
+            return tuple(parse_cpuinfo(f.read())["features"])
+    except OSError:
+        return ()
+
 # Measured on the project machine (2-core x86_64, llama-cpp-python 0.3.36, 2 threads) by
 # `python bench/budget.py --calibrate`; see docs/BENCHMARKS.md "Budget". Re-run to refresh.
 HOST_CALIBRATION = {
-    # RSS of a Python process with llama_cpp imported and a model loaded, beyond weights, KV,
-    # compute and vocabulary: interpreter, numpy, ggml/llama libraries, thread pools (fitted
-    # over n_ctx 512..32768 on the embedded Q4_K_M: 86.6 MB + 322 B per context token).
-    "runtime_bytes": 86_600_000,
-    "runtime_bytes_per_ctx": 322,
+    # RSS of a Python process with llama_cpp imported and a model loaded, beyond weights
+    # (incl. repacked copies), KV, compute and vocabulary: interpreter, numpy, ggml/llama
+    # libraries, thread pools, per-cell bookkeeping. Least-squares fit over n_ctx 512..32768 of
+    # the residual on the 270M Q4_K_M and Q8_0 (Q4_0 and F16 held out): 75.6 MB + 249 B/token.
+    "runtime_bytes": 75_600_000,
+    "runtime_bytes_per_ctx": 249,
     # llama.cpp's vocabulary tables (token text, scores, types, lookup maps), per token.
     "vocab_bytes_per_token": 80,
     # effective bandwidth llama.cpp decode reaches here, bytes read per token x tokens/s.
@@ -118,6 +155,7 @@ class ModelInfo:
     output_bytes: int          # a separate output.weight; 0 when tied to token_embd
     tied_output: bool
     types: dict[str, int] = field(default_factory=dict)   # type name -> bytes
+    matmul_types: dict[str, int] = field(default_factory=dict)   # bytes of matmul weights by type
 
     @property
     def params(self) -> int:
@@ -231,6 +269,7 @@ def _model_info(path: Path, kv: dict, tensors: list, QT, QSIZES) -> ModelInfo:
     total = embd = out = 0
     embd_type = ""
     types: dict[str, int] = {}
+    mm: dict[str, int] = {}
     params = 0
     for name, dims, ttype in tensors:
         try:
@@ -243,6 +282,8 @@ def _model_info(path: Path, kv: dict, tensors: list, QT, QSIZES) -> ModelInfo:
         total += nbytes
         params += n
         types[qt.name] = types.get(qt.name, 0) + nbytes
+        if len(dims) >= 2 and name != "token_embd.weight":
+            mm[qt.name] = mm.get(qt.name, 0) + nbytes
         if name == "token_embd.weight":
             embd, embd_type = nbytes, qt.name
             n_vocab_t = dims[1] if len(dims) > 1 else 0
@@ -267,7 +308,8 @@ def _model_info(path: Path, kv: dict, tensors: list, QT, QSIZES) -> ModelInfo:
         n_vocab=tokens if isinstance(tokens, int) else n_vocab_t,
         context_length=a("context_length", 0), sliding_window=a("attention.sliding_window", 0) or 0,
         swa_pattern=pattern, tensor_bytes=total, embd_bytes=embd, embd_type=embd_type,
-        output_bytes=out, tied_output=out == 0, types=types)
+        output_bytes=out, tied_output=out == 0, types=types,
+        matmul_types={**mm, **({embd_type: mm.get(embd_type, 0) + embd} if out == 0 else {})})
     info._params = params
     return info
 
@@ -282,7 +324,7 @@ class Estimate:
     ubatch: int
     kv_type: str
     swa_full: bool
-    weights_bytes: int
+    weights_bytes: int            # incl. repacked_bytes
     kv_bytes: int
     compute_bytes: int
     overhead_bytes: int
@@ -291,6 +333,7 @@ class Estimate:
     bytes_per_token: int          # read per generated token at an empty context
     bytes_per_token_full: int     # ... with the context full
     kv_cells: list[int]           # per layer
+    repacked_bytes: int = 0       # second copy of weights llama.cpp repacks on this CPU
     notes: list[str] = field(default_factory=list)
 
     def tokens_per_s(self, bandwidth_gbs: float, full: bool = False) -> float:
@@ -319,11 +362,13 @@ def kv_cells(info: ModelInfo, ctx: int, ubatch: int = 512, swa_full: bool = True
 
 def estimate(path: str | Path | ModelInfo, *, ctx: int = 4096, ubatch: int = 512, kv_type: str = "f16",
              swa_full: bool = True, runtime_bytes: int | None = None,
-             flash_attn: bool = False) -> Estimate:
+             flash_attn: bool = False, cpu_features=None) -> Estimate:
     """Estimate RSS of llama.cpp (CPU) running this GGUF at n_ctx `ctx`.
 
     `runtime_bytes` is the process's own footprint (default: a Python process with
     llama-cpp-python, calibrated here; a phone app adds PHONE_APP_RUNTIME_BYTES).
+    `cpu_features` (cpuinfo flags; default: this machine's) decide which weights llama.cpp
+    repacks into a second copy (REPACK_TYPES).
     """
     info = path if isinstance(path, ModelInfo) else read_gguf(path)
     _check_setting(ctx, ubatch, kv_type)
@@ -333,8 +378,14 @@ def estimate(path: str | Path | ModelInfo, *, ctx: int = 4096, ubatch: int = 512
     cells = kv_cells(info, ctx, ubatch, swa_full)
     per_cell = info.n_head_kv * (info.key_length + info.value_length) * KV_BYTES[kv_type]
     kv = int(sum(cells) * per_cell)
-    # weights resident: all tensor data (the metadata head is unmapped after load)
-    weights = info.tensor_bytes
+    # weights resident: all tensor data (the metadata head is unmapped after load), plus the
+    # repacked copy of the weight types this CPU repacks
+    repack = repack_types(host_features() if cpu_features is None else cpu_features)
+    repacked = sum(b for t, b in info.matmul_types.items() if t in repack)
+    weights = info.tensor_bytes + repacked
+    if repacked:
+        notes.append(f"llama.cpp repacks {', '.join(sorted(t for t in info.matmul_types if t in repack))} "
+                     f"weights on this CPU: {repacked / 1e6:.0f} MB more")
     # compute actually touched in a chat: one ubatch of attention scores against the context
     # (no flash attention: f32 n_kv x n_ubatch x n_head) + one logits row + activations
     ub = min(ubatch, ctx)
@@ -357,7 +408,7 @@ def estimate(path: str | Path | ModelInfo, *, ctx: int = 4096, ubatch: int = 512
     return Estimate(path=info.path, ctx=ctx, ubatch=ubatch, kv_type=kv_type, swa_full=swa_full,
                     weights_bytes=weights, kv_bytes=kv, compute_bytes=int(compute), overhead_bytes=overhead,
                     total_bytes=int(total), file_bytes=info.file_bytes, bytes_per_token=read,
-                    bytes_per_token_full=read + kv_full, kv_cells=cells, notes=notes)
+                    bytes_per_token_full=read + kv_full, kv_cells=cells, repacked_bytes=repacked, notes=notes)
 
 
 # ---- measurement (real llama-cpp-python, in a subprocess) --------------------------------
@@ -596,13 +647,15 @@ def _peak(e: Estimate, info: ModelInfo) -> int:
     return e.total_bytes + max(0, max(e.kv_cells) - ub) * ub * info.n_head * 4   # FA off
 
 
-def max_ctx(info: ModelInfo, usable: int, *, ubatch=512, kv_type="f16", swa_full=True, runtime_bytes=None) -> int:
+def max_ctx(info: ModelInfo, usable: int, *, ubatch=512, kv_type="f16", swa_full=True, runtime_bytes=None,
+            cpu_features=None) -> int:
     """Largest n_ctx (multiple of 256, up to the model's context) whose peak still fits."""
     hi = info.context_length or 131072
     best, lo = 0, 256
     while lo <= hi:
         mid = (lo + hi) // 2 // 256 * 256 or 256
-        e = estimate(info, ctx=mid, ubatch=ubatch, kv_type=kv_type, swa_full=swa_full, runtime_bytes=runtime_bytes)
+        e = estimate(info, ctx=mid, ubatch=ubatch, kv_type=kv_type, swa_full=swa_full, runtime_bytes=runtime_bytes,
+                     cpu_features=cpu_features)
         if _classify(_peak(e, info), usable) == "fits":
             best, lo = mid, mid + 256
         else:
@@ -625,6 +678,7 @@ def verdict(path, device, *, ctx: int = 4096, ubatch: int = 512, kv_type: str = 
         ram = device.ram_bytes
         usable = usable_bytes_for(ram)
         runtime = PHONE_APP_RUNTIME_BYTES
+        features = ["asimddp"] * device.dotprod + ["i8mm"] * device.i8mm
     elif isinstance(device, DeviceState):
         kind = device.source
         dev_name = device.model or device.serial or kind
@@ -633,15 +687,18 @@ def verdict(path, device, *, ctx: int = 4096, ubatch: int = 512, kv_type: str = 
         if not ram or not usable:
             raise EdgeError(f"device {dev_name} did not report its memory; check `adb shell cat /proc/meminfo`")
         runtime = None if kind == "host" else PHONE_APP_RUNTIME_BYTES
+        features = device.cpu_features
         if kind != "host":
             prof = match_profile(device, profiles)
         warnings += device.warnings()
     else:
         raise TypeError(f"device must be a Profile, DeviceState or profile name, not {type(device).__name__}")
-    e = estimate(info, ctx=ctx, ubatch=ubatch, kv_type=kv_type, swa_full=swa_full, runtime_bytes=runtime)
+    e = estimate(info, ctx=ctx, ubatch=ubatch, kv_type=kv_type, swa_full=swa_full, runtime_bytes=runtime,
+                 cpu_features=features)
     peak = _peak(e, info)
     v = _classify(peak, usable)
-    mc = max_ctx(info, usable, ubatch=ubatch, kv_type=kv_type, swa_full=swa_full, runtime_bytes=runtime)
+    mc = max_ctx(info, usable, ubatch=ubatch, kv_type=kv_type, swa_full=swa_full, runtime_bytes=runtime,
+                 cpu_features=features)
     # speed and heat
     tok = tok_full = sust = energy = None
     thermal = ""

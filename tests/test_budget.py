@@ -209,7 +209,7 @@ def test_estimate_within_10_percent_of_measured_rss(gguf_path):
     """Real llama-cpp-python in a subprocess: RSS after a short chat vs our total_bytes."""
     errors = {}
     for n_ctx in (512, 8192, 32768):
-        m = measure_rss(gguf_path, ctx=n_ctx, prompt=32, gen=2, threads=1)
+        m = measure_rss(gguf_path, ctx=n_ctx, prompt=256, gen=4, threads=1)
         e = estimate(gguf_path, ctx=n_ctx)
         errors[n_ctx] = e.total_bytes / m["rss_used"] - 1
     assert all(abs(err) <= 0.10 for err in errors.values()), errors
