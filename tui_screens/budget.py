@@ -20,10 +20,12 @@ from tui_screens import library
 from tui_screens.common import StatusLine, describe_error, fmt_bytes
 
 STAR = "★"
+HOT = "▼"
 CTX_CHOICES = (2048, 4096, 8192, 16384, 32768)
 VERDICT_STYLE = {"fits": ("✓", "green"), "tight": ("~", "yellow"), "does not fit": ("✗", "red")}
-LEGEND = (f"{STAR} recommended for that device · ✓ fits · ~ tight (may be killed under memory pressure) · "
-          "✗ does not fit · max ctx = largest n_ctx that fits · tok/s = predicted decode · 🌡 throttles below the target speed")
+LEGEND = (f"cell: verdict · largest n_ctx that fits · predicted decode tok/s   {STAR} recommended for that device   "
+          f"✓ fits   ~ tight (may be killed under memory pressure)   ✗ does not fit   "
+          f"{HOT} heat: sustained speed drops below the target")
 
 
 def fmt_ctx(n: int) -> str:
@@ -31,14 +33,17 @@ def fmt_ctx(n: int) -> str:
 
 
 def cell_text(v, recommended: bool) -> Text:
-    """'★ ✓ 32k · 41 tok/s' coloured by verdict."""
+    """'★ ✓ 32k · 41 tok/s' coloured by verdict; a variant that does not fit shows only that."""
     mark, style = VERDICT_STYLE.get(v.verdict, ("?", ""))
-    parts = [f"{mark} {fmt_ctx(v.max_ctx)}" if v.max_ctx else f"{mark} —"]
-    if v.tok_s is not None:
-        parts.append(f"{v.tok_s:.0f} tok/s")
+    if v.verdict == "does not fit":
+        parts = [f"{mark} does not fit"]
+    else:
+        parts = [f"{mark} {fmt_ctx(v.max_ctx)}" if v.max_ctx else f"{mark} {v.verdict}"]
+        if v.tok_s is not None:
+            parts.append(f"{v.tok_s:.0f} tok/s")
     text = Text((STAR + " " if recommended else "  ") + " · ".join(parts), style=style)
-    if v.thermal.startswith("throttles"):   # edge.budget: sustained speed below its target
-        text.append(" 🌡")
+    if v.verdict != "does not fit" and v.thermal.startswith("throttles"):   # edge.budget: below its target
+        text.append(" " + HOT)
     if recommended:
         text.stylize("bold")
     return text

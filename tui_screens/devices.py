@@ -20,8 +20,8 @@ from tui_screens.common import StatusLine, describe_error, fmt_bytes, fmt_temp
 PHONE_COLUMNS = [("serial", "serial"), ("model", "model"), ("soc", "SoC"), ("free", "RAM free"),
                  ("total", "RAM total"), ("thermal", "thermal"), ("battery", "battery"),
                  ("notes", "warnings")]
-PROFILE_COLUMNS = [("key", "key"), ("name", "phone"), ("tier", "tier"), ("soc", "SoC"), ("ram", "RAM"),
-                   ("usable", "one app can use"), ("bw", "memory GB/s"), ("isa", "dotprod / i8mm")]
+PROFILE_COLUMNS = [("key", "profile"), ("ram", "RAM"), ("usable", "one app can use"), ("bw", "memory GB/s"),
+                   ("isa", "dotprod / i8mm"), ("tier", "tier"), ("soc", "SoC"), ("name", "phone")]
 
 
 def phone_cells(serial: str, state) -> list[str]:
@@ -39,8 +39,7 @@ def phone_cells(serial: str, state) -> list[str]:
 def profile_cells(p, usable: int) -> list[str]:
     """One row from an `edge.budget.Profile` (sources: `edge profiles` or the .toml file)."""
     isa = " / ".join(("yes" if p.dotprod else "no", "yes" if p.i8mm else "no"))
-    return [p.key, p.name, p.tier, p.soc, f"{p.ram_gb:g} GB", fmt_bytes(usable),
-            f"{p.bandwidth_gbs:.1f}", isa]
+    return [p.key, f"{p.ram_gb:g} GB", fmt_bytes(usable), f"{p.bandwidth_gbs:.1f}", isa, p.tier, p.soc, p.name]
 
 
 class DevicesScreen(Screen):

@@ -177,13 +177,13 @@ def budget_devices(live: bool, host: bool) -> tuple[list[Column], list[str]]:
                     continue
                 try:
                     st = read_state(d.serial)
-                    out.append(Column(f"adb:{d.serial}", f"📱 {st.model or d.serial}", st))
+                    out.append(Column(f"adb:{d.serial}", f"phone: {st.model or d.serial}", st))
                 except Exception as e:
                     notes.append(f"{d.serial}: {e}")
         except Exception as e:  # adb missing: budget the profiles anyway
             notes.append(str(e).split(";")[0])
     if host:
-        out.append(Column("host", "💻 this machine", host_state()))
+        out.append(Column("host", "this machine", host_state()))
     out += [Column(p.key, p.name, p) for p in profiles()]
     return out, notes
 

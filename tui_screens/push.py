@@ -74,6 +74,14 @@ def result_text(r) -> str:
     return "\n".join(lines)
 
 
+HINT = """Pick a file, a phone and an app, then [b]Ctrl+S[/b] (or Push). [b]Esc[/b] cancels a push.
+
+The copy is `edge push`: it checks that the file is a GGUF and that our budget says it fits
+the phone (tick [i]force[/i] to push anyway), copies it under a temporary name, has the phone
+compute sha256 of every part, resumes after a dropped link, then renames it. The app's next
+steps are shown here when it is done."""
+
+
 class PushScreen(Screen):
     """A form (file, phone, app), a progress bar and the result with next steps."""
 
@@ -99,10 +107,10 @@ class PushScreen(Screen):
             yield Button("Cancel", id="push-cancel", variant="error", disabled=True)
             yield Checkbox("force: replace a file of the same name; push even if it does not fit",
                            id="push-force")
-        yield ProgressBar(id="push-progress", show_eta=False)
+        yield ProgressBar(id="push-progress", total=1, show_eta=False)
         yield Static("", id="push-speed")
         yield StatusLine(id="push-status")
-        yield Static("", id="push-result")
+        yield Static(HINT, id="push-result")
         yield Footer()
 
     def on_mount(self) -> None:
