@@ -144,11 +144,14 @@ class PushScreen(Screen):
         except Exception as e:
             app.call_from_thread(app.show_error, "apps", e)
             apps = []
-        try:
-            listed = [d for d in library.connected_devices() if d.state == "device"]
-            msg, kind = ("", "info") if listed else (library.NO_DEVICE_HELP, "warn")
-        except Exception as e:  # adb not installed / server down: a state, with what to do
-            listed, msg, kind = [], describe_error(e), "warn"
+        if not app.live:
+            listed, msg, kind = [], "adb off (the app was started with live=False)", "info"
+        else:
+            try:
+                listed = [d for d in library.connected_devices() if d.state == "device"]
+                msg, kind = ("", "info") if listed else (library.NO_DEVICE_HELP, "warn")
+            except Exception as e:  # adb not installed / server down: a state, with what to do
+                listed, msg, kind = [], describe_error(e), "warn"
         app.call_from_thread(self._fill_lists, apps, listed, msg, kind)
 
     def _fill_lists(self, apps, devices, msg: str, kind: str) -> None:
