@@ -82,6 +82,30 @@ class EdgeApp(App):
         self.notify(f"{what}: {error}", title="error", severity="error", timeout=8)
 
 
+def screenshot(app: EdgeApp, path: str | Path, screen: str = "budget", size: tuple[int, int] = (120, 34),
+               keys: tuple[str, ...] = ()) -> Path:
+    """Run `app` headless at `size`, open `screen`, wait for its library calls, press `keys`,
+    and save an SVG screenshot to `path` (the README's picture is made this way)."""
+    path = Path(path)
+
+    async def pilot_script(pilot) -> None:
+        for step in ("wait", f"mode:{screen}", "wait", *keys, "wait"):
+            if step == "wait":
+                for _ in range(3):
+                    await pilot.app.workers.wait_for_complete()
+                    await pilot.pause(0.2)
+            elif step.startswith("mode:"):
+                await pilot.app.switch_mode(step[5:])
+            else:
+                await pilot.press(step)
+        pilot.app.save_screenshot(path.name, str(path.parent.resolve()))
+        pilot.app.exit()
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    app.run(headless=True, size=size, auto_pilot=pilot_script)
+    return path
+
+
 def main(run: str | None = None, folder: str | None = None) -> None:
     """Run the app in this terminal (`edge tui` calls this). A run or folder that does not
     exist is bad input: EdgeError (one line, exit 2) before the screen is taken over."""
@@ -96,9 +120,23 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(prog="python tui.py", description=__doc__.split("\n\n")[0])
     parser.add_argument("--run", default=None, help="a run folder (from `edge demo --out`)")
     parser.add_argument("--folder", default=None, help="a folder of GGUF files")
+    parser.add_argument("--screenshot", default=None, metavar="SVG",
+                        help="save a screenshot of --screen to this SVG file instead of opening the app")
+    parser.add_argument("--screen", default="budget", choices=list(EdgeApp.MODES), help="screen for --screenshot")
+    parser.add_argument("--size", default="120x34", help="terminal size for --screenshot, WIDTHxHEIGHT")
     args = parser.parse_args()
     try:
-        main(run=args.run, folder=args.folder)
+        if args.screenshot:
+            w, _, h = args.size.partition("x")
+            if not (w.isdigit() and h.isdigit()):
+                raise EdgeError(f"--size {args.size}: expected WIDTHxHEIGHT, e.g. 120x34")
+            for flag, p in (("--run", args.run), ("--folder", args.folder)):
+                if p and not Path(p).is_dir():
+                    raise EdgeError(f"{flag} {p}: no such folder")
+            print(screenshot(EdgeApp(run=args.run, folder=args.folder, live=False), args.screenshot,
+                             args.screen, (int(w), int(h))))
+        else:
+            main(run=args.run, folder=args.folder)
     except EdgeError as e:
         print(f"tui.py: error: {e}", file=sys.stderr)
         sys.exit(e.exit_code)

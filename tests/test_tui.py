@@ -327,6 +327,19 @@ async def test_cancel_a_push(phone, tmp_path):
     assert not [p for p in phone.phone.root.rglob("*") if "edge-partial" in p.name]
 
 
+def test_screenshot_is_made_by_the_app(variants_dir, tmp_path):
+    """`python tui.py --screenshot` (how docs/tui-budget.svg is made): a headless run that
+    saves the budget screen as SVG."""
+    r = subprocess.run([sys.executable, str(ROOT / "tui.py"), "--folder", str(variants_dir), "--screenshot",
+                        str(tmp_path / "b.svg"), "--size", "130x30"], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    svg = (tmp_path / "b.svg").read_text()
+    assert svg.startswith("<svg") and "Budget" in svg and "tiny" in svg
+    bad = subprocess.run([sys.executable, str(ROOT / "tui.py"), "--folder", str(tmp_path / "nope")],
+                         capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2 and "no such folder" in bad.stderr
+
+
 # ---- a real terminal --------------------------------------------------------------------------
 @pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux not installed (scripts/setup.sh installs it)")
 def test_edge_tui_starts_in_a_real_terminal(variants_dir, tmp_path):
