@@ -35,6 +35,7 @@ from edge.errors import EdgeError
 RC_MARK = "__edge_rc="          # appended `echo` that carries the exit status (shell v1 has none)
 SEGMENT_BYTES = 16 << 20        # verification granularity: each segment is hashed on the phone
 CHUNK_BYTES = 1 << 20           # bytes handed to adb per write (progress / cancel granularity)
+IN_FLIGHT_BYTES = 1 << 20       # roughly what sits in pipes and adb's buffers before the phone has it
 SHELL_TIMEOUT_S = 60.0
 
 
@@ -52,7 +53,7 @@ def cmdline(argv: Sequence[str]) -> str:
 
 # ---- the adb binary -----------------------------------------------------------------------
 def adb_path() -> str:
-    exe = os.environ.get("EDGE_ADB") or shutil.which("adb")
+    exe = shutil.which(os.environ.get("EDGE_ADB") or "adb")
     if not exe:
         raise EdgeError("adb not found; install it (`sudo apt-get install adb`, or Android "
                         "platform-tools) or set EDGE_ADB to its path")
@@ -300,19 +301,28 @@ def upload(serial: str, local: Path, remote: str, *, progress: Callable[[Progres
     local = Path(local)
     size = local.stat().st_size
     tmp = partial_name(local, posixpath.dirname(remote), posixpath.basename(remote))
-    shell(serial, ["mkdir", "-p", posixpath.dirname(remote)], check=True)
-    head = shell(serial, "echo abc | head -c 2")
-    if head.out != "ab":
-        raise EdgeError(f"the phone's shell has no `head -c` (said {_first_line(head.out)!r}); "
+    # one round trip: the folder, `head -c` on this phone, and a partial file to resume
+    prep = shell(serial, f"mkdir -p {q(posixpath.dirname(remote))} || echo mkdir-failed; "
+                         f"echo abc | head -c 2; echo; stat -c %s {q(tmp)} 2>/dev/null")
+    lines = prep.out.splitlines()
+    if "mkdir-failed" in prep.out:
+        raise EdgeError(f"cannot create {posixpath.dirname(remote)} on the phone: {_first_line(prep.out)}")
+    if not lines or lines[0] != "ab":
+        raise EdgeError(f"the phone's shell has no `head -c` (said {_first_line(prep.out)!r}); "
                         f"Android 10 or newer is needed for edge push")
-    have = remote_size(serial, tmp) or 0
+    have = int(lines[1]) if len(lines) > 1 and lines[1].strip().isdigit() else 0
     if have > size:
         shell(serial, ["rm", "-f", tmp], check=True)
         have = 0
     t0 = time.monotonic()
     verifier = _Verifier(serial, local, tmp, size, segment_bytes)
     stats = UploadStats(remote, size, 0.0, 0, segment_bytes)
-    report = progress or (lambda p: None)
+    user_report = progress or (lambda p: None)
+
+    def report(p: Progress):
+        verifier.sent = p.done if p.stage == "push" else verifier.sent
+        user_report(p)
+
     restarted = False
     try:
         verifier.start()
@@ -426,6 +436,7 @@ class _Verifier(threading.Thread):
         self.serial, self.local, self.tmp, self.size, self.seg = serial, local, tmp, size, segment_bytes
         self.n = max(1, -(-size // segment_bytes))
         self.verified = 0                 # segments [0, verified) match
+        self.sent = 0                     # bytes handed to adb so far (a hint: poll only then)
         self.bad: int | None = None       # byte offset of a mismatching segment
         self.error: Exception | None = None
         self._halt = threading.Event()
@@ -468,14 +479,18 @@ class _Verifier(threading.Thread):
 
     def run(self):
         while not self._halt.is_set() and self.verified < self.n and self.bad is None:
+            target = min(self.size, (self.verified + 1) * self.seg)
+            if self.sent < min(self.size, target + IN_FLIGHT_BYTES):
+                self._halt.wait(0.05)     # not on the phone yet: no need to ask
+                continue
             try:
                 have = remote_size(self.serial, self.tmp) or 0
-                if have >= min(self.size, (self.verified + 1) * self.seg):
+                if have >= target:
                     self._step(have)
                     continue
             except EdgeError:
                 pass                      # link down: the pusher reconnects; try again later
-            self._halt.wait(0.2)
+            self._halt.wait(0.1)
 
     def finish(self) -> int | None:
         """After the push: verify what is left; None if every segment matches, else the

@@ -78,14 +78,14 @@ def budget_verdict(path: Path, state) -> tuple[str, str]:
         v = fn(path, state)
     except EdgeError as e:
         return "unknown", f"budget: {e}"
-    except TypeError:
-        try:
-            v = fn(path, device=state)
-        except Exception as e:  # an API we do not know yet: say so, never block the push
-            return "unknown", f"budget check failed: {e}"
+    except Exception as e:  # the estimator's bug must not block a push: report it as a warning
+        return "unknown", f"budget check failed ({type(e).__name__}: {e})"
     word = v if isinstance(v, str) else (v.get("verdict") if isinstance(v, dict) else getattr(v, "verdict", ""))
     detail = "" if isinstance(v, str) else (v.get("detail", "") if isinstance(v, dict)
                                             else getattr(v, "detail", "") or getattr(v, "summary", ""))
+    if not detail and hasattr(v, "peak_bytes") and hasattr(v, "usable_bytes"):
+        detail = (f"needs {v.peak_bytes / 1e9:.2f} GB at n_ctx {getattr(v, 'ctx', '?')}, "
+                  f"{v.usable_bytes / 1e9:.2f} GB usable")
     word = str(word or "unknown").lower().replace("_", " ")
     return word, str(detail or "")
 
@@ -142,14 +142,17 @@ def push(file: str | Path, app: str, serial: str = "", *, dest: str = "", force:
 
     # room on the phone, and a free target name
     need = size * (2 if route.private else 1) + STORAGE_MARGIN
-    device.shell(serial, ["mkdir", "-p", remote_dir], check=True)
-    free = device.free_bytes(serial, remote_dir)
+    from edge.readings import parse_df
+
+    probe = device.shell(serial, f"mkdir -p {q(remote_dir)} && df -k {q(remote_dir)}; "
+                                 f"test -e {q(remote)} && echo edge-exists")
+    free = parse_df(probe.out)
     if free is None:
-        res.warnings.append(f"could not read free storage of {remote_dir}")
+        res.warnings.append(f"could not read free storage of {remote_dir}: {device._first_line(probe.out)}")
     elif free < need:
         raise EdgeError(f"the phone has {free / 1e9:.2f} GB free in {remote_dir}, {local.name} needs "
                         f"{need / 1e9:.2f} GB; free some space on the phone")
-    if not route.private and device.shell(serial, ["test", "-e", remote]).rc == 0 and not force:
+    if not route.private and "edge-exists" in probe.out.split() and not force:
         raise EdgeError(f"{remote} already exists on the phone; pass --force to replace it")
 
     try:

@@ -390,15 +390,45 @@ class Shell:
         return self.rc, out.getvalue()
 
     def _pipeline(self, pipeline: list, stdin: Stdin, out) -> int:
-        rc = 0
+        """Run the stages concurrently, joined by OS pipes, as sh does; stderr goes to `out`."""
+        if len(pipeline) == 1:
+            return self._simple(pipeline[0], stdin, out)
+        rcs, threads, errors = [0] * len(pipeline), [], []
+        src = stdin
         for k, simple in enumerate(pipeline):
             last = k == len(pipeline) - 1
-            sink = out if last else tempfile.SpooledTemporaryFile(max_size=16 << 20)
-            rc = self._simple(simple, stdin, sink)
-            if not last:
-                sink.seek(0)
-                stdin = Stdin(sink)
-        return rc
+            if last:
+                sink, nxt = out, None
+            else:
+                r, w = os.pipe()
+                sink, nxt = os.fdopen(w, "wb", buffering=1 << 20), os.fdopen(r, "rb")
+
+            def stage(k=k, simple=simple, src=src, sink=sink, last=last):
+                try:
+                    rcs[k] = self.child()._simple(simple, src, sink, err=out)
+                except BrokenPipeError:
+                    rcs[k] = 141                       # killed by SIGPIPE
+                except BaseException as x:            # Dropped: re-raised below
+                    errors.append(x)
+                finally:
+                    if not last:
+                        try:
+                            sink.close()
+                        except BrokenPipeError:
+                            pass
+                    if isinstance(src.source, io.BufferedReader) and k > 0:
+                        src.source.close()             # a writer upstream now gets EPIPE
+
+            t = threading.Thread(target=stage, daemon=True)
+            t.start()
+            threads.append(t)
+            if nxt is not None:
+                src = Stdin(nxt)
+        for t in threads:
+            t.join()
+        if errors:
+            raise errors[0]
+        return rcs[-1]
 
     def expand(self, word: Word) -> list[str]:
         fields, cur, any_quoted, globbable = [], [], False, False
@@ -441,9 +471,9 @@ class Shell:
             return []
         return sorted(posixpath.join(d, n) for n in os.listdir(hd) if fnmatch.fnmatch(n, base))
 
-    def _simple(self, simple: Simple, stdin: Stdin, out) -> int:
+    def _simple(self, simple: Simple, stdin: Stdin, out, err=None) -> int:
         argv = [f for w in simple.words for f in self.expand(w)]
-        err = out
+        err = out if err is None else err
         opened = []
         try:
             for op, w in simple.redirects:

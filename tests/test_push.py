@@ -277,3 +277,17 @@ def test_budget_missing_is_tolerated(monkeypatch):
     import edge
     monkeypatch.delattr(edge, "budget", raising=False)
     assert push_mod.budget_verdict(None, None)[0] == "unknown"
+
+
+def test_two_phones_need_a_serial(server, sim, gguf_file):
+    other = AdbSim(Phone(fixture="galaxy_a12"))
+    try:
+        server.attach(other)
+        with pytest.raises(EdgeError, match="2 phones connected.*--serial"):
+            push(gguf_file, "chatterui")
+        res = push(gguf_file, "chatterui", other.serial, segment_bytes=SEG)
+        assert other.phone.files("/sdcard/Download") and not sim.phone.files("/sdcard/Download")
+        assert res.serial == other.serial
+    finally:
+        server.detach(other)
+        other.close()
