@@ -26,6 +26,7 @@ sys.path.insert(0, str(ROOT))
 from tests.test_tui_gguf import tiny_variants, write_sparse_gguf  # noqa: E402
 from tui import EdgeApp  # noqa: E402
 from tui_screens import library  # noqa: E402
+from tui_screens.budget import fmt_ctx  # noqa: E402
 from tui_screens.help import HelpScreen  # noqa: E402
 
 SIZE = (120, 34)
@@ -179,7 +180,7 @@ async def test_budget_grid_is_the_librarys(budget_dir):
                 if v.verdict == "does not fit":
                     assert "does not fit" in cell
                 else:
-                    assert (f"{v.max_ctx // 1024}k" if v.max_ctx else v.verdict) in cell
+                    assert (fmt_ctx(v.max_ctx) if v.max_ctx else v.verdict) in cell
                 assert cell.startswith("★") == (best == f.name)
         assert {"fits", "does not fit"} <= seen      # the 4B does not fit small phones
         # details of the cell under the cursor, and n_ctx cycling
@@ -245,6 +246,15 @@ async def test_devices_screen_reads_the_phone_live(phone, variants_dir):
         await wait_until(pilot, lambda: str(table.get_row_at(0)[6]).startswith("41.5 °C"))
         assert "battery at 41.5 C" in str(table.get_row_at(0)[7])
         assert app.screen.query_one("#profiles-table").row_count >= 10
+        # the budget has a row for the live phone, with edge.budget's verdict for its state now
+        from edge.budget import verdict
+
+        await pilot.press("b")
+        grid = app.screen.query_one("#budget-table")
+        await wait_until(pilot, lambda: grid.row_count > 0 and "phone" in str(grid.get_row_at(0)[0]))
+        assert str(grid.get_row_at(0)[0]) == "phone: Pixel 7"
+        v = verdict(variants_dir / "tiny-Q8_0.gguf", read_state(phone.serial), ctx=4096)
+        assert fmt_ctx(v.max_ctx) in str(grid.get_row_at(0)[1]) and v.verdict == "fits"
 
 
 @needs_adb

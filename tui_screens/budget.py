@@ -29,7 +29,10 @@ LEGEND = (f"cell: verdict · largest n_ctx that fits · predicted decode tok/s  
 
 
 def fmt_ctx(n: int) -> str:
-    return f"{n // 1024}k" if n >= 1024 and n % 1024 == 0 else str(n)
+    """32768 -> '32k', 24320 -> '23.8k', 512 -> '512'."""
+    if n < 1024:
+        return str(n)
+    return f"{n // 1024}k" if n % 1024 == 0 else f"{n / 1024:.1f}k"
 
 
 def cell_text(v, recommended: bool) -> Text:
