@@ -33,9 +33,22 @@ VARIANTS = {"Q8_0": ("LLAMA_FTYPE_MOSTLY_Q8_0", False), "Q4_0-pure": ("LLAMA_FTY
             "F16": ("LLAMA_FTYPE_MOSTLY_F16", False)}
 
 
+_QUIET = None
+
+
+def _quiet_llama_logs() -> None:
+    """llama.cpp's quantizer prints a line per tensor to stderr; keep the table readable."""
+    global _QUIET
+    import llama_cpp
+
+    _QUIET = llama_cpp.llama_log_callback(lambda level, text, user_data: None)
+    llama_cpp.llama_log_set(_QUIET, ctypes.c_void_p(0))
+
+
 def make_variants() -> list[Path]:
     import llama_cpp
 
+    _quiet_llama_logs()
     src = embedded_gguf()
     out_dir = cache_dir() / "bench-variants"
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -77,6 +90,7 @@ def main(argv=None) -> int:
     ap.add_argument("--ctx", type=int, action="append", help="n_ctx values (default 512 2048 8192 32768)")
     ap.add_argument("--threads", type=int, default=1, help="decode threads for the speed runs")
     ap.add_argument("--speed-only", action="store_true")
+    ap.add_argument("--jobs", type=int, default=2, help="RSS runs in parallel (RSS does not depend on CPU sharing)")
     ap.add_argument("--out", default="runs/bench/budget.json")
     args = ap.parse_args(argv)
     files = [Path(f) for f in args.files] if args.files else make_variants()
@@ -88,10 +102,14 @@ def main(argv=None) -> int:
         print("\nRSS after a short chat (256-token prompt + 16 tokens), llama-cpp-python, MB = 1e6 bytes")
         print(f"{'file':<30}{'n_ctx':>7}{'measured':>10}{'ours':>9}{'err':>8}{'PocketPal':>11}{'err':>8}"
               f"{'AnythingLLM':>13}{'err':>8}")
-        for f in files:
-            info = budget.read_gguf(f)
-            for n in ctxs:
-                m = budget.measure_rss(f, ctx=n, threads=args.threads, gen=16)
+        from concurrent.futures import ThreadPoolExecutor
+
+        grid = [(f, n) for f in files for n in ctxs]
+        infos = {f: budget.read_gguf(f) for f in files}
+        with ThreadPoolExecutor(args.jobs) as pool:
+            results = pool.map(lambda fn: budget.measure_rss(fn[0], ctx=fn[1], threads=args.threads, gen=16), grid)
+            for (f, n), m in zip(grid, results):
+                info = infos[f]
                 e = budget.estimate(info, ctx=n)
                 pp = info.file_bytes
                 al = 0.43e9 + 0.92 * info.file_bytes

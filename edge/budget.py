@@ -156,10 +156,7 @@ class ModelInfo:
     tied_output: bool
     types: dict[str, int] = field(default_factory=dict)   # type name -> bytes
     matmul_types: dict[str, int] = field(default_factory=dict)   # bytes of matmul weights by type
-
-    @property
-    def params(self) -> int:
-        return self._params
+    params: int = 0
 
     def global_layers(self) -> list[int]:
         if not self.sliding_window:
@@ -168,7 +165,7 @@ class ModelInfo:
 
     @property
     def bits_per_weight(self) -> float:
-        return 8 * self.tensor_bytes / max(self._params, 1)
+        return 8 * self.tensor_bytes / max(self.params, 1)
 
 
 def _gguf_types():
@@ -309,8 +306,7 @@ def _model_info(path: Path, kv: dict, tensors: list, QT, QSIZES) -> ModelInfo:
         context_length=a("context_length", 0), sliding_window=a("attention.sliding_window", 0) or 0,
         swa_pattern=pattern, tensor_bytes=total, embd_bytes=embd, embd_type=embd_type,
         output_bytes=out, tied_output=out == 0, types=types,
-        matmul_types={**mm, **({embd_type: mm.get(embd_type, 0) + embd} if out == 0 else {})})
-    info._params = params
+        matmul_types={**mm, **({embd_type: mm.get(embd_type, 0) + embd} if out == 0 else {})}, params=params)
     return info
 
 
@@ -402,7 +398,8 @@ def estimate(path: str | Path | ModelInfo, *, ctx: int = 4096, ubatch: int = 512
     # it is also the output head (tied), then all of it; plus the KV cache in use
     embd_row = info.embd_bytes // max(info.n_vocab, 1)
     read = info.tensor_bytes - (0 if info.tied_output else info.embd_bytes - embd_row)
-    kv_full = int(sum(min(c, ctx) if (il in set(info.global_layers()) or not info.sliding_window)
+    glob = set(info.global_layers())
+    kv_full = int(sum(min(c, ctx) if (il in glob or not info.sliding_window)
                       else min(c, info.sliding_window) for il, c in enumerate(cells)) * per_cell)
     total = weights + kv + compute + overhead
     return Estimate(path=info.path, ctx=ctx, ubatch=ubatch, kv_type=kv_type, swa_full=swa_full,
@@ -729,8 +726,7 @@ def verdict(path, device, *, ctx: int = 4096, ubatch: int = 512, kv_type: str = 
         if device.battery_temp_c is not None:
             live += f", battery {device.battery_temp_c:.1f} C"
         thermal = f"{thermal}; {live}"
-    if e.notes:
-        warnings += e.notes
+    warnings += [n for n in e.notes if "repacks" not in n]
     return Verdict(variant=Path(info.path).name, device=dev_name, device_kind=kind, ctx=ctx, verdict=v,
                    total_bytes=e.total_bytes, peak_bytes=peak, usable_bytes=usable, max_ctx=mc,
                    tok_s=tok, tok_s_full=tok_full, sustained_tok_s=sust, energy_mj_per_token=energy,
@@ -919,25 +915,34 @@ def budget_cmd(file: str, *, device: str = "", serial: str = "", host: bool = Fa
     elif device:
         devices = [get_profile(device)]
     else:
-        devices = list(load_profiles().values())
+        devices = sorted(load_profiles().values(), key=lambda p: (TIERS.index(p.tier), p.ram_gb, p.key))
     vs = [verdict(info, d, **kw) for d in devices]
+    if len(vs) == 1:                       # the parts as that device would hold them
+        parts, where = vs[0].estimate, f"on {vs[0].device}"
+    else:
+        parts, where = asdict(est), "llama-cpp-python on this machine"
     if json:
-        return {"file": str(file), "settings": kw, **{k: v for k, v in asdict(est).items() if k != "path"},
-                "verdicts": [asdict(v) for v in vs]}
+        return {"file": str(file), "settings": kw, "estimate_for": where,
+                **{k: v for k, v in parts.items() if k != "path"}, "verdicts": [asdict(v) for v in vs]}
     print(f"{Path(file).name}: {info.name}, {info.n_layers} layers ({len(info.global_layers())} global), "
           f"{info.bits_per_weight:.2f} bits/weight, file {_mb(info.file_bytes)}")
     sw = "full" if swa_full else f"window {info.sliding_window} + ubatch"
-    print(f"n_ctx {ctx:,}, n_ubatch {ubatch}, KV {kv_type}, sliding-window cache {sw} (llama.cpp CPU, this machine):")
-    for label, b in (("weights", est.weights_bytes), ("KV cache", est.kv_bytes), ("compute", est.compute_bytes),
-                     ("runtime + vocab", est.overhead_bytes), ("total", est.total_bytes)):
+    print(f"n_ctx {ctx:,}, n_ubatch {ubatch}, KV {kv_type}, sliding-window cache {sw}; RAM {where}:")
+    for label, b in (("weights", parts["weights_bytes"]), ("KV cache", parts["kv_bytes"]),
+                     ("compute", parts["compute_bytes"]), ("runtime + vocab", parts["overhead_bytes"]),
+                     ("total", parts["total_bytes"])):
         print(f"  {label:<16}{_mb(b):>12}")
-    print(f"  read per token  {_mb(est.bytes_per_token):>12} (tied output head included)\n")
+    print(f"  read per token  {_mb(parts['bytes_per_token']):>12} (tied output head included)")
+    if len(vs) > 1:
+        print(f"  (phones: + {_mb(PHONE_APP_RUNTIME_BYTES)} app runtime; 'needs' below is the peak with a "
+              "full context, the verdict compares it with what one app can use)")
+    print()
     print(_verdict_rows(vs, with_variant=False))
-    notes = sorted({w for v in vs for w in v.warnings})
-    for v in vs:
-        if len(vs) == 1:
-            print(f"\nheat: {v.thermal}")
-    for w in notes:
+    if len(vs) == 1:
+        print(f"\nheat: {vs[0].thermal}")
+    for n in parts.get("notes", []):
+        print(f"note: {n}")
+    for w in sorted({w for v in vs for w in v.warnings if w not in parts.get("notes", [])}):
         print(f"warning: {w}")
     return None
 

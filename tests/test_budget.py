@@ -128,8 +128,7 @@ def test_verdicts_and_the_apps_rules(info):
     assert 0 < huge.max_ctx < 32768
     assert verdict(info, a12, ctx=huge.max_ctx).verdict == "fits"
     assert verdict(info, a12, ctx=huge.max_ctx + 512).verdict != "fits"
-    assert "does not fit" in {v.verdict for v in matrix([info], [a12], ctx=32768, kv_type="f32")} | {huge.verdict} \
-        or huge.peak_bytes > 0.8 * huge.usable_bytes
+    assert [v.verdict for v in matrix([info], [a12], ctx=32768, kv_type="f32")] == ["does not fit"]
     # AnythingLLM: 0.43 GB + 0.92 x file against min(0.65 RAM, RAM - 1.2 GB)
     aw = small.anythingllm
     assert aw["estimate_bytes"] == int(0.43e9 + 0.92 * info.file_bytes)
@@ -159,10 +158,9 @@ def test_live_phone_state_feeds_the_verdict(info):
 
 def test_recommend_prefers_q4_0_on_dotprod_when_quality_is_close(info):
     q4k = replace(info, path="/x/m-Q4_K_M.gguf")
-    q4_0 = replace(info, path="/x/m-Q4_0.gguf", file_type=2, types={"Q4_0": info.tensor_bytes})
+    q4_0 = replace(info, path="/x/m-Q4_0.gguf", file_type=2, types={"Q4_0": info.tensor_bytes},
+                   matmul_types={"Q4_0": info.tensor_bytes})
     q8 = replace(info, path="/x/m-Q8_0.gguf", file_type=7, types={"Q8_0": info.tensor_bytes})
-    for v in (q4k, q4_0, q8):
-        v._params = info.params
     report = {"variants": [{"file": "m-Q4_K_M.gguf", "kld_mean": 0.050}, {"file": "m-Q4_0.gguf", "kld_mean": 0.058},
                            {"file": "m-Q8_0.gguf", "kld_mean": 0.010}]}
     # Q8_0 is far better: no Q4_0 preference
@@ -172,7 +170,10 @@ def test_recommend_prefers_q4_0_on_dotprod_when_quality_is_close(info):
     assert r.choice == "m-Q4_0.gguf" and "repacks" in r.reason
     # no dotprod/i8mm: the best quality wins
     assert recommend([q4k, q4_0, q8], "galaxy_a12", report=report).choice == "m-Q8_0.gguf"
-    assert recommend([q4k, q8], "pixel_7").choice == "m-Q4_K_M.gguf" or True
+    r = recommend([q4k, replace(q8, tensor_bytes=int(q8.tensor_bytes * 1.2))], "pixel_7")
+    assert r.choice == "m-Q8_0.gguf" and "no quality report" in r.reason     # most bits per weight
+    nothing = recommend([q8], "galaxy_a12", ctx=32768, kv_type="f32")
+    assert nothing.choice is None and "nothing fits" in nothing.reason
 
 
 # ---- CLI ----------------------------------------------------------------------------------
@@ -207,9 +208,13 @@ def test_demo_stage_writes_budget_json(tmp_path, gguf_path):
 @pytest.mark.real
 def test_estimate_within_10_percent_of_measured_rss(gguf_path):
     """Real llama-cpp-python in a subprocess: RSS after a short chat vs our total_bytes."""
-    errors = {}
-    for n_ctx in (512, 8192, 32768):
-        m = measure_rss(gguf_path, ctx=n_ctx, prompt=256, gen=4, threads=1)
-        e = estimate(gguf_path, ctx=n_ctx)
-        errors[n_ctx] = e.total_bytes / m["rss_used"] - 1
+    from concurrent.futures import ThreadPoolExecutor
+
+    grid = (512, 8192, 32768)
+    with ThreadPoolExecutor(len(grid)) as pool:      # RSS does not care that they share the CPU
+        measured = list(pool.map(lambda n: measure_rss(gguf_path, ctx=n, prompt=128, gen=4, threads=1), grid))
+    errors = {n: estimate(gguf_path, ctx=n).total_bytes / m["rss_used"] - 1 for n, m in zip(grid, measured)}
     assert all(abs(err) <= 0.10 for err in errors.values()), errors
+    # the KV cache really is what grows: 24,576 more tokens x 18 layers x 1 KiB (f16, swa_full)
+    grown = measured[2]["rss_used"] - measured[1]["rss_used"]
+    assert grown == pytest.approx(24576 * 18 * 1024, rel=0.05)
