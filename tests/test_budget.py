@@ -218,3 +218,29 @@ def test_estimate_within_10_percent_of_measured_rss(gguf_path):
     # the KV cache really is what grows: 24,576 more tokens x 18 layers x 1 KiB (f16, swa_full)
     grown = measured[2]["rss_used"] - measured[1]["rss_used"]
     assert grown == pytest.approx(24576 * 18 * 1024, rel=0.05)
+
+
+# ---- a live phone over the real adb (simulated phone: tests/adbsim.py) ---------------------
+@pytest.mark.skipif(__import__("shutil").which("adb") is None, reason="adb not installed (scripts/setup.sh)")
+def test_budget_live_phone_through_real_adb(gguf_path, capsys):
+    from edge.cli import main
+    from tests.adbsim import AdbServer, AdbSim, Phone
+
+    server = AdbServer()
+    sim = AdbSim(Phone(fixture="galaxy_s23"))
+    try:
+        server.attach(sim)
+        assert main(["budget", str(gguf_path), "--serial", sim.serial, "--ctx", "2048", "--json"]) == 0
+        out = json.loads(capsys.readouterr().out)
+        v = out["verdicts"][0]
+        assert v["device"] == "SM-S911B" and v["device_kind"] == "adb"
+        assert v["usable_bytes"] == 2854108 * 1024                   # MemAvailable of the phone
+        assert v["tok_s"] and "MODERATE" in v["thermal"]
+        assert any("thermal status 2" in w for w in v["warnings"])
+        assert out["total_bytes"] == v["estimate"]["total_bytes"]
+        assert main(["budget", str(gguf_path), "--serial", "127.0.0.1:1"]) == 2   # nobody answers
+        assert "error" in capsys.readouterr().err
+    finally:
+        server.detach(sim)
+        sim.close()
+        server.close()
