@@ -798,6 +798,8 @@ def recommend(paths, device, *, report=None, ctx: int = 4096, close: float = 1.2
                       "kld_mean": q.get("kld_mean")})
     name = getattr(dev, "key", None) or getattr(dev, "model", "") or "device"
     ok = [c for c in cands if c["verdict"] == "fits"]
+    shippable = [c for c in ok if not c["variant"].startswith("ref-")]   # the export's reference file
+    ok = shippable or ok
     if not ok:
         tight = [c for c in cands if c["verdict"] == "tight"]
         reason = (f"nothing fits with headroom at n_ctx {ctx}" +
@@ -891,7 +893,7 @@ def budget_cmd(file: str, *, device: str = "", serial: str = "", host: bool = Fa
     --serial or --host, every bundled profile is shown.
 
     Args:
-        file: the .gguf file.
+        file: the .gguf file, or a run folder (its gguf/*.gguf and report.json: a matrix and a recommendation).
         device: a profile name from `edge profiles` (e.g. pixel_7).
         serial: a phone's adb serial: read its memory and temperatures live.
         host: budget for this machine instead (psutil).
@@ -903,6 +905,9 @@ def budget_cmd(file: str, *, device: str = "", serial: str = "", host: bool = Fa
     """
     if sum(bool(x) for x in (device, serial, host)) > 1:
         raise EdgeError("give at most one of --device, --serial and --host")
+    if Path(file).is_dir():
+        return _budget_folder(Path(file), device=device, serial=serial, host=host, ctx=ctx, ubatch=ubatch,
+                              kv_type=kv_type, swa_full=swa_full, as_json=json)
     info = read_gguf(file)
     est = estimate(info, ctx=ctx, ubatch=ubatch, kv_type=kv_type, swa_full=swa_full)
     kw = dict(ctx=ctx, ubatch=ubatch, kv_type=kv_type, swa_full=swa_full)
@@ -944,6 +949,38 @@ def budget_cmd(file: str, *, device: str = "", serial: str = "", host: bool = Fa
         print(f"note: {n}")
     for w in sorted({w for v in vs for w in v.warnings if w not in parts.get("notes", [])}):
         print(f"warning: {w}")
+    return None
+
+
+def _budget_folder(folder: Path, *, device, serial, host, ctx, ubatch, kv_type, swa_full, as_json):
+    """`edge budget RUN_DIR`: every variant of a run x the device(s), and a recommendation each."""
+    paths = sorted(folder.glob("gguf/*.gguf")) or sorted(folder.glob("*.gguf"))
+    if not paths:
+        raise EdgeError(f"no .gguf files in {folder} or {folder / 'gguf'}; give a GGUF file or a run folder")
+    report = folder / "report.json"
+    report = report if report.is_file() else None
+    if host:
+        from edge.readings import host_state
+
+        devices = [host_state()]
+    elif serial:
+        devices = [_live_state(serial)]
+    elif device:
+        devices = [get_profile(device)]
+    else:
+        profiles = load_profiles()
+        devices = [profiles[k] for k in DEMO_DEVICES if k in profiles]
+    kw = dict(ctx=ctx, ubatch=ubatch, kv_type=kv_type, swa_full=swa_full)
+    infos = [read_gguf(p) for p in paths]
+    vs = matrix(infos, devices, **kw)
+    recs = [recommend(infos, d, report=report, **kw) for d in devices]
+    if as_json:
+        return {"folder": str(folder), "settings": kw, "report": str(report) if report else None,
+                "verdicts": [asdict(v) for v in vs], "recommendations": [asdict(r) for r in recs]}
+    print(f"{folder}: {len(paths)} variants, n_ctx {ctx:,}" + (f", quality from {report}" if report else ""))
+    print(_verdict_rows(vs, with_variant=True))
+    for r in recs:
+        print(f"recommended on {r.device}: {r.choice or 'none'} ({r.reason})")
     return None
 
 
