@@ -70,8 +70,17 @@ class EdgeApp(App):
         self.variants: list = []            # tui_screens.library.Variant, set by the Variants screen
         self.report: Path | None = None     # the quality report (report.json) of those variants
         self.chosen_file: Path | None = None  # the file the Push screen starts with
+        self.chosen_serial: str | None = None  # ... and the phone
         self.connected: list[str] = []      # serials of the phones the Devices screen last saw
         self.sub_title = str(self.run_dir or self.folder or "no run or folder given")
+
+    def push_this(self, file: Path | None = None, serial: str | None = None) -> None:
+        """Open the Push screen with this file and/or phone selected."""
+        if file is not None:
+            self.chosen_file = Path(file)
+        if serial is not None:
+            self.chosen_serial = serial
+        self.switch_mode("push")
 
     def action_help(self) -> None:
         if not isinstance(self.screen, HelpScreen):

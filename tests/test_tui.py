@@ -190,6 +190,10 @@ async def test_budget_grid_is_the_librarys(budget_dir):
         await pilot.press("c")
         await settle(app, pilot)
         assert "n_ctx 8192" in str(app.screen.query_one("#budget-detail").render())
+        await pilot.press("right", "enter")            # Enter on a cell: push that variant
+        await settle(app, pilot)
+        assert app.current_mode == "push"
+        assert app.screen.query_one("#push-file").value == budget_dir / "big-F16.gguf"
 
 
 # ---- Devices and Push, through the real adb server to the simulated phone ---------------------

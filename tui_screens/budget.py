@@ -128,7 +128,7 @@ class BudgetScreen(Screen):
     def _show(self, r: library.BudgetResult) -> None:
         self.result = r
         self.query_one("#budget-title", Static).update(
-            f"Budget at n_ctx {r.ctx}: which variant fits which device  (c: change n_ctx)")
+            f"Budget at n_ctx {r.ctx}: which variant fits which device  (c: change n_ctx · Enter: push it)")
         table = self.query_one(DataTable)
         table.clear(columns=True)
         table.add_column("device", key="device")
@@ -150,6 +150,16 @@ class BudgetScreen(Screen):
     @on(DataTable.CellHighlighted, "#budget-table")
     def _highlighted(self, event: DataTable.CellHighlighted) -> None:
         self._detail(event.cell_key.row_key.value, event.cell_key.column_key.value)
+
+    @on(DataTable.CellSelected, "#budget-table")
+    def _selected(self, event: DataTable.CellSelected) -> None:
+        """Enter on a cell: push that variant (to that phone, if it is a connected one)."""
+        r, device_key, variant = self.result, event.cell_key.row_key.value, event.cell_key.column_key.value
+        if r is None or variant not in r.variants:
+            return
+        path = next(v.path for v in self.app.variants if v.path.name == variant)
+        serial = device_key.removeprefix("adb:") if device_key.startswith("adb:") else None
+        self.app.push_this(file=path, serial=serial)
 
     def _detail(self, device_key: str, variant: str) -> None:
         r = self.result

@@ -8,7 +8,7 @@ what to do.
 
 from __future__ import annotations
 
-from textual import work
+from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.screen import Screen
@@ -100,6 +100,11 @@ class DevicesScreen(Screen):
         else:
             msg, kind = library.NO_DEVICE_HELP, "warn"
         app.call_from_thread(self._show_phones, rows, msg, kind)
+
+    @on(DataTable.RowSelected, "#devices-table")
+    def _phone_selected(self, event: DataTable.RowSelected) -> None:
+        """Enter on a phone: push to it."""
+        self.app.push_this(serial=event.row_key.value)
 
     def _show_phones(self, rows: list[list[str]], msg: str, kind: str) -> None:
         table = self.query_one("#devices-table", DataTable)

@@ -118,7 +118,7 @@ class PushScreen(Screen):
         self.action_refresh()
 
     def on_screen_resume(self) -> None:
-        self._fill_files()
+        self.action_refresh()
 
     # ---- the lists ----------------------------------------------------------------------
     def _fill_files(self) -> None:
@@ -156,8 +156,13 @@ class PushScreen(Screen):
 
     def _fill_lists(self, apps, devices, msg: str, kind: str) -> None:
         dev = self.query_one("#push-device", Select)
-        dev.set_options([(f"{d.serial}  {getattr(d, 'model', '') or ''}".rstrip(), d.serial) for d in devices])
-        if len(devices) == 1:
+        keep = dev.value
+        dev.set_options([(f"{d.serial}  {d.model}".rstrip(), d.serial) for d in devices])
+        serials = [d.serial for d in devices]
+        wanted = self.app.chosen_serial if self.app.chosen_serial in serials else keep
+        if wanted in serials:
+            dev.value = wanted
+        elif len(devices) == 1:
             dev.value = devices[0].serial
         app_select = self.query_one("#push-app", Select)
         keep = app_select.value

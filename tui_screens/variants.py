@@ -107,8 +107,7 @@ class VariantsScreen(Screen):
         if not table.row_count:
             return
         key = table.coordinate_to_cell_key(table.cursor_coordinate).row_key.value
-        self.app.chosen_file = Path(key)
-        self.app.switch_mode("push")
+        self.app.push_this(file=Path(key))
 
     @on(DataTable.RowSelected, "#variants-table")
     def _row_selected(self, event: DataTable.RowSelected) -> None:
