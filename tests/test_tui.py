@@ -23,6 +23,7 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from edge.errors import EdgeError  # noqa: E402
 from tests.test_tui_gguf import tiny_variants, write_sparse_gguf  # noqa: E402
 from tui import EdgeApp  # noqa: E402
 from tui_screens import library  # noqa: E402
@@ -344,14 +345,13 @@ async def test_cancel_a_push(phone, tmp_path):
 def test_screenshot_is_made_by_the_app(variants_dir, tmp_path):
     """`python tui.py --screenshot` (how docs/tui-budget.svg is made): a headless run that
     saves the budget screen as SVG."""
-    r = subprocess.run([sys.executable, str(ROOT / "tui.py"), "--folder", str(variants_dir), "--screenshot",
-                        str(tmp_path / "b.svg"), "--size", "130x30"], capture_output=True, text=True, timeout=120)
-    assert r.returncode == 0, r.stderr
-    svg = (tmp_path / "b.svg").read_text()
-    assert svg.startswith("<svg") and "Budget" in svg and "tiny" in svg
-    bad = subprocess.run([sys.executable, str(ROOT / "tui.py"), "--folder", str(tmp_path / "nope")],
-                         capture_output=True, text=True, timeout=60)
-    assert bad.returncode == 2 and "no such folder" in bad.stderr
+    from tui import main, screenshot
+
+    out = screenshot(EdgeApp(folder=variants_dir, live=False, host=False), tmp_path / "b.svg", "budget", (130, 30))
+    svg = out.read_text()
+    assert svg.startswith("<svg") and "Budget" in svg and "tiny" in svg and "Galaxy" in svg
+    with pytest.raises(EdgeError, match="no such folder"):     # bad input: one line, before the screen
+        main(folder=str(tmp_path / "nope"))
 
 
 # ---- a real terminal --------------------------------------------------------------------------
