@@ -139,3 +139,21 @@ def test_simulated_shell_permissions():
         assert rc == 1 and b"not debuggable" in out
     finally:
         phone.cleanup()
+
+
+def test_sync_service_push_pull_ls_with_plain_adb(sim, server, tmp_path):
+    """The simulator's sync: service (SYNC.TXT) as the real `adb push/pull/ls` use it."""
+    src = tmp_path / "blob.bin"
+    src.write_bytes(bytes(range(256)) * 3000)             # 768,000 bytes: several DATA chunks
+    out = server.adb("-s", sim.serial, "push", str(src), "/sdcard/Download/sub dir/blob.bin")
+    assert "1 file pushed" in out
+    assert sim.phone.files("/sdcard/Download/sub dir") == {"blob.bin": src.read_bytes()}
+    back = tmp_path / "back.bin"
+    server.adb("-s", sim.serial, "pull", "/sdcard/Download/sub dir/blob.bin", str(back))
+    assert back.read_bytes() == src.read_bytes()
+    assert "blob.bin" in server.adb("-s", sim.serial, "ls", "/sdcard/Download/sub dir")
+    sim.phone.capacity = sim.phone.used() + 100_000         # full: adbd answers FAIL, deletes the file
+    out = server.adb("-s", sim.serial, "push", str(src), "/sdcard/Download/full.bin")
+    assert "No space left on device" in out and "full.bin" not in sim.phone.files("/sdcard/Download")
+    out = server.adb("-s", sim.serial, "push", str(src), "/data/data/com.anythingllm/files/x.bin")
+    assert "Permission denied" in out
