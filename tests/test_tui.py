@@ -249,7 +249,7 @@ async def test_devices_screen_reads_the_phone_live(phone, variants_dir):
         fx = phone.phone.fixtures             # what the simulated `dumpsys battery` prints
         fx["battery"] = fx["battery"].replace("temperature: 326", "temperature: 415")
         await wait_until(pilot, lambda: str(table.get_row_at(0)[6]).startswith("41.5 °C"))
-        assert "battery at 41.5 C" in str(table.get_row_at(0)[7])
+        assert "battery at 41.5 C" in str(table.get_row_at(0)[8])
         assert app.screen.query_one("#profiles-table").row_count >= 10
         # the budget has a row for the live phone, with edge.budget's verdict for its state now
         from edge.budget import verdict

@@ -18,7 +18,7 @@ from tui_screens import library
 from tui_screens.common import StatusLine, describe_error, fmt_bytes, fmt_temp
 
 PHONE_COLUMNS = [("serial", "serial"), ("model", "model"), ("soc", "SoC"), ("free", "RAM free"),
-                 ("total", "RAM total"), ("thermal", "thermal"), ("battery", "battery"),
+                 ("total", "RAM total"), ("thermal", "thermal"), ("battery", "battery"), ("storage", "storage free"),
                  ("notes", "warnings")]
 PROFILE_COLUMNS = [("key", "profile"), ("ram", "RAM"), ("usable", "one app can use"), ("bw", "memory GB/s"),
                    ("isa", "dotprod / i8mm"), ("tier", "tier"), ("soc", "SoC"), ("name", "phone")]
@@ -33,7 +33,8 @@ def phone_cells(serial: str, state) -> list[str]:
     if state.battery_level is not None:
         battery += f" · {state.battery_level}%"
     return [serial, state.model or "—", state.soc or "—", fmt_bytes(state.available_bytes),
-            fmt_bytes(state.total_bytes), thermal, battery, "; ".join(state.warnings()) or "ok"]
+            fmt_bytes(state.total_bytes), thermal, battery, fmt_bytes(state.storage_free_bytes),
+            "; ".join(state.warnings()) or "ok"]
 
 
 def profile_cells(p, usable: int) -> list[str]:

@@ -20,12 +20,14 @@ Everything here calls the `edge` library: the numbers are the ones `edge budget`
 | `2` `d` | **Devices** | phones connected over adb (RAM free, thermal status, battery temperature; refreshed every few seconds) and the bundled phone profiles |
 | `3` `b` | **Budget** | every variant × every device: fits / tight / does not fit, largest n_ctx, predicted speed, heat; ★ = recommended |
 | `4` `p` | **Push** | pick a file, a phone and an app, push with progress; `Esc` cancels |
+| `c` | Budget | change n_ctx (2k, 4k, 8k, 16k, 32k) |
+| `Ctrl+S` `Esc` | Push | start / cancel the push |
 | `r` | any | refresh the current screen |
 | `?` `F1` | any | this help |
 | `q` | any | quit |
 
-Tables: arrow keys move, `Enter` selects (a variant in *Variants* becomes the file to push).
-Buttons and table rows also work with the mouse. `Tab` moves between widgets.
+Tables: arrow keys move; `Enter` on a variant, a budget cell or a phone opens *Push* with it
+selected. Buttons, lists and table rows also work with the mouse; `Tab` moves between widgets.
 
 **No phone listed?** Plug it in with USB debugging on (Settings → Developer options), accept
 the "Allow USB debugging" prompt on the phone, then `adb devices` should list it as `device`.
