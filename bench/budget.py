@@ -127,17 +127,20 @@ def main(argv=None) -> int:
           f"{budget.HOST_CALIBRATION['decode_bandwidth_gbs']} GB/s / bytes read per token")
     sbw = stream_bandwidth_gbs()
     print(f"streaming read bandwidth here now: {sbw:.1f} GB/s (numpy, 1 thread)")
-    print(f"{'file':<30}{'MB/token':>9}{'predicted':>11}{'measured':>10}{'err':>8}{'implied GB/s':>14}")
+    print("measured: wall-clock tok/s, and tokens per CPU-second of the decoding process (1 thread:")
+    print("close to an idle machine's speed when the CPU is shared); implied GB/s = per-CPU-s x MB/token")
+    print(f"{'file':<30}{'MB/token':>9}{'predicted':>11}{'wall':>7}{'per CPU-s':>11}{'err':>8}{'implied GB/s':>14}")
     speed = []
     for f in files:
         e = budget.estimate(f, ctx=512)
         m = budget.measure_rss(f, ctx=512, threads=args.threads, prompt=16, gen=64)
         pred = e.tokens_per_s(budget.HOST_CALIBRATION["decode_bandwidth_gbs"])
-        implied = m["tok_s"] * e.bytes_per_token / 1e9
-        speed.append(dict(file=f.name, bytes_per_token=e.bytes_per_token, predicted=pred, measured=m["tok_s"],
-                          implied_gbs=implied))
-        print(f"{f.name:<30}{e.bytes_per_token / 1e6:>9.0f}{pred:>11.1f}{m['tok_s']:>10.1f}{pct(pred, m['tok_s']):>8}"
-              f"{implied:>14.1f}", flush=True)
+        cpu = m["tok_per_cpu_s"]
+        implied = cpu * e.bytes_per_token / 1e9
+        speed.append(dict(file=f.name, bytes_per_token=e.bytes_per_token, predicted=pred, measured_wall=m["tok_s"],
+                          measured_per_cpu_s=cpu, implied_gbs=implied))
+        print(f"{f.name:<30}{e.bytes_per_token / 1e6:>9.0f}{pred:>11.1f}{m['tok_s']:>7.1f}{cpu:>11.1f}"
+              f"{pct(pred, cpu):>8}{implied:>14.1f}", flush=True)
     load2 = os.getloadavg()
     print(f"load average after: {load2[0]:.1f} {load2[1]:.1f} {load2[2]:.1f}")
     out = Path(args.out)

@@ -96,8 +96,8 @@ def host_features() -> tuple[str, ...]:
     except OSError:
         return ()
 
-# Measured on the project machine (2-core x86_64, llama-cpp-python 0.3.36, 2 threads) by
-# `python bench/budget.py --calibrate`; see docs/BENCHMARKS.md "Budget". Re-run to refresh.
+# Calibrated on the project machine (2-core x86_64, AVX2, llama-cpp-python 0.3.36) against the
+# RSS grid of bench/budget.py; see docs/BENCHMARKS.md "Budget". Re-run the bench to refresh.
 HOST_CALIBRATION = {
     # RSS of a Python process with llama_cpp imported and a model loaded, beyond weights
     # (incl. repacked copies), KV, compute and vocabulary: interpreter, numpy, ggml/llama
@@ -105,11 +105,16 @@ HOST_CALIBRATION = {
     # the residual on the 270M Q4_K_M and Q8_0 (Q4_0 and F16 held out): 75.6 MB + 249 B/token.
     "runtime_bytes": 75_600_000,
     "runtime_bytes_per_ctx": 249,
-    # llama.cpp's vocabulary tables (token text, scores, types, lookup maps), per token.
+    # llama.cpp's vocabulary tables (token text, scores, types, lookup maps), per token. An
+    # assumption (~80 B/token): every file measured has the same 262,144-token vocabulary, so
+    # the fit above cannot separate it from the runtime.
     "vocab_bytes_per_token": 80,
-    # effective bandwidth llama.cpp decode reaches here, bytes read per token x tokens/s.
-    "decode_bandwidth_gbs": 18.0,
-    # plain streaming read bandwidth here (numpy sum of a 512 MiB array, 1 thread).
+    # effective bandwidth llama.cpp decode reaches here, bytes read per token x tokens/s, from
+    # REFERENCE.md's quiet-machine runs (2 threads, n_ctx 512): Q4_K_M 71 tok/s x 247 MB =
+    # 17.5 GB/s, Q8_0 66 x 285 MB = 18.8 GB/s, Q4_0 144 x 151 MB = 21.7 GB/s; median 18.8.
+    # (Our own runs were on a CPU shared by 8+ processes and are compute-starved; see BENCHMARKS.)
+    "decode_bandwidth_gbs": 18.8,
+    # streaming read bandwidth here, one thread (REFERENCE.md: about 28 GB/s).
     "stream_bandwidth_gbs": 28.0,
 }
 # On a phone, llama.rn runs inside the app's own process: its Java/React Native runtime is
@@ -330,6 +335,7 @@ class Estimate:
     bytes_per_token_full: int     # ... with the context full
     kv_cells: list[int]           # per layer
     repacked_bytes: int = 0       # second copy of weights llama.cpp repacks on this CPU
+    flash_attn: bool = False
     notes: list[str] = field(default_factory=list)
 
     def tokens_per_s(self, bandwidth_gbs: float, full: bool = False) -> float:
@@ -385,6 +391,8 @@ def estimate(path: str | Path | ModelInfo, *, ctx: int = 4096, ubatch: int = 512
     # compute actually touched in a chat: one ubatch of attention scores against the context
     # (no flash attention: f32 n_kv x n_ubatch x n_head) + one logits row + activations
     ub = min(ubatch, ctx)
+    if kv_type not in ("f16", "bf16", "f32"):
+        flash_attn = True      # llama.cpp needs flash attention for a quantized V cache
     if flash_attn:
         scores = 0
     else:
@@ -405,7 +413,8 @@ def estimate(path: str | Path | ModelInfo, *, ctx: int = 4096, ubatch: int = 512
     return Estimate(path=info.path, ctx=ctx, ubatch=ubatch, kv_type=kv_type, swa_full=swa_full,
                     weights_bytes=weights, kv_bytes=kv, compute_bytes=int(compute), overhead_bytes=overhead,
                     total_bytes=int(total), file_bytes=info.file_bytes, bytes_per_token=read,
-                    bytes_per_token_full=read + kv_full, kv_cells=cells, repacked_bytes=repacked, notes=notes)
+                    bytes_per_token_full=read + kv_full, kv_cells=cells, repacked_bytes=repacked, flash_attn=flash_attn,
+                    notes=notes)
 
 
 # ---- measurement (real llama-cpp-python, in a subprocess) --------------------------------
@@ -433,15 +442,17 @@ for tok in llm.generate(toks, temp=0.0, top_k=1):
     n += 1
     if n == 1:
         prompt_s = time.time() - t0
-        t0 = time.time()
+        t0, c0 = time.time(), time.process_time()
     if n >= args["gen"]:
         break
 gen_s = time.time() - t0
+cpu_s = time.process_time() - c0
 r_used = proc.memory_info().rss
 print(json.dumps({"rss_import": r_import, "rss_loaded": r_loaded, "rss_used": r_used,
                   "peak_rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
                   "load_s": load_s, "prompt_tokens": len(toks), "prompt_s": prompt_s,
-                  "gen_tokens": n, "gen_s": gen_s, "tok_s": (n - 1) / gen_s if n > 1 else None}))
+                  "gen_tokens": n, "gen_s": gen_s, "tok_s": (n - 1) / gen_s if n > 1 else None,
+                  "tok_per_cpu_s": (n - 1) / cpu_s if n > 1 and cpu_s > 0 else None}))
 """
 
 
@@ -451,7 +462,9 @@ def measure_rss(path: str | Path, *, ctx: int = 4096, ubatch: int = 512, kv_type
     """Load `path` with llama-cpp-python in a fresh subprocess, run a short chat, report RSS.
 
     Returns rss_import (Python + llama_cpp imported), rss_loaded (after Llama(...)), rss_used
-    (after a `prompt`-token prompt and `gen` generated tokens), peak_rss, and decode tok/s.
+    (after a `prompt`-token prompt and `gen` generated tokens), peak_rss, decode tok/s (wall
+    clock) and tok_per_cpu_s (tokens per CPU-second of this process: with one thread, close to
+    the speed on an idle machine even when the CPU is shared).
     """
     _check_setting(ctx, ubatch, kv_type)
     args = dict(path=str(path), ctx=ctx, ubatch=ubatch, kv_type=kv_type, swa_full=swa_full,
@@ -640,6 +653,8 @@ def _classify(need: int, usable: int) -> str:
 
 def _peak(e: Estimate, info: ModelInfo) -> int:
     """total + the attention scores of a full ubatch against a full context (worst case)."""
+    if e.flash_attn:
+        return e.total_bytes
     ub = min(e.ubatch, e.ctx)
     return e.total_bytes + max(0, max(e.kv_cells) - ub) * ub * info.n_head * 4   # FA off
 
@@ -899,7 +914,7 @@ def budget_cmd(file: str, *, device: str = "", serial: str = "", host: bool = Fa
         host: budget for this machine instead (psutil).
         ctx: context length n_ctx in tokens.
         ubatch: llama.cpp's n_ubatch (tokens per compute step).
-        kv_type: KV cache type: f16, q8_0 or q4_0.
+        kv_type: KV cache type: f16, q8_0 or q4_0 (quantized types imply flash attention, as llama.cpp requires).
         swa_full: keep full-size caches on sliding-window layers (llama-cpp-python's default); --no-swa-full shrinks them to window + ubatch.
         json: print the estimate (total_bytes and its parts) and verdicts as JSON.
     """
