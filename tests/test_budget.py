@@ -244,3 +244,41 @@ def test_budget_live_phone_through_real_adb(gguf_path, capsys):
         server.detach(sim)
         sim.close()
         server.close()
+
+
+def _tiny_gguf(path: Path, *, layers: int, untied: bool = False) -> Path:
+    """A header-true Gemma 3 GGUF with small tensors (shapes of a 1B-like stack, 64 wide)."""
+    import gguf
+    import numpy as np
+
+    w = gguf.GGUFWriter(str(path), "gemma3")
+    w.add_block_count(layers)
+    w.add_context_length(32768)
+    w.add_embedding_length(64)
+    w.add_feed_forward_length(128)
+    w.add_head_count(4)
+    w.add_head_count_kv(1)
+    w.add_key_length(256)
+    w.add_value_length(256)
+    w.add_sliding_window(512)
+    w.add_token_list([f"t{i}".encode() for i in range(1000)])
+    w.add_tensor("token_embd.weight", np.zeros((1000, 64), dtype=np.float16))
+    if untied:
+        w.add_tensor("output.weight", np.zeros((1000, 64), dtype=np.float16))
+    for il in range(layers):
+        w.add_tensor(f"blk.{il}.ffn_up.weight", np.zeros((128, 64), dtype=np.float32))
+    w.write_header_to_file(); w.write_kv_data_to_file(); w.write_tensors_to_file(); w.close()
+    return path
+
+
+def test_metadata_drives_the_formulas(tmp_path):
+    info = read_gguf(_tiny_gguf(tmp_path / "b.gguf", layers=26))
+    assert info.global_layers() == [5, 11, 17, 23]                   # 1B: 22 local + 4 global
+    assert (info.n_vocab, info.tied_output, info.embd_type) == (1000, True, "F16")
+    e = estimate(info, ctx=8192, swa_full=False, ubatch=512, cpu_features=[])
+    assert e.kv_bytes == (4 * 8192 + 22 * 1024) * 1024
+    assert e.bytes_per_token == info.tensor_bytes                      # tied: embedding read as the head
+    untied = read_gguf(_tiny_gguf(tmp_path / "u.gguf", layers=26, untied=True))
+    assert not untied.tied_output and untied.output_bytes == 1000 * 64 * 2
+    u = estimate(untied, ctx=8192, cpu_features=[])
+    assert u.bytes_per_token == untied.tensor_bytes - untied.embd_bytes + 64 * 2   # one embedding row
