@@ -307,9 +307,13 @@ def upload(serial: str, local: Path, remote: str, *, progress: Callable[[Progres
     lines = prep.out.splitlines()
     if "mkdir-failed" in prep.out:
         raise EdgeError(f"cannot create {posixpath.dirname(remote)} on the phone: {_first_line(prep.out)}")
+    writer = "head"          # `head -c N >> tmp` stops after exactly the bytes we send
     if not lines or lines[0] != "ab":
-        raise EdgeError(f"the phone's shell has no `head -c` (said {_first_line(prep.out)!r}); "
-                        f"Android 10 or newer is needed for edge push")
+        # no `head -c` (older toybox): `cat` works where shell protocol v2 carries end-of-stdin
+        if "shell_v2" not in adb("features", serial=serial, timeout=15).stdout.decode(errors="replace"):
+            raise EdgeError(f"the phone's shell has no `head -c` (said {_first_line(prep.out)!r}) and its "
+                            f"adb has no shell protocol v2; this Android version is too old for edge push")
+        writer = "cat"
     have = int(lines[1]) if len(lines) > 1 and lines[1].strip().isdigit() else 0
     if have > size:
         shell(serial, ["rm", "-f", tmp], check=True)
@@ -330,7 +334,7 @@ def upload(serial: str, local: Path, remote: str, *, progress: Callable[[Progres
             if have:
                 stats.resumed_at.append(have)
             try:
-                _stream(serial, local, tmp, have, size, report, cancel, t0)
+                _stream(serial, local, tmp, have, size, report, cancel, writer)
             except _LinkDropped as e:
                 stats.retries += 1
                 if stats.retries > retries:
@@ -375,12 +379,14 @@ class _LinkDropped(Exception):
     pass
 
 
-def _stream(serial, local, tmp, offset, size, report, cancel, t0) -> None:
-    """Append local[offset:] to tmp through `adb shell` stdin (`head -c N >> tmp`)."""
+def _stream(serial, local, tmp, offset, size, report, cancel, writer: str = "head") -> None:
+    """Append local[offset:] to tmp through `adb shell` stdin: `head -c N >> tmp`, or
+    `cat >> tmp` (ends when shell protocol v2 closes the phone's stdin)."""
     remaining = size - offset
     if remaining == 0:
         return
-    line = f"head -c {remaining} >> {q(tmp)}; echo {RC_MARK}$?"
+    cmd = f"head -c {remaining}" if writer == "head" else "cat"
+    line = f"{cmd} >> {q(tmp)}; echo {RC_MARK}$?"
     p = subprocess.Popen([adb_path(), "-s", serial, "shell", "-e", "none", line],
                          stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     sent, start, err = offset, time.monotonic(), None

@@ -47,6 +47,7 @@ import struct
 import tempfile
 import threading
 import time
+import types
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -98,8 +99,10 @@ class Phone:
     throttle_bps: float | None = None      # link speed in bytes/s (both directions)
     unauthorized: bool = False             # answer CNXN with AUTH and never accept
     head_c: bool = True                    # toybox head supports -c
+    shell_v2: bool = True                  # advertise shell_v2 (Android 7+); False: the v1 shell
     corrupt_after: int | None = None       # flip one bit written after this many pushed bytes
     log: list = field(default_factory=list)        # every shell command line received
+    services: list = field(default_factory=list)   # every service name opened (shell,v2,raw ...)
     broadcasts: list = field(default_factory=list)  # intents sent with `am broadcast`
     pushed_bytes: int = 0                  # data bytes received by sync SEND or shell stdin
 
@@ -963,18 +966,49 @@ class Stream:
 
 
 class ShellStream(Stream):
+    """`shell:CMD` / `exec:CMD` (raw bytes both ways, no exit status) or, when the phone
+    advertises shell_v2, `shell,v2[,raw|pty]:CMD` (shell_protocol.h: 5-byte headers, id
+    0 stdin, 1 stdout, 2 stderr, 3 exit, 4 close-stdin, 5 window size)."""
+
     counts_push = True
 
-    def __init__(self, conn, local_id, remote_id, command: str):
+    def __init__(self, conn, local_id, remote_id, command: str, v2: bool = False):
         super().__init__(conn, local_id, remote_id)
-        self.command = command
+        self.command, self.v2 = command, v2
+        self._left = 0            # v2: stdin bytes left in the current packet
+
+    def stdin_read(self, n: int = -1) -> bytes:
+        if not self.v2:
+            return self.read(n)
+        while self._left == 0:
+            try:
+                head = self.read_exact(5)
+            except EOFError:
+                return b""
+            pid, length = head[0], struct.unpack("<I", head[1:])[0]
+            if pid == 0:
+                self._left = length
+            elif pid == 4:
+                return b""        # close-stdin: EOF for the command
+            elif length:
+                self.read_exact(length)   # window size etc.: ignored
+        chunk = self.read(self._left if n < 0 else min(n, self._left))
+        self._left -= len(chunk)
+        return chunk
 
     def run(self):
         phone = self.conn.phone
         phone.log.append(["<shell>", self.command])
         try:
-            rc, out = Shell(phone).run(self.command, Stdin(self))
-            self.write(out)
+            stdin = Stdin(types.SimpleNamespace(read=self.stdin_read))
+            rc, out = Shell(phone).run(self.command, stdin)
+            if self.v2:
+                step = self.conn.max_payload - 5
+                for k in range(0, len(out), step):
+                    self.write(b"\x01" + struct.pack("<I", len(out[k:k + step])) + out[k:k + step])
+                self.write(b"\x03" + struct.pack("<I", 1) + bytes([rc & 0xFF]))
+            else:
+                self.write(out)
         except Dropped:
             self.conn.drop()
             return
@@ -1174,8 +1208,11 @@ class Connection:
             service = data.rstrip(b"\0").decode(errors="replace")
             local = self.next_id
             self.next_id += 1
-            if service.startswith(("shell:", "exec:")):
-                stream = ShellStream(self, local, a0, service.split(":", 1)[1])
+            phone.services.append(service.split(":", 1)[0])
+            name, _, command = service.partition(":")
+            if name in ("shell", "exec") or (name.startswith("shell,") and phone.shell_v2):
+                v2 = "v2" in name.split(",")[1:]
+                stream = ShellStream(self, local, a0, command, v2=v2)
             elif service == "sync:":
                 stream = SyncStream(self, local, a0)
             else:
@@ -1205,7 +1242,8 @@ class Connection:
         p = self.phone.props
         banner = (f"device::ro.product.name={p.get('ro.product.name', 'sim')};"
                   f"ro.product.model={p['ro.product.model'].replace(' ', '_')};"
-                  f"ro.product.device={p.get('ro.product.device', 'sim')};features=cmd")
+                  f"ro.product.device={p.get('ro.product.device', 'sim')};"
+                  f"features=cmd{',shell_v2' if self.phone.shell_v2 else ''}")
         self.send(A_CNXN, A_VERSION, MAX_PAYLOAD, banner.encode())
 
 

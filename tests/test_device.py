@@ -20,7 +20,7 @@ pytestmark = pytest.mark.skipif(shutil.which("adb") is None, reason="adb not ins
 
 NASTY = ["my model.gguf", "it's.gguf", 'say "hi".gguf', "a;touch PWNED;b.gguf", "$(touch PWNED).gguf",
          "`touch PWNED`.gguf", "line\nbreak.gguf", "x' ; touch PWNED ; '.gguf", "*.gguf", "-rf.gguf",
-         "back\\slash $HOME.gguf"]
+         "back\\slash $HOME.gguf", "brace{0}{n}%s.gguf"]
 
 
 @pytest.fixture(scope="module")

@@ -137,7 +137,21 @@ def test_model_card_table_from_report(gguf_file):
     assert "| Q4_0 | 158 MB | 4.5 | 0.0312 | 0.94 |" in card
 
 
-def test_resume_after_dropped_link(sim, gguf_file):
+@pytest.mark.parametrize("shell_v2", [True, False], ids=["shell_v2", "shell_v1"])
+def test_resume_after_dropped_link(server, gguf_file, shell_v2):
+    sim = AdbSim(Phone(shell_v2=shell_v2))
+    server.attach(sim)
+    try:
+        _resume(sim, gguf_file)
+        v2 = [x for x in sim.phone.services if x.startswith("shell,v2,") and x.endswith(",raw")]
+        assert bool(v2) == shell_v2          # real phones (Android 7+) speak shell protocol v2
+        assert ("shell" in sim.phone.services) == (not shell_v2)
+    finally:
+        server.detach(sim)
+        sim.close()
+
+
+def _resume(sim, gguf_file):
     size = gguf_file.stat().st_size
     sim.phone.drop_after = size // 2                    # pull the cable half-way
     res = push(gguf_file, "llamacpp", sim.serial, segment_bytes=SEG)
@@ -252,10 +266,22 @@ def test_bad_input(sim, gguf_file, tmp_path):
     assert main(["push", str(bad), "--app", "chatterui", "--serial", sim.serial]) == 2
 
 
-def test_old_shell_without_head_c(sim, gguf_file):
-    sim.phone.head_c = False
-    with pytest.raises(EdgeError, match="no `head -c`"):
-        push(gguf_file, "chatterui", sim.serial)
+def test_old_shell_without_head_c(server, gguf_file):
+    """Without `head -c`, `cat` ends on shell v2's close-stdin; a v1-only phone is refused."""
+    for v2 in (True, False):
+        sim = AdbSim(Phone(head_c=False, shell_v2=v2))
+        server.attach(sim)
+        try:
+            if v2:
+                push(gguf_file, "chatterui", sim.serial, segment_bytes=SEG)
+                assert sim.phone.files("/sdcard/Download") == {gguf_file.name: gguf_file.read_bytes()}
+                assert any(c[:1] == ["cat"] for c in sim.phone.log)
+            else:
+                with pytest.raises(EdgeError, match="no `head -c`.*too old"):
+                    push(gguf_file, "chatterui", sim.serial)
+        finally:
+            server.detach(sim)
+            sim.close()
 
 
 def test_budget_verdict_gates_the_push(sim, gguf_file, monkeypatch):
