@@ -118,16 +118,17 @@ HOST_CALIBRATION = {
     "stream_bandwidth_gbs": 28.0,
 }
 # On a phone, llama.rn runs inside the app's own process: its Java/React Native runtime is
-# extra. Estimate: a React Native app at rest holds 150-250 MB (PocketPal/ChatterUI in
-# `dumpsys meminfo` on a Pixel); we take 200 MB.
+# extra. Estimate (not measured here): a React Native app at rest holds roughly 150-250 MB
+# of PSS; we take 200 MiB.
 PHONE_APP_RUNTIME_BYTES = 200 * MIB
 # Fraction of the theoretical DRAM bandwidth a phone's CPU cluster reaches in a streaming
-# read: about 0.5-0.65 (Chips and Cheese / AnandTech memory bandwidth tests of Snapdragon
-# 8 Gen 1-3 and Dimensity 9000 CPU clusters); we take 0.55.
+# read. Estimate from published CPU memory-bandwidth tests of recent phone SoCs (e.g. Chips
+# and Cheese, AnandTech), which land around half of the theoretical figure; we take 0.55.
 PHONE_STREAM_FRACTION = 0.55
 # What Android leaves to one foreground app: total RAM minus the system's share (kernel,
-# carve-outs, system_server, SystemUI, launcher, GMS): about 1.2 GB + 18 % of RAM (dumpsys
-# meminfo on 3-16 GB phones shows 1.6-4 GB used by the system at rest). Estimate.
+# carve-outs, zram, system_server, SystemUI, launcher, GMS). Estimate, not measured: 1.2 GB
+# (the figure PocketPal and AnythingLLM also subtract) + 18 % of RAM, which leaves ~1.4 GB
+# on a 3 GB phone and ~5.8 GB on an 8 GB one. A live phone (--serial) uses MemAvailable.
 SYSTEM_RESERVE_FIXED = 1.2e9
 SYSTEM_RESERVE_FRACTION = 0.18
 FIT_HEADROOM = 0.80      # fits: needs <= 80 % of what the app can use; tight: <= 100 %
@@ -201,6 +202,9 @@ def read_gguf(path: str | Path) -> ModelInfo:
         if len(buf) < 24 or buf[:4] != b"GGUF":
             raise EdgeError(f"{path} is not a GGUF file (no GGUF magic); give a llama.cpp .gguf")
         version, n_tensors, n_kv = struct.unpack_from("<IQQ", buf, 4)
+        if version < 3:
+            raise EdgeError(f"{path} is GGUF version {version}; only version 3 (llama.cpp since 2023) is "
+                            "read: re-convert it with a current llama.cpp")
         pos = 24
 
         def read_str():
@@ -250,14 +254,28 @@ def read_gguf(path: str | Path) -> ModelInfo:
             name = read_str()
             (nd,) = struct.unpack_from("<I", buf, pos)
             dims = struct.unpack_from("<" + "Q" * nd, buf, pos + 4)
-            ttype, _off = struct.unpack_from("<IQ", buf, pos + 4 + 8 * nd)
+            ttype, off = struct.unpack_from("<IQ", buf, pos + 4 + 8 * nd)
             pos += 4 + 8 * nd + 12
-            tensors.append((name, dims, ttype))
-    except (struct.error, ValueError, UnicodeDecodeError) as e:
-        raise EdgeError(f"{path} is not a readable GGUF ({e}); re-export or re-download it") from None
+            tensors.append((name, dims, ttype, off))
+        align = kv.get("general.alignment", 32) or 32
+        data_start = -(-pos // align) * align
+    except (struct.error, ValueError, KeyError, UnicodeDecodeError, OverflowError, MemoryError) as e:
+        raise EdgeError(f"{path} is not a readable GGUF ({type(e).__name__}: {e}); re-export or "
+                        "re-download it") from None
     finally:
         buf.close()
-    return _model_info(path, kv, tensors, QT, QSIZES)
+    info = _model_info(path, kv, tensors, QT, QSIZES)
+    end = max((off + nb for off, nb in _tensor_spans(tensors, QT, QSIZES)), default=0)
+    if data_start + end > info.file_bytes:
+        raise EdgeError(f"{path} is truncated: its tensors need {data_start + end:,} bytes, the file has "
+                        f"{info.file_bytes:,}; copy or download it again")
+    return info
+
+
+def _tensor_spans(tensors, QT, QSIZES):
+    for _name, dims, ttype, off in tensors:
+        block, size = QSIZES[QT(ttype)]
+        yield off, math.prod(dims) // block * size
 
 
 def _model_info(path: Path, kv: dict, tensors: list, QT, QSIZES) -> ModelInfo:
@@ -273,7 +291,7 @@ def _model_info(path: Path, kv: dict, tensors: list, QT, QSIZES) -> ModelInfo:
     types: dict[str, int] = {}
     mm: dict[str, int] = {}
     params = 0
-    for name, dims, ttype in tensors:
+    for name, dims, ttype, _off in tensors:
         try:
             qt = QT(ttype)
         except ValueError:

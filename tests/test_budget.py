@@ -100,6 +100,17 @@ def test_not_a_language_model_is_an_error(tmp_path):
         read_gguf(tmp_path / "missing.gguf")
 
 
+def test_truncated_gguf_is_an_error(tmp_path, gguf_path):
+    cut = tmp_path / "cut.gguf"
+    with open(gguf_path, "rb") as f:
+        cut.write_bytes(f.read(20_000_000))       # header complete, tensor data cut short
+    with pytest.raises(EdgeError, match="truncated"):
+        read_gguf(cut)
+    cut.write_bytes(cut.read_bytes()[:1_000_000])  # cut inside the vocabulary
+    with pytest.raises(EdgeError, match="not a readable GGUF"):
+        read_gguf(cut)
+
+
 # ---- the estimate -----------------------------------------------------------------------
 def test_kv_cache_follows_the_5_to_1_pattern(info):
     per_cell = 1 * (256 + 256) * 2                       # n_head_kv x (k + v) x f16
