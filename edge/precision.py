@@ -179,10 +179,310 @@ def cpu_choice(remeasure: bool = False) -> dict:
 
 
 # --- the float16 fixes -------------------------------------------------------------------------
+#
+# Where each value lives after `apply_fp16_fixes` (lp = the weights' dtype, float16 here):
+#
+#   embedding lookup (lp) -> .float() * sqrt(hidden)                       -> residual stream fp32
+#   input_layernorm / pre_feedforward_layernorm / final norm: fp32 math, clamp +-65504 -> lp
+#   q/k/v/o, gate/up/down, lm_head: lp matmuls (tensor cores; peft LoRA layers wrap them as usual)
+#   q_norm / k_norm, RoPE: fp32; q, k clamped -> lp for the attention kernel, whose softmax
+#       runs in fp32 (eager upcasts it; the SDPA/flash kernels accumulate it in fp32)
+#   GELU(gate) * up: fp32, clamped -> lp for down_proj
+#   post_attention_layernorm / post_feedforward_layernorm: fp32 math, fp32 out -> residual add fp32
+#   logits: .float() (what the loss wants)
+#
+# The residual stream is what overflows (103,795 measured on the real 270M, at the <bos> token);
+# every branch input is an RMSNorm output or an fp32 product, so clamping at the casts keeps
+# float16 finite without autocast. Source: ../shared/REFERENCE.md "Float16".
+
+_FIXED = "_edge_fp16_fixed"
+_TO_LP_NORMS = ("input_layernorm", "pre_feedforward_layernorm", "norm")  # feed a matmul
+_FP32_NORMS = ("post_attention_layernorm", "post_feedforward_layernorm", "q_norm", "k_norm")  # stay fp32
+
+
+def _to_lp(x, lp):
+    """Cast to the low-precision dtype, clamped to its finite range (no inf out of a cast)."""
+    import torch
+
+    if x.dtype == lp:
+        return x
+    big = torch.finfo(lp).max
+    return x.clamp(-big, big).to(lp)
+
+
+def _autograd_functions():
+    """Two fused regions with hand-written backward passes, built on first use (torch import).
+
+    They save only their 16-bit (or residual) inputs and recompute the fp32 intermediates in
+    backward: naive fp32 regions kept 4 fp32 copies of every gate/up activation for backward
+    (+10.5 GB peak on the 1B at 4 x 1024 tokens, measured on an H200).
+    """
+    global _RMSNormFn, _GatedActFn
+    if _RMSNormFn is not None:
+        return
+    import torch
+
+    class RMSNormFn(torch.autograd.Function):
+        """y = x * rsqrt(mean(x^2) + eps) * (1 + w) in fp32; clamped to lp's range when out is lp."""
+
+        @staticmethod
+        def forward(ctx, x, weight, eps, out_dtype):
+            xf = x.float()
+            r = torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
+            y = xf * r * (1.0 + weight.float())
+            clamp = out_dtype != torch.float32
+            if clamp:
+                big = torch.finfo(out_dtype).max
+                y = y.clamp_(-big, big)
+            ctx.save_for_backward(x, weight, r)
+            ctx.clamp = clamp
+            ctx.big = torch.finfo(out_dtype).max
+            return y.to(out_dtype)
+
+        @staticmethod
+        def backward(ctx, dy):
+            x, weight, r = ctx.saved_tensors
+            xhat = x.float() * r
+            s = 1.0 + weight.float()
+            dy = dy.float()
+            if ctx.clamp:  # the clamp passes no gradient where it cut
+                dy = dy.masked_fill((xhat * s).abs() > ctx.big, 0.0)
+            dw = None
+            if ctx.needs_input_grad[1]:
+                dw = (dy * xhat).reshape(-1, xhat.shape[-1]).sum(0).to(weight.dtype)
+            g = dy * s
+            dx = r * (g - xhat * (g * xhat).mean(-1, keepdim=True))
+            return dx.to(x.dtype), dw, None, None
+
+    class GatedActFn(torch.autograd.Function):
+        """act(gate) * up in fp32 from 16-bit gate/up, clamped and cast to lp for down_proj."""
+
+        @staticmethod
+        def forward(ctx, gate, up, approximate, act, lp):
+            g, u = gate.float(), up.float()
+            a = torch.nn.functional.gelu(g, approximate=approximate) if approximate else act(g)
+            big = torch.finfo(lp).max
+            y = a * u
+            ctx.save_for_backward(gate, up)
+            ctx.approximate, ctx.act, ctx.big = approximate, act, big
+            return y.clamp_(-big, big).to(lp)
+
+        @staticmethod
+        def backward(ctx, dy):
+            gate, up = ctx.saved_tensors
+            dy = dy.float()
+            if ctx.approximate:
+                g, u = gate.float(), up.float()
+                a = torch.nn.functional.gelu(g, approximate=ctx.approximate)
+                dy = dy.masked_fill((a * u).abs() > ctx.big, 0.0)
+                dgate = torch.ops.aten.gelu_backward(dy * u, g, approximate=ctx.approximate)
+                dup = dy * a
+            else:  # any other activation: let autograd differentiate it
+                with torch.enable_grad():
+                    g = gate.detach().float().requires_grad_(True)
+                    u = up.detach().float().requires_grad_(True)
+                    y = (ctx.act(g) * u).clamp(-ctx.big, ctx.big)
+                    dgate, dup = torch.autograd.grad(y, (g, u), dy)
+            return dgate.to(gate.dtype), dup.to(up.dtype), None, None, None
+
+    _RMSNormFn, _GatedActFn = RMSNormFn, GatedActFn
+
+
+_RMSNormFn = _GatedActFn = None
+_GELU_APPROX = {"gelu_pytorch_tanh": "tanh", "gelu_new": "tanh", "gelu_fast": "tanh", "gelu": "none"}
+
+
+def _norm_to_lp(self, x):
+    return _RMSNormFn.apply(x, self.weight, self.eps, self._edge_lp)
+
+
+def _norm_fp32(self, x):
+    import torch
+
+    return _RMSNormFn.apply(x, self.weight, self.eps, torch.float32)
+
+
+def _embed_fp32(self, input_ids):
+    import torch.nn.functional as F
+
+    scale = getattr(self, "scalar_embed_scale", None)
+    if scale is None:
+        scale = self.embed_scale.float()
+    return F.embedding(input_ids, self.weight, self.padding_idx).float() * scale
+
+
+def _make_rope(orig):
+    def _rope_fp32(self, x, *args, **kwargs):
+        return orig(self, x.float(), *args, **kwargs)  # cos/sin come back in x's dtype: fp32
+    return _rope_fp32
+
+
+def _rotate_half(x):
+    import torch
+
+    x1, x2 = x[..., : x.shape[-1] // 2], x[..., x.shape[-1] // 2:]
+    return torch.cat((-x2, x1), dim=-1)
+
+
+def _mlp_forward(self, x):
+    lp = self._edge_lp
+    x = _to_lp(x, lp)
+    approximate = _GELU_APPROX.get(getattr(self.config, "hidden_activation", None))
+    h = _GatedActFn.apply(_to_lp(self.gate_proj(x), lp), _to_lp(self.up_proj(x), lp), approximate, self.act_fn, lp)
+    return self.down_proj(h)
+
+
+def _attention_forward(self, hidden_states, position_embeddings=None, attention_mask=None,
+                       past_key_values=None, cache_position=None, cache=None, **kwargs):
+    """Gemma3Attention.forward with explicit precision at each boundary (transformers 5.x)."""
+    from transformers.models.gemma3 import modeling_gemma3 as mg
+
+    lp = self._edge_lp
+    cache = cache if cache is not None else past_key_values
+    input_shape = hidden_states.shape[:-1]
+    hidden_shape = (*input_shape, -1, self.head_dim)
+    h = _to_lp(hidden_states, lp)
+    q = self.q_proj(h).view(hidden_shape).transpose(1, 2)
+    k = self.k_proj(h).view(hidden_shape).transpose(1, 2)
+    v = self.v_proj(h).view(hidden_shape).transpose(1, 2)
+    q = self.q_norm(q)  # patched: fp32 out
+    k = self.k_norm(k)
+    cos, sin = position_embeddings
+    cos, sin = cos.float().unsqueeze(1), sin.float().unsqueeze(1)
+    q = q * cos + _rotate_half(q) * sin  # RoPE in fp32
+    k = k * cos + _rotate_half(k) * sin
+    q, k, v = _to_lp(q, lp), _to_lp(k, lp), _to_lp(v, lp)
+    if cache is not None:
+        cache_kwargs = {"sin": sin, "cos": cos, "cache_position": cache_position}
+        k, v = cache.update(k, v, self.layer_idx, cache_kwargs)
+    if cache_position is not None:
+        kwargs["cache_position"] = cache_position
+    attention = mg.ALL_ATTENTION_FUNCTIONS.get_interface(self.config._attn_implementation, mg.eager_attention_forward) \
+        if hasattr(mg.ALL_ATTENTION_FUNCTIONS, "get_interface") else \
+        (mg.eager_attention_forward if self.config._attn_implementation == "eager"
+         else mg.ALL_ATTENTION_FUNCTIONS[self.config._attn_implementation])
+    out, weights = attention(self, q, k, v, attention_mask,
+                             dropout=self.attention_dropout if self.training else 0.0,
+                             scaling=self.scaling, sliding_window=self.sliding_window, **kwargs)
+    out = out.reshape(*input_shape, -1).contiguous()
+    return self.o_proj(_to_lp(out, lp)), weights
+
+
+def _logits_fp32(module, args, output):
+    return output.float()
+
+
+def _linear_lp(self, x, *args, **kwargs):
+    """nn.Linear in the weights' dtype; on a CPU, computed as a tensor core does it.
+
+    A GPU's fp16 tensor cores multiply fp16 inputs with fp32 accumulation and round the
+    result to fp16. This CPU (no AVX512-FP16/AMX) has no fast fp16 GEMM: torch's fallback is
+    6-400x slower than fp32 (measured: 100 s for one lm_head backward). So on a CPU the same
+    arithmetic runs as an fp32 GEMM of the fp16 values, rounded to fp16 (inf on overflow, as
+    on a GPU).
+    """
+    import torch.nn.functional as F
+
+    w, b = self.weight, self.bias
+    if x.device.type == "cpu" and w.dtype.itemsize == 2:
+        out = F.linear(x.float(), w.float(), None if b is None else b.float())
+        return out.to(w.dtype)
+    return F.linear(x, w, b)
+
+
+def emulate_fp16_matmuls_on_cpu(model):
+    """Make the model's 16-bit nn.Linear layers compute on a CPU as a GPU's tensor cores do.
+
+    Used by `apply_fp16_fixes` and by the benchmarks/tests for the naive fp16 model, so that
+    both see the same matmul arithmetic. No effect on a GPU. Idempotent.
+    """
+    import types
+
+    import torch
+
+    for name, m in model.named_modules():
+        if type(m) is torch.nn.Linear and m.weight.dtype in (torch.float16, torch.bfloat16) \
+                and not getattr(m, "_edge_linear", False):
+            m.forward = types.MethodType(_linear_lp, m)
+            m._edge_linear = True
+    return model
+
 
 def apply_fp16_fixes(model):
-    """Patch a Gemma 3 model (weights in float16) so that it stays finite; idempotent."""
-    raise NotImplementedError("apply_fp16_fixes: being written (issue 3)")
+    """Patch a Gemma 3 model so that float16 weights give finite outputs and gradients.
+
+    Patches the forward methods of this model instance's Gemma 3 modules (embedding, RMSNorms,
+    rotary embedding, attention, MLP) and makes the logits float32. Idempotent; works before
+    or after `peft.get_peft_model` (LoRA layers wrap the projections, which are called as
+    usual) and for backward. The weights keep their dtype: load the model in float16 first.
+    The text tower of the multimodal class is patched the same way (vision tower untouched).
+
+    Returns the same model object.
+    """
+    import types
+
+    if getattr(model, _FIXED, False):
+        return model
+    _autograd_functions()
+    lp = None
+    patched = {"norm": 0, "attention": 0, "mlp": 0, "embedding": 0, "rope": 0}
+    for name, m in model.named_modules():
+        cls = type(m).__name__
+        if cls == "Gemma3TextScaledWordEmbedding":
+            lp = m.weight.dtype if lp is None else lp
+    if lp is None:
+        raise EdgeError(f"apply_fp16_fixes: {type(model).__name__} has no Gemma 3 text embedding; "
+                        "the float16 fixes are for Gemma 3 models only")
+    lm_head = None
+    for name, m in model.named_modules():
+        cls = type(m).__name__
+        short = name.rsplit(".", 1)[-1]
+        if getattr(m, _FIXED, False):
+            continue
+        if cls == "Gemma3RMSNorm" or (cls.endswith("RMSNorm") and "gemma3" in type(m).__module__):
+            if short in _FP32_NORMS:
+                m.forward = types.MethodType(_norm_fp32, m)
+            elif short in _TO_LP_NORMS:
+                m.forward = types.MethodType(_norm_to_lp, m)
+            else:
+                continue  # e.g. a vision-tower norm: leave it alone
+            patched["norm"] += 1
+        elif cls == "Gemma3Attention":
+            m.forward = types.MethodType(_attention_forward, m)
+            patched["attention"] += 1
+        elif cls == "Gemma3MLP":
+            m.forward = types.MethodType(_mlp_forward, m)
+            patched["mlp"] += 1
+        elif cls == "Gemma3TextScaledWordEmbedding":
+            m.forward = types.MethodType(_embed_fp32, m)
+            patched["embedding"] += 1
+        elif cls == "Gemma3RotaryEmbedding":
+            m.forward = types.MethodType(_make_rope(type(m).forward), m)
+            patched["rope"] += 1
+        elif short == "lm_head" and lm_head is None:
+            lm_head = m
+            continue
+        else:
+            continue
+        m._edge_lp = lp
+        setattr(m, _FIXED, True)
+    if not patched["attention"] or not patched["mlp"]:
+        raise EdgeError(f"apply_fp16_fixes: no Gemma 3 attention/MLP layers found in {type(model).__name__} "
+                        f"(found {patched}); is this a Gemma 3 model?")
+    emulate_fp16_matmuls_on_cpu(model)
+    if lm_head is not None and not getattr(lm_head, _FIXED, False):
+        base = getattr(lm_head, "base_layer", lm_head)  # a peft wrapper keeps the base Linear
+        base.register_forward_hook(_logits_fp32)
+        setattr(lm_head, _FIXED, True)
+        setattr(base, _FIXED, True)
+    setattr(model, _FIXED, True)
+    model._edge_fp16_patched = patched
+    return model
+
+
+def fixes_applied(model) -> bool:
+    """True when `apply_fp16_fixes` has patched this model."""
+    return any(getattr(m, _FIXED, False) and type(m).__name__ == "Gemma3Attention" for m in model.modules())
 
 
 # --- CLI -----------------------------------------------------------------------------------------
