@@ -356,11 +356,12 @@ def upload(serial: str, local: Path, remote: str, *, progress: Callable[[Progres
             if restarted:
                 raise EdgeError(f"segment at byte {bad} differs on the phone twice; the storage or "
                                 f"cable is unreliable: try another cable or folder")
-            # a segment differs: drop everything from it and push that part again
+            # a segment differs: cut the file there and push from that segment on again
             restarted = True
-            shell(serial, ["rm", "-f", tmp], check=True)
-            have = 0
-            verifier = _Verifier(serial, local, tmp, size, segment_bytes)
+            report(Progress("retry", bad, size, message=f"segment at byte {bad} differs; pushing it again"))
+            shell(serial, ["truncate", "-s", str(bad), tmp], check=True)
+            have = bad
+            verifier = _Verifier(serial, local, tmp, size, segment_bytes, verified=bad // segment_bytes)
             verifier.start()
         shell(serial, ["mv", "-f", tmp, remote], check=True)
     except Cancelled:
@@ -435,13 +436,13 @@ class _Verifier(threading.Thread):
     """Hash segments on the phone (dd | sha256sum) as soon as they are complete there, and
     the same byte ranges locally; overlapped with the transfer so verification is mostly free."""
 
-    def __init__(self, serial, local, tmp, size, segment_bytes):
+    def __init__(self, serial, local, tmp, size, segment_bytes, verified: int = 0):
         super().__init__(daemon=True)
         if segment_bytes % (1 << 20):
             raise ValueError("segment_bytes must be a multiple of 1 MiB")
         self.serial, self.local, self.tmp, self.size, self.seg = serial, local, tmp, size, segment_bytes
         self.n = max(1, -(-size // segment_bytes))
-        self.verified = 0                 # segments [0, verified) match
+        self.verified = verified          # segments [0, verified) match
         self.sent = 0                     # bytes handed to adb so far (a hint: poll only then)
         self.bad: int | None = None       # byte offset of a mismatching segment
         self.error: Exception | None = None

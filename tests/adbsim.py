@@ -803,6 +803,13 @@ class Shell:
             finally:
                 out.close()
 
+    def cmd_truncate(self, a, i, o, e):
+        if len(a) != 3 or a[0] != "-s" or not a[1].isdigit():
+            raise ShellError("usage: truncate -s SIZE FILE")
+        path = self.phone.norm(a[2], self.cwd)
+        self._check_write(path)
+        os.truncate(self.phone.host(path), int(a[1]))
+
     def cmd_chmod(self, a, i, o, e): return 0
 
     def cmd_chown(self, a, i, o, e):
@@ -929,14 +936,11 @@ class Stream:
                 return b""
             self._buf = data
             self.conn.send(A_OKAY, self.local, self.remote)
-            self.conn.phone.count_pushed(len(data)) if self.counts_push else None
         if n < 0 or n >= len(self._buf):
             out, self._buf = self._buf, b""
         else:
             out, self._buf = self._buf[:n], self._buf[n:]
         return out
-
-    counts_push = False
 
     def read_exact(self, n: int) -> bytes:
         parts, need = [], n
@@ -970,14 +974,17 @@ class ShellStream(Stream):
     advertises shell_v2, `shell,v2[,raw|pty]:CMD` (shell_protocol.h: 5-byte headers, id
     0 stdin, 1 stdout, 2 stderr, 3 exit, 4 close-stdin, 5 window size)."""
 
-    counts_push = True
-
     def __init__(self, conn, local_id, remote_id, command: str, v2: bool = False):
         super().__init__(conn, local_id, remote_id)
         self.command, self.v2 = command, v2
         self._left = 0            # v2: stdin bytes left in the current packet
 
     def stdin_read(self, n: int = -1) -> bytes:
+        chunk = self._stdin_read(n)
+        self.conn.phone.count_pushed(len(chunk))      # data bytes (the drop fault fires here)
+        return chunk
+
+    def _stdin_read(self, n: int) -> bytes:
         if not self.v2:
             return self.read(n)
         while self._left == 0:

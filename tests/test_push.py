@@ -185,11 +185,13 @@ def test_link_that_keeps_dropping_leaves_no_final_file(sim, gguf_file, monkeypat
 
 
 def test_corruption_is_caught_by_the_phone_checksum(sim, gguf_file):
+    size = gguf_file.stat().st_size
     sim.phone.corrupt_after = 1_500_000                 # one flipped bit in segment 1
     res = push(gguf_file, "llamacpp", sim.serial, segment_bytes=SEG)
     assert sim.phone.files("/data/local/tmp/llama")[gguf_file.name] == gguf_file.read_bytes()
-    assert sim.phone.pushed_bytes > 1.5 * gguf_file.stat().st_size    # the bad part was pushed again
-    assert res.verified
+    assert res.verified and res.resumed_at == [SEG]     # cut at the bad segment, pushed from there
+    assert sim.phone.pushed_bytes == 2 * size - SEG
+    assert ["truncate", "-s", str(SEG)] == next(c for c in sim.phone.log if c[0] == "truncate")[:3]
 
 
 def test_storage_full_before_and_during(sim, gguf_file):
