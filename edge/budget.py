@@ -41,7 +41,6 @@ import json
 import math
 import mmap
 import os
-import re
 import struct
 import subprocess
 import sys
