@@ -119,6 +119,20 @@ def main(argv=None) -> int:
                 mm = m["rss_used"]
                 print(f"{f.name:<30}{n:>7}{mm / 1e6:>10.0f}{e.total_bytes / 1e6:>9.0f}{pct(e.total_bytes, mm):>8}"
                       f"{pp / 1e6:>11.0f}{pct(pp, mm):>8}{al / 1e6:>13.0f}{pct(al, mm):>8}", flush=True)
+        # the runtime constants, refitted: residual = measured - (estimate without runtime)
+        cal = dict(budget.HOST_CALIBRATION)
+        budget.HOST_CALIBRATION.update(runtime_bytes=0, runtime_bytes_per_ctx=0)
+        try:
+            res = [(r["ctx"], r["measured"] - budget.estimate(infos[Path(f)], ctx=r["ctx"]).total_bytes)
+                   for r, f in zip(rows, [g[0] for g in grid])]
+        finally:
+            budget.HOST_CALIBRATION.update(cal)
+        n = len(res)
+        mx, my = sum(c for c, _ in res) / n, sum(v for _, v in res) / n
+        sxx = sum((c - mx) ** 2 for c, _ in res)
+        slope = sum((c - mx) * (v - my) for c, v in res) / sxx if sxx else 0.0
+        print(f"refitted runtime: {(my - slope * mx) / 1e6:.1f} MB + {slope:.0f} B per context token "
+              f"(in use: {cal['runtime_bytes'] / 1e6:.1f} MB + {cal['runtime_bytes_per_ctx']} B)")
         for key in ("ours", "pocketpal", "anythingllm"):
             errs = [abs(r[key] / r["measured"] - 1) * 100 for r in rows]
             print(f"mean |error| {key:<12} {statistics.mean(errs):5.1f}%   max {max(errs):5.1f}%")
