@@ -8,7 +8,7 @@ A thin Textual app over the library: every number on screen comes from `edge.bud
 `edge.readings`, `edge.device`, `edge.push` or the quantize report. The screens live in
 `tui_screens/` (one module each), the styles in `tui.tcss`.
 
-Keys: 1-4 (or v d b p) switch screens, ? shows help, q quits. Mouse works too.
+Keys: 1-5 (or v d b p) switch screens, ? shows help, q quits. Mouse works too.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from edge.errors import EdgeError
 from tui_screens.budget import BudgetScreen
 from tui_screens.devices import DevicesScreen
 from tui_screens.help import HelpScreen
+from tui_screens.pipeline import PipelineScreen
 from tui_screens.push import PushScreen
 from tui_screens.variants import VariantsScreen
 
@@ -40,6 +41,7 @@ class EdgeApp(App):
         "devices": DevicesScreen,
         "budget": BudgetScreen,
         "push": PushScreen,
+        "pipeline": PipelineScreen,
     }
     DEFAULT_MODE = "variants"
     BINDINGS = [
@@ -47,6 +49,7 @@ class EdgeApp(App):
         Binding("2,d", "switch_mode('devices')", "Devices"),
         Binding("3,b", "switch_mode('budget')", "Budget"),
         Binding("4,p", "switch_mode('push')", "Push"),
+        Binding("5", "switch_mode('pipeline')", "Pipeline"),
         Binding("question_mark,f1", "help", "Help", key_display="?"),
         Binding("q", "quit", "Quit"),
     ]

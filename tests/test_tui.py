@@ -342,6 +342,40 @@ async def test_cancel_a_push(phone, tmp_path):
     assert not [p for p in phone.phone.root.rglob("*") if "edge-partial" in p.name]
 
 
+# ---- Pipeline ----------------------------------------------------------------------------------
+@async_test
+async def test_pipeline_shows_stages_and_follows_the_loss_log(tmp_path, variants_dir):
+    """run.json stages; the loss plot follows the adapter's log.jsonl as `edge finetune` appends
+    to it; Start runs the real `edge finetune`, whose refusal of bad input is shown."""
+    from edge.finetune import LOG
+    from edge.runfolder import Run
+
+    run = Run.open(tmp_path / "run")
+    shutil.copy(variants_dir / "tiny-Q8_0.gguf", run.root / "ref.gguf")
+    run.record("export", outputs=[run.root / "ref.gguf"], seconds=12.0, summary={"outtype": "f32"})
+    log = run.root / "adapter" / LOG
+    log.parent.mkdir()
+    lines = [{"step": i, "loss": 3.0 / i, "tok_s": 500.0, "elapsed": 1.5 * i} for i in range(1, 9)]
+    log.write_text("".join(json.dumps(r) + "\n" for r in lines[:5]))
+    app = EdgeApp(run=run.root, live=False, host=False)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("5")
+        await settle(app, pilot)
+        rows = {r[0]: r for r in table_rows(app.screen.query_one("#pipeline-table"))}
+        assert rows["export"][1:4] == ["done", "1", "12 s"] and rows["fine-tune"][1] == "not run"
+        spark = app.screen.query_one("#pipeline-loss")
+        assert list(spark.data) == [r["loss"] for r in lines[:5]]
+        with log.open("a") as f:                      # training goes on
+            f.write("".join(json.dumps(r) + "\n" for r in lines[5:]))
+        await wait_until(pilot, lambda: len(spark.data) == 8, timeout=5)
+        assert "step 8" in str(app.screen.query_one("#pipeline-loss-label").render())
+        app.screen.query_one("#pipeline-steps").value = "0"
+        await pilot.press("ctrl+t")                   # bad input: edge finetune refuses, exit 2
+        status = app.screen.query_one("#pipeline-status")
+        await wait_until(pilot, lambda: status.has_class("-error"), timeout=60)
+        assert "--steps" in str(status.render()) and "exit 2" in str(status.render())
+
+
 def test_screenshot_is_made_by_the_app(variants_dir, tmp_path):
     """`python tui.py --screenshot` (how docs/tui-budget.svg is made): a headless run that
     saves the budget screen as SVG."""
