@@ -157,3 +157,10 @@ def test_sync_service_push_pull_ls_with_plain_adb(sim, server, tmp_path):
     assert "No space left on device" in out and "full.bin" not in sim.phone.files("/sdcard/Download")
     out = server.adb("-s", sim.serial, "push", str(src), "/data/data/com.anythingllm/files/x.bin")
     assert "Permission denied" in out
+
+
+def test_devices_when_none(server, capsys):
+    assert main(["devices"]) == 0
+    assert "no phones" in capsys.readouterr().out
+    with pytest.raises(EdgeError, match="no phone connected"):
+        device.pick_device()

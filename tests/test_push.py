@@ -319,3 +319,22 @@ def test_two_phones_need_a_serial(server, sim, gguf_file):
     finally:
         server.detach(other)
         other.close()
+
+
+def test_cli_human_output(sim, gguf_file, capsys):
+    assert main(["push", str(gguf_file), "--app", "chatterui", "--serial", sim.serial]) == 0
+    cap = capsys.readouterr()
+    assert f"pushed {gguf_file.name}" in cap.out and "sha256 verified on the phone" in cap.out
+    assert "next: In ChatterUI" in cap.out and "push" in cap.err            # tqdm bar on stderr
+
+
+def test_hf_failure_is_one_line(gguf_file, monkeypatch):
+    class NoAuth:
+        def create_repo(self, **kw):
+            raise RuntimeError("401 Client Error: Unauthorized")
+
+    monkeypatch.setattr(apps, "hf_api", lambda: NoAuth())
+    with pytest.raises(EdgeError, match="huggingface-cli login"):
+        apps.publish_hf(gguf_file, "me/x")
+    with pytest.raises(EdgeError, match="USER/NAME"):
+        apps.publish_hf(gguf_file, "not-a-repo")
