@@ -110,6 +110,15 @@ def phone_sha256(serial: str, path: str, access: str = "", package: str = "") ->
     return h
 
 
+def private_exists(serial: str, access: str, package: str, rel_path: str) -> bool:
+    """Whether `rel_path` (inside the app's data folder) exists, seen as root or as the app."""
+    if access == "root":
+        line = f"su -c {q(cmdline(['test', '-e', posixpath.join(f'/data/data/{package}', rel_path)]))}"
+    else:
+        line = cmdline(["run-as", package, "test", "-e", rel_path])
+    return device.shell(serial, line).rc == 0
+
+
 def copy_private(serial: str, access: str, package: str, staged: str, folder: str, name: str,
                  force: bool) -> str:
     """Copy a verified staged file into the app's private folder; verify; return its path."""
@@ -121,8 +130,6 @@ def copy_private(serial: str, access: str, package: str, staged: str, folder: st
         owner = device.shell(serial, f"su -c {q(cmdline(['stat', '-c', '%u:%g', data]))}").out.strip()
         if not owner or ":" not in owner:
             raise EdgeError(f"cannot read the owner of {data} on the phone ({owner!r})")
-        if not force and device.shell(serial, f"su -c {q(cmdline(['test', '-e', final]))}").rc == 0:
-            raise EdgeError(f"{final} already exists on the phone; pass --force to replace it")
         top = posixpath.join(data, folder.split("/")[0])
         inner = " && ".join([cmdline(["mkdir", "-p", d]), cmdline(["cp", staged, part]),
                              cmdline(["mv", "-f", part, final]), cmdline(["chown", "-R", owner, top]),
@@ -130,8 +137,6 @@ def copy_private(serial: str, access: str, package: str, staged: str, folder: st
         device.shell(serial, f"su -c {q(inner)}", timeout=600, check=True)
     else:  # run-as: the app's own uid writes it (cwd = its data folder), reading from a pipe
         final = posixpath.join(data, final_rel)
-        if not force and device.shell(serial, cmdline(["run-as", package, "test", "-e", final_rel])).rc == 0:
-            raise EdgeError(f"{final} already exists on the phone; pass --force to replace it")
         inner = " && ".join([cmdline(["mkdir", "-p", folder]), f"cat > {q(part_rel)}",
                              cmdline(["mv", "-f", part_rel, final_rel])])
         device.shell(serial, f"cat {q(staged)} | " + cmdline(["run-as", package, "sh", "-c", inner]),

@@ -154,6 +154,10 @@ def push(file: str | Path, app: str, serial: str = "", *, dest: str = "", force:
                         f"{need / 1e9:.2f} GB; free some space on the phone")
     if not route.private and "edge-exists" in probe.out.split() and not force:
         raise EdgeError(f"{remote} already exists on the phone; pass --force to replace it")
+    if route.private and not force and apps.private_exists(serial, access, route.package,
+                                                           posixpath.join(folder, local.name)):
+        raise EdgeError(f"{posixpath.join(folder, local.name)} already exists in {route.title}'s data; "
+                        f"pass --force to replace it")
 
     try:
         st = device.upload(serial, local, remote, progress=report, cancel=cancel,

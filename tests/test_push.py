@@ -338,3 +338,17 @@ def test_hf_failure_is_one_line(gguf_file, monkeypatch):
         apps.publish_hf(gguf_file, "me/x")
     with pytest.raises(EdgeError, match="USER/NAME"):
         apps.publish_hf(gguf_file, "not-a-repo")
+
+
+@pytest.mark.parametrize("access", ["root", "run-as"])
+def test_private_copy_exists_needs_force_before_pushing(sim, gguf_file, access):
+    if access == "root":
+        sim.phone.rooted = True
+    else:
+        sim.phone.debuggable.add("com.anythingllm")
+    push(gguf_file, "anythingllm", sim.serial, segment_bytes=SEG)
+    before = sim.phone.pushed_bytes
+    with pytest.raises(EdgeError, match="already exists in AnythingLLM's data.*--force"):
+        push(gguf_file, "anythingllm", sim.serial)
+    assert sim.phone.pushed_bytes == before                  # refused before any byte moved
+    assert push(gguf_file, "anythingllm", sim.serial, force=True, segment_bytes=SEG).verified
