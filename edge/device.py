@@ -315,6 +315,7 @@ def upload(serial: str, local: Path, remote: str, *, progress: Callable[[Progres
                             f"adb has no shell protocol v2; this Android version is too old for edge push")
         writer = "cat"
     have = int(lines[1]) if len(lines) > 1 and lines[1].strip().isdigit() else 0
+    _remove_stale_partials(serial, posixpath.dirname(remote), posixpath.basename(remote), tmp)
     if have > size:
         shell(serial, ["rm", "-f", tmp], check=True)
         have = 0
@@ -374,6 +375,16 @@ def upload(serial: str, local: Path, remote: str, *, progress: Callable[[Progres
     stats.segments_verified = verifier.verified
     report(Progress("done", size, size, size / max(stats.seconds, 1e-9), 0.0))
     return stats
+
+
+def _remove_stale_partials(serial: str, folder: str, name: str, keep: str) -> None:
+    """Partial files of an earlier version of this file (another size/mtime) are litter."""
+    pat = re.compile(rf"\.{re.escape(name)}\.[0-9a-f]{{10}}\.edge-partial")
+    listing = shell(serial, ["ls", "-a", folder]).out.splitlines()
+    stale = [posixpath.join(folder, n) for n in listing if pat.fullmatch(n)]
+    stale = [p for p in stale if p != keep]
+    if stale:
+        shell(serial, ["rm", "-f", *stale])
 
 
 class _LinkDropped(Exception):

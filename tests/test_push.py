@@ -4,6 +4,7 @@ resume after a dropped link, faults, hostile file names, and the three app route
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import sys
 import threading
@@ -182,6 +183,22 @@ def test_link_that_keeps_dropping_leaves_no_final_file(sim, gguf_file, monkeypat
     res = push(gguf_file, "chatterui", sim.serial, segment_bytes=SEG)    # a rerun resumes it
     assert res.resumed_at and sim.phone.pushed_bytes - before < gguf_file.stat().st_size
     assert sim.phone.files("/sdcard/Download")[gguf_file.name] == gguf_file.read_bytes()
+
+
+def test_partial_of_a_changed_file_is_not_resumed_and_is_removed(sim, gguf_file, tmp_path):
+    local = named_copy(gguf_file, tmp_path, "m.gguf")
+    sim.phone.drop_after = 2_000_000
+    with pytest.raises(EdgeError):
+        push(local, "chatterui", sim.serial, segment_bytes=SEG, retries=0)
+    old = leftovers(sim)
+    assert len(old) == 1
+    data = bytearray(local.read_bytes())
+    data[-1] ^= 1
+    local.write_bytes(bytes(data))                       # the file changed: another partial name
+    os.utime(local, ns=(1, 1))
+    res = push(local, "chatterui", sim.serial, segment_bytes=SEG)
+    assert not res.resumed_at and not leftovers(sim)
+    assert sim.phone.files("/sdcard/Download") == {"m.gguf": bytes(data)}
 
 
 def test_corruption_is_caught_by_the_phone_checksum(sim, gguf_file):
