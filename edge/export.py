@@ -248,7 +248,7 @@ def build_vocab(model_dir: Path, n_vocab: int) -> Vocab:
     if (model_dir / "tokenizer.model").is_file():
         vocab = _vocab_from_sentencepiece(model_dir)
     elif (model_dir / "tokenizer.json").is_file():
-        vocab = _vocab_from_tokenizer_json(model_dir / "tokenizer.json")
+        vocab = _vocab_from_tokenizer_json_cached(model_dir / "tokenizer.json")
     else:
         raise EdgeError(f"{model_dir} has no tokenizer (tokenizer.model or tokenizer.json); "
                         "copy the tokenizer files from the base model into it")
@@ -267,6 +267,22 @@ def build_vocab(model_dir: Path, n_vocab: int) -> Vocab:
         raise EdgeError(f"{model_dir}: the tokenizer is not Gemma 3's (token ids {wrong}); "
                         "copy the base model's tokenizer files")
     return vocab
+
+
+_VOCAB_MEMO: dict[str, Vocab] = {}
+
+
+def _vocab_from_tokenizer_json_cached(path: Path) -> Vocab:
+    """Rebuilding Gemma's 262k-token vocabulary takes seconds; a process exporting several
+    files from the same tokenizer (tests, demo) does it once per distinct file content."""
+    from edge.fsutil import sha256_file
+
+    key = sha256_file(path)
+    if key not in _VOCAB_MEMO:
+        _VOCAB_MEMO.clear()  # keep one: it is tens of MB
+        _VOCAB_MEMO[key] = _vocab_from_tokenizer_json(path)
+    v = _VOCAB_MEMO[key]
+    return Vocab(list(v.tokens), list(v.scores), list(v.types), v.source)
 
 
 def _vocab_from_tokenizer_json(path: Path) -> Vocab:
@@ -302,7 +318,7 @@ def _vocab_from_tokenizer_json(path: Path) -> Vocab:
             tokens[i] = f"[PAD{i}]"
             types.append(int(T.UNUSED))
             scores.append(SPECIAL_SCORE)
-        elif _BYTE_TOKEN.fullmatch(piece):
+        elif piece.startswith("<0x") and _BYTE_TOKEN.fullmatch(piece):
             types.append(int(T.BYTE))
             scores.append(0.0)
         elif len(piece) > 1 and set(piece) == {"\u2581"}:
@@ -485,6 +501,29 @@ def _convert_chunk(x: np.ndarray, qtype, what: str) -> np.ndarray:
     return g.quants.quantize(x, qtype)
 
 
+def _writer_class():
+    """GGUFWriter, with the vocabulary arrays packed in bulk: gguf-py packs array items one
+    by one through struct (about 20 s for Gemma's 3 x 262,144 items on a busy 2-core box)."""
+    import struct
+
+    g = _gguf()
+    V = g.GGUFValueType
+    bulk = {V.FLOAT32: "<f4", V.INT32: "<i4", V.UINT32: "<u4"}
+
+    class Writer(g.GGUFWriter):
+        def _pack_val(self, val, vtype, add_vtype, sub_type=None):
+            if (vtype == V.ARRAY and sub_type in (V.STRING, *bulk) and len(val) > 1024
+                    and self.endianess == g.GGUFEndian.LITTLE):
+                head = (struct.pack("<I", vtype) if add_vtype else b"") + struct.pack("<IQ", sub_type, len(val))
+                if sub_type == V.STRING:
+                    enc = [v.encode("utf-8") for v in val]
+                    return head + b"".join(struct.pack("<Q", len(e)) + e for e in enc)
+                return head + np.asarray(val, dtype=bulk[sub_type]).tobytes()
+            return super()._pack_val(val, vtype, add_vtype, sub_type)
+
+    return Writer
+
+
 def _add_metadata(w, cfg: dict, vocab: Vocab, template: str, file_type, provenance: dict) -> None:
     g = _gguf()
     K = g.Keys
@@ -522,9 +561,10 @@ def _add_metadata(w, cfg: dict, vocab: Vocab, template: str, file_type, provenan
 
     w.add_tokenizer_model("llama")  # SentencePiece-style tokenizer in llama.cpp
     w.add_tokenizer_pre("default")
-    w.add_token_list(vocab.tokens)
-    w.add_token_scores(vocab.scores)
-    w.add_token_types(vocab.types)
+    V = g.GGUFValueType
+    w.add_key_value(K.Tokenizer.LIST, vocab.tokens, V.ARRAY, sub_type=V.STRING)
+    w.add_key_value(K.Tokenizer.SCORES, vocab.scores, V.ARRAY, sub_type=V.FLOAT32)
+    w.add_key_value(K.Tokenizer.TOKEN_TYPE, vocab.types, V.ARRAY, sub_type=V.INT32)
     w.add_bos_token_id(gemma3.BOS_ID)
     w.add_eos_token_id(gemma3.EOS_ID)
     w.add_unk_token_id(gemma3.UNK_ID)
@@ -612,7 +652,7 @@ def export_gguf(model_dir, out_path, outtype: str = "f32", provenance: dict | No
 
         bar = tqdm(total=total, unit="B", unit_scale=True, desc=f"export {out_path.name}", leave=False)
     with atomic_path(out_path, force=force) as tmp:
-        w = g.GGUFWriter(path=None, arch=g.MODEL_ARCH_NAMES[g.MODEL_ARCH.GEMMA3])
+        w = _writer_class()(path=None, arch=g.MODEL_ARCH_NAMES[g.MODEL_ARCH.GEMMA3])
         try:
             _add_metadata(w, cfg, vocab, template, file_type, prov)
             for p in planned:
