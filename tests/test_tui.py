@@ -138,6 +138,9 @@ async def test_enter_on_a_variant_opens_push_with_that_file(variants_dir):
         await settle(app, pilot)
         assert app.current_mode == "push"
         assert app.screen.query_one("#push-file").value == variants_dir / "tiny-F16.gguf"
+        await pilot.press("ctrl+s")                   # no phone (adb off): nothing starts, it says why
+        status = app.screen.query_one("#push-status")
+        assert "pick a phone first" in str(status.render()) and status.has_class("-warn")
 
 
 # ---- Budget -----------------------------------------------------------------------------------

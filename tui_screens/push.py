@@ -127,10 +127,13 @@ class PushScreen(Screen):
         if chosen and chosen not in files:
             files.append(chosen)
         select = self.query_one("#push-file", Select)
+        keep = select.value
         select.set_options([(f"{p.name}  ({fmt_bytes(p.stat().st_size) if p.exists() else 'missing'})", p)
                             for p in files])
         if chosen:
             select.value = chosen
+        elif keep in files:
+            select.value = keep
 
     def action_refresh(self) -> None:
         self._fill_files()
@@ -167,7 +170,7 @@ class PushScreen(Screen):
         app_select = self.query_one("#push-app", Select)
         keep = app_select.value
         app_select.set_options([(label, key) for key, label in apps])
-        if keep != Select.BLANK and keep in {k for k, _ in apps}:
+        if keep in {k for k, _ in apps}:
             app_select.value = keep
         elif apps:
             app_select.value = apps[0][0]
@@ -184,11 +187,12 @@ class PushScreen(Screen):
     def action_push(self) -> None:
         if self._busy:
             return
-        values = {k: self.query_one(f"#push-{k}", Select).value for k in ("file", "device", "app")}
-        missing = [k for k, v in values.items() if v == Select.BLANK]
+        selects = {k: self.query_one(f"#push-{k}", Select) for k in ("file", "device", "app")}
+        missing = [{"device": "phone"}.get(k, k) for k, sel in selects.items() if sel.is_blank()]
         if missing:
             self.query_one(StatusLine).show(f"pick a {' and a '.join(missing)} first", "warn")
             return
+        values = {k: sel.value for k, sel in selects.items()}
         path: Path = values["file"]
         self._cancel = threading.Event()
         bar = self.query_one(ProgressBar)
@@ -233,6 +237,16 @@ class PushScreen(Screen):
             return
         status.show(f"done: {Path(msg.result.file).name} is on {msg.result.serial}", "info")
         self.query_one("#push-result", Static).update(result_text(msg.result))
+
+    @on(Select.Changed, "#push-file")
+    def _file_changed(self, event: Select.Changed) -> None:
+        if not event.select.is_blank():
+            self.app.chosen_file = event.value
+
+    @on(Select.Changed, "#push-device")
+    def _device_changed(self, event: Select.Changed) -> None:
+        if not event.select.is_blank():
+            self.app.chosen_serial = event.value
 
     @on(Button.Pressed, "#push-go")
     def _go(self) -> None:
