@@ -24,16 +24,23 @@ from tests.test_tui_gguf import tiny_variants  # noqa: E402
 from tui import EdgeApp  # noqa: E402
 
 SIZE = (120, 34)
-# A fixed folder: paths appear on screen (the sub-title), so they must not change between runs.
+# A fixed folder, shown on screen by a relative name (the sub-title) so it never changes.
 FIXED = Path(tempfile.gettempdir()) / "edge-tui-snapshots" / "ggufs"
 
 
 @pytest.fixture(scope="module")
-def folder() -> Path:
+def made() -> Path:
     shutil.rmtree(FIXED, ignore_errors=True)
     tiny_variants(FIXED)
     yield FIXED
     shutil.rmtree(FIXED.parent, ignore_errors=True)
+
+
+@pytest.fixture
+def folder(made, monkeypatch) -> Path:
+    """The variants as a relative path (it is shown on screen): the same on every machine."""
+    monkeypatch.chdir(made.parent)
+    return Path(made.name)
 
 
 def settled(*keys: str):

@@ -86,8 +86,8 @@ class PushScreen(Screen):
     """A form (file, phone, app), a progress bar and the result with next steps."""
 
     BINDINGS = [Binding("ctrl+s", "push", "Push"),
-                Binding("escape", "cancel", "Cancel push"),
-                Binding("r", "refresh", "Refresh lists")]
+                Binding("escape", "cancel", "Cancel"),
+                Binding("r", "refresh", "Refresh")]
 
     def compose(self) -> ComposeResult:
         yield Header()
