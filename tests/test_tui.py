@@ -393,13 +393,15 @@ def test_screenshot_is_made_by_the_app(variants_dir, tmp_path):
 
 # ---- a real terminal --------------------------------------------------------------------------
 @pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux not installed (scripts/setup.sh installs it)")
-def test_edge_tui_starts_in_a_real_terminal(variants_dir, tmp_path):
-    """`edge tui --folder ...` in tmux: the Variants table appears, `b` switches, `q` quits."""
+@needs_adb
+def test_edge_tui_starts_in_a_real_terminal(variants_dir, tmp_path, adb_server):
+    """`edge tui --folder ...` in tmux (talking to the tests' private adb server): the Variants
+    table appears, `b` shows the budget, `d` says no phone is connected, `q` quits with 0."""
     edge = ROOT / ".venv" / "bin" / "edge"
     cmd = [str(edge)] if edge.exists() else [sys.executable, "-m", "edge.cli"]
     sock = f"edge-tui-test-{os.getpid()}"
     tmux = ["tmux", "-L", sock]
-    env = {**os.environ, "TERM": "xterm-256color"}
+    env = {**os.environ, "TERM": "xterm-256color"}   # ANDROID_ADB_SERVER_PORT: the private server
     line = " ".join(cmd + ["tui", "--folder", str(variants_dir)]) + f"; echo EXIT=$? > {tmp_path / 'rc'}"
     subprocess.run(tmux + ["new-session", "-d", "-s", "t", "-x", "120", "-y", "34", line], check=True, env=env)
 
@@ -419,7 +421,9 @@ def test_edge_tui_starts_in_a_real_terminal(variants_dir, tmp_path):
         out = wait_for("tiny-Q8_0")
         assert "Variants" in out and "tiny-F32" in out
         subprocess.run(tmux + ["send-keys", "-t", "t", "b"], check=True)
-        wait_for("Budget")
+        wait_for("Samsung Galaxy A12")
+        subprocess.run(tmux + ["send-keys", "-t", "t", "d"], check=True)
+        wait_for("no phone connected")
         subprocess.run(tmux + ["send-keys", "-t", "t", "q"], check=True)
         end = time.time() + 10
         while time.time() < end and not (tmp_path / "rc").exists():
