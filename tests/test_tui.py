@@ -84,13 +84,22 @@ async def test_variants_of_a_run_come_from_run_json(tmp_path, variants_dir):
     kept = run.root / "gguf" / "tiny-F16.gguf"
     shutil.copy(variants_dir / "tiny-F16.gguf", kept)
     shutil.copy(variants_dir / "tiny-F32.gguf", run.root / "gguf" / "stray.gguf")  # not in run.json
-    run.record("quantize", outputs=[kept])
+    imatrix = run.root / "imatrix.gguf"           # a GGUF, but not a model: not a variant
+    from gguf import GGUFWriter
+    import numpy as np
+
+    w = GGUFWriter(str(imatrix), "gemma3")
+    w.add_type("imatrix")
+    w.add_tensor("blk.0.ffn_down.weight.in_sum2", np.ones(64, np.float32))
+    w.write_header_to_file(); w.write_kv_data_to_file(); w.write_tensors_to_file(); w.close()
+    run.record("quantize", outputs=[kept, imatrix])
     app = EdgeApp(run=run.root, live=False, host=False)
     async with app.run_test(size=SIZE) as pilot:
         await settle(app, pilot)
         rows = table_rows(app.screen.query_one("#variants-table"))
         assert [r[0] for r in rows] == ["tiny-F16"]
-        assert "run" in str(app.screen.query_one("#variants-source").render())
+        source = str(app.screen.query_one("#variants-source").render())
+        assert source.startswith("run ") and "not models, not listed: imatrix.gguf" in source
 
 
 @async_test

@@ -1,9 +1,10 @@
 """The TUI's one door into the library: which GGUF files a run has, and their report rows.
 
-Only glue lives here (which files, which report entry goes with which file); the numbers
-come from `edge.runfolder` (run.json), the quantize report (`report.json`, written by
-`edge quantize`) and gguf-py. Budget, device and push calls go straight to `edge.budget`,
-`edge.device` and `edge.push` from the screens.
+Only glue lives here: which files (run.json, else the folder's *.gguf that `edge.budget`
+reads as a model), which report entry goes with which file, and thin calls into
+`edge.budget`, `edge.readings`, `edge.device`, `edge.push` and `edge.apps`. Every number
+comes from those modules, the quantize report (`report.json`, written by `edge quantize`)
+or `edge.export.inspect_gguf`.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from edge.budget import read_gguf
 from edge.errors import EdgeError
 
 REPORT = "report.json"
@@ -76,6 +78,22 @@ def variants(run_dir: Path | None, folder: Path | None) -> tuple[str, list[Varia
         root, files, where = path.parent, [path], "the embedded Gemma 3 270M (no --run or --folder given)"
     if not files:
         raise EdgeError(f"no .gguf files in {root}; run `edge export` / `edge quantize` into it first")
+    models, skipped = [], []
+    for f in files:   # a run also lists non-model GGUFs (the importance matrix): not variants
+        try:
+            read_gguf(f)
+            models.append(f)
+        except EdgeError as e:
+            if "not a language model" not in str(e):
+                models.append(f)        # damaged: listed, and the Variants screen says what is wrong
+            else:
+                skipped.append(f.name)
+    files = models
+    if not files:
+        raise EdgeError(f"no model .gguf files in {root} (only {', '.join(skipped)}); "
+                        "run `edge export` / `edge quantize` into it first")
+    if skipped:
+        where += f" · not models, not listed: {', '.join(skipped)}"
     by_name: dict[str, dict] = {}
     report: Path | None = root / REPORT
     if report.is_file():
