@@ -32,7 +32,7 @@ HERE = Path(__file__).resolve().parent
 
 
 class EdgeApp(App):
-    """Variants, devices, budget and push, one screen each (Textual modes)."""
+    """Variants, devices, budget, push and pipeline, one screen each (Textual modes)."""
 
     TITLE = "edge"
     CSS_PATH = HERE / "tui.tcss"
@@ -74,7 +74,6 @@ class EdgeApp(App):
         self.report: Path | None = None     # the quality report (report.json) of those variants
         self.chosen_file: Path | None = None  # the file the Push screen starts with
         self.chosen_serial: str | None = None  # ... and the phone
-        self.connected: list[str] = []      # serials of the phones the Devices screen last saw
         self.sub_title = str(self.run_dir or self.folder or "no run or folder given")
 
     def push_this(self, file: Path | None = None, serial: str | None = None) -> None:

@@ -59,6 +59,22 @@ def table_rows(table) -> list[list[str]]:
     return [[str(c) for c in table.get_row_at(i)] for i in range(table.row_count)]
 
 
+def test_the_library_never_imports_textual():
+    """The core is reachable without the TUI (harlequin's import contract): no module of edge/ or
+    quantize/ imports textual, and the TUI's screens import no torch at module level."""
+    import ast
+
+    for pkg in ("edge", "quantize"):
+        for py in (ROOT / pkg).rglob("*.py"):
+            for node in ast.walk(ast.parse(py.read_text(), str(py))):
+                names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                    [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+                assert not any(n.split(".")[0] == "textual" for n in names), f"{py} imports textual"
+    code = "import sys, tui; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert out.stdout.strip() == "False", out.stderr
+
+
 # ---- Variants ---------------------------------------------------------------------------------
 @async_test
 async def test_variants_lists_files_with_report_numbers(variants_dir):

@@ -115,7 +115,6 @@ class DevicesScreen(Screen):
             table.add_row(*cells, key=cells[0])
         if rows:
             table.move_cursor(row=min(cursor, len(rows) - 1))
-        self.app.connected = [r[0] for r in rows]
         self.query_one(StatusLine).show(msg, kind)
 
     @work(thread=True, exclusive=True, group="profiles", exit_on_error=False)
