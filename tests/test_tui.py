@@ -395,7 +395,7 @@ async def test_pipeline_shows_stages_and_follows_the_loss_log(tmp_path, variants
         assert list(spark.data) == [r["loss"] for r in lines[:5]]
         with log.open("a") as f:                      # training goes on
             f.write("".join(json.dumps(r) + "\n" for r in lines[5:]))
-        await wait_until(pilot, lambda: len(spark.data) == 8, timeout=5)
+        await wait_until(pilot, lambda: len(spark.data) == 8, timeout=20)
         assert "step 8" in str(app.screen.query_one("#pipeline-loss-label").render())
         app.screen.query_one("#pipeline-steps").value = "0"
         await pilot.press("ctrl+t")                   # bad input: edge finetune refuses, exit 2
