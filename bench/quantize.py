@@ -1,0 +1,121 @@
+"""Benchmark: every recipe, with and without an importance matrix, scored against an F32 reference.
+
+    EDGE_CACHE=/tmp/edgecache .venv/bin/python bench/quantize.py --out /tmp/bench-quantize
+    .venv/bin/python bench/quantize.py --merged runs/demo/merged --out /tmp/bench-q-ft   # fine-tuned model
+
+Steps: export the model (embedded 270M, or --merged DIR) to F32 GGUF with `edge.export`;
+compute an imatrix from edge/data/demo_train.jsonl + edge/data/general.txt; quantize every
+recipe (llama.cpp standard + ours) without and with it, timing the quantization; score each
+file on edge/data/general_eval.txt (KLD mean/p99, top-1, ppl, decode tok/s) and, when the
+model is fine-tuned (--merged), the demo task's exact match for the reference, Q8_0, Q4_K_M
+and Q4_K_XL. Files that come out byte-identical with and without the imatrix (types that ignore
+it, like Q8_0) are scored once. Prints the table and the Pareto check, and writes
+report.json / report.md / pareto.png into --out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--out", default="/tmp/bench-quantize")
+    ap.add_argument("--merged", default="", help="a fine-tuned merged model directory (default: embedded base)")
+    ap.add_argument("--ref", default="", help="use this F32 GGUF instead of exporting")
+    ap.add_argument("--eval-tokens", type=int, default=512)
+    ap.add_argument("--ctx", type=int, default=256)
+    ap.add_argument("--task-n", type=int, default=50, help="demo-task eval chats (fine-tuned model only)")
+    ap.add_argument("--recipes", default="all")
+    args = ap.parse_args()
+
+    from edge.data import load_chats
+    from edge.evaluate import _llama, compare, evaluate, task_accuracy, threads
+    from edge.export import export_gguf
+    from edge.fsutil import sha256_file
+    from edge.models import resolve
+    from edge.task import EVAL
+    from quantize.cli import expand_recipes, quantize_variants, report_markdown, write_reports
+    from quantize.imatrix import DEMO_TRAIN, build_imatrix, load_imatrix
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    load0 = os.getloadavg()
+    t0 = time.time()
+    model_dir = Path(args.merged) if args.merged else resolve("embedded")
+    ref = Path(args.ref) if args.ref else out / "gemma-3-270m-F32.gguf"
+    if not args.ref:
+        export_gguf(model_dir, ref, "f32", force=True)
+    t_export = time.time() - t0
+
+    t0 = time.time()
+    im_summary = build_imatrix(str(model_dir), [str(DEMO_TRAIN)], out / "imatrix.gguf", max_tokens=4096,
+                               chunk=256, force=True, progress=False)
+    t_imatrix = time.time() - t0
+    im = load_imatrix(out / "imatrix.gguf")
+
+    recipes = expand_recipes([args.recipes])
+    t0 = time.time()
+    plain = quantize_variants(ref, recipes, out / "plain", force=True, progress=False)
+    t_plain = time.time() - t0
+    t0 = time.time()
+    withim = quantize_variants(ref, recipes, out / "imatrix", imatrix=im, force=True, progress=False)
+    t_im = time.time() - t0
+
+    made = plain + withim
+    sha = {m["path"]: sha256_file(m["path"]) for m in made}
+    variants, same_as = {}, {}
+    seen = {}
+    for m in made:
+        key = f"{m['recipe']}{'+im' if m['imatrix'] else ''}"
+        if sha[m["path"]] in seen:
+            same_as[key] = seen[sha[m["path"]]]
+            continue
+        seen[sha[m["path"]]] = key
+        variants[key] = (m["path"], m["recipe"], m["imatrix"])
+    t0 = time.time()
+    scores = evaluate(ref, variants, n_tokens=args.eval_tokens, ctx=args.ctx, speed_tokens=64, progress=False)
+    t_eval = time.time() - t0
+    fam = {m["path"]: m for m in made}
+    rows = []
+    for s in scores:
+        r = s.as_dict()
+        r["family"] = fam[s.path]["family"] if s.path in fam else "reference"
+        r["quantize_seconds"] = fam[s.path]["seconds"] if s.path in fam else None
+        rows.append(r)
+    for key, other in same_as.items():  # identical bytes: same scores, listed under both names
+        src = next(r for r in rows if r["name"] == other)
+        m = next(m for m in made if f"{m['recipe']}{'+im' if m['imatrix'] else ''}" == key)
+        rows.append({**src, "name": key, "path": m["path"], "imatrix": m["imatrix"],
+                     "note": f"byte-identical to {other}"})
+
+    task = {}
+    if args.merged:
+        chats = load_chats(EVAL)[: args.task_n]
+        for r in rows:
+            if r["name"] in ("reference", "Q8_0", "Q4_K_M", "Q4_K_XL", "Q4_K_M+im", "Q4_K_XL+im"):
+                with _llama(r["path"], 512, False) as llm:
+                    r["task_accuracy"] = task_accuracy(llm, chats)[0]
+                task[r["name"]] = r["task_accuracy"]
+
+    title = f"bench/quantize.py on {'fine-tuned ' + model_dir.name if args.merged else 'the embedded Gemma 3 270M'}"
+    extra = {"timings_s": {"export": round(t_export, 1), "imatrix": round(t_imatrix, 1),
+                           "quantize_plain": round(t_plain, 1), "quantize_imatrix": round(t_im, 1),
+                           "evaluate": round(t_eval, 1)},
+             "imatrix": im_summary, "loadavg_start": load0, "loadavg_end": os.getloadavg(),
+             "threads": threads(), "eval_tokens": args.eval_tokens, "ctx": args.ctx, "task": task}
+    paths = write_reports(rows, out, title, extra)
+    print(report_markdown(rows, paths["pareto"], title))
+    print(json.dumps(extra, indent=1))
+    print("quantize seconds per file:", {Path(m["path"]).parent.name + "/" + m["recipe"]: m["seconds"] for m in made})
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,246 @@
+"""Score GGUF variants against their reference through llama.cpp (llama-cpp-python).
+
+    from edge.evaluate import evaluate
+    rows = evaluate("gguf/ref-F32.gguf", {"Q4_K_XL": "gguf/m-Q4_K_XL.gguf"}, text=held_out_text)
+
+For each variant, on held-out text cut into independent chunks of `ctx` tokens (each chunk
+starts with `<bos>`, as llama-perplexity does), with the same tokens fed to both models:
+
+- `kld_mean`, `kld_p99`: KL(P_ref || P_variant) of the next-token distributions, over all
+  positions (natural log, nats); mean and 99th percentile.
+- `top1`: fraction of positions where the two argmax tokens agree.
+- `ppl`: the variant's perplexity on the text (the reference's is reported on its own row).
+- `size_bytes`, `bpw`: file size, and bits per weight = 8 x tensor bytes / tensor elements.
+- `tok_s`: greedy decode speed on this CPU (tokens after a short prompt, all cores).
+- `task_accuracy`: exact match of greedy replies on a chat eval set (the demo task), stopping
+  on `<end_of_turn>` or `<eos>`; None when no eval set is given.
+
+The reference's log-probabilities are computed once and kept in memory (n_tokens x 262,144
+floats: 1 MiB per token), so keep the text to a few hundred tokens.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from edge import gemma3
+from edge.errors import EdgeError
+
+DATA = Path(__file__).resolve().parent / "data"
+GENERAL_EVAL = DATA / "general_eval.txt"
+
+
+@dataclass
+class VariantScore:
+    """One row of report.json (the budget and TUI stages read these keys)."""
+
+    name: str
+    recipe: str
+    path: str
+    size_bytes: int
+    bpw: float
+    kld_mean: float | None
+    kld_p99: float | None
+    top1: float | None
+    ppl: float | None
+    tok_s: float | None
+    task_accuracy: float | None = None
+    imatrix: bool = False
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def threads() -> int:
+    """Threads for llama.cpp: the cores not already busy (at least 1).
+
+    llama.cpp's worker threads spin while they wait for each other; on a CPU shared with other
+    work that turns into a convoy (measured here at load 13 on 2 cores: 2 threads decoded
+    0.36 tok/s, 1 thread 4.1 tok/s). `EDGE_THREADS` overrides.
+    """
+    if os.environ.get("EDGE_THREADS"):
+        return max(1, int(os.environ["EDGE_THREADS"]))
+    n = os.cpu_count() or 1
+    try:
+        busy = round(os.getloadavg()[0])
+    except OSError:  # not available on this platform
+        busy = 0
+    return max(1, min(n, n - busy))
+
+
+@contextmanager
+def _llama(path: Path, n_ctx: int, logits_all: bool):
+    try:
+        from llama_cpp import Llama
+    except ImportError as e:  # pragma: no cover
+        raise EdgeError(f"llama-cpp-python is not importable ({e}); run the README's set-up") from None
+    path = Path(path)
+    if not path.is_file():
+        raise EdgeError(f"GGUF {path} not found")
+    try:
+        llm = Llama(model_path=str(path), n_ctx=n_ctx, n_batch=n_ctx, n_ubatch=n_ctx, logits_all=logits_all,
+                    n_threads=threads(), n_threads_batch=threads(), verbose=False)
+    except ValueError as e:
+        raise EdgeError(f"llama.cpp cannot load {path}: {e}; is it a complete GGUF?") from None
+    try:
+        yield llm
+    finally:
+        llm.close()
+
+
+def gguf_stats(path: str | Path) -> tuple[int, float]:
+    """(file size in bytes, bits per weight over all tensors) read with gguf-py."""
+    import gguf
+
+    path = Path(path)
+    reader = gguf.GGUFReader(path)
+    nbytes = sum(int(t.n_bytes) for t in reader.tensors)
+    nelem = sum(int(t.n_elements) for t in reader.tensors)
+    return path.stat().st_size, 8.0 * nbytes / max(1, nelem)
+
+
+def _decode(llm, tokens: list[int], n_past: int, all_logits: bool) -> np.ndarray:
+    """One llama_decode of `tokens` at position `n_past`; logits of every token or of the last."""
+    llm._batch.set_batch(batch=tokens, n_past=n_past, logits_all=all_logits)
+    llm._ctx.decode(llm._batch)
+    rows = len(tokens) if all_logits else 1
+    return np.ctypeslib.as_array(llm._ctx.get_logits(), shape=(rows, llm.n_vocab()))
+
+
+def _clear(llm) -> None:
+    llm.reset()
+    llm._ctx.kv_cache_seq_rm(-1, 0, -1)
+
+
+def chunk_tokens(llm, text: str, n_tokens: int, ctx: int) -> list[list[int]]:
+    """Cut `text` into chunks of `ctx` tokens (each starts with `<bos>`), `n_tokens` positions in all."""
+    ids = llm.tokenize(text.encode("utf-8"), add_bos=False, special=False)
+    per = ctx - 1
+    out, total = [], 0
+    for i in range(0, len(ids), per):
+        c = [gemma3.BOS_ID] + ids[i:i + per]
+        if total >= n_tokens or len(c) < 9:
+            break
+        c = c[: n_tokens - total + 1]
+        out.append(c)
+        total += len(c) - 1
+    if not out:
+        raise EdgeError(f"the evaluation text has too few tokens ({len(ids)}); give a longer text")
+    return out
+
+
+def _log_softmax(x: np.ndarray) -> np.ndarray:
+    x = x.astype(np.float32, copy=True)
+    x -= x.max(axis=-1, keepdims=True)
+    x -= np.log(np.exp(x).sum(axis=-1, keepdims=True))
+    return x
+
+
+def logprobs(llm, chunks: list[list[int]]) -> list[np.ndarray]:
+    """Log-softmax of the next-token logits at every position of every chunk (all but the last)."""
+    out = []
+    for c in chunks:
+        _clear(llm)
+        out.append(_log_softmax(_decode(llm, c, 0, True)[: len(c) - 1]))
+    return out
+
+
+def compare(ref: list[np.ndarray], var: list[np.ndarray], chunks: list[list[int]]) -> dict:
+    """KLD(ref || var) mean and p99, top-1 agreement, variant perplexity."""
+    klds, agree, nll = [], [], []
+    for r, v, c in zip(ref, var, chunks):
+        kl = (np.exp(r) * (r - v)).sum(axis=-1)
+        klds.append(np.maximum(kl, 0.0))  # rounding can give -1e-9
+        agree.append(r.argmax(-1) == v.argmax(-1))
+        targets = np.asarray(c[1:])
+        nll.append(-v[np.arange(len(targets)), targets])
+    kld = np.concatenate(klds)
+    return {"kld_mean": float(kld.mean()), "kld_p99": float(np.percentile(kld, 99)),
+            "top1": float(np.concatenate(agree).mean()), "ppl": float(np.exp(np.concatenate(nll).mean()))}
+
+
+def decode_speed(llm, n_tokens: int = 64, prompt: str = "The history of the") -> float:
+    """Greedy decode tokens per second after a short prompt."""
+    _clear(llm)
+    ids = llm.tokenize(prompt.encode(), add_bos=True)
+    tok = int(_decode(llm, ids, 0, False)[0].argmax())
+    n_past = len(ids)
+    t0 = time.perf_counter()
+    for _ in range(n_tokens):
+        tok = int(_decode(llm, [tok], n_past, False)[0].argmax())
+        n_past += 1
+    return n_tokens / (time.perf_counter() - t0)
+
+
+def task_accuracy(llm, chats, max_new_tokens: int = 16) -> tuple[float, list[tuple[str, str]]]:
+    """Exact match of greedy llama.cpp replies on chat eval examples (the demo task's metric)."""
+    from edge.data import load_chats, render_text
+    from edge.task import split_prompt
+
+    if not isinstance(chats, list):
+        chats = load_chats(chats)
+    stops = {gemma3.END_OF_TURN_ID, gemma3.EOS_ID}
+    pairs = []
+    for chat in chats:
+        prompt, ref = split_prompt(chat)
+        text, _ = render_text(prompt, add_generation_prompt=True)
+        ids = llm.tokenize(text.encode("utf-8"), add_bos=True, special=True)
+        _clear(llm)
+        tok = int(_decode(llm, ids, 0, False)[0].argmax())
+        n_past, out = len(ids), []
+        while tok not in stops and len(out) < max_new_tokens:
+            out.append(tok)
+            tok = int(_decode(llm, [tok], n_past, False)[0].argmax())
+            n_past += 1
+        pairs.append((llm.detokenize(out).decode("utf-8", "replace").strip(), ref))
+    return sum(g == r for g, r in pairs) / max(1, len(pairs)), pairs
+
+
+def evaluate(ref_gguf: str | Path, variants: dict, *, text: str | None = None, n_tokens: int = 512,
+             ctx: int = 256, task_eval=None, speed_tokens: int = 64, progress: bool = True) -> list[VariantScore]:
+    """Score each variant against the reference; the first row is the reference itself.
+
+    `variants` maps a name to a path, or to (path, recipe, uses_imatrix).
+    """
+    from tqdm import tqdm
+
+    from edge.data import load_chats
+
+    ref_gguf = Path(ref_gguf)
+    if text is None:
+        text = GENERAL_EVAL.read_text(encoding="utf-8")
+    chats = load_chats(task_eval) if task_eval is not None and not isinstance(task_eval, list) else task_eval
+    items = [("reference", (ref_gguf, _label(ref_gguf), False))] + [
+        (n, v if isinstance(v, tuple) else (v, n, False)) for n, v in variants.items()]
+    rows, ref_lp, chunks = [], None, None
+    bar = tqdm(items, desc="evaluate", unit="file", disable=not progress, leave=False)
+    for name, (path, recipe, imat) in bar:
+        bar.set_postfix_str(name)
+        size, bpw = gguf_stats(path)
+        with _llama(path, ctx, False) as llm:
+            if ref_lp is None:
+                chunks = chunk_tokens(llm, text, n_tokens, ctx)
+                ref_lp = logprobs(llm, chunks)
+                metrics = compare(ref_lp, ref_lp, chunks)
+            else:
+                metrics = compare(ref_lp, logprobs(llm, chunks), chunks)
+            tok_s = decode_speed(llm, speed_tokens) if speed_tokens else None
+            acc = task_accuracy(llm, chats)[0] if chats else None
+        rows.append(VariantScore(name=name, recipe=recipe, path=str(path), size_bytes=size, bpw=round(bpw, 3),
+                                 tok_s=None if tok_s is None else round(tok_s, 1), task_accuracy=acc,
+                                 imatrix=imat, **metrics))
+    return rows
+
+
+def _label(path: Path) -> str:
+    import gguf
+
+    reader = gguf.GGUFReader(path)
+    types = {t.tensor_type.name for t in reader.tensors if len(t.shape) > 1}
+    return "+".join(sorted(types)) if types else "F32"

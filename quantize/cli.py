@@ -1,0 +1,342 @@
+"""`edge quantize`: a reference GGUF -> standard and dynamic variants, scored, with a report.
+
+    edge quantize --gguf runs/demo/gguf/ref-F32.gguf --recipe Q4_K_M --recipe Q4_K_XL --out runs/q
+    edge quantize --gguf ref-F32.gguf --recipe all --calib my_chats.jsonl --model runs/demo/merged --out q/
+    edge quantize --gguf ref-F32.gguf --recipe dynamic --imatrix imatrix.gguf --out q/ --json
+
+Takes an F32/BF16/F16 GGUF (from `edge export`) and recipe names (quantize/recipes.py; `all`,
+`standard` and `dynamic` name groups; a .json file is a custom recipe). Writes into OUT:
+`<name>-<RECIPE>.gguf` per recipe, `report.json` (one row per variant: name, recipe, path,
+size_bytes, bpw, kld_mean, kld_p99, top1, ppl, tok_s, task_accuracy), `report.md` (the
+table, plus the Pareto check) and `pareto.png` (size vs mean KLD, our recipes and llama.cpp's).
+An importance matrix is used when given (`--imatrix FILE`) or computed from `--calib` data on
+`--model` (the Hugging Face model the GGUF came from). `edge demo` runs `demo_stage`.
+"""
+
+from __future__ import annotations
+
+import json as jsonlib
+import re
+import time
+from pathlib import Path
+
+from edge.errors import EdgeError
+from edge.fsutil import check_writable, write_text_atomic
+from quantize import recipes as R
+
+QUANTIZED_SOURCE_NOTE = ("the source GGUF is already quantized: requantizing compounds errors; "
+                         "export an F32/BF16 reference with `edge export` for real numbers")
+
+
+# --- reading the source -----------------------------------------------------------------------------
+def read_tensors(path: str | Path) -> tuple[list[R.TensorInfo], dict]:
+    """Tensor names and shapes (ne[0] first) plus a few metadata values, via gguf-py."""
+    import gguf
+
+    path = Path(path)
+    if not path.is_file():
+        raise EdgeError(f"GGUF {path} not found; give the reference from `edge export`")
+    try:
+        reader = gguf.GGUFReader(path)
+    except Exception as e:  # gguf-py raises several types on a non-GGUF file
+        raise EdgeError(f"{path} is not a readable GGUF file ({type(e).__name__}); give the reference from `edge export`") from None
+    tensors = [R.TensorInfo(t.name, tuple(int(d) for d in t.shape)) for t in reader.tensors]
+    types = {t.tensor_type for t in reader.tensors if len(t.shape) > 1}
+    meta = {"name": None, "arch": None, "quantized": any(t not in (gguf.GGMLQuantizationType.F32,
+            gguf.GGMLQuantizationType.F16, gguf.GGMLQuantizationType.BF16) for t in types)}
+    for key, k in (("general.name", "name"), ("general.architecture", "arch")):
+        f = reader.fields.get(key)
+        if f is not None:
+            meta[k] = f.contents()
+    if meta["arch"] != "gemma3":
+        raise EdgeError(f"{path} is a {meta['arch']!r} model; these recipes are for Gemma 3 (arch gemma3)")
+    return tensors, meta
+
+
+def model_name(path: Path, meta: dict) -> str:
+    stem = re.sub(r"[-_.](f32|f16|bf16|q\d.*)$", "", path.stem, flags=re.I)
+    stem = re.sub(r"^ref$", "", stem)
+    name = stem or (meta.get("name") or "model")
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip("-") or "model"
+
+
+def expand_recipes(names: list[str]) -> list[R.Recipe]:
+    out: list[R.Recipe] = []
+    for n in names:
+        for part in str(n).split(","):
+            part = part.strip()
+            group = {"all": R.STANDARD_NAMES + R.DYNAMIC_NAMES, "standard": R.STANDARD_NAMES,
+                     "dynamic": R.DYNAMIC_NAMES, "demo": R.DEMO_NAMES}.get(part)
+            for p in group or ([part] if part else []):
+                r = R.get(p)
+                if r.name not in [x.name for x in out]:
+                    out.append(r)
+    if not out:
+        raise EdgeError("no recipe given; use --recipe NAME (e.g. Q4_K_XL), 'all', 'standard' or 'dynamic'")
+    return out
+
+
+# --- quantizing --------------------------------------------------------------------------------------
+def quantize_variants(src: str | Path, recipes: list[R.Recipe], out_dir: str | Path, *, imatrix=None,
+                      force: bool = False, progress: bool = True, nthread: int = 0) -> list[dict]:
+    """Quantize `src` once per recipe into out_dir/<name>-<RECIPE>.gguf; returns one dict per file."""
+    from tqdm import tqdm
+
+    from quantize.imatrix import check_against
+    from quantize.llama import quantize_file
+
+    src, out_dir = Path(src), Path(out_dir)
+    tensors, meta = read_tensors(src)
+    name = model_name(src, meta)
+    plans = [R.resolve(r, tensors) for r in recipes]  # all recipe errors before any work
+    values = None
+    if imatrix is not None:
+        check_against(imatrix, tensors)
+        values = imatrix.values()
+    targets = [out_dir / f"{name}-{r.name}.gguf" for r in recipes]
+    for t in targets:
+        check_writable(t, force)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    results = []
+    bar = tqdm(list(zip(recipes, plans, targets)), desc="quantize", unit="file", disable=not progress, leave=False)
+    for recipe, plan, target in bar:
+        bar.set_postfix_str(recipe.name)
+        res = quantize_file(src, target, ftype=recipe.ftype, overrides=plan.overrides() if recipe.rows else (),
+                            imatrix=values, nthread=nthread, allow_requantize=meta["quantized"], force=True)
+        results.append({"recipe": recipe.name, "family": recipe.family, "path": str(target),
+                        "size_bytes": res.size_bytes, "seconds": round(res.seconds, 2),
+                        "n_fallback": res.n_fallback, "imatrix": values is not None})
+    return results
+
+
+# --- the report ----------------------------------------------------------------------------------------
+def pareto_check(rows: list[dict]) -> list[dict]:
+    """For each dynamic variant: the standard variants at least as large with a mean KLD not higher.
+
+    The goal (issue 6): every XL recipe has a lower mean KLD than every standard type of equal
+    or larger file size. `beaten_by` lists the standard files that break that rule; `dominated_by`
+    lists those that are also no larger (a plain Pareto loss).
+    """
+    std = [r for r in rows if r.get("family") == "llama.cpp" and r.get("kld_mean") is not None]
+    out = []
+    for r in rows:
+        if r.get("family") != "dynamic" or r.get("kld_mean") is None:
+            continue
+        beaten = [s["name"] for s in std if s["size_bytes"] >= r["size_bytes"] and s["kld_mean"] <= r["kld_mean"]
+                  and s.get("imatrix") == r.get("imatrix")]
+        dominated = [s["name"] for s in std if s["size_bytes"] <= r["size_bytes"] and s["kld_mean"] <= r["kld_mean"]
+                     and s.get("imatrix") == r.get("imatrix")]
+        out.append({"name": r["name"], "imatrix": r.get("imatrix"), "ok": not beaten,
+                    "beaten_by": beaten, "dominated_by": dominated})
+    return out
+
+
+def _fmt(v, spec: str) -> str:
+    return "-" if v is None else format(v, spec)
+
+
+def report_markdown(rows: list[dict], checks: list[dict], title: str = "Quantized variants") -> str:
+    lines = [f"# {title}", "",
+             "| variant | family | imatrix | size MB | bpw | KLD mean | KLD p99 | top-1 | ppl | tok/s | task acc |",
+             "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in sorted(rows, key=lambda r: -r["size_bytes"]):
+        lines.append(f"| {r['name']} | {r.get('family', '')} | {'yes' if r.get('imatrix') else 'no'} | "
+                     f"{r['size_bytes'] / 1e6:.1f} | {_fmt(r['bpw'], '.2f')} | {_fmt(r['kld_mean'], '.5f')} | "
+                     f"{_fmt(r['kld_p99'], '.4f')} | {_fmt(r['top1'], '.3f')} | {_fmt(r['ppl'], '.3f')} | "
+                     f"{_fmt(r['tok_s'], '.1f')} | {_fmt(r.get('task_accuracy'), '.3f')} |")
+    if checks:
+        lines += ["", "Pareto check: each dynamic (XL) variant must have a lower mean KLD than every llama.cpp "
+                      "type of equal or larger size (same imatrix setting).", ""]
+        for c in checks:
+            verdict = "ok" if c["ok"] else f"FAILS against {', '.join(c['beaten_by'])}"
+            dom = f"; dominated by {', '.join(c['dominated_by'])}" if c["dominated_by"] else ""
+            lines.append(f"- {c['name']}{' (imatrix)' if c['imatrix'] else ''}: {verdict}{dom}")
+    lines += ["", "KLD: KL(reference || variant) of next-token distributions on held-out text, nats. "
+                  "tok/s: greedy decode on this CPU (llama.cpp, threads = idle cores)."]
+    return "\n".join(lines) + "\n"
+
+
+def pareto_png(rows: list[dict], path: str | Path, title: str = "size vs KLD") -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 5.5))
+    styles = {"llama.cpp": ("tab:blue", "o", "llama.cpp standard"), "dynamic": ("tab:red", "s", "ours (dynamic XL)")}
+    for fam, (color, marker, label) in styles.items():
+        for imat in (False, True):
+            pts = [r for r in rows if r.get("family") == fam and bool(r.get("imatrix")) == imat and r.get("kld_mean")]
+            if not pts:
+                continue
+            ax.scatter([r["size_bytes"] / 1e6 for r in pts], [r["kld_mean"] for r in pts], color=color,
+                       marker=marker, facecolors=color if imat else "none", s=55,
+                       label=label + (" + imatrix" if imat else ""))
+            for r in pts:
+                ax.annotate(r["name"], (r["size_bytes"] / 1e6, r["kld_mean"]), fontsize=7,
+                            xytext=(4, 3), textcoords="offset points")
+    ax.set_yscale("log")
+    ax.set_xlabel("file size (MB)")
+    ax.set_ylabel("mean KLD vs reference (nats, log scale)")
+    ax.set_title(title)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    path = Path(path)
+    tmp = path.with_name("." + path.name + ".part.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    tmp.replace(path)
+    return path
+
+
+def write_reports(rows: list[dict], out_dir: Path, title: str, extra: dict | None = None) -> dict:
+    checks = pareto_check(rows)
+    data = {"variants": rows, "pareto": checks, **(extra or {})}
+    rj = write_text_atomic(out_dir / "report.json", jsonlib.dumps(data, indent=2))
+    rm = write_text_atomic(out_dir / "report.md", report_markdown(rows, checks, title))
+    png = pareto_png(rows, out_dir / "pareto.png", title)
+    return {"report_json": str(rj), "report_md": str(rm), "pareto_png": str(png), "pareto": checks}
+
+
+def run_quantize(ref: str | Path, recipe_objs: list[R.Recipe], out_dir: Path, *, imatrix=None,
+                 eval_text: str | None = None, eval_tokens: int = 512, ctx: int = 256, task_eval=None,
+                 speed_tokens: int = 64, force: bool = False, progress: bool = True, title: str = "") -> dict:
+    """Quantize + evaluate + write the reports; the library function behind the CLI and the demo."""
+    from edge.evaluate import evaluate
+
+    t0 = time.time()
+    made = quantize_variants(ref, recipe_objs, out_dir, imatrix=imatrix, force=force, progress=progress)
+    t_quant = time.time() - t0
+    by_path = {m["path"]: m for m in made}
+    variants = {Path(m["path"]).stem: (m["path"], m["recipe"], m["imatrix"]) for m in made}
+    scores = evaluate(ref, variants, text=eval_text, n_tokens=eval_tokens, ctx=ctx, task_eval=task_eval,
+                      speed_tokens=speed_tokens, progress=progress)
+    rows = []
+    for s in scores:
+        row = s.as_dict()
+        m = by_path.get(s.path)
+        row["family"] = m["family"] if m else "reference"
+        row["quantize_seconds"] = m["seconds"] if m else None
+        rows.append(row)
+    extra = {"reference": str(ref), "quantize_seconds_total": round(t_quant, 1),
+             "eval_tokens": eval_tokens, "ctx": ctx}
+    paths = write_reports(rows, out_dir, title or f"Quantized variants of {Path(ref).name}", extra)
+    return {"variants": rows, **paths, "quantize_seconds_total": round(t_quant, 1),
+            "seconds": round(time.time() - t0, 1)}
+
+
+def quantize_cmd(*, gguf: str, recipe: list[str], out: str, imatrix: str = "", calib: str = "", model: str = "",
+                 eval_tokens: int = 512, task: str = "", no_eval: bool = False, force: bool = False,
+                 json: bool = False) -> dict:
+    """Quantize a reference GGUF to llama.cpp's standard types and our dynamic XL recipes, with a report.
+
+    Recipes: Q8_0 Q6_K Q5_K_M Q4_K_M Q4_0 IQ4_NL (llama.cpp's own mixtures) and Q8_K_XL Q6_K_XL
+    Q5_K_XL Q4_K_XL IQ4_K_XL (ours, per-tensor tables in quantize/recipes.py); 'all', 'standard',
+    'dynamic' name groups. Writes OUT/<name>-<RECIPE>.gguf, report.json, report.md, pareto.png.
+
+    Args:
+        gguf: the reference GGUF (F32/BF16/F16, from `edge export`).
+        recipe: a recipe name, a group (all, standard, dynamic) or a recipe .json file.
+        out: the folder for the variants and the report.
+        imatrix: an importance matrix file (from `edge imatrix`) to quantize with.
+        calib: calibration data (chat JSONL or .txt) to compute an importance matrix from (needs --model).
+        model: the Hugging Face model the GGUF was exported from ('embedded' or a merged directory).
+        eval_tokens: held-out tokens for the KLD / top-1 / perplexity scores.
+        task: a chat JSONL eval set (e.g. edge/data/demo_eval.jsonl) for exact-match accuracy.
+        no_eval: only quantize; skip the scores and the report.
+        force: overwrite existing variant files.
+        json: print the result as JSON.
+    """
+    from quantize.imatrix import build_imatrix, load_imatrix
+
+    ref = Path(gguf)
+    out_dir = Path(out)
+    recipe_objs = expand_recipes(recipe or [])
+    tensors, meta = read_tensors(ref)
+    for r in recipe_objs:
+        R.resolve(r, tensors)
+    if imatrix and calib:
+        raise EdgeError("give either --imatrix FILE or --calib FILE (to compute one), not both")
+    if calib and not model:
+        raise EdgeError("--calib needs --model: the Hugging Face model the GGUF was exported from "
+                        "('embedded' or a merged directory)")
+    if meta["quantized"] and not json:
+        print(f"note: {QUANTIZED_SOURCE_NOTE}")
+    im = None
+    if imatrix:
+        im = load_imatrix(imatrix)
+    elif calib:
+        im_path = out_dir / "imatrix.gguf"
+        summary = build_imatrix(model, [calib], im_path, force=True, progress=not json)
+        if not json:
+            print(f"imatrix: {summary['entries']} matrices from {summary['tokens']} tokens -> {im_path}")
+        im = load_imatrix(im_path)
+    if no_eval:
+        made = quantize_variants(ref, recipe_objs, out_dir, imatrix=im, force=force, progress=not json)
+        if not json:
+            for m in made:
+                print(f"{m['path']}: {m['size_bytes'] / 1e6:.1f} MB in {m['seconds']:.1f} s")
+        return {"variants": made}
+    result = run_quantize(ref, recipe_objs, out_dir, imatrix=im, eval_tokens=eval_tokens,
+                          task_eval=task or None, force=force, progress=not json)
+    if not json:
+        print(Path(result["report_md"]).read_text())
+        print(f"wrote {result['report_json']}, {result['report_md']}, {result['pareto_png']}")
+    return result
+
+
+def demo_table(rows: list[dict]) -> str:
+    lines = [f"{'variant':<28} {'MB':>7} {'bpw':>5} {'KLD':>8} {'p99':>7} {'top1':>6} {'tok/s':>6} {'task':>5}"]
+    for r in rows:
+        lines.append(f"{r['name'][:28]:<28} {r['size_bytes'] / 1e6:>7.1f} {r['bpw']:>5.2f} "
+                     f"{_fmt(r['kld_mean'], '.5f'):>8} {_fmt(r['kld_p99'], '.4f'):>7} {_fmt(r['top1'], '.3f'):>6} "
+                     f"{_fmt(r['tok_s'], '.1f'):>6} {_fmt(r.get('task_accuracy'), '.2f'):>5}")
+    return "\n".join(lines)
+
+
+def demo_stage(ctx):
+    """Quantize the exported reference to Q8_0, Q8_K_XL, Q4_K_M, Q4_K_XL with an imatrix, and score them."""
+    from edge.demo import StageResult
+    from edge.models import resolve
+    from quantize.imatrix import DEMO_TRAIN, build_imatrix, load_imatrix
+
+    ref = ctx.artifacts.get("ref_gguf")
+    if not ref or not Path(ref).is_file():
+        return StageResult(summary="skipped: no reference GGUF (the export stage made none)")
+    t0 = time.time()
+    merged = ctx.artifacts.get("merged_dir")
+    model_dir = str(merged) if merged else str(resolve(ctx.model))
+    im_path = ctx.run.path("imatrix.gguf")
+    build_imatrix(model_dir, [str(DEMO_TRAIN)], im_path, max_tokens=2048, chunk=256, force=True)
+    im = load_imatrix(im_path)
+    from edge.data import load_chats
+    from edge.task import EVAL
+
+    task_eval = load_chats(EVAL)[:20] if merged else None  # the task only means something after fine-tuning
+    result = run_quantize(ref, [R.get(n) for n in R.DEMO_NAMES], ctx.run.path("gguf"), imatrix=im,
+                          eval_tokens=128, ctx=128, task_eval=task_eval, speed_tokens=32, force=True,
+                          title="edge demo: quantized variants")
+    # the report lives in the run root
+    for key in ("report_json", "report_md", "pareto_png"):
+        p = Path(result[key])
+        dest = ctx.run.path(p.name)
+        p.replace(dest)
+        result[key] = str(dest)
+    variants = [r["path"] for r in result["variants"] if r["name"] != "reference"]
+    ctx.artifacts["variants"] = variants
+    ctx.artifacts["report_json"] = result["report_json"]
+    seconds = time.time() - t0
+    ctx.run.record("quantize", outputs=[*variants, im_path, result["report_json"], result["report_md"],
+                                        result["pareto_png"]],
+                   inputs=[ref], seconds=round(seconds, 1),
+                   settings={"recipes": R.DEMO_NAMES, "imatrix_from": model_dir,
+                             "calibration": [DEMO_TRAIN.name, "general.txt"], "eval_tokens": 128},
+                   summary={"pareto": result["pareto"], "quantize_seconds": result["quantize_seconds_total"]})
+    q4 = next((r for r in result["variants"] if r["recipe"] == "Q4_K_XL"), None)
+    summary = f"{len(variants)} variants in {result['quantize_seconds_total']:.0f} s"
+    if q4:
+        summary += f"; Q4_K_XL {q4['size_bytes'] / 1e6:.0f} MB, KLD {q4['kld_mean']:.4f}"
+    if not merged:
+        summary += " (base model: no fine-tune to score)"
+    return StageResult(summary=summary, table=demo_table(result["variants"]))

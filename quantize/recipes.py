@@ -1,0 +1,317 @@
+"""Quantization recipes as data: one table row per (tensor pattern -> GGML type), with a reason.
+
+Two kinds of recipe:
+
+- llama.cpp's standard file types (Q8_0, Q6_K, Q5_K_M, Q4_K_M, Q4_0, IQ4_NL): no rows, llama.cpp
+  picks every tensor's type itself (`llama_tensor_get_type`). Their `expect` table records what
+  that gives on Gemma 3's 640- and 1152-wide rows, where the 256-wide K-quant blocks do not fit
+  and llama.cpp silently falls back (Q4_K -> Q5_0, Q5_K -> Q5_1, Q6_K -> Q8_0). Tests read the
+  files back with gguf-py and check these tables.
+- our dynamic recipes (`*_XL`): every quantized tensor is chosen by the first matching row, and
+  passed to llama.cpp as a per-tensor override. They use 256-block K-quants only where rows
+  are 256-aligned (attn_output: 1024 wide; ffn_down: 2048 / 6912 wide) and choose the 32-block
+  types deliberately elsewhere, so nothing falls back behind our back.
+
+Patterns are Python/ECMAScript regexes searched in GGUF tensor names. Layer placeholders,
+expanded for the model's block count n:
+    {ends}    llama.cpp's "more bits" layers: i < n/8 or i >= 7n/8 (270M: 0,1,15,16,17)
+    {more}    Q4_K_M's attn_v/ffn_down layers: {ends} or (i - n/8) % 3 == 2
+    {eighth}  i < n/8        {first}   layer 0        {last}   layer n-1
+A tensor matching no row keeps llama.cpp's choice for the recipe's `ftype`; a row matching no
+tensor of the model is an error (a typo would otherwise silently do nothing).
+
+Shapes (edge/gemma3.py): 270M rows are 640 (token_embd, attn_q/k/v, ffn_gate/up), 1024
+(attn_output), 2048 (ffn_down); 1B rows are 1152, 1024 and 6912. The tied 262,144-row
+token_embd is also the output head: it is 63% of the 270M's weights and read in full for
+every generated token, so its type sets both the file size and the decode speed.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from gguf import GGML_QUANT_SIZES, GGMLQuantizationType as T, LlamaFileType as F
+
+from edge.errors import EdgeError
+
+# Types llama.cpp falls back to when a tensor's row length is not a multiple of the K-quant
+# block (llama-quant.cpp, "required fallback quantization"; REFERENCE.md).
+FALLBACK = {T.Q2_K: T.IQ4_NL, T.Q3_K: T.IQ4_NL, T.IQ4_XS: T.IQ4_NL, T.Q4_K: T.Q5_0, T.Q5_K: T.Q5_1,
+            T.Q6_K: T.Q8_0}
+
+
+@dataclass(frozen=True)
+class Row:
+    pattern: str
+    qtype: T
+    reason: str
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """A named quantization recipe. `rows` empty = llama.cpp's own mixture for `ftype`."""
+
+    name: str
+    ftype: F
+    summary: str
+    rows: tuple[Row, ...] = ()
+    expect: tuple[Row, ...] = ()  # standard types only: what llama.cpp gives on Gemma 3 shapes
+    family: str = "dynamic"  # "llama.cpp" or "dynamic"
+
+    @property
+    def is_standard(self) -> bool:
+        return self.family == "llama.cpp"
+
+
+def _std(name: str, ftype: F, summary: str, expect: list[tuple[str, T, str]]) -> Recipe:
+    return Recipe(name, ftype, summary, (), tuple(Row(*r) for r in expect), "llama.cpp")
+
+
+def _dyn(name: str, ftype: F, summary: str, rows: list[tuple[str, T, str]]) -> Recipe:
+    return Recipe(name, ftype, summary, tuple(Row(*r) for r in rows), (), "dynamic")
+
+
+EMB = r"^token_embd\.weight$"
+Q, K, V, O = r"attn_q\.weight$", r"attn_k\.weight$", r"attn_v\.weight$", r"attn_output\.weight$"
+GATE, UP, DOWN = r"ffn_gate\.weight$", r"ffn_up\.weight$", r"ffn_down\.weight$"
+ENDS = r"^blk\.{ends}\."
+
+# --- llama.cpp's standard types: what they become on 640/1152-wide rows -----------------------
+STANDARD = [
+    _std("Q8_0", F.MOSTLY_Q8_0, "llama.cpp Q8_0: every matrix Q8_0 (32-blocks fit every row)", [
+        (EMB, T.Q8_0, "tied output head: Q8_0 like everything else"),
+        (r"\.weight$", T.Q8_0, "all matrices Q8_0"),
+    ]),
+    _std("Q6_K", F.MOSTLY_Q6_K, "llama.cpp Q6_K: Q6_K where rows are 256-aligned, else falls back to Q8_0", [
+        (EMB, T.Q8_0, "output head Q6_K -> Q8_0 (row 640/1152 not 256-aligned)"),
+        (O, T.Q6_K, "1024-wide rows: real Q6_K"),
+        (DOWN, T.Q6_K, "2048/6912-wide rows: real Q6_K"),
+        (r"(attn_[qkv]|ffn_gate|ffn_up)\.weight$", T.Q8_0, "Q6_K falls back to Q8_0 on 640/1152 rows"),
+    ]),
+    _std("Q5_K_M", F.MOSTLY_Q5_K_M, "llama.cpp Q5_K_M: Q5_K falls back to Q5_1 on most tensors", [
+        (EMB, T.Q8_0, "output head Q6_K -> Q8_0"),
+        (r"^blk\.{more}\.attn_v\.weight$", T.Q8_0, "attn_v Q6_K on 'more bits' layers -> Q8_0"),
+        (V, T.Q5_1, "attn_v Q5_K -> Q5_1"),
+        (r"^blk\.{more}\.ffn_down\.weight$", T.Q6_K, "ffn_down Q6_K on 'more bits' layers"),
+        (DOWN, T.Q5_K, "ffn_down Q5_K (2048/6912 rows fit)"),
+        (O, T.Q5_K, "attn_output Q5_K (1024 rows fit)"),
+        (r"(attn_[qk]|ffn_gate|ffn_up)\.weight$", T.Q5_1, "Q5_K falls back to Q5_1 on 640/1152 rows"),
+    ]),
+    _std("Q4_K_M", F.MOSTLY_Q4_K_M, "llama.cpp Q4_K_M: Q4_K falls back to Q5_0 on most tensors", [
+        (EMB, T.Q8_0, "output head Q6_K -> Q8_0"),
+        (r"^blk\.{more}\.attn_v\.weight$", T.Q8_0, "attn_v Q6_K on 'more bits' layers -> Q8_0"),
+        (V, T.Q5_0, "attn_v Q4_K -> Q5_0"),
+        (r"^blk\.{more}\.ffn_down\.weight$", T.Q6_K, "ffn_down Q6_K on 'more bits' layers"),
+        (DOWN, T.Q4_K, "ffn_down Q4_K (rows fit)"),
+        (O, T.Q4_K, "attn_output Q4_K (1024 rows fit)"),
+        (r"(attn_[qk]|ffn_gate|ffn_up)\.weight$", T.Q5_0, "Q4_K falls back to Q5_0 on 640/1152 rows"),
+    ]),
+    _std("Q4_0", F.MOSTLY_Q4_0, "llama.cpp Q4_0: Q4_0 matrices, output head Q8_0", [
+        (EMB, T.Q8_0, "output head Q6_K -> Q8_0"),
+        (r"\.weight$", T.Q4_0, "all other matrices Q4_0"),
+    ]),
+    _std("IQ4_NL", F.MOSTLY_IQ4_NL, "llama.cpp IQ4_NL: non-linear 4-bit 32-blocks, output head Q8_0", [
+        (EMB, T.Q8_0, "output head Q6_K -> Q8_0"),
+        (V, T.Q5_1, "attn_v Q5_K (4 query heads per KV head) -> Q5_1"),
+        (r"^blk\.{eighth}\.ffn_down\.weight$", T.Q5_K, "first n/8 layers' ffn_down Q5_K (only without an imatrix)"),
+        (r"\.weight$", T.IQ4_NL, "all other matrices IQ4_NL"),
+    ]),
+]
+
+# --- our dynamic recipes -----------------------------------------------------------------------
+DYNAMIC = [
+    _dyn("Q8_K_XL", F.MOSTLY_Q8_0, "Q8_0 body, 16-bit output head and value projections", [
+        (EMB, T.F16, "tied embedding = output head: its error hits every logit; F16 keeps it exact"),
+        (V, T.F16, "attn_v feeds the residual stream directly; 1 KV head makes it tiny (0.16M/layer)"),
+        (r"\.weight$", T.Q8_0, "everything else Q8_0: 32-blocks fit 640/1152 rows"),
+    ]),
+    _dyn("Q6_K_XL", F.MOSTLY_Q6_K, "Q8_0 head and attention, Q6_K where rows fit, Q5_1 MLP in", [
+        (EMB, T.Q8_0, "output head Q8_0: no 6-bit 32-block type, and it dominates the error"),
+        (r"attn_[qkv]\.weight$", T.Q8_0, "attention in-projections are small (1.0M/layer): keep Q8_0"),
+        (O, T.Q6_K, "1024-wide rows: real Q6_K"),
+        (DOWN, T.Q6_K, "2048/6912-wide rows: real Q6_K"),
+        (ENDS + r"ffn_(gate|up)\.weight$", T.Q8_0, "first/last layers are the most sensitive"),
+        (r"ffn_(gate|up)\.weight$", T.Q5_1, "6 bits/weight 32-block type instead of a Q8_0 fallback"),
+    ]),
+    _dyn("Q5_K_XL", F.MOSTLY_Q5_K_M, "Q8_0 head and attn_v, Q6_K ffn_down, Q5_K attn_output, Q5_0 elsewhere", [
+        (EMB, T.Q8_0, "output head Q8_0: 4-5 bit here costs more KLD than the whole body"),
+        (V, T.Q8_0, "attn_v: 0.16M weights/layer, errors go straight into the residual stream"),
+        (DOWN, T.Q6_K, "ffn_down: widest input (2048/6912), most outlier-prone; real Q6_K fits"),
+        (O, T.Q5_K, "1024-wide rows: real Q5_K"),
+        (ENDS + r"(attn_[qk]|ffn_gate|ffn_up)\.weight$", T.Q8_0, "first/last layers: Q8_0"),
+        (r"(attn_[qk]|ffn_gate|ffn_up)\.weight$", T.Q5_0, "Q5_0 (5.5 bpw): the 32-block 5-bit type"),
+    ]),
+    _dyn("Q4_K_XL", F.MOSTLY_Q4_K_M, "Q4_K_M's layout with Q8_0 attn_v and Q6_K ffn_down on every layer", [
+        (EMB, T.Q8_0, "output head Q8_0 (Q4_K_M does the same); below 8 bits it dominates KLD"),
+        (V, T.Q8_0, "attn_v Q8_0 on every layer (Q4_K_M: only on 'more bits' layers): 0.16M/layer"),
+        (DOWN, T.Q6_K, "ffn_down Q6_K on every layer (Q4_K_M: Q4_K on most): rows fit, outlier-prone"),
+        (O, T.Q4_K, "1024-wide rows: real Q4_K"),
+        (ENDS + r"(attn_[qk]|ffn_gate|ffn_up)\.weight$", T.Q5_0, "first/last layers Q5_0"),
+        (r"(attn_[qk]|ffn_gate|ffn_up)\.weight$", T.Q5_0, "Q5_0: what Q4_K would fall back to anyway"),
+    ]),
+    _dyn("IQ4_K_XL", F.MOSTLY_IQ4_NL, "small and fast: IQ4_NL output head, 4-bit body, 6-bit ffn_down", [
+        (EMB, T.IQ4_NL, "IQ4_NL head halves the bytes read per token (the decode-speed lever)"),
+        (V, T.Q8_0, "attn_v Q8_0: tiny, sensitive"),
+        (DOWN, T.Q6_K, "ffn_down Q6_K: rows fit, outlier-prone"),
+        (O, T.Q4_K, "1024-wide rows: real Q4_K"),
+        (ENDS + r"(attn_[qk]|ffn_gate|ffn_up)\.weight$", T.Q5_0, "first/last layers Q5_0"),
+        (r"(attn_[qk]|ffn_gate|ffn_up)\.weight$", T.IQ4_NL, "IQ4_NL: best 4.5-bit 32-block type with an imatrix"),
+    ]),
+]
+
+RECIPES: dict[str, Recipe] = {r.name: r for r in STANDARD + DYNAMIC}
+STANDARD_NAMES = [r.name for r in STANDARD]
+DYNAMIC_NAMES = [r.name for r in DYNAMIC]
+DEMO_NAMES = ["Q8_0", "Q8_K_XL", "Q4_K_M", "Q4_K_XL"]
+
+
+# --- resolving a recipe against a model ------------------------------------------------------------
+@dataclass(frozen=True)
+class TensorInfo:
+    name: str
+    shape: tuple[int, ...]  # GGUF order: ne[0] (row length) first
+
+    @property
+    def row(self) -> int:
+        return self.shape[0]
+
+    @property
+    def quantizable(self) -> bool:
+        return len(self.shape) >= 2 and self.name.endswith(".weight")
+
+
+@dataclass
+class Plan:
+    """A recipe resolved against one model: the type and reason of every quantized tensor."""
+
+    recipe: Recipe
+    types: dict[str, T] = field(default_factory=dict)
+    reasons: dict[str, str] = field(default_factory=dict)
+
+    def overrides(self) -> list[tuple[str, T]]:
+        """Anchored per-tensor patterns for llama.cpp (order never matters)."""
+        return [("^" + re.escape(n) + "$", t) for n, t in self.types.items()]
+
+    def size_bytes(self, tensors: list[TensorInfo]) -> int:
+        total = 0
+        for t in tensors:
+            n = 1
+            for d in t.shape:
+                n *= d
+            qtype = self.types.get(t.name, T.F32)
+            block, nbytes = GGML_QUANT_SIZES[qtype]
+            total += n // block * nbytes
+        return total
+
+
+def layer_sets(n_layers: int) -> dict[str, str]:
+    """Regex alternations for the layer placeholders."""
+    def alt(ids):
+        return "(?:" + "|".join(str(i) for i in sorted(ids)) + ")" if ids else "(?!)"
+    n = n_layers
+    ends = [i for i in range(n) if i < n // 8 or i >= 7 * n // 8]
+    more = [i for i in range(n) if i < n // 8 or i >= 7 * n // 8 or (i - n // 8) % 3 == 2]
+    eighth = [i for i in range(n) if i < n // 8]
+    return {"ends": alt(ends), "more": alt(more), "eighth": alt(eighth), "first": "0", "last": str(n - 1)}
+
+
+def n_layers_of(tensors: list[TensorInfo]) -> int:
+    ids = [int(m.group(1)) for t in tensors if (m := re.match(r"blk\.(\d+)\.", t.name))]
+    return max(ids) + 1 if ids else 0
+
+
+def expand(pattern: str, n_layers: int) -> str:
+    out = pattern
+    for key, val in layer_sets(n_layers).items():
+        out = out.replace("{" + key + "}", val)
+    return out
+
+
+def _table(recipe: Recipe) -> tuple[Row, ...]:
+    return recipe.rows if recipe.rows else recipe.expect
+
+
+def resolve(recipe: Recipe, tensors: list[TensorInfo], check_rows: bool = True) -> Plan:
+    """Give every quantizable tensor its type by the recipe's first matching row.
+
+    For a standard recipe this is the *expected* result of llama.cpp's own mixture. Raises
+    EdgeError when a row matches no tensor, or a dynamic row asks a block type the row length
+    cannot hold (llama.cpp would silently fall back).
+    """
+    n = n_layers_of(tensors)
+    rows = [(re.compile(expand(r.pattern, n)), r) for r in _table(recipe)]
+    used = [False] * len(rows)
+    plan = Plan(recipe)
+    for t in tensors:
+        if not t.quantizable:
+            continue
+        for i, (rx, row) in enumerate(rows):
+            if rx.search(t.name):
+                used[i] = True
+                block = GGML_QUANT_SIZES[row.qtype][0]
+                if t.row % block:
+                    if not recipe.is_standard:
+                        raise EdgeError(f"recipe {recipe.name}: row {row.pattern!r} asks {row.qtype.name} for "
+                                        f"{t.name}, whose rows ({t.row}) are not a multiple of {block}; "
+                                        "use a 32-block type (Q8_0, Q5_0, Q5_1, Q4_0, IQ4_NL) there")
+                plan.types[t.name] = row.qtype
+                plan.reasons[t.name] = row.reason
+                break
+    if check_rows and not recipe.is_standard:
+        unused = [rows[i][1].pattern for i, u in enumerate(used) if not u]
+        if unused:
+            names = sorted({t.name.split(".")[-2] for t in tensors if t.quantizable})
+            raise EdgeError(f"recipe {recipe.name}: pattern {unused[0]!r} matches no tensor of this model "
+                            f"(its matrices are: {', '.join(names)}); fix the pattern")
+    return plan
+
+
+def load_recipe_file(path: str | Path) -> Recipe:
+    """A custom recipe from JSON: {"name": ..., "ftype": "Q4_K_M", "rows": [[pattern, type, reason], ...]}."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as e:
+        raise EdgeError(f"cannot read recipe file {path}: {e}") from None
+    if not isinstance(data, dict) or not isinstance(data.get("rows"), list) or not data["rows"]:
+        raise EdgeError(f"recipe file {path} needs a \"rows\" list of [pattern, type, reason]")
+    name = str(data.get("name") or path.stem)
+    ftype_name = str(data.get("ftype", "Q8_0"))
+    try:
+        ftype = F["MOSTLY_" + ftype_name]
+    except KeyError:
+        raise EdgeError(f"recipe file {path}: unknown ftype {ftype_name!r}; use e.g. Q8_0, Q4_K_M") from None
+    rows = []
+    for i, r in enumerate(data["rows"]):
+        if not (isinstance(r, list) and len(r) in (2, 3)):
+            raise EdgeError(f"recipe file {path}: row {i} must be [pattern, type, reason]")
+        try:
+            qtype = T[str(r[1])]
+            re.compile(r[0])
+        except KeyError:
+            raise EdgeError(f"recipe file {path}: row {i} has unknown type {r[1]!r}; "
+                            f"use one of {', '.join(t.name for t in T)}") from None
+        except re.error as e:
+            raise EdgeError(f"recipe file {path}: row {i} pattern {r[0]!r} is not a valid regex ({e})") from None
+        rows.append(Row(str(r[0]), qtype, str(r[2]) if len(r) > 2 else ""))
+    return Recipe(name, ftype, str(data.get("summary", "custom recipe")), tuple(rows), (), "dynamic")
+
+
+def get(name: str) -> Recipe:
+    """A built-in recipe by name, or a custom one from a .json file."""
+    if name in RECIPES:
+        return RECIPES[name]
+    if name.endswith(".json"):
+        return load_recipe_file(name)
+    raise EdgeError(f"unknown recipe {name!r}; use one of {', '.join(RECIPES)} or a recipe .json file")
+
+
+def table_markdown(recipe: Recipe) -> str:
+    """The recipe as a Markdown table (for docs and `--help`)."""
+    lines = [f"**{recipe.name}** ({recipe.family}): {recipe.summary}", "",
+             "| pattern | type | why |", "|---|---|---|"]
+    lines += [f"| `{r.pattern}` | {r.qtype.name} | {r.reason} |" for r in _table(recipe)]
+    return "\n".join(lines)

@@ -1,0 +1,273 @@
+"""Recipes resolve to the intended tensor types in real llama.cpp output; imatrix matches a direct
+computation; bad recipes and corrupted imatrix files give one clear EdgeError.
+
+The type tests quantize small synthetic Gemma 3 GGUFs written with gguf-py that have the real
+row widths (640 for the 270M, 1152 for the 1B; ffn_down rows 256-aligned) and the 270M's 18
+blocks, but narrow other dimensions and a 256-token vocabulary, so llama.cpp quantizes each in
+well under a second. Files are read back with gguf.GGUFReader.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from edge.errors import EdgeError
+from quantize import recipes as R
+
+gguf = pytest.importorskip("gguf")
+T = gguf.GGMLQuantizationType
+
+
+def write_gemma3_gguf(path, *, hidden: int, ffn: int, n_layers: int, n_heads: int = 4, head_dim: int = 64,
+                      vocab: int = 256, seed: int = 0):
+    """A random F32 Gemma 3 GGUF with the given shapes (enough for llama_model_quantize)."""
+    rng = np.random.default_rng(seed)
+    w = gguf.GGUFWriter(str(path), "gemma3")
+    w.add_context_length(2048)
+    w.add_embedding_length(hidden)
+    w.add_block_count(n_layers)
+    w.add_feed_forward_length(ffn)
+    w.add_head_count(n_heads)
+    w.add_head_count_kv(1)
+    w.add_key_length(head_dim)
+    w.add_value_length(head_dim)
+    w.add_layer_norm_rms_eps(1e-6)
+    w.add_rope_freq_base(1e6)
+    w.add_sliding_window(512)
+    w.add_file_type(gguf.LlamaFileType.ALL_F32)
+
+    def mat(rows, cols):  # numpy (rows, cols) -> GGUF ne = [cols, rows]
+        return rng.normal(0, 0.02, (rows, cols)).astype(np.float32)
+
+    w.add_tensor("token_embd.weight", mat(vocab, hidden))
+    for i in range(n_layers):
+        p = f"blk.{i}."
+        w.add_tensor(p + "attn_norm.weight", np.ones(hidden, np.float32))
+        w.add_tensor(p + "attn_q.weight", mat(n_heads * head_dim, hidden))
+        w.add_tensor(p + "attn_k.weight", mat(head_dim, hidden))
+        w.add_tensor(p + "attn_v.weight", mat(head_dim, hidden))
+        w.add_tensor(p + "attn_q_norm.weight", np.ones(head_dim, np.float32))
+        w.add_tensor(p + "attn_k_norm.weight", np.ones(head_dim, np.float32))
+        w.add_tensor(p + "attn_output.weight", mat(hidden, n_heads * head_dim))
+        w.add_tensor(p + "post_attention_norm.weight", np.ones(hidden, np.float32))
+        w.add_tensor(p + "ffn_norm.weight", np.ones(hidden, np.float32))
+        w.add_tensor(p + "ffn_gate.weight", mat(ffn, hidden))
+        w.add_tensor(p + "ffn_up.weight", mat(ffn, hidden))
+        w.add_tensor(p + "ffn_down.weight", mat(hidden, ffn))
+        w.add_tensor(p + "post_ffw_norm.weight", np.ones(hidden, np.float32))
+    w.add_tensor("output_norm.weight", np.ones(hidden, np.float32))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return path
+
+
+# 270M: 640-wide rows, 18 blocks, attn_output rows 256 (4 x 64; the real 1024 is 256-aligned too),
+# ffn_down rows 256 (the real 2048). 1B: 1152-wide rows, 8 blocks, ffn_down rows 256 (real: 6912 = 27 x 256).
+SHAPES = {"270M": dict(hidden=640, ffn=256, n_layers=18), "1B": dict(hidden=1152, ffn=256, n_layers=8)}
+
+
+@pytest.fixture(scope="module", params=list(SHAPES))
+def shaped(request, tmp_path_factory):
+    d = tmp_path_factory.mktemp(f"shape{request.param}")
+    return request.param, write_gemma3_gguf(d / f"gemma-{request.param}-F32.gguf", **SHAPES[request.param])
+
+
+@pytest.fixture(scope="module")
+def small(tmp_path_factory):
+    """The 270M-shaped file, for the tests that need any Gemma 3 GGUF."""
+    d = tmp_path_factory.mktemp("small")
+    return "270M", write_gemma3_gguf(d / "gemma-270M-F32.gguf", **SHAPES["270M"])
+
+
+def readback(path) -> dict:
+    return {t.name: t.tensor_type for t in gguf.GGUFReader(path).tensors if len(t.shape) > 1}
+
+
+def test_every_recipe_resolves_to_the_intended_types(shaped, tmp_path):
+    """Our XL tables are applied exactly; llama.cpp's standard types give what `expect` says
+    (including its silent K-quant fallbacks on 640/1152-wide rows)."""
+    from quantize.cli import quantize_variants, read_tensors
+
+    label, src = shaped
+    tensors, _ = read_tensors(src)
+    recipes = [R.RECIPES[n] for n in R.RECIPES]
+    made = quantize_variants(src, recipes, tmp_path, force=True, progress=False)
+    for m, recipe in zip(made, recipes):
+        plan = R.resolve(recipe, tensors)
+        got = readback(m["path"])
+        assert set(got) == set(plan.types), recipe.name
+        wrong = {n: (plan.types[n].name, got[n].name) for n in got if got[n] != plan.types[n]}
+        assert not wrong, f"{label} {recipe.name}: {dict(list(wrong.items())[:4])}"
+        if not recipe.is_standard:
+            assert m["n_fallback"] == 0, recipe.name  # ours never ask a type the rows can't hold
+    by = {m["recipe"]: m for m in made}
+    assert by["Q4_K_M"]["n_fallback"] > 0  # the problem the XL recipes are designed around
+    q4 = readback(by["Q4_K_XL"]["path"])
+    assert q4["blk.0.ffn_down.weight"] == T.Q6_K and q4["blk.5.attn_v.weight"] == T.Q8_0
+    assert readback(by["Q8_K_XL"]["path"])["token_embd.weight"] == T.F16
+
+
+def test_sizes_follow_the_plan(small, tmp_path):
+    from quantize.cli import quantize_variants, read_tensors
+
+    _, src = small
+    tensors, _ = read_tensors(src)
+    made = quantize_variants(src, [R.RECIPES["Q4_K_XL"], R.RECIPES["Q8_0"]], tmp_path, force=True, progress=False)
+    for m in made:
+        data_bytes = sum(int(t.n_bytes) for t in gguf.GGUFReader(m["path"]).tensors)
+        assert data_bytes == R.resolve(R.RECIPES[m["recipe"]], tensors).size_bytes(tensors)
+
+
+def test_layer_sets_match_llama_cpp_rule():
+    # llama.cpp use_more_bits: i < n/8 || i >= 7n/8 || (i - n/8) % 3 == 2 (integer division)
+    sets = R.layer_sets(18)
+    assert sets["ends"] == "(?:0|1|15|16|17)"
+    assert sets["more"] == "(?:0|1|4|7|10|13|15|16|17)"
+    assert R.layer_sets(26)["ends"] == "(?:0|1|2|22|23|24|25)"
+
+
+def test_recipe_naming_unknown_tensor_is_a_clear_error(small, tmp_path):
+    from quantize.cli import quantize_cmd
+
+    _, src = small
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"name": "typo", "ftype": "Q4_K_M",
+                               "rows": [["ffn_dwon\\.weight$", "Q6_K", "typo"], ["\\.weight$", "Q8_0", "rest"]]}))
+    with pytest.raises(EdgeError, match="matches no tensor"):
+        quantize_cmd(gguf=str(src), recipe=[str(bad)], out=str(tmp_path / "o"), no_eval=True, json=True)
+    assert not (tmp_path / "o").exists() or not any((tmp_path / "o").iterdir())
+    with pytest.raises(EdgeError, match="unknown recipe"):
+        quantize_cmd(gguf=str(src), recipe=["Q4_K_XXL"], out=str(tmp_path / "o"), no_eval=True, json=True)
+    k_on_640 = tmp_path / "k.json"
+    k_on_640.write_text(json.dumps({"rows": [["attn_q\\.weight$", "Q4_K", "no"], ["\\.weight$", "Q8_0", "rest"]]}))
+    with pytest.raises(EdgeError, match="not a multiple of 256"):
+        quantize_cmd(gguf=str(src), recipe=[str(k_on_640)], out=str(tmp_path / "o"), no_eval=True, json=True)
+
+
+def test_custom_recipe_file_is_applied(small, tmp_path):
+    from quantize.cli import quantize_cmd
+
+    _, src = small
+    f = tmp_path / "mine.json"
+    f.write_text(json.dumps({"name": "MINE", "ftype": "Q8_0",
+                             "rows": [["^token_embd\\.weight$", "Q4_0", "small head"], ["\\.weight$", "Q5_1", "rest"]]}))
+    res = quantize_cmd(gguf=str(src), recipe=[str(f)], out=str(tmp_path / "o"), no_eval=True, json=True)
+    got = readback(res["variants"][0]["path"])
+    assert got.pop("token_embd.weight") == T.Q4_0 and set(got.values()) == {T.Q5_1}
+    with pytest.raises(EdgeError, match="already exists"):  # never overwrite without --force
+        quantize_cmd(gguf=str(src), recipe=[str(f)], out=str(tmp_path / "o"), no_eval=True, json=True)
+
+
+# --- importance matrix ---------------------------------------------------------------------------
+def test_imatrix_matches_direct_computation():
+    import torch
+
+    from quantize.imatrix import compute_imatrix
+    from tests.tiny import tiny_model
+
+    model = tiny_model(seed=3)
+    chunks = [[2, 100, 2000, 30000, 7, 8, 9], [2, 5, 6]]
+    im = compute_imatrix(model, chunks, ["test"], progress=False).values()
+    with torch.no_grad():
+        # direct: recompute each matrix's input from the layer's own modules, no hooks
+        xs = {k: [] for k in ("q", "o", "gate", "down", "head")}
+        for c in chunks:
+            ids = torch.tensor([c])
+            out = model.model(input_ids=ids, output_hidden_states=True)
+            layer = model.model.layers[1]
+            h_in = out.hidden_states[1]  # input of layer 1
+            x = layer.input_layernorm(h_in)
+            xs["q"].append(x[0])
+            # attention output projection input = attention result before o_proj
+            cap = {}
+            hnd = layer.self_attn.o_proj.register_forward_hook(lambda m, a, o: cap.setdefault("o", a[0]))
+            model.model(input_ids=ids)
+            hnd.remove()
+            xs["o"].append(cap["o"][0])
+            # the MLP input: residual + post-attention norm, then the pre-FFN norm (Gemma 3's block)
+            attn = layer.post_attention_layernorm(cap["o"] @ layer.self_attn.o_proj.weight.T)
+            ffn_in = layer.pre_feedforward_layernorm(h_in + attn)
+            xs["gate"].append(ffn_in[0])
+            act = layer.mlp.act_fn(layer.mlp.gate_proj(ffn_in)) * layer.mlp.up_proj(ffn_in)
+            xs["down"].append(act[0])
+            xs["head"].append(out.last_hidden_state[0])
+    def msq(rows):
+        x = torch.cat(rows).double()
+        return (x * x).mean(0).numpy()
+    for key, name in (("q", "blk.1.attn_q.weight"), ("o", "blk.1.attn_output.weight"),
+                      ("gate", "blk.1.ffn_gate.weight"), ("down", "blk.1.ffn_down.weight"),
+                      ("head", "token_embd.weight")):
+        np.testing.assert_allclose(im[name], msq(xs[key]), rtol=1e-4, atol=1e-7, err_msg=name)
+    assert np.array_equal(im["blk.1.attn_q.weight"], im["blk.1.attn_k.weight"])  # same input
+    assert len(im) == 2 * 7 + 1
+
+
+def test_imatrix_file_roundtrip_and_use(small, tmp_path):
+    from quantize.cli import quantize_variants, read_tensors
+    from quantize.imatrix import Imatrix, load_imatrix, save_imatrix
+
+    _, src = small
+    tensors, _ = read_tensors(src)
+    rng = np.random.default_rng(0)
+    im = Imatrix(datasets=["unit"], chunk_count=1, chunk_size=8)
+    for t in tensors:
+        if t.quantizable:
+            im.sums[t.name] = rng.random(t.row).astype(np.float32) * 10
+            im.counts[t.name] = 8.0
+    save_imatrix(im, tmp_path / "im.gguf")
+    back = load_imatrix(tmp_path / "im.gguf")
+    assert back.datasets == ["unit"] and set(back.sums) == set(im.sums)
+    for n in im.sums:
+        np.testing.assert_allclose(back.values()[n], im.sums[n] / 8.0, rtol=1e-6)
+    a = quantize_variants(src, [R.RECIPES["IQ4_K_XL"]], tmp_path / "a", force=True, progress=False)[0]
+    b = quantize_variants(src, [R.RECIPES["IQ4_K_XL"]], tmp_path / "b", imatrix=back, force=True, progress=False)[0]
+    assert readback(a["path"]) == readback(b["path"])
+    assert open(a["path"], "rb").read() != open(b["path"], "rb").read()  # the imatrix changed the rounding
+
+
+def test_corrupted_or_foreign_imatrix_is_a_clear_error(small, tmp_path):
+    from quantize.cli import quantize_cmd, read_tensors
+    from quantize.imatrix import Imatrix, save_imatrix
+
+    label, src = small
+    junk = tmp_path / "junk.gguf"
+    junk.write_bytes(b"GGUF\x03\x00\x00\x00" + b"\xff" * 40)
+    with pytest.raises(EdgeError, match="not a valid llama.cpp GGUF imatrix"):
+        quantize_cmd(gguf=str(src), recipe=["Q4_K_XL"], imatrix=str(junk), out=str(tmp_path / "o"), no_eval=True,
+                     json=True)
+    tensors, _ = read_tensors(src)
+    t = next(t for t in tensors if t.name == "blk.0.attn_q.weight")
+    neg = Imatrix(sums={t.name: -np.ones(t.row, np.float32)}, counts={t.name: 1.0}, datasets=["x"])
+    save_imatrix(neg, tmp_path / "neg.gguf")
+    with pytest.raises(EdgeError, match="negative or non-finite"):
+        quantize_cmd(gguf=str(src), recipe=["Q4_K_XL"], imatrix=str(tmp_path / "neg.gguf"),
+                     out=str(tmp_path / "o"), no_eval=True, json=True)
+    other = 1152 if t.row == 640 else 640
+    foreign = Imatrix(sums={t.name: np.ones(other, np.float32)}, counts={t.name: 1.0}, datasets=["x"])
+    save_imatrix(foreign, tmp_path / "foreign.gguf")
+    with pytest.raises(EdgeError, match="computed for another model"):
+        quantize_cmd(gguf=str(src), recipe=["Q4_K_XL"], imatrix=str(tmp_path / "foreign.gguf"),
+                     out=str(tmp_path / "o"), no_eval=True, json=True)
+    assert not (tmp_path / "o").exists() or not list((tmp_path / "o").glob("*.gguf"))
+
+
+def test_cli_map_and_help():
+    from edge.cli import build_parser, load_command
+
+    assert load_command("quantize").__name__ == "quantize_cmd"
+    assert load_command("imatrix").__name__ == "imatrix_cmd"
+    help_text = build_parser("quantize")._subparsers._group_actions[0].choices["quantize"].format_help()
+    assert "--recipe" in help_text and "--imatrix" in help_text and "--calib" in help_text
+
+
+def test_recipe_tables_have_reasons():
+    for r in R.DYNAMIC:
+        assert r.rows and all(row.reason for row in r.rows), r.name
+        assert "{" not in R.table_markdown(r).split("\n")[0]
+    for r in R.STANDARD:
+        assert not r.rows and r.expect
