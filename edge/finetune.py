@@ -1,0 +1,841 @@
+"""Fine-tune: LoRA on a Gemma 3 model, trained on the model's replies only.
+
+    edge finetune --data train.jsonl --out runs/ft --steps 200            # embedded 270M
+    edge finetune --model DIR --data train.jsonl --out runs/ft --resume   # continue exactly
+
+Takes a model spec (`edge.models.load`), a chat JSONL file (`edge.data`) and a precision
+(`edge.precision`). Writes into OUT/:
+
+    adapter_config.json, adapter_model.safetensors   the final LoRA adapter (peft format)
+    edge_adapter.json       the base model's identity (path + fingerprint), settings, result
+    checkpoints/step-NNNNNN/ adapter + optimizer, scheduler, RNG and data position (atomic)
+    log.jsonl               one line per step (loss, lr, grad norm, tok/s) and per eval
+    loss.png                the loss curve
+
+How it is fast and small: the loss is computed on reply tokens only, and the 262,144-word
+output head runs in chunks whose float32 logits are freed right away; the gradient of each
+chunk is computed in the same pass (the head is frozen, so only d(hidden) is needed), so the
+backward pass neither keeps nor recomputes logits. Batches are length-bucketed. Ctrl-C saves
+a checkpoint at the next step boundary; a non-finite loss or gradient stops before the bad
+update, keeping the last good checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import signal
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from edge import gemma3
+from edge.errors import EdgeError
+from edge.fsutil import atomic_dir, atomic_path, check_writable, sha256_file
+
+IGNORE = -100
+DEFAULT_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+CHECKPOINTS = "checkpoints"
+META = "edge_adapter.json"
+STATE = "trainer_state.pt"
+LOG = "log.jsonl"
+PLOT = "loss.png"
+
+
+class NonFiniteError(EdgeError):
+    """The loss or the gradient became NaN/inf; training stopped before the bad update."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Settings
+
+
+@dataclass
+class LoraSettings:
+    """LoRA adapter shape (peft `LoraConfig`)."""
+
+    r: int = 16                      # rank of each adapter (--rank)
+    alpha: int = 32                  # scale numerator: updates are scaled by alpha / r (--alpha)
+    dropout: float = 0.0             # dropout on the adapter input (--dropout)
+    targets: tuple[str, ...] = DEFAULT_TARGETS  # module names to adapt (--targets)
+
+    def __post_init__(self):
+        self.targets = tuple(self.targets)
+        if self.r < 1:
+            raise EdgeError(f"--rank must be >= 1, got {self.r}")
+        if self.alpha <= 0:
+            raise EdgeError(f"--alpha must be > 0, got {self.alpha}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise EdgeError(f"--dropout must be in [0, 1), got {self.dropout}")
+        bad = [t for t in self.targets if t not in DEFAULT_TARGETS]
+        if bad or not self.targets:
+            raise EdgeError(f"--targets {', '.join(bad) or '(none)'} not known; use some of {', '.join(DEFAULT_TARGETS)}")
+
+
+@dataclass
+class TrainSettings:
+    """Optimisation settings; 0 or -1 means "pick from the other settings"."""
+
+    steps: int = 200                 # optimizer steps (--steps)
+    batch_size: int = 8              # chats per micro-batch (--batch-size)
+    grad_accum: int = 1              # micro-batches per optimizer step
+    lr: float = 2e-4                 # peak learning rate, AdamW (--lr)
+    weight_decay: float = 0.0
+    warmup: int = -1                 # linear warm-up steps; -1: 5% of steps
+    min_lr_ratio: float = 0.1        # cosine decay ends at lr * this
+    clip: float = 1.0                # gradient-norm clipping; 0 turns it off
+    max_len: int = 0                 # longest allowed chat in tokens; 0: the model's context
+    eval_fraction: float = 0.1       # held-out share of the data for eval loss
+    eval_every: int = 0              # 0: four evals per run (and one at the end)
+    save_every: int = 0              # 0: four checkpoints per run (and one at the end)
+    keep: int = 2                    # checkpoints kept on disk (the newest)
+    grad_checkpointing: bool = False  # recompute layer activations in backward (less memory)
+    chunk_rows: int = 1024           # rows of the output head per chunk of the loss
+    seed: int = 0
+    compile: bool | None = None      # torch.compile layers and loss chunk; None: on a GPU only
+
+    def __post_init__(self):
+        for name in ("steps", "batch_size", "grad_accum", "chunk_rows", "keep"):
+            if getattr(self, name) < 1:
+                raise EdgeError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            raise EdgeError(f"--lr must be a positive number, got {self.lr}")
+        if not 0.0 <= self.eval_fraction < 0.5:
+            raise EdgeError(f"--eval-fraction must be in [0, 0.5), got {self.eval_fraction}")
+        if self.max_len < 0:
+            raise EdgeError(f"--max-len must be >= 0, got {self.max_len}")
+
+    @property
+    def warmup_steps(self) -> int:
+        return self.warmup if self.warmup >= 0 else max(1, round(0.05 * self.steps))
+
+    @property
+    def eval_interval(self) -> int:
+        return self.eval_every or max(1, self.steps // 4)
+
+    @property
+    def save_interval(self) -> int:
+        return self.save_every or max(1, self.steps // 4)
+
+
+# ---------------------------------------------------------------------------------------------
+# Precision (edge.precision; a minimal stand-in only while that module is not installed)
+
+
+def resolve_precision(precision: str):
+    try:
+        from edge.precision import resolve
+    except ModuleNotFoundError as e:
+        if e.name != "edge.precision":
+            raise
+        return _fallback_precision(precision)
+    return resolve(precision)
+
+
+def _fallback_precision(precision: str):
+    import torch
+
+    @dataclass
+    class _P:
+        name: str
+        dtype: object
+        fp16_fixes: bool
+        reason: str
+
+    if precision == "auto":
+        if torch.cuda.is_available():
+            return _P("bf16", torch.bfloat16, False, "CUDA: bf16 (edge.precision not installed)")
+        return _P("bf16", torch.bfloat16, False, "CPU: bf16 is faster than fp32 here (edge.precision not installed)")
+    table = {"bf16": torch.bfloat16, "fp32": torch.float32, "fp16": torch.float16}
+    if precision not in table:
+        raise EdgeError(f"--precision {precision!r} is not known; use auto, bf16, fp16 or fp32")
+    if precision == "fp16":
+        raise EdgeError("--precision fp16 needs edge.precision (the fp16 fixes), which is not installed")
+    return _P(precision, table[precision], False, f"{precision} as asked")
+
+
+def apply_precision_fixes(model, p) -> None:
+    if getattr(p, "fp16_fixes", False):
+        from edge.precision import apply_fp16_fixes
+
+        apply_fp16_fixes(model)
+
+
+# ---------------------------------------------------------------------------------------------
+# The loss: chunked cross-entropy through the frozen (tied) output head
+
+
+def _chunk_loss(h, weight, y, softcap: float, need_grad: bool):
+    """Summed CE of one chunk and, if asked, d(sum)/d(h). Never keeps [rows x vocab] around."""
+    import torch
+
+    z = h.to(weight.dtype) @ weight.t()
+    z = z.to(torch.promote_types(z.dtype, torch.float32))  # float32 logits (float64 stays float64)
+    if softcap:
+        t = torch.tanh(z / softcap)
+        z = t * softcap
+    logp = torch.log_softmax(z, dim=-1)
+    del z
+    rows = torch.arange(logp.shape[0], device=logp.device)
+    loss = -logp[rows, y].sum()
+    if not need_grad:
+        return loss, None
+    p = logp.exp_()                                      # softmax, in place
+    p[rows, y] -= 1.0
+    if softcap:
+        p.mul_(1.0 - t * t)
+    return loss, (p.to(weight.dtype) @ weight).to(h.dtype)
+
+
+_COMPILED = {}
+
+
+def _chunk_fn(compile: bool):
+    if not compile:
+        return _chunk_loss
+    if "fn" not in _COMPILED:
+        import torch
+
+        _COMPILED["fn"] = torch.compile(_chunk_loss, dynamic=True)
+    return _COMPILED["fn"]
+
+
+def _make_chunked_ce():
+    import torch
+
+    class ChunkedCE(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, hidden, weight, labels, chunk_rows, softcap, compile):
+            need = ctx.needs_input_grad[0]
+            fn = _chunk_fn(compile)
+            total = torch.zeros((), dtype=torch.promote_types(hidden.dtype, torch.float32), device=hidden.device)
+            grad = torch.empty_like(hidden) if need else None
+            for s in range(0, hidden.shape[0], chunk_rows):
+                loss, g = fn(hidden[s:s + chunk_rows], weight, labels[s:s + chunk_rows], softcap, need)
+                total += loss
+                if need:
+                    grad[s:s + chunk_rows] = g
+            ctx.save_for_backward(grad if need else hidden.new_empty(0))
+            return total
+
+        @staticmethod
+        def backward(ctx, grad_out):
+            (grad,) = ctx.saved_tensors
+            return grad * grad_out.to(grad.dtype), None, None, None, None, None
+
+    return ChunkedCE
+
+
+_CE = {}
+
+
+def chunked_cross_entropy(hidden, weight, labels, chunk_rows: int = 1024, softcap: float | None = None,
+                          compile: bool = False):
+    """Sum over rows of CE(hidden @ weight.T, labels) for a frozen `weight` [vocab, dim].
+
+    `hidden` [N, dim] and `labels` [N] hold only the rows that count (no ignore index).
+    Peak extra memory is a few [chunk_rows x vocab] float32 tensors, whatever N is.
+    """
+    if weight.requires_grad:
+        raise ValueError("chunked_cross_entropy needs a frozen output head (LoRA keeps it frozen)")
+    if "fn" not in _CE:
+        _CE["fn"] = _make_chunked_ce()
+    return _CE["fn"].apply(hidden, weight, labels, int(chunk_rows), float(softcap or 0.0), bool(compile))
+
+
+def causal_lm(model):
+    """The Gemma3ForCausalLM inside a peft wrapper (or the model itself)."""
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    if not hasattr(inner, "lm_head") or not hasattr(inner, "model"):
+        raise EdgeError(f"{type(inner).__name__} is not a causal language model with an output head")
+    return inner
+
+
+def reply_loss(model, input_ids, attention_mask, labels, chunk_rows: int = 1024, compile: bool = False):
+    """(summed CE over the label tokens, number of label tokens). Labels are IGNORE elsewhere.
+
+    Hidden states come from the decoder body; only the rows that predict a label go through
+    the output head, in chunks.
+    """
+    lm = causal_lm(model)
+    out = lm.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
+    h = out.last_hidden_state[:, :-1]
+    y = labels[:, 1:]
+    sel = y != IGNORE
+    h, y = h[sel], y[sel]
+    softcap = getattr(lm.config, "final_logit_softcapping", None)
+    return chunked_cross_entropy(h, lm.lm_head.weight, y, chunk_rows, softcap, compile), int(y.numel())
+
+
+def plain_loss(model, input_ids, attention_mask, labels):
+    """The reference: full float32 logits, then cross-entropy (what transformers does)."""
+    import torch.nn.functional as F
+
+    logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits.float()
+    y = labels[:, 1:]
+    return F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), y.reshape(-1),
+                           ignore_index=IGNORE, reduction="sum"), int((y != IGNORE).sum())
+
+
+# ---------------------------------------------------------------------------------------------
+# Data: render, split, bucket, collate
+
+
+@dataclass
+class Example:
+    ids: list[int]
+    labels: list[int]
+    line: int
+
+
+def prepare_examples(tokenizer, chats, max_len: int, source: str = "data") -> list[Example]:
+    from edge.data import render
+
+    examples = []
+    for chat in chats:
+        if not chat.has_reply:
+            continue
+        ids, mask = render(tokenizer, chat)
+        if len(ids) > max_len:
+            raise EdgeError(f"{source}:{chat.line}: chat is {len(ids)} tokens, longer than the "
+                            f"{max_len}-token limit; shorten it or raise --max-len (up to the model's context)")
+        examples.append(Example(ids, [i if m else IGNORE for i, m in zip(ids, mask)], chat.line))
+    if not examples or not any(x != IGNORE for e in examples for x in e.labels):
+        raise EdgeError(f"{source} has no assistant/model turns to train on")
+    return examples
+
+
+def split_examples(examples: list[Example], fraction: float, seed: int) -> tuple[list[Example], list[Example]]:
+    import random
+
+    n_eval = int(len(examples) * fraction)
+    if fraction > 0 and n_eval == 0 and len(examples) >= 10:
+        n_eval = 1
+    order = list(range(len(examples)))
+    random.Random(seed).shuffle(order)
+    held = set(order[:n_eval])
+    return [e for i, e in enumerate(examples) if i not in held], [examples[i] for i in sorted(held)]
+
+
+def epoch_batches(lengths: list[int], batch_size: int, seed: int, epoch: int) -> list[list[int]]:
+    """Length-bucketed batches for one epoch: a deterministic function of (seed, epoch).
+
+    Shuffle, sort within windows of 16 batches by length (little padding), shuffle batches.
+    """
+    import random
+
+    rng = random.Random(seed * 1_000_003 + epoch)
+    order = list(range(len(lengths)))
+    rng.shuffle(order)
+    window = batch_size * 16
+    batches = []
+    for i in range(0, len(order), window):
+        group = sorted(order[i:i + window], key=lambda j: lengths[j])
+        batches += [group[k:k + batch_size] for k in range(0, len(group), batch_size)]
+    rng.shuffle(batches)
+    return batches
+
+
+def collate(examples: list[Example], device="cpu", multiple: int = 1):
+    """Right-padded (ids, attention mask, labels); width rounded up to `multiple` (fewer
+    distinct shapes for compiled code)."""
+    import torch
+
+    width = max(len(e.ids) for e in examples)
+    width = -(-width // multiple) * multiple
+    ids = torch.full((len(examples), width), gemma3.PAD_ID, dtype=torch.long)
+    att = torch.zeros((len(examples), width), dtype=torch.long)
+    lab = torch.full((len(examples), width), IGNORE, dtype=torch.long)
+    for r, e in enumerate(examples):
+        n = len(e.ids)
+        ids[r, :n] = torch.tensor(e.ids)
+        att[r, :n] = 1
+        lab[r, :n] = torch.tensor(e.labels)
+    return ids.to(device), att.to(device), lab.to(device)
+
+
+class BatchStream:
+    """Micro-batches forever, epoch after epoch; (epoch, index) is the whole position."""
+
+    def __init__(self, examples: list[Example], batch_size: int, seed: int, epoch: int = 0, index: int = 0):
+        self.examples, self.batch_size, self.seed = examples, batch_size, seed
+        self.lengths = [len(e.ids) for e in examples]
+        self.epoch, self.index = epoch, index
+        self._batches = epoch_batches(self.lengths, batch_size, seed, epoch)
+
+    def next(self) -> list[Example]:
+        if self.index >= len(self._batches):
+            self.epoch, self.index = self.epoch + 1, 0
+            self._batches = epoch_batches(self.lengths, self.batch_size, self.seed, self.epoch)
+        batch = self._batches[self.index]
+        self.index += 1
+        return [self.examples[i] for i in batch]
+
+
+# ---------------------------------------------------------------------------------------------
+# Model identity, LoRA wrapping
+
+
+def model_fingerprint(path: Path) -> str:
+    """A cheap identity of a HF model directory: config.json, and each weights file's size,
+    header and first/last MiB. Two different models never share it in practice."""
+    import hashlib
+
+    path = Path(path)
+    h = hashlib.sha256((path / "config.json").read_bytes())
+    for f in sorted(path.glob("*.safetensors")) + sorted(path.glob("*.bin")):
+        size = f.stat().st_size
+        h.update(f"{f.name}:{size}".encode())
+        with open(f, "rb") as fh:
+            h.update(fh.read(1 << 20))
+            fh.seek(max(0, size - (1 << 20)))
+            h.update(fh.read(1 << 20))
+    return h.hexdigest()[:32]
+
+
+def base_identity(spec: str) -> dict:
+    from edge.models import resolve
+
+    path = resolve(spec)
+    return {"spec": spec, "path": str(Path(path).resolve()), "fingerprint": model_fingerprint(path)}
+
+
+def add_lora(model, lora: LoraSettings, grad_checkpointing: bool = False):
+    from peft import LoraConfig, get_peft_model
+
+    if grad_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model.config.use_cache = False
+    cfg = LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
+                     target_modules=list(lora.targets), bias="none", task_type="CAUSAL_LM")
+    return get_peft_model(model, cfg)
+
+
+def compile_layers(model) -> None:
+    """torch.compile each decoder layer (regional compilation: one graph reused by every layer
+    of a kind); fewer kernel launches and fused norms/activations on a GPU."""
+    for layer in causal_lm(model).model.layers:
+        layer.compile()
+
+
+def lr_lambda(settings: TrainSettings) -> Callable[[int], float]:
+    warm, total, floor = settings.warmup_steps, settings.steps, settings.min_lr_ratio
+
+    def f(step: int) -> float:
+        if step < warm:
+            return (step + 1) / warm
+        progress = min(1.0, (step - warm) / max(1, total - warm))
+        return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    return f
+
+
+# ---------------------------------------------------------------------------------------------
+# Checkpoints
+
+
+def _checkpoints(out: Path) -> list[Path]:
+    root = Path(out) / CHECKPOINTS
+    if not root.is_dir():
+        return []
+    return sorted(p for p in root.iterdir() if p.is_dir() and p.name.startswith("step-") and (p / STATE).is_file())
+
+
+def latest_checkpoint(out: Path) -> Path | None:
+    found = _checkpoints(out)
+    return found[-1] if found else None
+
+
+def save_adapter(model, dest: Path, meta: dict) -> None:
+    model.save_pretrained(dest, safe_serialization=True)
+    (dest / META).write_text(json.dumps(meta, indent=2, default=str))
+
+
+def save_checkpoint(out: Path, model, optimizer, scheduler, stream: BatchStream, step: int, meta: dict,
+                    keep: int) -> Path:
+    """Write checkpoints/step-NNNNNN atomically; a failure leaves earlier checkpoints intact."""
+    import torch
+
+    dest = Path(out) / CHECKPOINTS / f"step-{step:06d}"
+    state = {
+        "step": step, "epoch": stream.epoch, "index": stream.index,
+        "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+        "rng_cpu": torch.get_rng_state(),
+        "rng_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
+    try:
+        with atomic_dir(dest, force=True) as tmp:
+            save_adapter(model, tmp, {**meta, "step": step})
+            torch.save(state, tmp / STATE)
+    except OSError as e:
+        last = latest_checkpoint(out)
+        raise EdgeError(f"cannot write checkpoint {dest} ({e.strerror or e}); "
+                        f"earlier checkpoints are intact (latest: {last or 'none'}); free disk space and --resume") from None
+    for old in _checkpoints(out)[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+    return dest
+
+
+def read_meta(directory: Path) -> dict:
+    f = Path(directory) / META
+    if not f.is_file():
+        raise EdgeError(f"{directory} is not an edge adapter or checkpoint (no {META}); "
+                        "give the --out folder of `edge finetune`")
+    try:
+        return json.loads(f.read_text())
+    except json.JSONDecodeError as e:
+        raise EdgeError(f"{f} is not valid JSON ({e.msg}); the adapter folder is damaged") from None
+
+
+def check_same_base(recorded: dict, actual: dict, what: str) -> None:
+    if recorded.get("fingerprint") != actual["fingerprint"]:
+        raise EdgeError(f"{what} was trained on {recorded.get('spec')!r} ({recorded.get('path')}), "
+                        f"not on {actual['spec']!r} ({actual['path']}): the weights differ; use the same base model")
+
+
+# ---------------------------------------------------------------------------------------------
+# The loop
+
+
+@dataclass
+class TrainResult:
+    out: str
+    steps: int
+    start_step: int
+    train_loss: float | None
+    eval_loss: float | None
+    tokens_per_s: float
+    seconds: float
+    precision: str
+    stopped: str = "done"            # done | interrupted
+    checkpoint: str | None = None
+    losses: list = field(default_factory=list)
+    model: object = field(default=None, repr=False)
+
+
+def _device_of(model):
+    return next(model.parameters()).device
+
+
+def evaluate_loss(model, examples: list[Example], batch_size: int, chunk_rows: int, compile: bool = False,
+                  pad_multiple: int = 1) -> float:
+    import torch
+
+    if not examples:
+        return float("nan")
+    model.eval()
+    total, count = 0.0, 0
+    dev = _device_of(model)
+    with torch.no_grad():
+        for i in range(0, len(examples), batch_size):
+            loss, n = reply_loss(model, *collate(examples[i:i + batch_size], dev, pad_multiple), chunk_rows, compile)
+            total, count = total + float(loss), count + n
+    model.train()
+    return total / max(1, count)
+
+
+def plot_losses(log_file: Path, png: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [json.loads(line) for line in Path(log_file).read_text().splitlines() if line.strip()]
+    train = [(r["step"], r["loss"]) for r in rows if "loss" in r]
+    evals = [(r["step"], r["eval_loss"]) for r in rows if "eval_loss" in r and math.isfinite(r["eval_loss"])]
+    fig, ax = plt.subplots(figsize=(7, 4))
+    if train:
+        ax.plot(*zip(*train), label="train loss (replies)", lw=1)
+    if evals:
+        ax.plot(*zip(*evals), "o-", label="eval loss (held out)")
+    ax.set_xlabel("step")
+    ax.set_ylabel("cross-entropy (nats/token)")
+    ax.set_yscale("log")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    with atomic_path(png) as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
+    plt.close(fig)
+
+
+class _StopFlag:
+    """Ctrl-C sets a flag checked at step boundaries; a second Ctrl-C interrupts at once."""
+
+    def __init__(self):
+        self.set = False
+        self._old = None
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            self._old = signal.getsignal(signal.SIGINT)
+            signal.signal(signal.SIGINT, self._handler)
+        return self
+
+    def _handler(self, signum, frame):
+        if self.set:
+            raise KeyboardInterrupt
+        self.set = True
+
+    def __exit__(self, *exc):
+        if self._old is not None:
+            signal.signal(signal.SIGINT, self._old)
+
+
+def train(*, model: str = "embedded", data: str | Path, out: str | Path, lora: LoraSettings | None = None,
+          settings: TrainSettings | None = None, precision: str = "auto", resume: bool = False,
+          force: bool = False, loaded=None, progress: bool = True, callback: Callable | None = None,
+          say: Callable[[str], None] = print) -> TrainResult:
+    """Train a LoRA adapter; see the module docstring. `loaded` = (model, tokenizer, precision)
+    reuses an already-loaded base (the demo measures it first). `callback(step, model, record)`
+    runs after each step (tests use it)."""
+    import torch
+    from tqdm import tqdm
+
+    from edge.data import load_chats
+    from edge.models import load
+
+    lora, settings = lora or LoraSettings(), settings or TrainSettings()
+    out = Path(out)
+    base = base_identity(model)
+    ckpt, state = None, None
+    if resume:
+        if not out.is_dir():
+            raise EdgeError(f"--resume: {out} does not exist; give the --out folder of an earlier `edge finetune`")
+        ckpt = latest_checkpoint(out)
+        if ckpt is None:
+            raise EdgeError(f"--resume: {out} holds no checkpoint ({CHECKPOINTS}/step-*/); "
+                            "start without --resume or give the right folder")
+        meta = read_meta(ckpt)
+        check_same_base(meta["base"], base, f"checkpoint {ckpt}")
+        lora = LoraSettings(**meta["lora"])
+        saved = TrainSettings(**meta["train"])
+        if settings.steps != saved.steps:
+            say(f"resume: training to step {settings.steps} (was {saved.steps}); the schedule is stretched")
+            saved.steps = settings.steps
+        settings = saved
+        precision = meta.get("precision_asked", precision)
+        state = torch.load(ckpt / STATE, weights_only=True)
+        if state["step"] >= settings.steps:
+            raise EdgeError(f"--resume: {ckpt} is already at step {state['step']} of {settings.steps}; "
+                            "pass a larger --steps to train further")
+    else:
+        check_writable(out, force)
+        if out.exists() and force:
+            for name in (CHECKPOINTS,):
+                shutil.rmtree(out / name, ignore_errors=True)
+            for name in (LOG, PLOT, META, "adapter_model.safetensors", "adapter_config.json"):
+                (out / name).unlink(missing_ok=True)
+
+    chats = load_chats(data)
+    if loaded is not None:
+        base_model, tok, p = loaded
+    else:
+        p = resolve_precision(precision)
+        base_model, tok = load(model, dtype=p.dtype, device="cuda" if torch.cuda.is_available() else "cpu")
+        apply_precision_fixes(base_model, p)
+    say(f"precision: {p.name} ({p.reason})")
+    context = base_model.config.max_position_embeddings
+    max_len = min(settings.max_len or context, context)
+    examples = prepare_examples(tok, chats, max_len, source=str(data))
+    train_set, eval_set = split_examples(examples, settings.eval_fraction, settings.seed)
+    if not train_set:
+        raise EdgeError(f"{data}: no training examples left after the held-out split; add data or lower --eval-fraction")
+
+    torch.manual_seed(settings.seed)
+    net = add_lora(base_model, lora, settings.grad_checkpointing)
+    dev = _device_of(net)
+    use_compile = settings.compile if settings.compile is not None else dev.type == "cuda"
+    pad_multiple = 64 if use_compile else 1
+    if use_compile:
+        compile_layers(net)
+    params = [q for q in net.parameters() if q.requires_grad]
+    opt = torch.optim.AdamW(params, lr=settings.lr, weight_decay=settings.weight_decay, betas=(0.9, 0.999),
+                            fused=dev.type == "cuda")
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(settings))
+    stream = BatchStream(train_set, settings.batch_size, settings.seed)
+    start = 0
+    if state is not None:
+        from peft import set_peft_model_state_dict
+        from safetensors.torch import load_file
+
+        set_peft_model_state_dict(net, load_file(ckpt / "adapter_model.safetensors", device=str(dev)))
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+        torch.set_rng_state(state["rng_cpu"])
+        if state["rng_cuda"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["rng_cuda"])
+        stream = BatchStream(train_set, settings.batch_size, settings.seed, state["epoch"], state["index"])
+        start = state["step"]
+        say(f"resuming from {ckpt} (step {start})")
+
+    meta = {"base": base, "lora": asdict(lora), "train": asdict(settings), "precision": p.name,
+            "precision_asked": precision, "data": {"path": str(Path(data).resolve()), "sha256": sha256_file(Path(data)),
+                                                   "train": len(train_set), "eval": len(eval_set)}}
+    out.mkdir(parents=True, exist_ok=True)
+    log_file = out / LOG
+    if state is None:
+        log_file.write_text("")
+    else:  # drop log lines past the checkpoint (written after it, before the interruption)
+        keep = [line for line in log_file.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= start]
+        log_file.write_text("".join(line + "\n" for line in keep))
+
+    net.train()
+    losses, last_ckpt = [], ckpt
+    tokens_seen, t0 = 0, time.time()
+    stopped, train_loss, eval_loss = "done", None, None
+    bar = tqdm(total=settings.steps, initial=start, desc="fine-tune", unit="step", disable=not progress, dynamic_ncols=True)
+    with _StopFlag() as flag, open(log_file, "a", encoding="utf-8") as log:
+        step = start
+        while step < settings.steps:
+            opt.zero_grad(set_to_none=True)
+            micro = [stream.next() for _ in range(settings.grad_accum)]
+            n_label = sum(x != IGNORE for b in micro for e in b for x in e.labels[1:])
+            step_loss, step_tokens = 0.0, 0
+            for batch in micro:
+                ids, att, lab = collate(batch, dev, pad_multiple)
+                loss_sum, _ = reply_loss(net, ids, att, lab, settings.chunk_rows, use_compile)
+                (loss_sum / n_label).backward()
+                step_loss += float(loss_sum.detach())
+                step_tokens += int(att.sum())
+            step_loss /= n_label
+            norm = torch.nn.utils.clip_grad_norm_(params, settings.clip if settings.clip > 0 else float("inf"))
+            if not math.isfinite(step_loss) or not torch.isfinite(norm):
+                bar.close()
+                what = "loss" if not math.isfinite(step_loss) else "gradient norm"
+                raise NonFiniteError(
+                    f"the {what} became non-finite at step {step + 1} ({step_loss if what == 'loss' else float(norm)}); "
+                    f"training stopped before the update; last good checkpoint: {last_ckpt or 'none'}; "
+                    "try --precision bf16 or fp32, or a lower --lr")
+            opt.step()
+            sched.step()
+            step += 1
+            tokens_seen += step_tokens
+            dt = time.time() - t0
+            record = {"step": step, "loss": step_loss, "lr": sched.get_last_lr()[0], "grad_norm": float(norm),
+                      "tokens": step_tokens, "tok_s": tokens_seen / dt if dt > 0 else 0.0, "elapsed": dt}
+            losses.append(step_loss)
+            train_loss = step_loss
+            if step % settings.eval_interval == 0 or step == settings.steps:
+                if eval_set:
+                    eval_loss = evaluate_loss(net, eval_set, settings.batch_size, settings.chunk_rows, use_compile,
+                                              pad_multiple)
+                    record["eval_loss"] = eval_loss
+            log.write(json.dumps(record) + "\n")
+            log.flush()
+            bar.set_postfix(loss=f"{step_loss:.4f}", tok_s=f"{record['tok_s']:.0f}",
+                            **({"eval": f"{eval_loss:.4f}"} if eval_loss is not None else {}))
+            bar.update(1)
+            if callback is not None:
+                callback(step, net, record)
+            interrupted = flag.set
+            if step % settings.save_interval == 0 or step == settings.steps or interrupted:
+                last_ckpt = save_checkpoint(out, net, opt, sched, stream, step, meta, settings.keep)
+            if interrupted:
+                stopped = "interrupted"
+                break
+    bar.close()
+    seconds = time.time() - t0
+    if stopped == "done":
+        with atomic_dir(out / ".final", force=True) as tmp:
+            save_adapter(net, tmp, {**meta, "step": step, "train_loss": train_loss, "eval_loss": eval_loss})
+            for f in tmp.iterdir():
+                os.replace(f, out / f.name)
+    plot_losses(log_file, out / PLOT)
+    net.eval()
+    return TrainResult(out=str(out), steps=step, start_step=start, train_loss=train_loss, eval_loss=eval_loss,
+                       tokens_per_s=tokens_seen / seconds if seconds > 0 else 0.0, seconds=seconds, precision=p.name,
+                       stopped=stopped, checkpoint=str(last_ckpt) if last_ckpt else None, losses=losses, model=net)
+
+
+# ---------------------------------------------------------------------------------------------
+# CLI and demo
+
+
+def finetune_cmd(*, data: str, out: str, model: str = "embedded", steps: int = 200, precision: str = "auto",
+                 resume: bool = False, force: bool = False, batch_size: int = 8, lr: float = 2e-4,
+                 rank: int = 16, alpha: int = 32, dropout: float = 0.0, targets: list[str] | None = None,
+                 max_len: int = 0, eval_fraction: float = 0.1, save_every: int = 0,
+                 grad_checkpointing: bool = False, seed: int = 0, json: bool = False) -> dict:
+    """LoRA fine-tune a Gemma 3 model on chat JSONL; the loss is on the model's replies only.
+
+    Writes the adapter, checkpoints, log.jsonl and loss.png into OUT. Ctrl-C saves a
+    checkpoint; `--resume` continues exactly where it stopped.
+
+    Args:
+        data: chat JSONL file ({"messages": [{"role": ..., "content": ...}]} per line).
+        out: folder for the adapter, checkpoints and logs.
+        model: base model: 'embedded', a local Hugging Face directory or a cached hub id.
+        steps: optimizer steps to train (on --resume: the new total).
+        precision: auto, bf16, fp16 or fp32 (`edge precision` shows what auto picks).
+        resume: continue from the newest checkpoint in OUT (same model and data settings).
+        force: overwrite an existing OUT that is not being resumed.
+        batch_size: chats per step.
+        lr: peak learning rate (AdamW, linear warm-up then cosine decay).
+        rank: LoRA rank.
+        alpha: LoRA alpha (updates are scaled by alpha / rank).
+        dropout: LoRA dropout.
+        targets: modules to adapt (default: all attention and MLP projections).
+        max_len: longest allowed chat in tokens (default: the model's context).
+        eval_fraction: share of the data held out for eval loss.
+        save_every: checkpoint every N steps (default: 4 per run).
+        grad_checkpointing: recompute activations in backward to save memory.
+        seed: random seed (data order, LoRA init, dropout).
+        json: print the result as JSON (and no progress bar).
+    """
+    lora = LoraSettings(r=rank, alpha=alpha, dropout=dropout, targets=tuple(targets or DEFAULT_TARGETS))
+    settings = TrainSettings(steps=steps, batch_size=batch_size, lr=lr, max_len=max_len, eval_fraction=eval_fraction,
+                             save_every=save_every, grad_checkpointing=grad_checkpointing, seed=seed)
+    say = (lambda s: None) if json else print
+    result = train(model=model, data=data, out=out, lora=lora, settings=settings, precision=precision,
+                   resume=resume, force=force, progress=not json, say=say)
+    if result.stopped == "interrupted":
+        print(f"interrupted at step {result.steps}; checkpoint {result.checkpoint}; continue with --resume",
+              file=__import__("sys").stderr)
+        raise KeyboardInterrupt
+    summary = {k: v for k, v in asdict(result).items() if k not in ("model", "losses")}
+    fmt = lambda v: "n/a" if v is None else f"{v:.4f}"
+    say(f"trained steps {result.start_step}->{result.steps} in {result.seconds:.0f} s "
+        f"({result.tokens_per_s:.0f} tok/s, {result.precision}); train loss {fmt(result.train_loss)}, "
+        f"eval loss {fmt(result.eval_loss)}\nadapter: {out}  (log.jsonl, loss.png)  next: edge merge --adapter {out} --out DIR")
+    return summary
+
+
+def demo_stage(ctx):
+    """Fine-tune the demo task (English date -> ISO date); accuracy before and after."""
+    import torch
+
+    from edge.demo import StageResult
+    from edge.models import load
+    from edge.task import EVAL, TRAIN, exact_match
+
+    p = resolve_precision(ctx.precision)
+    base_model, tok = load(ctx.model, dtype=p.dtype, device="cuda" if torch.cuda.is_available() else "cpu")
+    apply_precision_fixes(base_model, p)
+    t0 = time.time()
+    before, _ = exact_match(base_model, tok, EVAL, max_new_tokens=12)
+    print(f"task accuracy before: {before:.0%} (exact match on {EVAL.name}, {time.time() - t0:.0f} s)")
+    out = ctx.run.path("adapter")
+    settings = TrainSettings(steps=ctx.steps, batch_size=8, lr=1e-3, eval_fraction=0.1, eval_every=ctx.steps,
+                             save_every=ctx.steps, warmup=max(1, ctx.steps // 10))
+    result = train(model=ctx.model, data=TRAIN, out=out, settings=settings, precision=ctx.precision,
+                   force=True, loaded=(base_model, tok, p))
+    t1 = time.time()
+    after, pairs = exact_match(result.model, tok, EVAL, max_new_tokens=12)
+    wrong = [f"{got!r} (want {ref!r})" for got, ref in pairs if got != ref][:3]
+    print(f"task accuracy after:  {after:.0%} ({time.time() - t1:.0f} s)" + (f"; e.g. {', '.join(wrong)}" if wrong else ""))
+    ctx.artifacts["adapter_dir"] = str(out)
+    ctx.artifacts["task_accuracy"] = {"before": before, "after": after}
+    ctx.run.record("fine-tune", outputs=[out / "adapter_model.safetensors", out / "adapter_config.json", out / META,
+                                         out / LOG, out / PLOT],
+                   inputs=[TRAIN], settings={"steps": ctx.steps, "precision": p.name, "lr": settings.lr,
+                                             "batch_size": settings.batch_size, **asdict(LoraSettings())},
+                   seconds=result.seconds,
+                   summary={"task_accuracy": {"before": before, "after": after}, "train_loss": result.train_loss,
+                            "eval_loss": result.eval_loss, "tokens_per_s": result.tokens_per_s})
+    return StageResult(summary=f"task accuracy {before:.0%} -> {after:.0%} ({result.steps} steps, {p.name}, "
+                               f"{result.tokens_per_s:.0f} tok/s)")

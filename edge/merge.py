@@ -1,0 +1,154 @@
+"""Merge: fold a LoRA adapter into its base model, in float32, checked, and save it.
+
+    edge merge --adapter runs/ft --out runs/merged [--dtype bf16|fp16|fp32]
+
+Takes the `--out` folder of `edge finetune` (or one of its checkpoints). The base model is
+the one recorded in the adapter (`edge_adapter.json`); its fingerprint must match, so an
+adapter is never merged into a different model. Every weight is merged as
+`W + B @ A * alpha / r` in float32, checked for NaN/inf, cast to the chosen dtype, checked
+again (float16 overflows above 65,504), and saved as safetensors with the tokenizer, the
+Gemma 3 chat template and a generation config carrying the recommended sampling settings
+(`edge.gemma3.SAMPLING`) and both stop tokens (`<eos>`, `<end_of_turn>`).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from edge import gemma3
+from edge.errors import EdgeError
+from edge.fsutil import atomic_dir, check_writable
+
+DTYPES = ("bf16", "fp16", "fp32")
+MERGE_META = "edge_merge.json"
+
+
+@dataclass
+class MergeResult:
+    out: str
+    dtype: str
+    base: str
+    adapter: str
+    parameters: int
+    max_abs_weight: float
+    seconds: float
+
+
+def _non_finite(model) -> list[str]:
+    import torch
+
+    return [n for n, p in model.state_dict().items() if p.is_floating_point() and not torch.isfinite(p).all()]
+
+
+def generation_config(model):
+    """The model's generation config with Gemma 3's recommended sampling and stop tokens."""
+    from transformers import GenerationConfig
+
+    cfg = GenerationConfig.from_model_config(model.config)
+    cfg.update(do_sample=True, **gemma3.SAMPLING)
+    cfg.bos_token_id = gemma3.BOS_ID
+    cfg.pad_token_id = gemma3.PAD_ID
+    cfg.eos_token_id = [gemma3.EOS_ID, gemma3.END_OF_TURN_ID]
+    return cfg
+
+
+def merge(adapter: str | Path, out: str | Path, dtype: str = "bf16", model: str = "", force: bool = False,
+          say=print) -> MergeResult:
+    """Merge `adapter` into its base (or `model`, which must be the same weights); save to `out`."""
+    import torch
+    from peft import PeftModel
+
+    from edge.finetune import base_identity, check_same_base, read_meta
+    from edge.models import _torch_dtype, load
+
+    t0 = time.time()
+    adapter, out = Path(adapter), Path(out)
+    if dtype not in DTYPES:
+        raise EdgeError(f"--dtype {dtype!r} is not supported; use one of {', '.join(DTYPES)}")
+    if not adapter.is_dir():
+        raise EdgeError(f"adapter {adapter} is not a folder; give the --out folder of `edge finetune`")
+    if not (adapter / "adapter_model.safetensors").is_file():
+        raise EdgeError(f"{adapter} holds no finished adapter (adapter_model.safetensors); give the --out "
+                        "folder of a finished `edge finetune`, or one of its checkpoints/step-*")
+    meta = read_meta(adapter)
+    check_writable(out, force)
+    recorded = meta["base"]
+    spec = model or recorded["spec"]
+    if not model and spec not in ("", "embedded") and not Path(recorded["path"]).exists():
+        spec = recorded["path"]
+    actual = base_identity(spec)
+    check_same_base(recorded, actual, f"adapter {adapter}")
+
+    say(f"merging {adapter} into {actual['path']} in float32")
+    base, tok = load(spec, dtype="fp32")
+    merged = PeftModel.from_pretrained(base, adapter).merge_and_unload()
+    bad = _non_finite(merged)
+    if bad:
+        raise EdgeError(f"merged weights are not finite in {len(bad)} tensors (first: {bad[0]}); "
+                        "the adapter is damaged (a diverged run?); merge an earlier checkpoint")
+    max_abs = max(float(p.abs().max()) for p in merged.parameters())
+    merged = merged.to(_torch_dtype(dtype))
+    bad = _non_finite(merged)
+    if bad:
+        raise EdgeError(f"casting to {dtype} overflows in {len(bad)} tensors (first: {bad[0]}, max |w| {max_abs:.4g}); "
+                        "use --dtype bf16 or fp32")
+    merged.config.architectures = list(gemma3.TEXT_ARCHITECTURES)
+    merged.generation_config = generation_config(merged)
+    from edge.models import attach_chat_template
+
+    attach_chat_template(tok)
+    n = sum(p.numel() for p in merged.parameters())
+    with atomic_dir(out, force=True) as tmp:
+        merged.save_pretrained(tmp, safe_serialization=True)
+        tok.save_pretrained(tmp)
+        if not (tmp / "chat_template.jinja").exists() and "chat_template" not in json.loads(
+                (tmp / "tokenizer_config.json").read_text()):
+            (tmp / "chat_template.jinja").write_text(gemma3.CHAT_TEMPLATE)
+        (tmp / MERGE_META).write_text(json.dumps({
+            "base": actual, "adapter": str(adapter.resolve()), "adapter_step": meta.get("step"),
+            "lora": meta.get("lora"), "dtype": dtype, "merged_in": "float32"}, indent=2))
+    result = MergeResult(out=str(out), dtype=dtype, base=actual["path"], adapter=str(adapter), parameters=n,
+                         max_abs_weight=max_abs, seconds=time.time() - t0)
+    say(f"merged {n / 1e6:.1f}M parameters into {out} ({dtype}, {result.seconds:.0f} s); "
+        f"next: edge export --model {out}")
+    return result
+
+
+def merge_cmd(*, adapter: str, out: str, dtype: str = "bf16", model: str = "", force: bool = False,
+              json: bool = False) -> dict:
+    """Merge a LoRA adapter into its base model in float32 (checked) and save safetensors.
+
+    The output folder holds the merged weights, the tokenizer, the Gemma 3 chat template and
+    a generation config with the recommended sampling (temperature 1.0, top_k 64,
+    top_p 0.95, min_p 0.0, repetition penalty 1.0).
+
+    Args:
+        adapter: the --out folder of `edge finetune` (or one of its checkpoints/step-*).
+        out: folder to write the merged model into.
+        dtype: bf16, fp16 or fp32 for the saved weights (merging is always float32).
+        model: base model (default: the one recorded in the adapter; must be the same weights).
+        force: overwrite an existing OUT.
+        json: print the result as JSON.
+    """
+    result = merge(adapter, out, dtype=dtype, model=model, force=force, say=(lambda s: None) if json else print)
+    return asdict(result)
+
+
+def demo_stage(ctx):
+    """Merge the demo adapter into the embedded 270M; fp32 so export gets a faithful reference."""
+    from edge.demo import StageResult
+
+    adapter = ctx.artifacts.get("adapter_dir")
+    if not adapter:
+        return StageResult(summary="skipped: no adapter (fine-tune stage did not run)")
+    out = ctx.run.path("merged")
+    result = merge(adapter, out, dtype="fp32", model=ctx.model, force=True)
+    ctx.artifacts["merged_dir"] = str(out)
+    files = sorted(p for p in Path(out).iterdir() if p.is_file())
+    ctx.run.record("merge", outputs=files, inputs=[Path(adapter) / "adapter_model.safetensors"],
+                   settings={"dtype": "fp32", "merged_in": "float32"}, seconds=result.seconds,
+                   summary={"parameters": result.parameters, "max_abs_weight": result.max_abs_weight})
+    return StageResult(summary=f"merged into {out.name}/ (fp32, {result.parameters / 1e6:.0f}M parameters, finite)")

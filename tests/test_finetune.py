@@ -1,0 +1,202 @@
+"""Fine-tune: chunked loss == plain loss, exact resume, non-finite guard, bad input.
+
+Most tests use a tiny random Gemma 3 (2 layers, 64 wide, real vocab and tokenizer);
+one checks the chunked loss on the real 270M.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+from pathlib import Path
+
+import pytest
+import torch
+
+from edge import gemma3
+from edge.errors import EdgeError
+from edge.finetune import (IGNORE, LoraSettings, NonFiniteError, TrainSettings, add_lora, chunked_cross_entropy,
+                           collate, epoch_batches, finetune_cmd, latest_checkpoint, plain_loss, prepare_examples,
+                           reply_loss, train)
+from edge.task import TRAIN
+
+
+@pytest.fixture(scope="module")
+def small_data(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("data") / "train.jsonl"
+    path.write_text("".join(TRAIN.read_text().splitlines(keepends=True)[:40]))
+    return path
+
+
+def _losses(out: Path) -> list[float]:
+    return [json.loads(line)["loss"] for line in (out / "log.jsonl").read_text().splitlines()]
+
+
+def _fast(**kw) -> TrainSettings:
+    base = dict(steps=6, batch_size=4, lr=5e-3, save_every=3, eval_every=6, chunk_rows=16)
+    return TrainSettings(**{**base, **kw})
+
+
+def test_chunked_loss_equals_plain_loss_and_gradient(tokenizer):
+    from tests.tiny import tiny_model
+
+    torch.manual_seed(0)
+    model = tiny_model(norm_noise=0.1)
+    from edge.data import load_chats
+
+    examples = prepare_examples(tokenizer, load_chats(TRAIN)[:5], 512)
+    ids, att, lab = collate(examples)
+    net = add_lora(model, LoraSettings(r=4))
+    with torch.no_grad():  # make the adapter non-zero so gradients flow everywhere
+        for n, p in net.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0, 0.05)
+    ref, n_ref = plain_loss(net, ids, att, lab)
+    ref.backward()
+    g_ref = {n: p.grad.clone() for n, p in net.named_parameters() if p.requires_grad}
+    net.zero_grad()
+    ours, n_ours = reply_loss(net, ids, att, lab, chunk_rows=7)  # several chunks, ragged last one
+    ours.backward()
+    assert n_ours == n_ref > 7
+    assert torch.allclose(ours, ref, rtol=1e-5, atol=1e-4), (float(ours), float(ref))
+    for n, p in net.named_parameters():
+        if p.requires_grad:
+            rel = float((p.grad - g_ref[n]).norm() / g_ref[n].norm())
+            assert rel < 1e-4, (n, rel)
+
+
+def test_chunked_cross_entropy_softcap_matches_reference():
+    torch.manual_seed(1)
+    h = torch.randn(13, 8, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(50, 8, dtype=torch.float64)
+    y = torch.randint(0, 50, (13,))
+    ours = chunked_cross_entropy(h, w, y, chunk_rows=4, softcap=3.0)
+    (g_ours,) = torch.autograd.grad(ours, h)
+    z = 3.0 * torch.tanh((h @ w.t()) / 3.0)
+    ref = torch.nn.functional.cross_entropy(z, y, reduction="sum")
+    (g_ref,) = torch.autograd.grad(ref, h)
+    assert torch.allclose(ours, ref) and torch.allclose(g_ours, g_ref)
+
+
+def test_render_trains_on_replies_only_with_one_bos(tokenizer):
+    from edge.data import load_chats
+
+    ex = prepare_examples(tokenizer, load_chats(TRAIN)[:1], 512)[0]
+    assert ex.ids[0] == gemma3.BOS_ID and ex.ids.count(gemma3.BOS_ID) == 1
+    reply = [i for i in ex.labels if i != IGNORE]
+    assert reply[-1] == gemma3.END_OF_TURN_ID
+    assert tokenizer.decode(reply[:-1]).strip() == json.loads(TRAIN.read_text().splitlines()[0])["messages"][1]["content"]
+
+
+def test_buckets_are_deterministic_and_cover_the_data():
+    lengths = [5, 40, 7, 33, 12, 9, 50, 3, 21, 18]
+    a = epoch_batches(lengths, 3, seed=1, epoch=2)
+    assert a == epoch_batches(lengths, 3, seed=1, epoch=2)
+    assert a != epoch_batches(lengths, 3, seed=1, epoch=3)
+    assert sorted(i for b in a for i in b) == list(range(10))
+
+
+def test_resume_continues_exactly(tiny_dir, small_data, tmp_path):
+    """Uninterrupted 6 steps == 3 steps, stop (as Ctrl-C does), --resume to 6. Dropout on,
+    so the RNG state matters; two epochs pass, so the data position matters."""
+    lora = LoraSettings(r=4, dropout=0.1)
+    full = train(model=str(tiny_dir), data=small_data, out=tmp_path / "full", lora=lora, settings=_fast(),
+                 precision="fp32", progress=False)
+
+    def interrupt_at_3(step, model, record):
+        if step == 3:
+            os.kill(os.getpid(), signal.SIGINT)  # the handler only sets a flag: stop at the step boundary
+
+    part = train(model=str(tiny_dir), data=small_data, out=tmp_path / "part", lora=lora, settings=_fast(save_every=100),
+                 precision="fp32", progress=False, callback=interrupt_at_3)
+    assert part.stopped == "interrupted" and part.steps == 3
+    assert latest_checkpoint(tmp_path / "part").name == "step-000003"
+    assert not (tmp_path / "part" / "adapter_model.safetensors").exists()  # no final adapter yet
+    rest = train(model=str(tiny_dir), data=small_data, out=tmp_path / "part", settings=_fast(save_every=100),
+                 precision="fp32", resume=True, progress=False)
+    assert rest.start_step == 3 and rest.steps == 6
+    assert _losses(tmp_path / "part") == _losses(tmp_path / "full")
+    assert len(set(_losses(tmp_path / "full"))) == 6
+
+
+def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tiny_dir, small_data, tmp_path):
+    def poison(step, model, record):  # runs after step 4's update, before any step-4 checkpoint
+        if step == 4:
+            with torch.no_grad():
+                next(p for n, p in model.named_parameters() if "lora_B" in n).fill_(float("nan"))
+
+    out = tmp_path / "ft"
+    with pytest.raises(NonFiniteError, match="non-finite at step 5.*step-000003"):
+        train(model=str(tiny_dir), data=small_data, out=out, settings=_fast(), precision="fp32", progress=False,
+              callback=poison)
+    ckpt = latest_checkpoint(out)
+    assert ckpt.name == "step-000003"
+    from safetensors.torch import load_file
+
+    assert all(torch.isfinite(t).all() for t in load_file(ckpt / "adapter_model.safetensors").values())
+    assert not (out / "adapter_model.safetensors").exists()
+
+
+def test_outputs_log_and_plot(tiny_dir, small_data, tmp_path):
+    out = tmp_path / "ft"
+    r = train(model=str(tiny_dir), data=small_data, out=out, settings=_fast(steps=4, save_every=2, keep=1),
+              precision="fp32", progress=False)
+    assert r.stopped == "done" and math.isfinite(r.eval_loss)
+    rows = [json.loads(x) for x in (out / "log.jsonl").read_text().splitlines()]
+    assert [x["step"] for x in rows] == [1, 2, 3, 4] and "eval_loss" in rows[-1] and rows[0]["tok_s"] > 0
+    assert (out / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert [p.name for p in (out / "checkpoints").iterdir()] == ["step-000004"]  # keep=1
+    meta = json.loads((out / "edge_adapter.json").read_text())
+    assert meta["base"]["path"] == str(Path(tiny_dir).resolve()) and meta["step"] == 4
+
+
+def test_bad_input(tiny_dir, small_data, tmp_path):
+    no_reply = tmp_path / "noreply.jsonl"
+    no_reply.write_text(json.dumps({"messages": [{"role": "user", "content": "hi"}]}) + "\n")
+    with pytest.raises(EdgeError, match="no assistant"):
+        train(model=str(tiny_dir), data=no_reply, out=tmp_path / "a", precision="fp32", progress=False)
+    with pytest.raises(EdgeError, match=r"train.jsonl:1: chat is \d+ tokens, longer than the 5-token limit"):
+        train(model=str(tiny_dir), data=small_data, out=tmp_path / "b", settings=_fast(max_len=5), precision="fp32",
+              progress=False)
+    (tmp_path / "notckpt").mkdir()
+    with pytest.raises(EdgeError, match="holds no checkpoint"):
+        train(model=str(tiny_dir), data=small_data, out=tmp_path / "notckpt", resume=True, progress=False)
+    with pytest.raises(EdgeError, match="--rank must be >= 1"):
+        LoraSettings(r=0)
+    # a checkpoint from another model: same config, different weights
+    from tests.tiny import save_tiny
+
+    other = save_tiny(tmp_path / "other", seed=1)
+    train(model=str(tiny_dir), data=small_data, out=tmp_path / "c", settings=_fast(steps=2, save_every=1),
+          precision="fp32", progress=False)
+    with pytest.raises(EdgeError, match="was trained on .* the weights differ"):
+        train(model=str(other), data=small_data, out=tmp_path / "c", settings=_fast(steps=4), resume=True,
+              progress=False)
+    with pytest.raises(EdgeError, match="already exists"):  # never overwrite without --force
+        train(model=str(tiny_dir), data=small_data, out=tmp_path / "c", precision="fp32", progress=False)
+
+
+def test_cli_exit_codes(tiny_dir, small_data, tmp_path, capsys):
+    from edge.cli import main
+
+    assert main(["finetune", "--model", str(tiny_dir), "--data", str(small_data), "--out", str(tmp_path / "o"),
+                 "--steps", "2", "--precision", "fp32", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["steps"] == 2 and result["stopped"] == "done"
+    assert main(["finetune", "--model", str(tiny_dir), "--data", str(tmp_path / "missing.jsonl"),
+                 "--out", str(tmp_path / "p")]) == 2
+    assert "not found" in capsys.readouterr().err
+
+
+@pytest.mark.real
+def test_chunked_loss_equals_plain_loss_on_real_270m(real_model):
+    model, tok = real_model
+    from edge.data import load_chats
+
+    ids, att, lab = collate(prepare_examples(tok, load_chats(TRAIN)[:4], 512))
+    with torch.no_grad():
+        ref, n = plain_loss(model, ids, att, lab)
+        ours, m = reply_loss(model, ids, att, lab, chunk_rows=16)
+    assert n == m and torch.allclose(ours / m, ref / n, rtol=1e-5), (float(ours / m), float(ref / n))
