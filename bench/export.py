@@ -3,12 +3,16 @@ the I/O floor (bytes read + written at this disk's measured throughput)?
 
     EDGE_CACHE=/tmp/edgecache python bench/export.py                  # F32
     python bench/export.py --outtype f32 --outtype bf16 --outtype q8_0 --runs 2 --out bench-export.json
+    python bench/export.py --outtype f32 --outtype q8_0 --fidelity 128    # + logits vs transformers
 
 Each export runs in a fresh subprocess (`edge.export.export_gguf`); its peak RSS is that
 process's VmHWM. The floor is measured in the same run, through the page cache like the
 export itself (no fsync): read throughput = reading the source safetensors again, write
 throughput = writing as many bytes of zeros into the output folder; the fsync'd write speed
-is printed beside it for reference. Prints a table; --out writes the rows as JSON.
+is printed beside it for reference. With --fidelity N, each exported file's llama.cpp logits
+(llama-cpp-python, logits_all) on the first N tokens of the seed document (or a fixed
+paragraph) are compared with transformers fp32: top-1 agreement and mean KL per token.
+Prints a table; --out writes the rows as JSON.
 """
 
 from __future__ import annotations
@@ -63,11 +67,47 @@ def throughput(path: Path, nbytes: int, out_dir: Path, chunk: int = 64 << 20) ->
     return out
 
 
+_REF: dict = {}
+
+
+def fidelity(spec: str, gguf_path: Path, n_tokens: int) -> dict:
+    """top-1 agreement and mean KL(transformers || llama.cpp) over n_tokens positions."""
+    import numpy as np
+    import torch
+
+    from edge.chat import load_llama
+    from edge.models import load
+
+    if not _REF:
+        model, tok = load(spec)
+        seeds = sorted(Path("/work/shared/seed").glob("*.txt"))
+        text = seeds[0].read_text(encoding="utf-8") if seeds else (
+            "Gemma 3 runs on phones once it is exported to GGUF and quantized. " * 40)
+        ids = tok(text, add_special_tokens=True)["input_ids"][:n_tokens]
+        with torch.no_grad():
+            _REF["ids"], _REF["logits"] = ids, model(torch.tensor([ids])).logits[0].double().numpy()
+        del model
+    ids, ref = _REF["ids"], _REF["logits"]
+    llm = load_llama(gguf_path, n_ctx=len(ids) + 8, logits_all=True)
+    llm.eval(ids)
+    got = np.array(llm.scores[:len(ids)], dtype=np.float64)
+    llm.close()
+
+    def lsm(x):
+        x = x - x.max(-1, keepdims=True)
+        return x - np.log(np.exp(x).sum(-1, keepdims=True))
+
+    p, q = lsm(ref), lsm(got)
+    return {"top1": float((ref.argmax(-1) == got.argmax(-1)).mean()),
+            "mean_kl": float((np.exp(p) * (p - q)).sum(-1).mean()), "fidelity_tokens": len(ids)}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", default="embedded", help="model spec (default: the embedded 270M)")
     ap.add_argument("--outtype", action="append", help="f32, f16, bf16, q8_0 (repeatable; default f32)")
     ap.add_argument("--runs", type=int, default=1, help="exports per type (the best and median are shown)")
+    ap.add_argument("--fidelity", type=int, default=0, help="compare N tokens of logits with transformers")
     ap.add_argument("--out", help="write the rows as JSON here")
     args = ap.parse_args()
 
@@ -100,6 +140,8 @@ def main() -> None:
                 "peak_rss_MB": max(r["peak_rss"] for r in runs) / 1e6, "source_MB": weights / 1e6,
                 "io_floor_s": floor, "x_floor": best / floor, **tp,
             })
+            if args.fidelity:
+                rows[-1].update(fidelity(args.model, dest, args.fidelity))
             dest.unlink(missing_ok=True)
             dest.with_suffix(".Modelfile").unlink(missing_ok=True)
     finally:
@@ -112,12 +154,13 @@ def main() -> None:
           f"load average {load[0]:.1f} {load[1]:.1f} {load[2]:.1f}")
     head = ("type", "read MB", "written MB", "export s", "median s", "peak RSS MB", "read MB/s",
             "write MB/s", "fsync MB/s", "I/O floor s", "x floor")
-    print(" | ".join(head))
+    print(" | ".join(head + (("top-1", "mean KL") if args.fidelity else ())))
     for r in rows:
         print(" | ".join([r["outtype"].upper(), f"{r['read_MB']:.0f}", f"{r['written_MB']:.0f}",
                           f"{r['export_s_best']:.1f}", f"{r['export_s_median']:.1f}", f"{r['peak_rss_MB']:.0f}",
                           f"{r['read_MBps']:.0f}", f"{r['write_MBps']:.0f}", f"{r['write_fsync_MBps']:.0f}",
-                          f"{r['io_floor_s']:.2f}", f"{r['x_floor']:.1f}"]))
+                          f"{r['io_floor_s']:.2f}", f"{r['x_floor']:.1f}"]
+                         + ([f"{r['top1']:.4f}", f"{r['mean_kl']:.2e}"] if args.fidelity else [])))
     if args.out:
         Path(args.out).write_text(json.dumps({"load_average": load, "rows": rows}, indent=2))
 

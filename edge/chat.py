@@ -101,7 +101,7 @@ def complete(path_or_llm, messages: list[dict], max_tokens: int = 256, greedy: b
     for chunk in llm.create_completion(ids, max_tokens=max_tokens, stream=True, stop=[gemma3.END_OF_TURN],
                                        seed=None if seed < 0 else seed, **settings):
         piece = chunk["choices"][0]["text"]
-        n += 1
+        n += chunk["choices"][0].get("finish_reason") is None  # one chunk per token, then a closing one
         pieces.append(piece)
         if stream and piece:
             stream(piece)
@@ -124,8 +124,6 @@ def chat_cmd(file: str, *, prompt: str = "", system: str = "", max_tokens: int =
         seed: sampling seed (-1: random).
         json: with --prompt, print the reply and timings as JSON instead of streaming.
     """
-    if not Path(file).suffix.lower() == ".gguf" and not Path(file).is_file():
-        raise EdgeError(f"{file} does not exist; give a .gguf file")
     llm = load_llama(file, n_ctx=n_ctx)
     messages: list[dict] = [{"role": "system", "content": system}] if system else []
 

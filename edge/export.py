@@ -581,7 +581,6 @@ def _add_metadata(w, cfg: dict, vocab: Vocab, template: str, file_type, provenan
     w.add_sampling_top_p(s["top_p"])
     w.add_sampling_min_p(s["min_p"])
     w.add_sampling_penalty_repeat(s["repetition_penalty"])
-    assert K.General.SAMPLING_TEMP == "general.sampling.temp"  # the key llama.cpp reads
 
 
 def default_provenance(model_dir: Path, cfg: dict) -> dict:
@@ -630,6 +629,8 @@ def export_gguf(model_dir, out_path, outtype: str = "f32", provenance: dict | No
     if out_path.suffix.lower() != ".gguf":
         raise EdgeError(f"output {out_path} should end in .gguf")
     mf_path = modelfile_path(out_path)
+    if out_path.is_dir():
+        raise EdgeError(f"output {out_path} is a directory; give a file name ending in .gguf")
     check_writable(out_path, force)
     check_writable(mf_path, force)
 
@@ -984,11 +985,20 @@ def demo_stage(ctx):
 
     from edge.chat import complete
 
-    prompt = "What is the capital of France?"
-    reply = complete(out, [{"role": "user", "content": prompt}], max_tokens=24, greedy=True)
-    print(f"llama.cpp chat check: {prompt!r} -> {reply['text']!r} ({reply['tokens_per_s']:.0f} tok/s)")
+    messages, expected = [{"role": "user", "content": "What is the capital of France?"}], None
+    if src:  # a fine-tuned model: ask it one held-out question of the demo task
+        from edge.data import load_chats
+        from edge.task import EVAL, split_prompt
+
+        messages, expected = split_prompt(load_chats(EVAL)[0])
+    reply = complete(out, messages, max_tokens=16, greedy=True)
+    prompt = messages[-1]["content"]
+    print(f"llama.cpp chat check (greedy): {prompt!r} -> {reply['text']!r}"
+          + (f" (expected {expected!r})" if expected is not None else "")
+          + f", {reply['tokens_per_s']:.1f} tok/s")
     ctx.run.record("export", outputs=[out, Path(res.modelfile)], inputs=[],
                    settings={"outtype": "f32", "model_dir": str(model_dir)}, seconds=res.seconds,
-                   summary={**asdict(res), "chat_prompt": prompt, "chat_reply": reply["text"]})
+                   summary={**asdict(res), "chat_prompt": prompt, "chat_reply": reply["text"],
+                            "chat_expected": expected})
     return StageResult(summary=f"ref-F32.gguf {res.size_bytes / 1e6:.0f} MB in {res.seconds:.0f} s; "
                                f"chats: {reply['text'][:40]!r}")
