@@ -531,3 +531,40 @@ def test_demo_stage_exports_and_chats(tiny_dir, tmp_path):
     entry = json.loads((tmp_path / "run" / "run.json").read_text())["stages"]["export"]
     assert {o["path"] for o in entry["outputs"]} == {"gguf/ref-F32.gguf", "gguf/ref-F32.Modelfile"}
     assert "chats" in result.summary
+
+
+def test_interactive_chat_keeps_history(tiny_gguf, monkeypatch, capsys):
+    from edge import chat
+
+    lines = iter(["Hello", "And again?", ""])
+    monkeypatch.setattr("builtins.input", lambda prompt="": next(lines))
+    seen = []
+    real_complete = chat.complete
+    monkeypatch.setattr(chat, "complete", lambda llm, messages, **kw: seen.append(list(messages))
+                        or real_complete(llm, messages, **{**kw, "max_tokens": 4}))
+    chat.chat_cmd(str(tiny_gguf), system="Be brief.", greedy=True)
+    assert [m["role"] for m in seen[1]] == ["system", "user", "model", "user"]
+    assert seen[1][-1]["content"] == "And again?"
+    assert "chatting with tiny-F32.gguf" in capsys.readouterr().err
+
+
+def test_provenance_from_merge_records(tiny_dir, tmp_path):
+    from edge.export import default_provenance
+
+    d = _copy_model(tiny_dir, tmp_path / "merged")
+    adapter = tmp_path / "adapter"
+    adapter.mkdir()
+    (adapter / "edge_adapter.json").write_text(json.dumps({"data": {"path": "/x/train.jsonl", "sha256": "cd" * 32}}))
+    (d / "edge_merge.json").write_text(json.dumps({"base": {"path": "/models/gemma-3-270m"}, "adapter": str(adapter)}))
+    prov = default_provenance(d, json.loads((d / "config.json").read_text()))
+    assert prov == {"name": "merged", "base_model": "/models/gemma-3-270m", "adapter": str(adapter),
+                    "dataset": "train.jsonl", "dataset_sha256": "cd" * 32}
+
+
+def test_cli_export_refuses_existing_output(tiny_dir, tmp_path, capsys):
+    from edge.cli import main
+
+    out = tmp_path / "m.gguf"
+    out.write_text("keep me")
+    assert main(["export", "--model", str(tiny_dir), "--out", str(out)]) == 2
+    assert "--force" in capsys.readouterr().err and out.read_text() == "keep me"
