@@ -180,7 +180,8 @@ def gpu(args) -> dict:
             with torch.no_grad():
                 ref = base(eval_ids).logits.float()
             print(f"{cname} {case}: fp32 residual max {resid:,.0f}")
-            for name in ("bf16", "fp16-fixed", "fp16-naive"):
+            order = ["bf16", "fp16-fixed", "fp16-naive"] + ["bf16", "fp16-fixed"] * (args.repeat - 1)
+            for i, name in enumerate(order):
                 model = _variant(base, name)
                 with torch.no_grad():
                     logits = model(eval_ids).logits
@@ -190,7 +191,8 @@ def gpu(args) -> dict:
                 if dev == "cuda":
                     torch.cuda.empty_cache()
                 tr = _train(model, batches, args.steps + args.warmup, args.warmup, name.startswith("fp16"), dev)
-                row = {"config": cname, "case": case, "precision": name, "residual_max_fp32": resid,
+                row = {"config": cname, "case": case, "precision": name, "pass": 1 + (i >= 3) * ((i - 3) // 2 + 1),
+                       "residual_max_fp32": resid,
                        "nonfinite_logits": nf, "logits_total": int(ref.numel()), "kl_vs_fp32": kl,
                        "top1_vs_fp32": top1, **tr}
                 results.append(row)
@@ -200,8 +202,19 @@ def gpu(args) -> dict:
         del base
         if dev == "cuda":
             torch.cuda.empty_cache()
-    out = {"info": info, "results": results}
+    summary = {}
+    for cname in args.configs.split(","):
+        for case in ("plain", "stress"):
+            sel = [r for r in results if r["config"] == cname and r["case"] == case]
+            tb = sum(r["tokens_per_s"] for r in sel if r["precision"] == "bf16")
+            tf = sum(r["tokens_per_s"] for r in sel if r["precision"] == "fp16-fixed")
+            summary[f"{cname} {case}"] = {"fixed_over_bf16_speed": tf / tb,
+                                          "passes": sum(r["precision"] == "bf16" for r in sel)}
+    out = {"info": info, "results": results, "summary": summary}
     _table(results)
+    print("\nfixed fp16 speed / bf16 speed (all passes pooled):")
+    for k, v in summary.items():
+        print(f"  {k}: {v['fixed_over_bf16_speed']:.3f} ({v['passes']} passes)")
     return out
 
 
@@ -217,10 +230,11 @@ def _table(results) -> None:
     print("\n| config | case | precision | fp32 residual max | non-finite logits (eval) | KL vs fp32 | top-1 vs fp32 "
           "| steps w/ non-finite loss | tokens/s (train) | vs bf16 | peak MiB | loss first -> last |")
     print("|---|---|---|---|---|---|---|---|---|---|---|---|")
-    bf = {(r["config"], r["case"]): r["tokens_per_s"] for r in results if r["precision"] == "bf16"}
+    bf = {(r["config"], r["case"]): r["tokens_per_s"] for r in results if r["precision"] == "bf16" and r.get("pass", 1) == 1}
     for r in results:
         rel = r["tokens_per_s"] / bf[(r["config"], r["case"])] if (r["config"], r["case"]) in bf else float("nan")
-        print(f"| {r['config']} | {r['case']} | {r['precision']} | {r['residual_max_fp32']:,.0f} | "
+        tag = f" (pass {r['pass']})" if r.get("pass", 1) > 1 else ""
+        print(f"| {r['config']} | {r['case']} | {r['precision']}{tag} | {r['residual_max_fp32']:,.0f} | "
               f"{r['nonfinite_logits']:,} / {r['logits_total']:,} | {r['kl_vs_fp32']:.2e} | {r['top1_vs_fp32']:.4f} | "
               f"{r['nonfinite_loss_steps']} / {len(r['losses'])} | {r['tokens_per_s']:,.0f} | {rel:.2f}x | "
               f"{r['peak_mib']:,.0f} | {r['losses'][0]:.3f} -> {r['losses'][-1]:.3f} |")
@@ -374,6 +388,7 @@ def main() -> None:
     ap.add_argument("--seq", type=int, default=None, help="tokens per sequence (gpu 1024, cpu 24)")
     ap.add_argument("--batch", type=int, default=None, help="sequences per step (gpu 4, cpu 4)")
     ap.add_argument("--steps", type=int, default=None, help="training steps (gpu: timed steps, 20; cpu 30)")
+    ap.add_argument("--repeat", type=int, default=2, help="gpu: time bf16 and fixed fp16 this many times each")
     ap.add_argument("--device", default="cuda", help="gpu: cuda, or cpu for a smoke test with --configs tiny")
     ap.add_argument("--warmup", type=int, default=3, help="gpu: untimed steps first")
     ap.add_argument("--naive-steps", type=int, default=10, help="cpu: steps for naive fp16 (NaN from step 1)")
