@@ -138,8 +138,10 @@ def _check_llama_cpp_can_run(cfg: dict, cfg_file: Path) -> None:
                         "llama.cpp scales queries by 1/sqrt(head_dim) for this size")
     if cfg.get("attn_logit_softcapping"):
         raise EdgeError(f"{cfg_file}: attn_logit_softcapping is set; Gemma 3 has none and llama.cpp ignores it")
-    scaling = (cfg.get("rope_parameters") or {}).get("full_attention", {}).get("rope_type", "default")
-    if cfg.get("rope_scaling") or scaling not in ("default", None):
+    rp = cfg.get("rope_parameters") or {}
+    scaling = {p.get("rope_type", "default") for p in (rp.values() if "full_attention" in rp else [rp])
+               if isinstance(p, dict)}
+    if cfg.get("rope_scaling") or scaling - {"default", None}:
         raise EdgeError(f"{cfg_file}: rope scaling is not supported by this exporter")
 
 

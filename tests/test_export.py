@@ -438,6 +438,12 @@ def test_rejects_other_architectures(tiny_dir, tmp_path):
     _bad(d, tmp_path, "only Gemma 3")
     (d / "config.json").write_text(json.dumps({**cfg, "architectures": ["Gemma3ForConditionalGeneration"]}))
     _bad(d, tmp_path, "text model", out="out-mm")
+    # Gemma 3 configs llama.cpp's gemma3 graph would run wrongly are refused, not exported
+    for i, (change, match) in enumerate([({"query_pre_attn_scalar": 168}, "query_pre_attn_scalar"),
+                                         ({"layer_types": ["full_attention"] * cfg["num_hidden_layers"]}, "layer_types"),
+                                         ({"rope_scaling": {"rope_type": "linear", "factor": 8.0}}, "rope scaling")]):
+        (d / "config.json").write_text(json.dumps({**cfg, **change}))
+        _bad(d, tmp_path, match, out=f"out-cfg{i}")
 
 
 @pytest.mark.parametrize("damage", ["missing", "garbage", "truncated"])
