@@ -240,7 +240,9 @@ def chunked_cross_entropy(hidden, weight, labels, chunk_rows: int = 1024, softca
     `hidden` [N, dim] and `labels` [N] hold only the rows that count (no ignore index).
     Peak extra memory is a few [chunk_rows x vocab] float32 tensors, whatever N is.
     """
-    if weight.requires_grad:
+    import torch
+
+    if weight.requires_grad and torch.is_grad_enabled():
         raise ValueError("chunked_cross_entropy needs a frozen output head (LoRA keeps it frozen)")
     if "fn" not in _CE:
         _CE["fn"] = _make_chunked_ce()

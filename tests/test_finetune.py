@@ -200,3 +200,23 @@ def test_chunked_loss_equals_plain_loss_on_real_270m(real_model):
         ref, n = plain_loss(model, ids, att, lab)
         ours, m = reply_loss(model, ids, att, lab, chunk_rows=16)
     assert n == m and torch.allclose(ours / m, ref / n, rtol=1e-5), (float(ours / m), float(ref / n))
+
+
+def test_disk_full_while_checkpointing_keeps_earlier_checkpoints(tiny_dir, small_data, tmp_path, monkeypatch):
+    import edge.finetune as ft
+
+    real_save = torch.save
+    calls = {"n": 0}
+
+    def save(obj, f, *a, **kw):
+        calls["n"] += 1
+        if calls["n"] == 2:  # the second checkpoint: the disk is full
+            raise OSError(28, "No space left on device")
+        return real_save(obj, f, *a, **kw)
+
+    monkeypatch.setattr(ft.torch if hasattr(ft, "torch") else torch, "save", save)
+    out = tmp_path / "ft"
+    with pytest.raises(EdgeError, match="cannot write checkpoint .*step-000004.*No space left.*latest: .*step-000002"):
+        train(model=str(tiny_dir), data=small_data, out=out, settings=_fast(steps=4, save_every=2), precision="fp32",
+              progress=False)
+    assert [p.name for p in (out / "checkpoints").iterdir()] == ["step-000002"]  # no half-written step-000004
