@@ -575,3 +575,17 @@ def test_cli_export_refuses_existing_output(tiny_dir, tmp_path, capsys):
     out.write_text("keep me")
     assert main(["export", "--model", str(tiny_dir), "--out", str(out)]) == 2
     assert "--force" in capsys.readouterr().err and out.read_text() == "keep me"
+
+
+def test_llama_cpp_python_chat_completion_sends_one_bos(tiny_gguf):
+    """End to end through llama-cpp-python's own chat path (the GGUF's template)."""
+    from edge.chat import load_llama
+
+    llm = load_llama(tiny_gguf, n_ctx=128)
+    assert llm.chat_format == "chat_template.default"  # our embedded template, not a guessed one
+    sent = {}
+    create = llm.create_completion
+    llm.create_completion = lambda prompt, **kw: sent.setdefault("ids", prompt) and create(prompt, **kw)
+    llm.create_chat_completion(SEED_CHAT, max_tokens=2)
+    want = vocab_llama(tiny_gguf).tokenize(SEED_RENDERED[len(gemma3.BOS):].encode(), add_bos=True, special=True)
+    assert sent["ids"] == want and sent["ids"].count(gemma3.BOS_ID) == 1
