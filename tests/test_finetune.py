@@ -203,7 +203,6 @@ def test_chunked_loss_equals_plain_loss_on_real_270m(real_model):
 
 
 def test_disk_full_while_checkpointing_keeps_earlier_checkpoints(tiny_dir, small_data, tmp_path, monkeypatch):
-
     real_save = torch.save
     calls = {"n": 0}
 
