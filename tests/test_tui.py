@@ -115,7 +115,7 @@ async def test_variants_of_a_run_come_from_run_json(tmp_path, variants_dir):
         rows = table_rows(app.screen.query_one("#variants-table"))
         assert [r[0] for r in rows] == ["tiny-F16"]
         source = str(app.screen.query_one("#variants-source").render())
-        assert source.startswith("run ") and "not models, not listed: imatrix.gguf" in source
+        assert source.startswith("run ") and "not listed: imatrix.gguf (not a model)" in source
 
 
 @async_test
@@ -142,6 +142,18 @@ async def test_a_damaged_gguf_is_a_warning_not_a_crash(tmp_path, variants_dir):
         status = app.screen.query_one("#variants-status")
         assert status.has_class("-warn") and "cut.gguf" in str(status.render())
         assert table_rows(app.screen.query_one("#variants-table"))[0][3] == "—"
+
+
+@async_test
+async def test_two_files_of_one_name_are_listed_once(tmp_path, variants_dir):
+    for sub in ("a", "b"):
+        (tmp_path / sub).mkdir()
+        shutil.copy(variants_dir / "tiny-F16.gguf", tmp_path / sub / "x.gguf")
+    app = EdgeApp(folder=tmp_path, live=False, host=False)
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(app, pilot)
+        assert [r[0] for r in table_rows(app.screen.query_one("#variants-table"))] == ["x"]
+        assert "same name as another" in str(app.screen.query_one("#variants-source").render())
 
 
 @async_test
@@ -200,7 +212,7 @@ async def test_budget_grid_is_the_librarys(budget_dir):
         seen = set()
         for i, profile in enumerate(profiles.values()):
             row = [str(c) for c in table.get_row_at(i)]
-            assert row[0] == profile.name
+            assert profile.name.startswith(row[0])
             best = budget.recommend(files, profile, report=budget_dir / "report.json", ctx=4096).choice
             for f, cell in zip(files, row[1:]):
                 v = budget.verdict(f, profile, ctx=4096)
@@ -308,13 +320,16 @@ async def test_no_phone_and_no_adb_are_states_with_advice(adb_server, variants_d
 
 
 def _gguf_of_mib(path: Path, mib: int) -> Path:
-    """A real (if meaningless) GGUF of about `mib` MiB: one F32 matrix."""
+    """A Gemma 3 GGUF of about `mib` MiB (one layer, a wide F32 embedding), for a slow push."""
     import numpy as np
-    from gguf import GGUFWriter
 
-    w = GGUFWriter(str(path), "gemma3")
-    w.add_block_count(1)
+    from tests.test_tui_gguf import _writer
+    from gguf import GGMLQuantizationType
+
+    w = _writer(path, "slow", GGMLQuantizationType.F32, n_layers=1, width=1024, ffn=1024, heads=4,
+                kv_heads=1, head_dim=256)
     w.add_tensor("token_embd.weight", np.random.default_rng(0).standard_normal((mib * 256, 1024)).astype(np.float32))
+    w.add_tensor("output_norm.weight", np.ones(1024, np.float32))
     w.write_header_to_file(); w.write_kv_data_to_file(); w.write_tensors_to_file(); w.close()
     return path
 

@@ -9,6 +9,8 @@ screen only lays them out. `c` cycles n_ctx.
 
 from __future__ import annotations
 
+import os
+
 from rich.text import Text
 from textual import on, work
 from textual.app import ComposeResult
@@ -21,6 +23,7 @@ from tui_screens.common import StatusLine, describe_error, fmt_bytes
 
 STAR = "★"
 HOT = "▼"
+DEVICE_WIDTH = 28          # longer device names are cut; the detail panel shows them whole
 CTX_CHOICES = (2048, 4096, 8192, 16384, 32768)
 VERDICT_STYLE = {"fits": ("✓", "green"), "tight": ("~", "yellow"), "does not fit": ("✗", "red")}
 LEGEND = (f"cell: verdict · largest n_ctx that fits · predicted decode tok/s   {STAR} recommended for that device   "
@@ -33,6 +36,22 @@ def fmt_ctx(n: int) -> str:
     if n < 1024:
         return str(n)
     return f"{n // 1024}k" if n % 1024 == 0 else f"{n / 1024:.1f}k"
+
+
+def short_names(names: list[str]) -> tuple[str, list[str]]:
+    """Column headers without the part every variant shares: ('gemma-3-270m-', ['Q4_0', 'Q8_0'])."""
+    stems = [n.removesuffix(".gguf") for n in names]
+    prefix = os.path.commonprefix(stems) if len(stems) > 1 else ""
+    cut = max(prefix.rfind(c) for c in "-_.") + 1 if prefix else 0
+    prefix = prefix[:cut]
+    if not prefix or any(len(s) == len(prefix) for s in stems):
+        return "", stems
+    return prefix, [s[len(prefix):] for s in stems]
+
+
+def short_label(label: str) -> str:
+    """'Samsung Galaxy S24 Ultra (SM-S928B)' -> 'Samsung Galaxy S24 Ultra' when it is too long."""
+    return label.split(" (")[0] if len(label) > DEVICE_WIDTH else label
 
 
 def cell_text(v, recommended: bool) -> Text:
@@ -127,15 +146,18 @@ class BudgetScreen(Screen):
 
     def _show(self, r: library.BudgetResult) -> None:
         self.result = r
+        prefix, headers = short_names(r.variants)
         self.query_one("#budget-title", Static).update(
-            f"Budget at n_ctx {r.ctx}: which variant fits which device  (c: change n_ctx · Enter: push it)")
+            f"Budget at n_ctx {r.ctx}: which variant fits which device"
+            + (f" · variants {prefix}…" if prefix else "") + " · c: n_ctx · Enter: push")
         table = self.query_one(DataTable)
         table.clear(columns=True)
-        table.add_column("device", key="device")
-        for name in r.variants:
-            table.add_column(name.removesuffix(".gguf"), key=name)
+        table.add_column("device", key="device",
+                         width=min(DEVICE_WIDTH, max(len(short_label(c.label)) for c in r.devices)))
+        for name, header in zip(r.variants, headers):
+            table.add_column(header, key=name)
         for c in r.devices:
-            table.add_row(c.label, *[cell_text(r.verdicts[c.key, n], r.recommended[c.key] == n)
+            table.add_row(short_label(c.label), *[cell_text(r.verdicts[c.key, n], r.recommended[c.key] == n)
                                      for n in r.variants], key=c.key)
         fitting = sum(1 for c in r.devices if r.recommended[c.key])
         msg = (f"{len(r.devices)} device(s) × {len(r.variants)} variant(s) · a variant fits "

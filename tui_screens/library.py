@@ -82,18 +82,23 @@ def variants(run_dir: Path | None, folder: Path | None) -> tuple[str, list[Varia
     for f in files:   # a run also lists non-model GGUFs (the importance matrix): not variants
         try:
             read_gguf(f)
-            models.append(f)
-        except EdgeError as e:
-            if "not a language model" not in str(e):
-                models.append(f)        # damaged: listed, and the Variants screen says what is wrong
-            else:
-                skipped.append(f.name)
-    files = models
+        except Exception as e:
+            if isinstance(e, EdgeError) and "not a language model" in str(e):
+                skipped.append(f"{f.name} (not a model)")
+                continue            # else damaged or odd: listed, and the screens say what is wrong
+        models.append(f)
+    files, seen = [], set()
+    for f in models:    # one file per name: the budget and the report know variants by file name
+        if f.name in seen:
+            skipped.append(f"{f} (same name as another)")
+            continue
+        seen.add(f.name)
+        files.append(f)
     if not files:
         raise EdgeError(f"no model .gguf files in {root} (only {', '.join(skipped)}); "
                         "run `edge export` / `edge quantize` into it first")
     if skipped:
-        where += f" · not models, not listed: {', '.join(skipped)}"
+        where += f" · not listed: {', '.join(skipped)}"
     by_name: dict[str, dict] = {}
     report: Path | None = root / REPORT
     if report.is_file():
