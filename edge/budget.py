@@ -38,10 +38,7 @@ from __future__ import annotations
 
 import functools
 import json
-import math
-import mmap
 import os
-import struct
 import subprocess
 import sys
 import time
@@ -173,141 +170,49 @@ class ModelInfo:
         return 8 * self.tensor_bytes / max(self.params, 1)
 
 
-def _gguf_types():
-    import gguf
-
-    return gguf.GGUFValueType, gguf.GGMLQuantizationType, gguf.GGML_QUANT_SIZES
-
-
 def read_gguf(path: str | Path) -> ModelInfo:
-    """Read a GGUF's metadata and tensor table (not its data) with gguf-py's type tables.
+    """Read a GGUF's metadata and tensor table (not its data) into the numbers the budget needs."""
+    from edge.ggufinfo import read_gguf as read_header
 
-    gguf.GGUFReader parses the 262,144-entry vocabulary into numpy views (measured 50-110 s
-    here); this walks the same header with struct and skips the arrays it does not need.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise EdgeError(f"GGUF file {path} not found; give the path of a .gguf file")
-    VT, QT, QSIZES = _gguf_types()
-    scalar = {VT.UINT8: "<B", VT.INT8: "<b", VT.UINT16: "<H", VT.INT16: "<h", VT.UINT32: "<I",
-              VT.INT32: "<i", VT.FLOAT32: "<f", VT.BOOL: "<?", VT.UINT64: "<Q", VT.INT64: "<q",
-              VT.FLOAT64: "<d"}
-    with open(path, "rb") as f:
-        try:
-            buf = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
-        except ValueError:
-            raise EdgeError(f"{path} is empty; it is not a GGUF file") from None
-    try:
-        if len(buf) < 24 or buf[:4] != b"GGUF":
-            raise EdgeError(f"{path} is not a GGUF file (no GGUF magic); give a llama.cpp .gguf")
-        version, n_tensors, n_kv = struct.unpack_from("<IQQ", buf, 4)
-        if version < 3:
-            raise EdgeError(f"{path} is GGUF version {version}; only version 3 (llama.cpp since 2023) is "
-                            "read: re-convert it with a current llama.cpp")
-        pos = 24
-
-        def read_str():
-            nonlocal pos
-            (n,) = struct.unpack_from("<Q", buf, pos)
-            s = bytes(buf[pos + 8: pos + 8 + n]).decode("utf-8", "replace")
-            pos += 8 + n
-            return s
-
-        def read_value(vt, keep=True):
-            nonlocal pos
-            if vt == VT.STRING:
-                return read_str()
-            if vt == VT.ARRAY:
-                et, n = struct.unpack_from("<IQ", buf, pos)
-                pos += 12
-                et = VT(et)
-                if et == VT.STRING:
-                    if not keep:
-                        for _ in range(n):
-                            (ln,) = struct.unpack_from("<Q", buf, pos)
-                            pos += 8 + ln
-                        return n
-                    return [read_str() for _ in range(n)]
-                size = struct.calcsize(scalar[et])
-                if not keep:
-                    pos += size * n
-                    return n
-                vals = list(struct.unpack_from("<" + scalar[et][1] * n, buf, pos))
-                pos += size * n
-                return vals
-            fmt = scalar[VT(vt)]
-            (v,) = struct.unpack_from(fmt, buf, pos)
-            pos += struct.calcsize(fmt)
-            return v
-
-        kv: dict = {}
-        for _ in range(n_kv):
-            key = read_str()
-            (vt,) = struct.unpack_from("<I", buf, pos)
-            pos += 4
-            big = key.startswith("tokenizer.ggml.") and key.rsplit(".", 1)[1] in (
-                "tokens", "scores", "token_type", "merges")
-            kv[key] = read_value(VT(vt), keep=not big)   # big arrays: their length only
-        tensors = []
-        for _ in range(n_tensors):
-            name = read_str()
-            (nd,) = struct.unpack_from("<I", buf, pos)
-            dims = struct.unpack_from("<" + "Q" * nd, buf, pos + 4)
-            ttype, off = struct.unpack_from("<IQ", buf, pos + 4 + 8 * nd)
-            pos += 4 + 8 * nd + 12
-            tensors.append((name, dims, ttype, off))
-        align = kv.get("general.alignment", 32) or 32
-        data_start = -(-pos // align) * align
-    except (struct.error, ValueError, KeyError, UnicodeDecodeError, OverflowError, MemoryError) as e:
-        raise EdgeError(f"{path} is not a readable GGUF ({type(e).__name__}: {e}); re-export or "
-                        "re-download it") from None
-    finally:
-        buf.close()
-    info = _model_info(path, kv, tensors, QT, QSIZES)
-    end = max((off + nb for off, nb in _tensor_spans(tensors, QT, QSIZES)), default=0)
-    if data_start + end > info.file_bytes:
-        raise EdgeError(f"{path} is truncated: its tensors need {data_start + end:,} bytes, the file has "
-                        f"{info.file_bytes:,}; copy or download it again")
-    return info
+    header = read_header(path)
+    if header.version < 3:
+        raise EdgeError(f"{path} is GGUF version {header.version}; only version 3 (llama.cpp since 2023) is "
+                        "read: re-convert it with a current llama.cpp")
+    kv = dict(header.metadata)
+    if "tokenizer.ggml.tokens" in header.array_lengths:
+        kv["tokenizer.ggml.tokens"] = header.array_lengths["tokenizer.ggml.tokens"]
+    return _model_info(Path(path), kv, header.tensors)
 
 
-def _tensor_spans(tensors, QT, QSIZES):
-    for _name, dims, ttype, off in tensors:
-        block, size = QSIZES[QT(ttype)]
-        yield off, math.prod(dims) // block * size
-
-
-def _model_info(path: Path, kv: dict, tensors: list, QT, QSIZES) -> ModelInfo:
+def _model_info(path: Path, kv: dict, tensors: list) -> ModelInfo:
     arch = kv.get("general.architecture", "")
     gtype = kv.get("general.type", "model")
     a = lambda k, d=None: kv.get(f"{arch}.{k}", d)   # noqa: E731
-    names = {t[0] for t in tensors}
+    names = {t.name for t in tensors}
     if gtype != "model" or arch in ("clip", "") or a("block_count") is None or "token_embd.weight" not in names:
         raise EdgeError(f"{path} is not a language model GGUF (architecture {arch or '?'!r}, type "
                         f"{gtype!r}); give the model file, not a projector/adapter/vocab file")
+    for key in ("embedding_length", "attention.head_count"):
+        if not a(key):
+            raise EdgeError(f"{path} has no {arch}.{key} in its metadata; it is not a complete llama.cpp "
+                            "model file: re-export it")
     total = embd = out = 0
     embd_type = ""
     types: dict[str, int] = {}
     mm: dict[str, int] = {}
     params = 0
-    for name, dims, ttype, _off in tensors:
-        try:
-            qt = QT(ttype)
-        except ValueError:
-            raise EdgeError(f"{path}: tensor {name} has unknown type id {ttype}; update gguf (pip install -U gguf)") from None
-        block, size = QSIZES[qt]
-        n = math.prod(dims)
-        nbytes = n // block * size
-        total += nbytes
-        params += n
-        types[qt.name] = types.get(qt.name, 0) + nbytes
-        if len(dims) >= 2 and name != "token_embd.weight":
-            mm[qt.name] = mm.get(qt.name, 0) + nbytes
-        if name == "token_embd.weight":
-            embd, embd_type = nbytes, qt.name
-            n_vocab_t = dims[1] if len(dims) > 1 else 0
-        elif name == "output.weight":
-            out = nbytes
+    n_vocab_t = 0
+    for t in tensors:
+        total += t.n_bytes
+        params += t.n_elements
+        types[t.type] = types.get(t.type, 0) + t.n_bytes
+        if len(t.shape) >= 2 and t.name != "token_embd.weight":
+            mm[t.type] = mm.get(t.type, 0) + t.n_bytes
+        if t.name == "token_embd.weight":
+            embd, embd_type = t.n_bytes, t.type
+            n_vocab_t = t.shape[1] if len(t.shape) > 1 else 0
+        elif t.name == "output.weight":
+            out = t.n_bytes
     n_head = a("attention.head_count")
     n_head = max(n_head) if isinstance(n_head, list) else n_head
     n_head_kv = a("attention.head_count_kv", n_head)
