@@ -7,8 +7,8 @@ Steps: export the model (embedded 270M, or --merged DIR) to F32 GGUF with `edge.
 compute an imatrix from edge/data/demo_train.jsonl + edge/data/general.txt; quantize every
 recipe (llama.cpp standard + ours) without and with it, timing the quantization; score each
 file on edge/data/general_eval.txt (KLD mean/p99, top-1, ppl, decode tok/s) and, when the
-model is fine-tuned (--merged), the demo task's exact match for the reference, Q8_0, Q4_K_M
-and Q4_K_XL. Files that come out byte-identical with and without the imatrix (types that ignore
+model is fine-tuned (--merged), the demo task's exact match for the reference, Q4_K_XL (with and
+without the imatrix) and Q4_K_M with the imatrix. Files that come out byte-identical with and without the imatrix (types that ignore
 it, like Q8_0) are scored once. Prints the table and the Pareto check, and writes
 report.json / report.md / pareto.png into --out.
 """
@@ -34,6 +34,8 @@ def main() -> None:
     ap.add_argument("--ctx", type=int, default=256)
     ap.add_argument("--task-n", type=int, default=50, help="demo-task eval chats (fine-tuned model only)")
     ap.add_argument("--recipes", default="all")
+    ap.add_argument("--reuse", action="store_true",
+                    help="keep variant files and imatrix already in --out (their quantize time is not re-measured)")
     args = ap.parse_args()
 
     from edge.data import load_chats
@@ -56,18 +58,31 @@ def main() -> None:
     t_export = time.time() - t0
 
     t0 = time.time()
-    im_summary = build_imatrix(str(model_dir), [str(DEMO_TRAIN)], out / "imatrix.gguf", max_tokens=4096,
-                               chunk=256, force=True, progress=False)
+    if args.reuse and (out / "imatrix.gguf").is_file():
+        im_summary = {"reused": str(out / "imatrix.gguf")}
+    else:
+        im_summary = build_imatrix(str(model_dir), [str(DEMO_TRAIN)], out / "imatrix.gguf", max_tokens=4096,
+                                   chunk=256, force=True, progress=False)
     t_imatrix = time.time() - t0
     im = load_imatrix(out / "imatrix.gguf")
 
     recipes = expand_recipes([args.recipes])
-    t0 = time.time()
-    plain = quantize_variants(ref, recipes, out / "plain", force=True, progress=False)
-    t_plain = time.time() - t0
-    t0 = time.time()
-    withim = quantize_variants(ref, recipes, out / "imatrix", imatrix=im, force=True, progress=False)
-    t_im = time.time() - t0
+
+    def run(sub, imatrix):
+        existing, todo = [], []
+        for r in recipes:
+            f = next((out / sub).glob(f"*-{r.name}.gguf"), None) if args.reuse and (out / sub).is_dir() else None
+            if f is not None:
+                existing.append({"recipe": r.name, "family": r.family, "path": str(f), "size_bytes": f.stat().st_size,
+                                 "seconds": None, "n_fallback": None, "imatrix": imatrix is not None})
+            else:
+                todo.append(r)
+        t0 = time.time()
+        made = quantize_variants(ref, todo, out / sub, imatrix=imatrix, force=True, progress=False) if todo else []
+        return existing + made, time.time() - t0
+
+    plain, t_plain = run("plain", None)
+    withim, t_im = run("imatrix", im)
 
     made = plain + withim
     sha = {m["path"]: sha256_file(m["path"]) for m in made}
@@ -100,7 +115,7 @@ def main() -> None:
     if args.merged:
         chats = load_chats(EVAL)[: args.task_n]
         for r in rows:
-            if r["name"] in ("reference", "Q8_0", "Q4_K_M", "Q4_K_XL", "Q4_K_M+im", "Q4_K_XL+im"):
+            if r["name"] in ("reference", "Q4_K_XL", "Q4_K_M+im", "Q4_K_XL+im"):
                 with _llama(r["path"], 512, False) as llm:
                     r["task_accuracy"] = task_accuracy(llm, chats)[0]
                 task[r["name"]] = r["task_accuracy"]

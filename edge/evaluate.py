@@ -95,14 +95,13 @@ def _llama(path: Path, n_ctx: int, logits_all: bool):
 
 
 def gguf_stats(path: str | Path) -> tuple[int, float]:
-    """(file size in bytes, bits per weight over all tensors) read with gguf-py."""
-    import gguf
+    """(file size in bytes, bits per weight over all tensors) from the GGUF header."""
+    from edge.export import read_gguf  # a struct walk: gguf-py's reader takes minutes on a 262k vocab
 
-    path = Path(path)
-    reader = gguf.GGUFReader(path)
-    nbytes = sum(int(t.n_bytes) for t in reader.tensors)
-    nelem = sum(int(t.n_elements) for t in reader.tensors)
-    return path.stat().st_size, 8.0 * nbytes / max(1, nelem)
+    info = read_gguf(path)
+    nbytes = sum(t.n_bytes for t in info.tensors)
+    nelem = sum(t.n_elements for t in info.tensors)
+    return info.size_bytes, 8.0 * nbytes / max(1, nelem)
 
 
 def _decode(llm, tokens: list[int], n_past: int, all_logits: bool) -> np.ndarray:
@@ -239,8 +238,7 @@ def evaluate(ref_gguf: str | Path, variants: dict, *, text: str | None = None, n
 
 
 def _label(path: Path) -> str:
-    import gguf
+    from edge.export import read_gguf
 
-    reader = gguf.GGUFReader(path)
-    types = {t.tensor_type.name for t in reader.tensors if len(t.shape) > 1}
+    types = {t.type for t in read_gguf(path).tensors if len(t.shape) > 1}
     return "+".join(sorted(types)) if types else "F32"
