@@ -743,10 +743,15 @@ def train(*, model: str = "embedded", data: str | Path, out: str | Path, lora: L
     bar.close()
     seconds = time.time() - t0
     if stopped == "done":
-        with atomic_dir(out / ".final", force=True) as tmp:
+        import tempfile
+
+        tmp = Path(tempfile.mkdtemp(prefix=".final.", dir=out))  # write beside, then rename file by file
+        try:
             save_adapter(net, tmp, {**meta, "step": step, "train_loss": train_loss, "eval_loss": eval_loss})
             for f in tmp.iterdir():
                 os.replace(f, out / f.name)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
     plot_losses(log_file, out / PLOT)
     net.eval()
     return TrainResult(out=str(out), steps=step, start_step=start, train_loss=train_loss, eval_loss=eval_loss,

@@ -148,6 +148,7 @@ def test_outputs_log_and_plot(tiny_dir, small_data, tmp_path):
     assert [x["step"] for x in rows] == [1, 2, 3, 4] and "eval_loss" in rows[-1] and rows[0]["tok_s"] > 0
     assert (out / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert [p.name for p in (out / "checkpoints").iterdir()] == ["step-000004"]  # keep=1
+    assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no temporary leftovers
     meta = json.loads((out / "edge_adapter.json").read_text())
     assert meta["base"]["path"] == str(Path(tiny_dir).resolve()) and meta["step"] == 4
 
