@@ -27,6 +27,7 @@ import math
 import os
 import shutil
 import signal
+import sys
 import threading
 import time
 from dataclasses import asdict, dataclass, field
@@ -802,7 +803,7 @@ def finetune_cmd(*, data: str, out: str, model: str = "embedded", steps: int = 2
                    resume=resume, force=force, progress=not json, say=say)
     if result.stopped == "interrupted":
         print(f"interrupted at step {result.steps}; checkpoint {result.checkpoint}; continue with --resume",
-              file=__import__("sys").stderr)
+              file=sys.stderr)
         raise KeyboardInterrupt
     summary = {k: v for k, v in asdict(result).items() if k not in ("model", "losses")}
     fmt = lambda v: "n/a" if v is None else f"{v:.4f}"
