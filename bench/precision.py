@@ -89,7 +89,8 @@ def _nonfinite(t) -> int:
     return int((~torch.isfinite(t)).sum().item())
 
 
-def _train(model, batches, steps: int, warmup: int, fp16: bool, device: str, time_it: bool = True):
+def _train(model, batches, steps: int, warmup: int, fp16: bool, device: str, time_it: bool = True,
+           init_scale: float = 2.0**16):
     """LoRA-train `steps` steps cycling over `batches`; return losses, counts, tokens/s, peak MiB."""
     import torch
 
@@ -97,7 +98,7 @@ def _train(model, batches, steps: int, warmup: int, fp16: bool, device: str, tim
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=2e-4)
-    scaler = torch.amp.GradScaler(device, enabled=fp16)
+    scaler = torch.amp.GradScaler(device, init_scale=init_scale, enabled=fp16)
     losses, bad_loss, bad_grad, skipped = [], 0, 0, 0
     tokens = 0
     t0 = None
@@ -276,7 +277,10 @@ def cpu(args) -> dict:
     print(json.dumps(info))
     print(f"real 270M: fp32 residual max {resid:,.0f} over {eval_ids.numel()} tokens")
     results = []
-    for name in ("fp32", "fp16-fixed", "fp16-naive"):
+    if args.merge:  # keep the rows of an earlier run (same data, same seed), add the ones asked for now
+        for path in args.merge.split(","):
+            results += json.loads(Path(path).read_text())["results"]
+    for name in [n for n in args.only.split(",") if n]:
         model = _variant(base, name)
         t0 = time.perf_counter()
         with torch.no_grad():
@@ -286,19 +290,25 @@ def cpu(args) -> dict:
         kl, top1 = _kl_top1(ref, logits) if nf == 0 else (float("nan"), float("nan"))
         steps = args.steps if name != "fp16-naive" else args.naive_steps
         torch.manual_seed(0)
-        tr = _train(model, batches, steps, 1, name.startswith("fp16"), "cpu")
-        row = {"config": "270M real", "case": "demo chats", "precision": name, "residual_max_fp32": resid,
+        tr = _train(model, batches, steps, 1, name.startswith("fp16"), "cpu", init_scale=args.init_scale)
+        label = name if args.init_scale == 2.0**16 or not name.startswith("fp16") else \
+            f"{name} (GradScaler init {args.init_scale:g})"
+        row = {"config": "270M real", "case": "demo chats", "precision": label, "residual_max_fp32": resid,
                "nonfinite_logits": nf, "logits_total": int(ref.numel()), "kl_vs_fp32": kl, "top1_vs_fp32": top1,
-               "forward_s": fwd, **tr}
+               "forward_s": fwd, "init_scale": args.init_scale if name.startswith("fp16") else None, **tr}
         results.append(row)
         print(_row(row), flush=True)
         del model
     info["load_after"] = os.getloadavg()
-    f32 = results[0]["losses"]
-    fx = results[1]["losses"]
-    diffs = [abs(a - b) for a, b in zip(f32, fx)]
-    summary = {"max_abs_loss_diff_fixed_vs_fp32": max(diffs), "mean_abs_loss_diff": sum(diffs) / len(diffs)}
-    print(json.dumps(summary))
+    f32 = next(r["losses"] for r in results if r["precision"] == "fp32")
+    summary = {}
+    for r in results:
+        if r["precision"].startswith("fp16-fixed"):
+            diffs = [abs(a - b) for a, b in zip(f32, r["losses"])]
+            summary[r["precision"]] = {"max_abs_loss_diff_vs_fp32": max(diffs),
+                                       "mean_abs_loss_diff_vs_fp32": sum(diffs) / len(diffs),
+                                       "last10_mean_abs_diff": sum(diffs[-10:]) / len(diffs[-10:])}
+    print(json.dumps(summary, indent=1))
     _table_cpu(results)
     if args.png:
         _plot(results, Path(args.png), info)
@@ -323,7 +333,7 @@ def _plot(results, png: Path, info) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4))
-    for r, style in zip(results, ("-", "--", ":")):
+    for r, style in zip(results, ("-", "--", ":", "-.")):
         losses = [x if math.isfinite(x) else float("nan") for x in r["losses"]]
         label = r["precision"] + (f" (loss non-finite at {r['nonfinite_loss_steps']} of {len(losses)} steps)"
                                   if r["nonfinite_loss_steps"] else "")
@@ -392,6 +402,9 @@ def main() -> None:
     ap.add_argument("--device", default="cuda", help="gpu: cuda, or cpu for a smoke test with --configs tiny")
     ap.add_argument("--warmup", type=int, default=3, help="gpu: untimed steps first")
     ap.add_argument("--naive-steps", type=int, default=10, help="cpu: steps for naive fp16 (NaN from step 1)")
+    ap.add_argument("--only", default="fp32,fp16-fixed,fp16-naive", help="cpu: which precisions to run")
+    ap.add_argument("--merge", default="", help="cpu: earlier precision_cpu.json files (comma-separated) whose rows to keep")
+    ap.add_argument("--init-scale", type=float, default=2.0**16, help="fp16 runs: GradScaler's initial scale")
     ap.add_argument("--png", default=str(ROOT / "docs" / "precision_loss.png"), help="cpu: loss-curve PNG")
     args = ap.parse_args()
     defaults = {"gpu": (1024, 4, 20), "cpu": (24, 4, 30), "policy": (24, 4, 8)}[args.mode]

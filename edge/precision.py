@@ -12,6 +12,12 @@ Takes a precision name (`auto`, `bf16`, `fp16`, `fp32`) and a device; gives back
     model = AutoModelForCausalLM.from_pretrained(path, dtype=p.dtype)
     if p.fp16_fixes:
         model = apply_fp16_fixes(model)      # before or after peft.get_peft_model
+
+Training in fp16 still wants dynamic loss scaling (`torch.amp.GradScaler`; the LoRA weights
+stay fp32, so it can unscale them): on the real 270M its default initial scale 2**16 overflowed
+the fp16 gradients in the first 3 steps (skipped), then held at 2**13 (docs/BENCHMARKS.md).
+On a CPU, fp16 matmuls run as fp32 GEMMs of fp16 values rounded to fp16 (what a GPU's tensor
+cores compute): this CPU has no fast fp16 GEMM. The policy never picks fp16 on a CPU.
 """
 
 from __future__ import annotations
@@ -20,7 +26,7 @@ import json as _json
 import os
 import platform
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 from edge.errors import EdgeError
 from edge.gemma3 import FP16_MAX
@@ -115,24 +121,29 @@ def _cpu_key() -> dict:
     except OSError:
         pass
     has = [f for f in ("avx512_bf16", "amx_bf16", "avx512f", "avx2") if f" {f}" in flags]
-    return {"cpu": model, "flags": has, "torch": torch.__version__, "threads": torch.get_num_threads()}
+    return {"cpu": model, "flags": has, "torch": torch.__version__, "threads": torch.get_num_threads(),
+            "bench": 2}  # bump when _time_step changes, so cached choices are re-measured
 
 
 def _time_step(dtype, reps: int = 3) -> float:
-    """Median seconds of a LoRA-like forward+backward through 270M-shaped linears in `dtype`."""
+    """Median seconds of a LoRA-like forward+backward in `dtype` through 270M-shaped layers:
+    an MLP (640 -> 2048 -> 640) and a slice of the tied vocabulary head (640 -> 8,192), frozen
+    weights, gradients to the input only (what LoRA training computes through the base)."""
     import torch
+    import torch.nn.functional as F
 
     torch.manual_seed(0)
-    tokens, hidden, ffn = 256, 640, 2048
+    tokens, hidden, ffn, vocab = 256, 640, 2048, 8192
     w1 = torch.randn(ffn, hidden, dtype=dtype) * 0.02
     w2 = torch.randn(hidden, ffn, dtype=dtype) * 0.02
+    head = torch.randn(vocab, hidden, dtype=dtype) * 0.02
     x0 = torch.randn(tokens, hidden, dtype=dtype)
     times = []
     for _ in range(reps + 1):
         x = x0.clone().requires_grad_(True)
         t0 = time.perf_counter()
-        y = torch.nn.functional.linear(torch.nn.functional.gelu(torch.nn.functional.linear(x, w1)), w2)
-        y.float().square().mean().backward()
+        h = x + F.linear(F.gelu(F.linear(x, w1)), w2)
+        F.linear(h, head).float().logsumexp(-1).mean().backward()
         times.append(time.perf_counter() - t0)
     times = sorted(times[1:])
     return times[len(times) // 2]
