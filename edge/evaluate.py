@@ -83,6 +83,9 @@ def _llama(path: Path, n_ctx: int, logits_all: bool):
     path = Path(path)
     if not path.is_file():
         raise EdgeError(f"GGUF {path} not found")
+    from llama_cpp import _logger
+
+    _logger.set_verbose(False)  # llama.cpp's info/warning lines (e.g. the SWA cache notice) stay quiet
     try:
         llm = Llama(model_path=str(path), n_ctx=n_ctx, n_batch=n_ctx, n_ubatch=n_ctx, logits_all=logits_all,
                     n_threads=threads(), n_threads_batch=threads(), verbose=False)
