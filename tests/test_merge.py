@@ -28,18 +28,23 @@ def adapter(tiny_dir, tmp_path_factory) -> Path:
     return out
 
 
+@pytest.fixture(scope="module")
+def merged32(adapter, tmp_path_factory):
+    out = tmp_path_factory.mktemp("merged") / "fp32"
+    return out, merge(adapter, out, dtype="fp32")
+
+
 def _logits(model, ids):
     with torch.no_grad():
         return model(input_ids=ids).logits.float()
 
 
-def test_merged_logits_equal_adapter_logits(tiny_dir, adapter, tmp_path):
+def test_merged_logits_equal_adapter_logits(tiny_dir, adapter, merged32):
     from peft import PeftModel
 
     from edge.models import load
 
-    out = tmp_path / "merged"
-    result = merge(adapter, out, dtype="fp32")
+    out, result = merged32
     ids = torch.randint(4, 1000, (2, 24))
     base, _ = load(str(tiny_dir))
     base_logits = _logits(base, ids)
@@ -57,15 +62,14 @@ def test_merged_logits_equal_adapter_logits(tiny_dir, adapter, tmp_path):
                                                           add_generation_prompt=True).count("<bos>") == 0
 
 
-def test_bf16_output_is_close(adapter, tmp_path):
+def test_bf16_output_is_close(adapter, merged32, tmp_path):
     from edge.models import load
 
-    merge(adapter, tmp_path / "fp32", dtype="fp32")
     merge(adapter, tmp_path / "bf16", dtype="bf16")
-    a, _ = load(str(tmp_path / "fp32"))
+    a, _ = load(str(merged32[0]))
     b, _ = load(str(tmp_path / "bf16"))
-    assert next(iter(json.loads((tmp_path / "bf16" / "config.json").read_text()).get(k) for k in ("dtype", "torch_dtype")
-                     if k in json.loads((tmp_path / "bf16" / "config.json").read_text()))) == "bfloat16"
+    cfg = json.loads((tmp_path / "bf16" / "config.json").read_text())
+    assert cfg.get("dtype", cfg.get("torch_dtype")) == "bfloat16"
     ids = torch.randint(4, 1000, (1, 16))
     assert (_logits(a, ids) - _logits(b.float(), ids)).abs().max() < 0.1
 
