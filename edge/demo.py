@@ -35,7 +35,7 @@ class DemoContext:
     run: Run
     model: str = "embedded"
     precision: str = "auto"
-    steps: int = 60
+    steps: int = 30
     artifacts: dict = field(default_factory=dict)  # e.g. "merged_dir", "ref_gguf", "variants"
 
 
@@ -57,12 +57,12 @@ def resolve_stage(module: str, attr: str):
     return getattr(mod, attr, None)
 
 
-def demo(*, out: str = "runs/demo", steps: int = 60, precision: str = "auto", model: str = "embedded") -> dict:
+def demo(*, out: str = "runs/demo", steps: int = 30, precision: str = "auto", model: str = "embedded") -> dict:
     """Run every built stage of the pipeline on the embedded Gemma 3 270M.
 
     Args:
         out: the run folder to write into (created; reused if it exists).
-        steps: fine-tuning steps for the demo task.
+        steps: fine-tuning steps for the demo task (30 took the task from 0% to 96% here; 60 to 100%).
         precision: auto, bf16, fp16 or fp32 (auto picks what is fastest and accurate here).
         model: the model spec to start from ('embedded' by default).
     """
