@@ -298,12 +298,13 @@ def cpu(args) -> dict:
                "forward_s": fwd, "init_scale": args.init_scale if name.startswith("fp16") else None, **tr}
         results.append(row)
         print(_row(row), flush=True)
+        print("losses:", json.dumps(tr["losses"]), flush=True)
         del model
     info["load_after"] = os.getloadavg()
-    f32 = next(r["losses"] for r in results if r["precision"] == "fp32")
+    f32 = next((r["losses"] for r in results if r["precision"] == "fp32"), None)
     summary = {}
     for r in results:
-        if r["precision"].startswith("fp16-fixed"):
+        if f32 and r["precision"].startswith("fp16-fixed"):
             diffs = [abs(a - b) for a, b in zip(f32, r["losses"])]
             summary[r["precision"]] = {"max_abs_loss_diff_vs_fp32": max(diffs),
                                        "mean_abs_loss_diff_vs_fp32": sum(diffs) / len(diffs),
