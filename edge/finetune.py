@@ -124,39 +124,13 @@ class TrainSettings:
 
 
 # ---------------------------------------------------------------------------------------------
-# Precision (edge.precision; a minimal stand-in only while that module is not installed)
+# Precision: the policy lives in edge.precision
 
 
 def resolve_precision(precision: str):
-    try:
-        from edge.precision import resolve
-    except ModuleNotFoundError as e:
-        if e.name != "edge.precision":
-            raise
-        return _fallback_precision(precision)
+    from edge.precision import resolve
+
     return resolve(precision)
-
-
-def _fallback_precision(precision: str):
-    import torch
-
-    @dataclass
-    class _P:
-        name: str
-        dtype: object
-        fp16_fixes: bool
-        reason: str
-
-    if precision == "auto":
-        if torch.cuda.is_available():
-            return _P("bf16", torch.bfloat16, False, "CUDA: bf16 (edge.precision not installed)")
-        return _P("bf16", torch.bfloat16, False, "CPU: bf16 is faster than fp32 here (edge.precision not installed)")
-    table = {"bf16": torch.bfloat16, "fp32": torch.float32, "fp16": torch.float16}
-    if precision not in table:
-        raise EdgeError(f"--precision {precision!r} is not known; use auto, bf16, fp16 or fp32")
-    if precision == "fp16":
-        raise EdgeError("--precision fp16 needs edge.precision (the fp16 fixes), which is not installed")
-    return _P(precision, table[precision], False, f"{precision} as asked")
 
 
 def apply_precision_fixes(model, p) -> None:
