@@ -124,7 +124,7 @@ def add_function(parser: argparse.ArgumentParser, fn: Callable) -> None:
     helps = _param_help(inspect.getdoc(fn) or "")
     for name, p in sig.parameters.items():
         container, typ = _base_type(hints.get(name, str))
-        help_ = helps.get(name, "")
+        help_ = helps.get(name, "").replace("%", "%%")  # argparse formats help with %
         flag = "--" + name.replace("_", "-")
         if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD):
             kw = {"nargs": "?", "default": p.default} if p.default is not p.empty else {}
