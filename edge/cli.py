@@ -129,9 +129,10 @@ def add_function(parser: argparse.ArgumentParser, fn: Callable) -> None:
         if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD):
             kw = {"nargs": "?", "default": p.default} if p.default is not p.empty else {}
             parser.add_argument(name, type=typ, help=help_, metavar=name.upper(), **kw)
-        elif typ is bool:
-            parser.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction,
-                                default=p.default if p.default is not p.empty else False, help=help_)
+        elif typ is bool:  # off by default: a plain switch; on by default: --x / --no-x
+            on = p.default is not p.empty and bool(p.default)
+            action = argparse.BooleanOptionalAction if on else "store_true"
+            parser.add_argument(flag, dest=name, action=action, default=on, help=help_)
         elif container is list:
             parser.add_argument(flag, dest=name, type=typ, action="append",
                                 default=None, help=help_ + " (repeatable)")

@@ -32,3 +32,25 @@ def tiny_dir(tmp_path_factory):
     from tests.tiny import save_tiny
 
     return save_tiny(tmp_path_factory.mktemp("tiny") / "model")
+
+
+@pytest.fixture(scope="module")
+def adb_server():
+    """A real adb server on a private port (ANDROID_ADB_SERVER_PORT), stopped after the module."""
+    from tests.adbsim import AdbServer
+
+    server = AdbServer()
+    yield server
+    server.close()
+
+
+@pytest.fixture
+def sim(adb_server):
+    """A simulated Pixel 7 speaking adb's device protocol, attached with `adb connect`."""
+    from tests.adbsim import AdbSim, Phone
+
+    phone = AdbSim(Phone(fixture="pixel_7"))
+    adb_server.attach(phone)
+    yield phone
+    adb_server.detach(phone)
+    phone.close()

@@ -1,7 +1,7 @@
 """edge.device against the simulated phone (tests/adbsim.py) through a REAL adb server.
 
 Needs the `adb` binary (scripts/setup.sh installs it); each test session runs its own adb
-server on a free port (ANDROID_ADB_SERVER_PORT) and kills it afterwards.
+adb server on a free port (ANDROID_ADB_SERVER_PORT) and kills it afterwards.
 """
 
 from __future__ import annotations
@@ -14,29 +14,13 @@ import pytest
 from edge import device
 from edge.cli import main
 from edge.errors import EdgeError
-from tests.adbsim import AdbServer, AdbSim, Phone, Shell
+from tests.adbsim import AdbSim, Phone, Shell
 
 pytestmark = pytest.mark.skipif(shutil.which("adb") is None, reason="adb not installed (scripts/setup.sh)")
 
 NASTY = ["my model.gguf", "it's.gguf", 'say "hi".gguf', "a;touch PWNED;b.gguf", "$(touch PWNED).gguf",
          "`touch PWNED`.gguf", "line\nbreak.gguf", "x' ; touch PWNED ; '.gguf", "*.gguf", "-rf.gguf",
          "back\\slash $HOME.gguf", "brace{0}{n}%s.gguf"]
-
-
-@pytest.fixture(scope="module")
-def server():
-    s = AdbServer()
-    yield s
-    s.close()
-
-
-@pytest.fixture
-def sim(server):
-    sim = AdbSim(Phone(fixture="pixel_7"))
-    server.attach(sim)
-    yield sim
-    server.detach(sim)
-    sim.close()
 
 
 def test_parse_devices_states():
@@ -63,17 +47,17 @@ def test_devices_json_through_real_adb(sim, capsys):
     assert d["storage_free_bytes"] == sim.phone.free() // 1024 * 1024   # df -k, computed by the phone
 
 
-def test_devices_table_and_unauthorized(server, capsys):
+def test_devices_table_and_unauthorized(adb_server, capsys):
     locked = AdbSim(Phone(unauthorized=True))
     try:
-        server.attach(locked)
+        adb_server.attach(locked)
         assert main(["devices"]) == 0
         out = capsys.readouterr().out
         assert locked.serial in out and "unauthorized" in out and "RSA key" in out
         with pytest.raises(EdgeError, match="unauthorized.*RSA key"):
             device.pick_device(locked.serial)
     finally:
-        server.detach(locked)
+        adb_server.detach(locked)
         locked.close()
 
 
@@ -141,25 +125,25 @@ def test_simulated_shell_permissions():
         phone.cleanup()
 
 
-def test_sync_service_push_pull_ls_with_plain_adb(sim, server, tmp_path):
+def test_sync_service_push_pull_ls_with_plain_adb(sim, adb_server, tmp_path):
     """The simulator's sync: service (SYNC.TXT) as the real `adb push/pull/ls` use it."""
     src = tmp_path / "blob.bin"
     src.write_bytes(bytes(range(256)) * 3000)             # 768,000 bytes: several DATA chunks
-    out = server.adb("-s", sim.serial, "push", str(src), "/sdcard/Download/sub dir/blob.bin")
+    out = adb_server.adb("-s", sim.serial, "push", str(src), "/sdcard/Download/sub dir/blob.bin")
     assert "1 file pushed" in out
     assert sim.phone.files("/sdcard/Download/sub dir") == {"blob.bin": src.read_bytes()}
     back = tmp_path / "back.bin"
-    server.adb("-s", sim.serial, "pull", "/sdcard/Download/sub dir/blob.bin", str(back))
+    adb_server.adb("-s", sim.serial, "pull", "/sdcard/Download/sub dir/blob.bin", str(back))
     assert back.read_bytes() == src.read_bytes()
-    assert "blob.bin" in server.adb("-s", sim.serial, "ls", "/sdcard/Download/sub dir")
+    assert "blob.bin" in adb_server.adb("-s", sim.serial, "ls", "/sdcard/Download/sub dir")
     sim.phone.capacity = sim.phone.used() + 100_000         # full: adbd answers FAIL, deletes the file
-    out = server.adb("-s", sim.serial, "push", str(src), "/sdcard/Download/full.bin")
+    out = adb_server.adb("-s", sim.serial, "push", str(src), "/sdcard/Download/full.bin")
     assert "No space left on device" in out and "full.bin" not in sim.phone.files("/sdcard/Download")
-    out = server.adb("-s", sim.serial, "push", str(src), "/data/data/com.anythingllm/files/x.bin")
+    out = adb_server.adb("-s", sim.serial, "push", str(src), "/data/data/com.anythingllm/files/x.bin")
     assert "Permission denied" in out
 
 
-def test_devices_when_none(server, capsys):
+def test_devices_when_none(adb_server, capsys):
     assert main(["devices"]) == 0
     assert "no phones" in capsys.readouterr().out
     with pytest.raises(EdgeError, match="no phone connected"):

@@ -17,27 +17,11 @@ from edge import apps, device, push as push_mod
 from edge.cli import main
 from edge.errors import EdgeError
 from edge.push import push
-from tests.adbsim import AdbServer, AdbSim, Phone
+from tests.adbsim import AdbSim, Phone
 from tests.test_device import NASTY
 
 pytestmark = pytest.mark.skipif(shutil.which("adb") is None, reason="adb not installed (scripts/setup.sh)")
 SEG = 1 << 20       # 1 MiB verification segments: several per test file
-
-
-@pytest.fixture(scope="module")
-def server():
-    s = AdbServer()
-    yield s
-    s.close()
-
-
-@pytest.fixture
-def sim(server):
-    sim = AdbSim(Phone(fixture="pixel_7"))
-    server.attach(sim)
-    yield sim
-    server.detach(sim)
-    sim.close()
 
 
 @pytest.fixture(scope="module")
@@ -139,16 +123,16 @@ def test_model_card_table_from_report(gguf_file):
 
 
 @pytest.mark.parametrize("shell_v2", [True, False], ids=["shell_v2", "shell_v1"])
-def test_resume_after_dropped_link(server, gguf_file, shell_v2):
+def test_resume_after_dropped_link(adb_server, gguf_file, shell_v2):
     sim = AdbSim(Phone(shell_v2=shell_v2))
-    server.attach(sim)
+    adb_server.attach(sim)
     try:
         _resume(sim, gguf_file)
         v2 = [x for x in sim.phone.services if x.startswith("shell,v2,") and x.endswith(",raw")]
         assert bool(v2) == shell_v2          # real phones (Android 7+) speak shell protocol v2
         assert ("shell" in sim.phone.services) == (not shell_v2)
     finally:
-        server.detach(sim)
+        adb_server.detach(sim)
         sim.close()
 
 
@@ -222,14 +206,14 @@ def test_storage_full_before_and_during(sim, gguf_file):
     assert gguf_file.name not in sim.phone.files("/sdcard/Download")
 
 
-def test_unauthorized_phone(server, gguf_file):
+def test_unauthorized_phone(adb_server, gguf_file):
     locked = AdbSim(Phone(unauthorized=True))
     try:
-        server.attach(locked)
+        adb_server.attach(locked)
         with pytest.raises(EdgeError, match="unauthorized: unlock the phone and accept"):
             push(gguf_file, "chatterui", locked.serial)
     finally:
-        server.detach(locked)
+        adb_server.detach(locked)
         locked.close()
 
 
@@ -285,11 +269,11 @@ def test_bad_input(sim, gguf_file, tmp_path):
     assert main(["push", str(bad), "--app", "chatterui", "--serial", sim.serial]) == 2
 
 
-def test_old_shell_without_head_c(server, gguf_file):
+def test_old_shell_without_head_c(adb_server, gguf_file):
     """Without `head -c`, `cat` ends on shell v2's close-stdin; a v1-only phone is refused."""
     for v2 in (True, False):
         sim = AdbSim(Phone(head_c=False, shell_v2=v2))
-        server.attach(sim)
+        adb_server.attach(sim)
         try:
             if v2:
                 push(gguf_file, "chatterui", sim.serial, segment_bytes=SEG)
@@ -299,7 +283,7 @@ def test_old_shell_without_head_c(server, gguf_file):
                 with pytest.raises(EdgeError, match="no `head -c`.*too old"):
                     push(gguf_file, "chatterui", sim.serial)
         finally:
-            server.detach(sim)
+            adb_server.detach(sim)
             sim.close()
 
 
@@ -324,17 +308,17 @@ def test_budget_missing_is_tolerated(monkeypatch):
     assert push_mod.budget_verdict(None, None)[0] == "unknown"
 
 
-def test_two_phones_need_a_serial(server, sim, gguf_file):
+def test_two_phones_need_a_serial(adb_server, sim, gguf_file):
     other = AdbSim(Phone(fixture="galaxy_a12"))
     try:
-        server.attach(other)
+        adb_server.attach(other)
         with pytest.raises(EdgeError, match="2 phones connected.*--serial"):
             push(gguf_file, "chatterui")
         res = push(gguf_file, "chatterui", other.serial, segment_bytes=SEG)
         assert other.phone.files("/sdcard/Download") and not sim.phone.files("/sdcard/Download")
         assert res.serial == other.serial
     finally:
-        server.detach(other)
+        adb_server.detach(other)
         other.close()
 
 

@@ -241,24 +241,10 @@ async def test_budget_grid_is_the_librarys(budget_dir):
 needs_adb = pytest.mark.skipif(shutil.which("adb") is None, reason="adb not installed (scripts/setup.sh)")
 
 
-@pytest.fixture(scope="module")
-def adb_server():
-    from tests.adbsim import AdbServer
-
-    server = AdbServer()
-    yield server
-    server.close()
-
-
 @pytest.fixture
-def phone(adb_server):
-    from tests.adbsim import AdbSim, Phone
-
-    sim = AdbSim(Phone(fixture="pixel_7"))
-    adb_server.attach(sim)
-    yield sim
-    adb_server.detach(sim)
-    sim.close()
+def phone(sim):
+    """The simulated Pixel 7 (tests/conftest.py), attached to this module's private adb server."""
+    return sim
 
 
 async def wait_until(pilot, check, timeout: float = 20.0) -> None:
