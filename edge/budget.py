@@ -848,16 +848,8 @@ def budget_cmd(file: str, *, device: str = "", serial: str = "", host: bool = Fa
     info = read_gguf(file)
     est = estimate(info, ctx=ctx, ubatch=ubatch, kv_type=kv_type, swa_full=swa_full)
     kw = dict(ctx=ctx, ubatch=ubatch, kv_type=kv_type, swa_full=swa_full)
-    if host:
-        from edge.readings import host_state
-
-        devices = [host_state()]
-    elif serial:
-        devices = [_live_state(serial)]
-    elif device:
-        devices = [get_profile(device)]
-    else:
-        devices = sorted(load_profiles().values(), key=lambda p: (TIERS.index(p.tier), p.ram_gb, p.key))
+    devices = _pick_devices(device, serial, host) or sorted(
+        load_profiles().values(), key=lambda p: (TIERS.index(p.tier), p.ram_gb, p.key))
     vs = [verdict(info, d, **kw) for d in devices]
     if len(vs) == 1:                       # the parts as that device would hold them
         parts, where = vs[0].estimate, f"on {vs[0].device}"
@@ -889,6 +881,19 @@ def budget_cmd(file: str, *, device: str = "", serial: str = "", host: bool = Fa
     return None
 
 
+def _pick_devices(device: str, serial: str, host: bool) -> list:
+    """The one device the flags name (--host, --serial or --device), or [] when none does."""
+    if host:
+        from edge.readings import host_state
+
+        return [host_state()]
+    if serial:
+        return [_live_state(serial)]
+    if device:
+        return [get_profile(device)]
+    return []
+
+
 def _budget_folder(folder: Path, *, device, serial, host, ctx, ubatch, kv_type, swa_full, as_json):
     """`edge budget RUN_DIR`: every variant of a run x the device(s), and a recommendation each."""
     paths = sorted(folder.glob("gguf/*.gguf")) or sorted(folder.glob("*.gguf"))
@@ -896,17 +901,8 @@ def _budget_folder(folder: Path, *, device, serial, host, ctx, ubatch, kv_type, 
         raise EdgeError(f"no .gguf files in {folder} or {folder / 'gguf'}; give a GGUF file or a run folder")
     report = folder / "report.json"
     report = report if report.is_file() else None
-    if host:
-        from edge.readings import host_state
-
-        devices = [host_state()]
-    elif serial:
-        devices = [_live_state(serial)]
-    elif device:
-        devices = [get_profile(device)]
-    else:
-        profiles = load_profiles()
-        devices = [profiles[k] for k in DEMO_DEVICES if k in profiles]
+    profiles = load_profiles()
+    devices = _pick_devices(device, serial, host) or [profiles[k] for k in DEMO_DEVICES if k in profiles]
     kw = dict(ctx=ctx, ubatch=ubatch, kv_type=kv_type, swa_full=swa_full)
     infos = [read_gguf(p) for p in paths]
     vs = matrix(infos, devices, **kw)
