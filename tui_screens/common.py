@@ -3,9 +3,17 @@ in thread workers so that an error is shown in the app and never crashes it."""
 
 from __future__ import annotations
 
-from textual.widgets import Static
+from textual.widgets import DataTable, Static
 
 from edge.errors import EdgeError
+
+
+def row_table(table_id: str, columns) -> DataTable:
+    """A row-cursor, striped DataTable with (key, label) columns."""
+    table = DataTable(id=table_id, cursor_type="row", zebra_stripes=True)
+    for key, label in columns:
+        table.add_column(label, key=key)
+    return table
 
 
 def fmt_bytes(n: float | int | None) -> str:

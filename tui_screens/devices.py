@@ -15,7 +15,7 @@ from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Header, Static
 
 from tui_screens import library
-from tui_screens.common import StatusLine, describe_error, fmt_bytes, fmt_temp
+from tui_screens.common import StatusLine, describe_error, fmt_bytes, fmt_temp, row_table
 
 PHONE_COLUMNS = [("serial", "serial"), ("model", "model"), ("soc", "SoC"), ("free", "RAM free"),
                  ("total", "RAM total"), ("thermal", "thermal"), ("battery", "battery"), ("storage", "storage free"),
@@ -51,16 +51,10 @@ class DevicesScreen(Screen):
     def compose(self) -> ComposeResult:
         yield Header()
         yield Static("Connected phones", classes="title")
-        phones = DataTable(id="devices-table", cursor_type="row", zebra_stripes=True)
-        for key, label in PHONE_COLUMNS:
-            phones.add_column(label, key=key)
-        yield phones
+        yield row_table("devices-table", PHONE_COLUMNS)
         yield StatusLine(id="devices-status")
         yield Static("Bundled profiles", classes="title")
-        profiles = DataTable(id="profiles-table", cursor_type="row", zebra_stripes=True)
-        for key, label in PROFILE_COLUMNS:
-            profiles.add_column(label, key=key)
-        yield profiles
+        yield row_table("profiles-table", PROFILE_COLUMNS)
         yield Footer()
 
     def on_mount(self) -> None:

@@ -22,7 +22,7 @@ from textual.containers import Horizontal
 from textual.screen import Screen
 from textual.widgets import Button, Checkbox, DataTable, Footer, Header, Input, Label, Sparkline, Static
 
-from tui_screens.common import StatusLine
+from tui_screens.common import StatusLine, row_table
 
 STAGE_COLUMNS = [("stage", "stage"), ("status", "status"), ("outputs", "outputs"), ("seconds", "time"),
                  ("finished", "finished"), ("summary", "summary")]
@@ -73,10 +73,7 @@ class PipelineScreen(Screen):
     def compose(self) -> ComposeResult:
         yield Header()
         yield Static("Pipeline: the run's stages (run.json)", classes="title")
-        table = DataTable(id="pipeline-table", cursor_type="row", zebra_stripes=True)
-        for key, label in STAGE_COLUMNS:
-            table.add_column(label, key=key)
-        yield table
+        yield row_table("pipeline-table", STAGE_COLUMNS)
         yield Static("Fine-tune (edge finetune) into the run's adapter/ folder", classes="title")
         with Horizontal(classes="pipeline-form"):
             yield Label("model")

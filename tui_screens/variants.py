@@ -18,7 +18,7 @@ from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Header, Static
 
 from tui_screens import library
-from tui_screens.common import StatusLine, describe_error, fmt_bytes, fmt_num
+from tui_screens.common import StatusLine, describe_error, fmt_bytes, fmt_num, row_table
 
 COLUMNS = [("name", "variant"), ("recipe", "recipe"), ("size", "size"), ("bpw", "bpw"),
            ("kld", "KLD mean"), ("kld99", "KLD p99"), ("top1", "top-1"), ("ppl", "ppl"),
@@ -43,10 +43,7 @@ class VariantsScreen(Screen):
         yield Header()
         yield Static("Variants", classes="title")
         yield Static("", id="variants-source", classes="subtitle")
-        table = DataTable(id="variants-table", cursor_type="row", zebra_stripes=True)
-        for key, label in COLUMNS:
-            table.add_column(label, key=key)
-        yield table
+        yield row_table("variants-table", COLUMNS)
         yield StatusLine(id="variants-status")
         yield Footer()
 
