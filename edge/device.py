@@ -36,6 +36,8 @@ RC_MARK = "__edge_rc="          # appended `echo` that carries the exit status (
 SEGMENT_BYTES = 16 << 20        # verification granularity: each segment is hashed on the phone
 CHUNK_BYTES = 1 << 20           # bytes handed to adb per write (progress / cancel granularity)
 IN_FLIGHT_BYTES = 1 << 20       # roughly what sits in pipes and adb's buffers before the phone has it
+TAIL_BYTES = 4 << 20            # the last segment is at most this: it is hashed after the transfer
+MIB = 1 << 20
 SHELL_TIMEOUT_S = 60.0
 
 
@@ -291,15 +293,35 @@ def partial_name(local: Path, remote_dir: str, name: str) -> str:
     return posixpath.join(remote_dir, f".{name}.{fp}.edge-partial")
 
 
+def segments(size: int, segment_bytes: int = SEGMENT_BYTES, tail: int = TAIL_BYTES) -> list[tuple[int, int]]:
+    """The byte ranges verified one by one: `segment_bytes` each (whole MiB, so `dd bs=1M`
+    reads them), the last cut to at most `tail` bytes, since it is hashed after the last byte
+    arrives rather than during the transfer."""
+    if segment_bytes % MIB:
+        raise ValueError("segment_bytes must be a multiple of 1 MiB")
+    starts = list(range(0, size, segment_bytes)) or [0]
+    cut = (size - tail) // MIB * MIB
+    if cut > starts[-1]:
+        starts.append(cut)
+    return list(zip(starts, starts[1:] + [size]))
+
+
+def _hash_cmd(tmp: str, seg: tuple[int, int]) -> str:
+    """Phone-side sha256 of one segment of tmp (the count may run past the end: dd stops there)."""
+    a, b = seg
+    return f"dd if={q(tmp)} bs={MIB} skip={a // MIB} count={-(-(b - a) // MIB)} 2>/dev/null | sha256sum"
+
+
 def upload(serial: str, local: Path, remote: str, *, progress: Callable[[Progress], None] | None = None,
            cancel: threading.Event | None = None, segment_bytes: int = SEGMENT_BYTES,
            retries: int = 5, reconnect_s: float = 30.0) -> UploadStats:
     """Copy `local` to `remote` on the phone: stream to a temporary name, verify every segment
-    with sha256sum computed on the phone (while later segments are still on the wire), then
-    rename. A dropped link resumes from the bytes the phone has; the final name only ever
-    holds a complete, verified file."""
+    with sha256sum computed on the phone (while later segments are still on the wire; the
+    last, short one by the same command that writes it), then rename. A dropped link resumes
+    from the bytes the phone has; the final name only ever holds a complete, verified file."""
     local = Path(local)
     size = local.stat().st_size
+    segs = segments(size, segment_bytes)
     tmp = partial_name(local, posixpath.dirname(remote), posixpath.basename(remote))
     # one round trip: the folder, `head -c` on this phone, and a partial file to resume
     prep = shell(serial, f"mkdir -p {q(posixpath.dirname(remote))} || echo mkdir-failed; "
@@ -320,7 +342,7 @@ def upload(serial: str, local: Path, remote: str, *, progress: Callable[[Progres
         shell(serial, ["rm", "-f", tmp], check=True)
         have = 0
     t0 = time.monotonic()
-    verifier = _Verifier(serial, local, tmp, size, segment_bytes)
+    verifier = _Verifier(serial, local, tmp, segs)
     stats = UploadStats(remote, size, 0.0, 0, segment_bytes)
     user_report = progress or (lambda p: None)
 
@@ -335,7 +357,7 @@ def upload(serial: str, local: Path, remote: str, *, progress: Callable[[Progres
             if have:
                 stats.resumed_at.append(have)
             try:
-                _stream(serial, local, tmp, have, size, report, cancel, writer)
+                got, tail_hash = _stream(serial, local, tmp, have, size, report, cancel, writer, tail=segs[-1])
             except _LinkDropped as e:
                 stats.retries += 1
                 if stats.retries > retries:
@@ -347,11 +369,10 @@ def upload(serial: str, local: Path, remote: str, *, progress: Callable[[Progres
                                     f"rerun the same command to resume from the partial file {tmp}") from e
                 have = _stable_size(serial, tmp)
                 continue
-            got = remote_size(serial, tmp)
             if got != size:
                 raise EdgeError(f"after pushing, {tmp} holds {got} of {size} bytes")
             report(Progress("verify", size, size, message="checking the last segments on the phone"))
-            bad = verifier.finish()
+            bad = verifier.finish(tail_hash)
             if bad is None:
                 break
             if restarted:
@@ -362,7 +383,8 @@ def upload(serial: str, local: Path, remote: str, *, progress: Callable[[Progres
             report(Progress("retry", bad, size, message=f"segment at byte {bad} differs; pushing it again"))
             shell(serial, ["truncate", "-s", str(bad), tmp], check=True)
             have = bad
-            verifier = _Verifier(serial, local, tmp, size, segment_bytes, verified=bad // segment_bytes)
+            verifier.stop()
+            verifier = _Verifier(serial, local, tmp, segs, verified=[a for a, _ in segs].index(bad))
             verifier.start()
         shell(serial, ["mv", "-f", tmp, remote], check=True)
     except Cancelled:
@@ -391,14 +413,17 @@ class _LinkDropped(Exception):
     pass
 
 
-def _stream(serial, local, tmp, offset, size, report, cancel, writer: str = "head") -> None:
+def _stream(serial, local, tmp, offset, size, report, cancel, writer: str = "head",
+            tail: tuple[int, int] | None = None) -> tuple[int | None, str | None]:
     """Append local[offset:] to tmp through `adb shell` stdin: `head -c N >> tmp`, or
-    `cat >> tmp` (ends when shell protocol v2 closes the phone's stdin)."""
+    `cat >> tmp` (ends when shell protocol v2 closes the phone's stdin). The same command
+    then reports the file's size and, given a `tail` segment, its sha256 on the phone:
+    (size, hash)."""
     remaining = size - offset
-    if remaining == 0:
-        return
     cmd = f"head -c {remaining}" if writer == "head" else "cat"
-    line = f"{cmd} >> {q(tmp)}; echo {RC_MARK}$?"
+    line = f"{cmd} >> {q(tmp)}; echo {RC_MARK}$?; stat -c %s {q(tmp)}"
+    if tail is not None:
+        line += "; " + _hash_cmd(tmp, tail)
     p = subprocess.Popen([adb_path(), "-s", serial, "shell", "-e", "none", line],
                          stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     sent, start, err = offset, time.monotonic(), None
@@ -423,10 +448,13 @@ def _stream(serial, local, tmp, offset, size, report, cancel, writer: str = "hea
         p.kill()
         raise _LinkDropped("no answer after the last byte")
     text = out.decode(errors="replace")
-    before, mark, rc = text.rpartition(RC_MARK)
+    before, mark, after = text.partition(RC_MARK)
+    rc, _, after = after.partition("\n")
     if mark and rc.strip() == "0":
-        return
-    if mark:   # the phone answered: a real error (storage full, permission)
+        got = re.match(r"\s*(\d+)\s*$", after.split("\n", 1)[0])
+        found = re.search(r"^([0-9a-f]{64})\s", after, re.M)
+        return (int(got.group(1)) if got else None), (found.group(1) if found else None)
+    if mark and rc.strip().isdigit():   # the phone answered: a real error (storage full, permission)
         raise EdgeError(f"writing {tmp} on the phone failed: {_first_line(before) or 'exit ' + rc.strip()}")
     raise _LinkDropped(_first_line(text) or str(err) or "adb exited")
 
@@ -443,85 +471,124 @@ def _stable_size(serial: str, tmp: str) -> int:
     return last
 
 
+class _LocalHashes(threading.Thread):
+    """sha256 of each segment of the local file, computed ahead (on another core) so the
+    phone's hashes can be checked the moment they arrive."""
+
+    def __init__(self, local: Path, segs: list[tuple[int, int]], first: int):
+        super().__init__(daemon=True)
+        self.local, self.segs, self.first = local, segs, first
+        self.hashes: dict[int, str] = {}
+        self.error: str | None = None
+        self.halt = False
+        self._cond = threading.Condition()
+
+    def run(self):
+        try:
+            with open(self.local, "rb") as f:
+                for k in range(self.first, len(self.segs)):
+                    a, b = self.segs[k]
+                    f.seek(a)
+                    h = hashlib.sha256()
+                    while a < b:
+                        if self.halt:
+                            raise OSError("stopped")
+                        buf = f.read(min(b - a, 4 << 20))
+                        if not buf:
+                            raise OSError(f"{self.local} shrank while being pushed")
+                        h.update(buf)
+                        a += len(buf)
+                    with self._cond:
+                        self.hashes[k] = h.hexdigest()
+                        self._cond.notify_all()
+        except OSError as e:
+            with self._cond:
+                self.error = str(e)
+                self._cond.notify_all()
+
+    def get(self, k: int) -> str:
+        with self._cond:
+            self._cond.wait_for(lambda: k in self.hashes or self.error is not None)
+            if k not in self.hashes:
+                raise EdgeError(f"cannot read {self.local} to check it: {self.error}")
+            return self.hashes[k]
+
+
 class _Verifier(threading.Thread):
     """Hash segments on the phone (dd | sha256sum) as soon as they are complete there, and
-    the same byte ranges locally; overlapped with the transfer so verification is mostly free."""
+    compare with the local ones; overlapped with the transfer so verification is mostly free.
+    The last segment's hash comes with the stream command (`finish(tail_hash)`)."""
 
-    def __init__(self, serial, local, tmp, size, segment_bytes, verified: int = 0):
+    def __init__(self, serial, local, tmp, segs: list[tuple[int, int]], verified: int = 0):
         super().__init__(daemon=True)
-        if segment_bytes % (1 << 20):
-            raise ValueError("segment_bytes must be a multiple of 1 MiB")
-        self.serial, self.local, self.tmp, self.size, self.seg = serial, local, tmp, size, segment_bytes
-        self.n = max(1, -(-size // segment_bytes))
+        self.serial, self.tmp, self.segs = serial, tmp, segs
+        self.size, self.n = segs[-1][1], len(segs)
+        self.local = _LocalHashes(local, segs, verified)
         self.verified = verified          # segments [0, verified) match
-        self.sent = 0                     # bytes handed to adb so far (a hint: poll only then)
+        self.sent = 0                     # bytes handed to adb so far (a hint: ask only then)
         self.bad: int | None = None       # byte offset of a mismatching segment
-        self.error: Exception | None = None
         self._halt = threading.Event()
         self._lock = threading.Lock()
 
-    def _hash_remote(self, first: int, last: int) -> list[str]:
-        mib = self.seg >> 20
-        line = "; ".join(
-            f"dd if={q(self.tmp)} bs=1048576 skip={k * mib} count={mib} 2>/dev/null | sha256sum"
-            for k in range(first, last))
-        r = shell(self.serial, line, timeout=120)
-        hashes = re.findall(r"^([0-9a-f]{64})\s", r.out, re.M)
-        if len(hashes) != last - first:
-            raise EdgeError(f"sha256sum on the phone gave {len(hashes)} hashes for {last - first} segments")
-        return hashes
+    def start(self):
+        self.local.start()
+        super().start()
 
-    def _hash_local(self, k: int) -> str:
-        h = hashlib.sha256()
-        with open(self.local, "rb") as f:
-            f.seek(k * self.seg)
-            left = min(self.seg, self.size - k * self.seg)
-            while left:
-                b = f.read(min(left, 4 << 20))
-                h.update(b)
-                left -= len(b)
-        return h.hexdigest()
-
-    def _step(self, upto: int) -> None:
-        """Verify complete segments below remote byte `upto`."""
+    def _step(self, last: int, known: dict[int, str] | None = None) -> None:
+        """Check segments [verified, last) against the phone: one round trip that reads the
+        file's size and hashes those not `known`; only segments complete at that size count."""
         with self._lock:
-            last = min(self.n, upto // self.seg) if upto < self.size else self.n
-            if last <= self.verified or self.bad is not None:
+            first = self.verified
+            if last <= first or self.bad is not None:
                 return
-            remote = self._hash_remote(self.verified, last)
-            for k, rh in zip(range(self.verified, last), remote):
-                if rh != self._hash_local(k):
-                    self.bad = k * self.seg
+            known = known or {}
+            ask = [k for k in range(first, last) if k not in known]
+            line = "; ".join([f"stat -c %s {q(self.tmp)}"] + [_hash_cmd(self.tmp, self.segs[k]) for k in ask])
+            r = shell(self.serial, line, timeout=120)
+            have = re.match(r"\s*(\d+)", r.out)
+            hashes = re.findall(r"^([0-9a-f]{64})\s", r.out, re.M)
+            if not have or len(hashes) != len(ask):
+                raise EdgeError(f"cannot hash {self.tmp} on the phone: {_first_line(r.out) or 'no answer'}")
+            remote = {**known, **dict(zip(ask, hashes))}
+            for k in range(first, last):
+                if self.segs[k][1] > int(have.group(1)):
+                    return                # not all on the phone yet: ask again later
+                if remote[k] != self.local.get(k):
+                    self.bad = self.segs[k][0]
                     return
                 self.verified = k + 1
 
     def run(self):
-        while not self._halt.is_set() and self.verified < self.n and self.bad is None:
-            target = min(self.size, (self.verified + 1) * self.seg)
-            if self.sent < min(self.size, target + IN_FLIGHT_BYTES):
+        while not self._halt.is_set() and self.verified < self.n - 1 and self.bad is None:
+            ready = self.verified
+            while ready < self.n - 1 and self.segs[ready][1] + IN_FLIGHT_BYTES <= self.sent:
+                ready += 1
+            if ready == self.verified:
                 self._halt.wait(0.05)     # not on the phone yet: no need to ask
                 continue
             try:
-                have = remote_size(self.serial, self.tmp) or 0
-                if have >= target:
-                    self._step(have)
+                before = self.verified
+                self._step(ready)
+                if self.verified > before:
                     continue
             except EdgeError:
                 pass                      # link down: the pusher reconnects; try again later
             self._halt.wait(0.1)
 
-    def finish(self) -> int | None:
-        """After the push: verify what is left; None if every segment matches, else the
-        offset of the first bad one."""
+    def finish(self, tail_hash: str | None) -> int | None:
+        """After the push (the phone has every byte): verify what is left, the last segment
+        from `tail_hash` if the stream command gave it; None if every segment matches, else
+        the offset of the first bad one."""
         self._halt.set()
         self.join()
-        self._step(self.size)
+        self._step(self.n, {self.n - 1: tail_hash} if tail_hash else None)
         if self.verified < self.n and self.bad is None:
             raise EdgeError(f"verified {self.verified} of {self.n} segments of {self.tmp}")
         return self.bad
 
     def stop(self):
         self._halt.set()
+        self.local.halt = True
 
 
 # ---- the command -----------------------------------------------------------------------------

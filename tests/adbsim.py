@@ -1140,21 +1140,31 @@ class Connection:
         self.max_payload = 4096
         self.dead = False
         self.online = False
+        self._wire = {"in": 0.0, "out": 0.0}    # when each direction of the link is free again
+        self._wire_lock = threading.Lock()
 
     def send(self, cmd, a0, a1, data=b""):
         if self.dead:
             return
-        self._throttle(len(data))
+        self._throttle(len(data), "out")
         try:
             with self.lock:
                 self.sock.sendall(_message(cmd, a0, a1, data))
         except OSError:
             self.dead = True
 
-    def _throttle(self, n):
+    def _throttle(self, n, direction: str):
+        """A link of `throttle_bps` each way: a message occupies its direction of the wire
+        for n / bps seconds after the previous one; the phone's work overlaps with the wire
+        time, as on a cable (no credit for idle time, so no bursts)."""
         bps = self.phone.throttle_bps
-        if bps:
-            time.sleep(n / bps)
+        if not bps:
+            return
+        with self._wire_lock:
+            now = time.monotonic()
+            self._wire[direction] = max(now, self._wire[direction]) + n / bps
+            wait = self._wire[direction] - now
+        time.sleep(wait)
 
     def drop(self):
         self.dead = True
@@ -1175,15 +1185,28 @@ class Connection:
             buf += chunk
         return bytes(buf)
 
-    def serve(self):
+    def _read_wire(self, inbox: queue.Queue):
+        """The cable into the phone: messages arrive at the link's speed into a small buffer
+        (the USB stack's), while the phone handles earlier ones."""
         try:
             while not self.dead:
                 cmd, a0, a1, n, _crc, magic = HEADER.unpack(self._recv_exact(24))
                 if magic != cmd ^ 0xFFFFFFFF:
                     break
                 data = self._recv_exact(n) if n else b""
-                self._throttle(n)
-                self.handle(cmd, a0, a1, data)
+                self._throttle(n, "in")
+                inbox.put((cmd, a0, a1, data))
+        except (EOFError, OSError):
+            pass
+        finally:
+            inbox.put(None)
+
+    def serve(self):
+        inbox: queue.Queue = queue.Queue(maxsize=8)
+        threading.Thread(target=self._read_wire, args=(inbox,), daemon=True).start()
+        try:
+            while not self.dead and (msg := inbox.get()) is not None:
+                self.handle(*msg)
         except (EOFError, OSError):
             pass
         finally:
@@ -1194,6 +1217,8 @@ class Connection:
                 self.sock.close()
             except OSError:
                 pass
+            while not inbox.empty():           # unblock the reader if it waits on a full buffer
+                inbox.get_nowait()
 
     def handle(self, cmd, a0, a1, data):
         phone = self.phone

@@ -353,3 +353,22 @@ def test_private_copy_exists_needs_force_before_pushing(sim, gguf_file, access):
         push(gguf_file, "anythingllm", sim.serial)
     assert sim.phone.pushed_bytes == before                  # refused before any byte moved
     assert push(gguf_file, "anythingllm", sim.serial, force=True, segment_bytes=SEG).verified
+
+
+def test_segments_are_whole_mib_and_the_last_is_short():
+    size = 253_056_736                                    # the embedded Q4_K_M GGUF
+    segs = device.segments(size)
+    assert segs[0][0] == 0 and segs[-1][1] == size
+    assert all(b == c for (_, b), (c, _) in zip(segs, segs[1:]))          # contiguous
+    assert all(a % (1 << 20) == 0 for a, _ in segs)                       # dd bs=1M can read them
+    assert max(b - a for a, b in segs) == device.SEGMENT_BYTES
+    assert segs[-1][1] - segs[-1][0] <= device.TAIL_BYTES
+    assert device.segments(100, 1 << 20) == [(0, 100)]
+
+
+def test_corruption_in_the_last_segment_is_caught_by_the_stream_command(sim, gguf_file):
+    size = gguf_file.stat().st_size
+    sim.phone.corrupt_after = size - 1000               # a flipped bit in the tail segment
+    res = push(gguf_file, "llamacpp", sim.serial, segment_bytes=SEG)
+    assert sim.phone.files("/data/local/tmp/llama")[gguf_file.name] == gguf_file.read_bytes()
+    assert res.resumed_at == [3 * SEG] and sim.phone.pushed_bytes == 2 * size - 3 * SEG
