@@ -13,10 +13,17 @@ LoRA; they differ only in what edge.finetune changes:
 - "edge": edge.finetune.reply_loss: decoder body, then the chunked cross-entropy through the
   frozen tied head (gradient computed in the same pass; no full logits, no recompute).
 - "edge+ckpt": the same with gradient checkpointing (activations recomputed in backward).
-- "edge+compile": the same with the loss chunk compiled (torch.compile).
+- "edge+compile": what `edge finetune` does on a GPU: each decoder layer and the loss chunk
+  compiled (torch.compile), the layers in edge.precision's fused form (apply_fp16_fixes, in
+  bf16 too: float32 residual stream and norms, norm and GELU-gate functions that save only
+  their 16-bit inputs for backward).
+- "+unfused": bf16 compiled layers as transformers writes them (TrainSettings.fused_layers off).
+- "+memN" (e.g. "edge+compile+mem0.5"): compiled layers under an activation memory budget N
+  (edge.finetune.compile_layers); "+chunkN": N rows per loss chunk instead of --chunk-rows.
 
 fp16 runs plain float16 weights for the baseline, and float16 with edge.precision's fixes
-(float32 residual stream, norms, softmax) for ours.
+(float32 residual stream, norms, softmax) for ours; both train with dynamic loss scaling
+(GradScaler from edge.finetune's initial scale), as a real fp16 run must.
 
 Reported: tokens/s (median of timed steps after warm-up, CUDA-synchronised), peak GPU memory
 (torch.cuda.max_memory_allocated over warm-up and timed steps), and MFU.
@@ -36,6 +43,7 @@ from __future__ import annotations
 import argparse
 import gc
 import json
+import re
 import statistics
 import sys
 import time
@@ -45,9 +53,11 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from edge import gemma3  # noqa: E402
+from edge.finetune import FP16_INIT_LOSS_SCALE  # noqa: E402
 
 PEAK_FLOPS = {"H100": 989.4e12, "H200": 989.4e12, "A100": 312e12}  # dense bf16, NVIDIA datasheets
 PROFILE = False
+PROFILE_DIR = ""
 SIZES = {"270m": gemma3.CONFIG_270M, "1b": gemma3.CONFIG_1B}
 
 
@@ -75,6 +85,12 @@ def flops_per_token(cfg, seq: int) -> float:
     return linear + attention
 
 
+def variant_option(variant: str, name: str, default, kind=float):
+    """The number after `+name` in a variant (e.g. mem0.5 in "edge+compile+mem0.5"), else default."""
+    m = re.search(rf"\+{name}([0-9.]+)", variant)
+    return kind(m.group(1)) if m else default
+
+
 def build(size: str, precision: str, variant: str):
     import torch
     from transformers import Gemma3ForCausalLM
@@ -87,22 +103,20 @@ def build(size: str, precision: str, variant: str):
     with torch.device("cuda"):
         model = Gemma3ForCausalLM(cfg).to(dtype)
     fixes = ""
-    if precision == "fp16" and variant != "hf+peft":
-        try:
-            from edge.precision import apply_fp16_fixes
-        except ModuleNotFoundError:
-            fixes = " (edge.precision missing: NO fixes)"
-        else:
-            apply_fp16_fixes(model)
-            fixes = " (fp16 fixes)"
+    fused_bf16 = "compile" in variant and "+unfused" not in variant  # edge.finetune.train's rule
+    if variant != "hf+peft" and (precision == "fp16" or fused_bf16):
+        from edge.precision import apply_fp16_fixes
+
+        apply_fp16_fixes(model)
+        fixes = " (fp16 fixes)" if precision == "fp16" else " (fused layers)"
     net = add_lora(model, LoraSettings(r=16, alpha=32), grad_checkpointing=("ckpt" in variant))
     if "compile" in variant:
-        compile_layers(net)
+        compile_layers(net, memory_budget=variant_option(variant, "mem", 1.0))
     net.train()
     return net, cfg, fixes
 
 
-def run_one(size, precision, variant, batch, seq, warmup, steps, chunk_rows):
+def run_one(size, precision, variant, batch, seq, warmup, steps, chunk_rows, loss_scale):
     import torch
 
     from edge.finetune import reply_loss
@@ -117,6 +131,10 @@ def run_one(size, precision, variant, batch, seq, warmup, steps, chunk_rows):
     g = torch.Generator(device="cuda").manual_seed(1)
     batches = [torch.randint(4, cfg.vocab_size, (batch, seq), device="cuda", generator=g) for _ in range(4)]
     compile_ = "compile" in variant
+    chunk_rows = variant_option(variant, "chunk", chunk_rows, int)
+    # fp16 trains with dynamic loss scaling on both sides (what edge.finetune does; plain fp16
+    # needs it as much); bf16 needs none
+    scaler = torch.amp.GradScaler("cuda", init_scale=loss_scale or 1.0, enabled=precision == "fp16" and loss_scale > 0)
 
     def step(ids):
         opt.zero_grad(set_to_none=True)
@@ -125,9 +143,11 @@ def run_one(size, precision, variant, batch, seq, warmup, steps, chunk_rows):
         else:
             s, n = reply_loss(net, ids, None, ids, chunk_rows=chunk_rows, compile=compile_)
             loss = s / n
-        loss.backward()
+        scaler.scale(loss).backward()
+        scaler.unscale_(opt)
         torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
+        scaler.step(opt)
+        scaler.update()
         return loss
 
     t_first = time.perf_counter()
@@ -148,8 +168,11 @@ def run_one(size, precision, variant, batch, seq, warmup, steps, chunk_rows):
         with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
             step(batches[0])
             torch.cuda.synchronize()
-        print(f"--- profile {size} {precision} {variant}")
-        print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=18, max_name_column_width=60))
+        table = prof.key_averages().table(sort_by="cuda_time_total", row_limit=40, max_name_column_width=90)
+        print(f"--- profile {size} {precision} {variant}\n{table}")
+        if PROFILE_DIR:
+            name = re.sub(r"[^A-Za-z0-9._-]", "_", f"{size}_{precision}_{variant}")
+            Path(PROFILE_DIR, f"profile_{name}.txt").write_text(table)
     med = statistics.median(times)
     tok_s = batch * seq / med
     name = torch.cuda.get_device_name()
@@ -173,11 +196,14 @@ def main(argv=None):
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--chunk-rows", type=int, default=1024)
+    ap.add_argument("--loss-scale", type=float, default=FP16_INIT_LOSS_SCALE,
+                    help="fp16: GradScaler's initial scale (edge.finetune's); 0: no loss scaling")
     ap.add_argument("--json", default="", help="write the rows to this JSON file too")
     ap.add_argument("--profile", action="store_true", help="print a torch.profiler table per run")
+    ap.add_argument("--profile-dir", default="", help="also write each profile's table here")
     args = ap.parse_args(argv)
-    global PROFILE
-    PROFILE = args.profile
+    global PROFILE, PROFILE_DIR
+    PROFILE, PROFILE_DIR = args.profile, args.profile_dir
 
     import peft
     import torch
@@ -193,7 +219,8 @@ def main(argv=None):
         for precision in args.precisions.split(","):
             for variant in args.variants.split(","):
                 try:
-                    r = run_one(size, precision, variant, args.batch, args.seq, args.warmup, args.steps, args.chunk_rows)
+                    r = run_one(size, precision, variant, args.batch, args.seq, args.warmup, args.steps, args.chunk_rows,
+                                args.loss_scale)
                 except Exception as e:  # an OOM or a compile failure is a result too
                     traceback.print_exc()
                     r = {"size": size, "precision": precision, "variant": variant, "error": f"{type(e).__name__}: {str(e)[:120]}"}
@@ -202,8 +229,8 @@ def main(argv=None):
                     _t.cuda.empty_cache()
                 rows.append(r)
                 print(json.dumps(r), flush=True)
-    if args.json:
-        Path(args.json).write_text(json.dumps(rows, indent=2))
+                if args.json:  # after every run, so a run cut short still leaves its rows
+                    Path(args.json).write_text(json.dumps(rows, indent=2))
     print()
     print(f"| model | precision | variant | tokens/s | vs hf+peft | peak GiB | vs hf+peft | MFU | step ms (spread) |")
     print("|---|---|---|---:|---:|---:|---:|---:|---:|")

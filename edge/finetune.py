@@ -15,9 +15,12 @@ Takes a model spec (`edge.models.load`), a chat JSONL file (`edge.data`) and a p
 How it is fast and small: the loss is computed on reply tokens only, and the 262,144-word
 output head runs in chunks whose float32 logits are freed right away; the gradient of each
 chunk is computed in the same pass (the head is frozen, so only d(hidden) is needed), so the
-backward pass neither keeps nor recomputes logits. Batches are length-bucketed. Ctrl-C saves
-a checkpoint at the next step boundary; a non-finite loss or gradient stops before the bad
-update, keeping the last good checkpoint.
+backward pass neither keeps nor recomputes logits. Batches are length-bucketed. On a GPU each
+decoder layer is compiled; in bf16 and fp16 they run edge.precision's fused float32-residual
+layers, which keep fewer activations. fp16 trains with dynamic loss scaling. Ctrl-C saves a
+checkpoint at the next step boundary; a non-finite loss or gradient stops before the bad
+update, keeping the last good checkpoint (an fp16 step whose gradients overflow at the current
+loss scale is skipped, as loss scaling does, and is no failure).
 """
 
 from __future__ import annotations
@@ -45,6 +48,10 @@ META = "edge_adapter.json"
 STATE = "trainer_state.pt"
 LOG = "log.jsonl"
 PLOT = "loss.png"
+# fp16 trains with dynamic loss scaling (torch.amp.GradScaler) from this scale: on the real
+# 270M, torch's default 2**16 overflowed the first 3 steps' gradients and settled at 2**13;
+# from 2**13 none overflowed (docs/BENCHMARKS.md, Precision; edge/precision.py)
+FP16_INIT_LOSS_SCALE = 2.0**13
 
 
 class NonFiniteError(EdgeError):
@@ -98,6 +105,9 @@ class TrainSettings:
     chunk_rows: int = 1024           # rows of the output head per chunk of the loss
     seed: int = 0
     compile: bool | None = None      # torch.compile layers and loss chunk; None: on a GPU only
+    memory_budget: float = 1.0       # compiled layers keep this share of saved activations (--memory-budget)
+    fused_layers: bool = True        # compiled bf16: edge.precision's fused float32-residual layers
+    loss_scale: float = FP16_INIT_LOSS_SCALE  # fp16: initial dynamic loss scale (GradScaler)
 
     def __post_init__(self):
         for name in ("steps", "batch_size", "grad_accum", "chunk_rows", "keep"):
@@ -109,6 +119,10 @@ class TrainSettings:
             raise EdgeError(f"--eval-fraction must be in [0, 0.5), got {self.eval_fraction}")
         if self.max_len < 0:
             raise EdgeError(f"--max-len must be >= 0, got {self.max_len}")
+        if not 0.0 <= self.memory_budget <= 1.0:
+            raise EdgeError(f"--memory-budget must be in [0, 1], got {self.memory_budget}")
+        if not (self.loss_scale >= 1 and math.isfinite(self.loss_scale)):
+            raise EdgeError(f"--loss-scale must be a number >= 1, got {self.loss_scale}")
 
     @property
     def warmup_steps(self) -> int:
@@ -148,7 +162,7 @@ def _chunk_loss(h, weight, y, softcap: float, need_grad: bool):
     """Summed CE of one chunk and, if asked, d(sum)/d(h). Never keeps [rows x vocab] around."""
     import torch
 
-    z = h.to(weight.dtype) @ weight.t()
+    z = _matmul(h, weight.t())
     z = z.to(torch.promote_types(z.dtype, torch.float32))  # float32 logits (float64 stays float64)
     if softcap:
         t = torch.tanh(z / softcap)
@@ -163,7 +177,17 @@ def _chunk_loss(h, weight, y, softcap: float, need_grad: bool):
     p[rows, y] -= 1.0
     if softcap:
         p.mul_(1.0 - t * t)
-    return loss, (p.to(weight.dtype) @ weight).to(h.dtype)
+    return loss, _matmul(p, weight).to(h.dtype)
+
+
+def _matmul(a, b):
+    """a @ b in b's dtype. On a CPU a float16 product is computed in float32 and rounded to
+    float16, as a GPU's tensor cores do: the CPU has no fast float16 GEMM (edge.precision)."""
+    import torch
+
+    if a.device.type == "cpu" and b.dtype == torch.float16:
+        return (a.float() @ b.float()).to(b.dtype)
+    return a.to(b.dtype) @ b
 
 
 _COMPILED = {}
@@ -392,11 +416,33 @@ def add_lora(model, lora: LoraSettings, grad_checkpointing: bool = False):
     return get_peft_model(model, cfg)
 
 
-def compile_layers(model) -> None:
+def compile_layers(model, memory_budget: float = 1.0) -> None:
     """torch.compile each decoder layer (regional compilation: one graph reused by every layer
-    of a kind); fewer kernel launches and fused norms/activations on a GPU."""
+    of a kind); fewer kernel launches and fused norms/activations on a GPU.
+
+    `memory_budget` < 1 keeps at most that share of what each compiled layer would save for
+    backward (1.0: the compiler's usual choice, 0.0: as little as full recompute would) and
+    recomputes the rest, cheapest by FLOPs first: elementwise ops (norms, GELU, RoPE, casts)
+    before any matmul. It is `torch._functorch.config.activation_memory_budget`, applied to
+    the layers' compilations only.
+    """
+    import torch
+
     for layer in causal_lm(model).model.layers:
-        layer.compile()
+        layer.forward = _with_memory_budget(torch.compile(layer.forward), memory_budget)
+
+
+def _with_memory_budget(compiled, budget: float):
+    import functools
+
+    import torch._functorch.config as functorch_config
+
+    @functools.wraps(compiled)
+    def forward(*args, **kwargs):
+        with functorch_config.patch(activation_memory_budget=budget):  # read when (re)compiling
+            return compiled(*args, **kwargs)
+
+    return forward
 
 
 def lr_lambda(settings: TrainSettings) -> Callable[[int], float]:
@@ -432,7 +478,7 @@ def save_adapter(model, dest: Path, meta: dict) -> None:
     (dest / META).write_text(json.dumps(meta, indent=2, default=str))
 
 
-def save_checkpoint(out: Path, model, optimizer, scheduler, stream: BatchStream, step: int, meta: dict,
+def save_checkpoint(out: Path, model, optimizer, scheduler, scaler, stream: BatchStream, step: int, meta: dict,
                     keep: int) -> Path:
     """Write checkpoints/step-NNNNNN atomically; a failure leaves earlier checkpoints intact."""
     import torch
@@ -441,6 +487,7 @@ def save_checkpoint(out: Path, model, optimizer, scheduler, stream: BatchStream,
     state = {
         "step": step, "epoch": stream.epoch, "index": stream.index,
         "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+        "scaler": scaler.state_dict(),  # {} unless fp16
         "rng_cpu": torch.get_rng_state(),
         "rng_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
     }
@@ -629,11 +676,18 @@ def train(*, model: str = "embedded", data: str | Path, out: str | Path, lora: L
     use_compile = settings.compile if settings.compile is not None else dev.type == "cuda"
     pad_multiple = 64 if use_compile else 1
     if use_compile:
-        compile_layers(net)
+        if settings.fused_layers and p.name == "bf16":
+            from edge.precision import apply_fp16_fixes
+
+            apply_fp16_fixes(net)  # fewer saved activations, faster (docs/BENCHMARKS.md, Fine-tune)
+        compile_layers(net, settings.memory_budget)
     params = [q for q in net.parameters() if q.requires_grad]
     opt = torch.optim.AdamW(params, lr=settings.lr, weight_decay=settings.weight_decay, betas=(0.9, 0.999),
                             fused=dev.type == "cuda")
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(settings))
+    # fp16 gradients underflow (or overflow) without loss scaling; the LoRA weights are float32,
+    # so GradScaler can unscale them. A no-op in bf16 and fp32.
+    scaler = torch.amp.GradScaler(dev.type, init_scale=settings.loss_scale, enabled=p.name == "fp16")
     stream = BatchStream(train_set, settings.batch_size, settings.seed)
     start = 0
     if state is not None:
@@ -643,6 +697,8 @@ def train(*, model: str = "embedded", data: str | Path, out: str | Path, lora: L
         set_peft_model_state_dict(net, load_file(ckpt / "adapter_model.safetensors", device=str(dev)))
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])
+        if state.get("scaler"):
+            scaler.load_state_dict(state["scaler"])
         torch.set_rng_state(state["rng_cpu"])
         if state["rng_cuda"] and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state["rng_cuda"])
@@ -676,25 +732,34 @@ def train(*, model: str = "embedded", data: str | Path, out: str | Path, lora: L
             for batch in micro:
                 ids, att, lab = collate(batch, dev, pad_multiple)
                 loss_sum, _ = reply_loss(net, ids, att, lab, settings.chunk_rows, use_compile)
-                (loss_sum / n_label).backward()
+                scaler.scale(loss_sum / n_label).backward()
                 step_loss += float(loss_sum.detach())
                 step_tokens += int(att.sum())
             step_loss /= n_label
+            scaler.unscale_(opt)
             norm = torch.nn.utils.clip_grad_norm_(params, settings.clip if settings.clip > 0 else float("inf"))
-            if not math.isfinite(step_loss) or not torch.isfinite(norm):
+            # fp16: gradients that overflow at the current loss scale are normal; GradScaler skips
+            # that update and halves the scale. Overflowing even at scale 1 is a real failure.
+            overflow = not torch.isfinite(norm)
+            skipped = overflow and scaler.is_enabled() and scaler.get_scale() > 1.0
+            if not math.isfinite(step_loss) or (overflow and not skipped):
                 bar.close()
                 what = "loss" if not math.isfinite(step_loss) else "gradient norm"
                 raise NonFiniteError(
                     f"the {what} became non-finite at step {step + 1} ({step_loss if what == 'loss' else float(norm)}); "
                     f"training stopped before the update; last good checkpoint: {last_ckpt or 'none'}; "
                     "try --precision bf16 or fp32, or a lower --lr")
-            opt.step()
-            sched.step()
+            scaler.step(opt)  # skips the update when the unscaled gradients hold inf/NaN
+            scaler.update()
+            if not skipped:
+                sched.step()
             step += 1
             tokens_seen += step_tokens
             dt = time.time() - t0
             record = {"step": step, "loss": step_loss, "lr": sched.get_last_lr()[0], "grad_norm": float(norm),
                       "tokens": step_tokens, "tok_s": tokens_seen / dt if dt > 0 else 0.0, "elapsed": dt}
+            if scaler.is_enabled():
+                record.update(loss_scale=scaler.get_scale(), skipped=skipped)
             losses.append(step_loss)
             train_loss = step_loss
             if step % settings.eval_interval == 0 or step == settings.steps:
@@ -711,7 +776,7 @@ def train(*, model: str = "embedded", data: str | Path, out: str | Path, lora: L
                 callback(step, net, record)
             interrupted = flag.set
             if step % settings.save_interval == 0 or step == settings.steps or interrupted:
-                last_ckpt = save_checkpoint(out, net, opt, sched, stream, step, meta, settings.keep)
+                last_ckpt = save_checkpoint(out, net, opt, sched, scaler, stream, step, meta, settings.keep)
             if interrupted:
                 stopped = "interrupted"
                 break
@@ -742,7 +807,8 @@ def finetune_cmd(*, data: str, out: str, model: str = "embedded", steps: int = 2
                  resume: bool = False, force: bool = False, batch_size: int = 8, lr: float = 2e-4,
                  rank: int = 16, alpha: int = 32, dropout: float = 0.0, targets: list[str] | None = None,
                  max_len: int = 0, eval_fraction: float = 0.1, save_every: int = 0,
-                 grad_checkpointing: bool = False, seed: int = 0, json: bool = False) -> dict:
+                 grad_checkpointing: bool = False, memory_budget: float = 1.0, seed: int = 0,
+                 json: bool = False) -> dict:
     """LoRA fine-tune a Gemma 3 model on chat JSONL; the loss is on the model's replies only.
 
     Writes the adapter, checkpoints, log.jsonl and loss.png into OUT. Ctrl-C saves a
@@ -766,12 +832,15 @@ def finetune_cmd(*, data: str, out: str, model: str = "embedded", steps: int = 2
         eval_fraction: share of the data held out for eval loss.
         save_every: checkpoint every N steps (default: 4 per run).
         grad_checkpointing: recompute activations in backward to save memory.
+        memory_budget: GPU: share (0-1) of each compiled layer's activations kept for backward;
+            the rest is recomputed, elementwise ops first (0.5: 1B at a quarter of the memory).
         seed: random seed (data order, LoRA init, dropout).
         json: print the result as JSON (and no progress bar).
     """
     lora = LoraSettings(r=rank, alpha=alpha, dropout=dropout, targets=tuple(targets or DEFAULT_TARGETS))
     settings = TrainSettings(steps=steps, batch_size=batch_size, lr=lr, max_len=max_len, eval_fraction=eval_fraction,
-                             save_every=save_every, grad_checkpointing=grad_checkpointing, seed=seed)
+                             save_every=save_every, grad_checkpointing=grad_checkpointing,
+                             memory_budget=memory_budget, seed=seed)
     say = (lambda s: None) if json else print
     result = train(model=model, data=data, out=out, lora=lora, settings=settings, precision=precision,
                    resume=resume, force=force, progress=not json, say=say)

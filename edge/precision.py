@@ -300,6 +300,10 @@ def _autograd_functions():
 
 
 _RMSNormFn = _GatedActFn = None
+# transformers' modeling_gemma3, imported by apply_fp16_fixes: an import statement inside
+# _attention_forward made torch.compile (2.11) run the whole attention eagerly ("Bad import
+# result"), which made compiled fp16 training CPU-bound (measured on an H200: docs/BENCHMARKS.md)
+_MODELING_GEMMA3 = None
 _GELU_APPROX = {"gelu_pytorch_tanh": "tanh", "gelu_new": "tanh", "gelu_fast": "tanh", "gelu": "none"}
 
 
@@ -346,8 +350,7 @@ def _mlp_forward(self, x):
 def _attention_forward(self, hidden_states, position_embeddings=None, attention_mask=None,
                        past_key_values=None, cache_position=None, cache=None, **kwargs):
     """Gemma3Attention.forward with explicit precision at each boundary (transformers 5.x)."""
-    from transformers.models.gemma3 import modeling_gemma3 as mg
-
+    mg = _MODELING_GEMMA3
     lp = self._edge_lp
     cache = cache if cache is not None else past_key_values
     input_shape = hidden_states.shape[:-1]
@@ -427,13 +430,19 @@ def apply_fp16_fixes(model):
     or after `peft.get_peft_model` (LoRA layers wrap the projections, which are called as
     usual) and for backward. The weights keep their dtype: load the model in float16 first.
     The text tower of the multimodal class is patched the same way (vision tower untouched).
+    edge.finetune applies it to bf16 models too when it compiles the layers: the fused norm and
+    GELU-gate functions keep fewer activations for backward (docs/BENCHMARKS.md, Fine-tune).
 
     Returns the same model object.
     """
     import types
 
+    from transformers.models.gemma3 import modeling_gemma3
+
+    global _MODELING_GEMMA3
     if getattr(model, _FIXED, False):
         return model
+    _MODELING_GEMMA3 = modeling_gemma3
     _autograd_functions()
     lp = None
     patched = {"norm": 0, "attention": 0, "mlp": 0, "embedding": 0, "rope": 0}

@@ -121,15 +121,48 @@ def test_resume_continues_exactly(tiny_dir, small_data, tmp_path):
     assert len(set(_losses(tmp_path / "full"))) == 6
 
 
-def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tiny_dir, small_data, tmp_path):
+def test_fp16_loss_scaling_skips_overflows_and_resumes_exactly(tiny_dir, small_data, tmp_path):
+    """fp16 on the CPU (GradScaler works there too). At an initial loss scale of 2**18 the tiny
+    model's first fp16 gradients overflow: that step is skipped, the scale halves, and training
+    goes on. Interrupted after step 2, the resumed run must restore the scaler's state: started
+    afresh at 2**18, step 3's gradients overflow (measured) and its losses would differ."""
+    settings = _fast(steps=4, save_every=100, loss_scale=2.0**18)
+
+    def rows(out):
+        return [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+
+    train(model=str(tiny_dir), data=small_data, out=tmp_path / "full", settings=settings, precision="fp16",
+          progress=False)
+    full = rows(tmp_path / "full")
+    assert full[0]["skipped"] and full[0]["loss_scale"] == 2.0**17  # overflowed, halved, no failure
+    assert not full[-1]["skipped"] and all(math.isfinite(r["loss"]) for r in full)
+
+    def interrupt_at_2(step, model, record):
+        if step == 2:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    part = train(model=str(tiny_dir), data=small_data, out=tmp_path / "part", settings=settings, precision="fp16",
+                 progress=False, callback=interrupt_at_2)
+    assert part.steps == 2
+    state = torch.load(latest_checkpoint(tmp_path / "part") / "trainer_state.pt", weights_only=True)
+    assert state["scaler"]["scale"] == full[1]["loss_scale"] < 2.0**18
+    train(model=str(tiny_dir), data=small_data, out=tmp_path / "part", settings=settings, precision="fp16",
+          resume=True, progress=False)
+    assert rows(tmp_path / "part") == [{**r, "tok_s": p["tok_s"], "elapsed": p["elapsed"]}
+                                       for r, p in zip(full, rows(tmp_path / "part"))]
+
+
+@pytest.mark.parametrize("precision", ["fp32", "fp16"])
+def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tiny_dir, small_data, tmp_path, precision):
+    """fp16 too: loss scaling skips overflowing gradients, but a NaN loss is a failure."""
     def poison(step, model, record):  # runs after step 4's update, before any step-4 checkpoint
         if step == 4:
             with torch.no_grad():
                 next(p for n, p in model.named_parameters() if "lora_B" in n).fill_(float("nan"))
 
     out = tmp_path / "ft"
-    with pytest.raises(NonFiniteError, match="non-finite at step 5.*step-000003"):
-        train(model=str(tiny_dir), data=small_data, out=out, settings=_fast(), precision="fp32", progress=False,
+    with pytest.raises(NonFiniteError, match="loss became non-finite at step 5.*step-000003"):
+        train(model=str(tiny_dir), data=small_data, out=out, settings=_fast(), precision=precision, progress=False,
               callback=poison)
     ckpt = latest_checkpoint(out)
     assert ckpt.name == "step-000003"
