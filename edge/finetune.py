@@ -833,7 +833,7 @@ def finetune_cmd(*, data: str, out: str, model: str = "embedded", steps: int = 2
         save_every: checkpoint every N steps (default: 4 per run).
         grad_checkpointing: recompute activations in backward to save memory.
         memory_budget: GPU: share (0-1) of each compiled layer's activations kept for backward;
-            the rest is recomputed, elementwise ops first (0.5: 1B at a quarter of the memory).
+            the rest is recomputed, elementwise ops first: less memory, slower (docs/BENCHMARKS.md).
         seed: random seed (data order, LoRA init, dropout).
         json: print the result as JSON (and no progress bar).
     """

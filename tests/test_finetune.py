@@ -199,6 +199,8 @@ def test_bad_input(tiny_dir, small_data, tmp_path):
         train(model=str(tiny_dir), data=small_data, out=tmp_path / "notckpt", resume=True, progress=False)
     with pytest.raises(EdgeError, match="--rank must be >= 1"):
         LoraSettings(r=0)
+    with pytest.raises(EdgeError, match=r"--memory-budget must be in \[0, 1\], got 1.5"):
+        TrainSettings(memory_budget=1.5)
     # a checkpoint from another model: same config, different weights
     from tests.tiny import save_tiny
 
