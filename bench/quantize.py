@@ -6,9 +6,9 @@
 Steps: export the model (embedded 270M, or --merged DIR) to F32 GGUF with `edge.export`;
 compute an imatrix from edge/data/demo_train.jsonl + edge/data/general.txt; quantize every
 recipe (llama.cpp standard + ours) without and with it, timing the quantization; score each
-file on edge/data/general_eval.txt (KLD mean/p99, top-1, ppl, decode tok/s) and, when the
-model is fine-tuned (--merged), the demo task's exact match for the reference, Q4_K_XL (with and
-without the imatrix) and Q4_K_M with the imatrix. Files that come out byte-identical with and without the imatrix (types that ignore
+file on held-out text (KLD mean/p99, top-1, ppl, decode tok/s): edge/data/general_eval.txt for the base
+model, the demo task's held-out chats (edge/data/demo_eval.jsonl) for a fine-tune, and then the demo task's exact match for the reference, Q4_K_XL (with and
+without the imatrix) and Q4_K_M (with and without). Files that come out byte-identical with and without the imatrix (types that ignore
 it, like Q8_0) are scored once. Prints the table and the Pareto check, and writes
 report.json / report.md / pareto.png into --out.
 """
@@ -31,6 +31,8 @@ def main() -> None:
     ap.add_argument("--merged", default="", help="a fine-tuned merged model directory (default: embedded base)")
     ap.add_argument("--ref", default="", help="use this F32 GGUF instead of exporting")
     ap.add_argument("--eval-tokens", type=int, default=512)
+    ap.add_argument("--text", default="", help="held-out text to score on (.txt or chat .jsonl); default: "
+                    "general text for the base model, the demo task's eval chats for --merged")
     ap.add_argument("--ctx", type=int, default=256)
     ap.add_argument("--task-n", type=int, default=50, help="demo-task eval chats (fine-tuned model only)")
     ap.add_argument("--recipes", default="all")
@@ -96,7 +98,10 @@ def main() -> None:
         seen[sha[m["path"]]] = key
         variants[key] = (m["path"], m["recipe"], m["imatrix"])
     t0 = time.time()
-    scores = evaluate(ref, variants, n_tokens=args.eval_tokens, ctx=args.ctx, speed_tokens=64, progress=False)
+    from edge.data import eval_text
+
+    text_file = args.text or (str(EVAL) if args.merged else "")
+    scores = evaluate(ref, variants, text=eval_text(text_file) if text_file else None, n_tokens=args.eval_tokens, ctx=args.ctx, speed_tokens=64, progress=False)
     t_eval = time.time() - t0
     fam = {m["path"]: m for m in made}
     rows = []
@@ -115,7 +120,7 @@ def main() -> None:
     if args.merged:
         chats = load_chats(EVAL)[: args.task_n]
         for r in rows:
-            if r["name"] in ("reference", "Q4_K_XL", "Q4_K_M+im", "Q4_K_XL+im"):
+            if r["name"] in ("reference", "Q4_K_XL", "Q4_K_XL+im", "Q4_K_M", "Q4_K_M+im"):
                 with _llama(r["path"], 512, False) as llm:
                     r["task_accuracy"] = task_accuracy(llm, chats)[0]
                 task[r["name"]] = r["task_accuracy"]
@@ -125,7 +130,8 @@ def main() -> None:
                            "quantize_plain": round(t_plain, 1), "quantize_imatrix": round(t_im, 1),
                            "evaluate": round(t_eval, 1)},
              "imatrix": im_summary, "loadavg_start": load0, "loadavg_end": os.getloadavg(),
-             "threads": threads(), "eval_tokens": args.eval_tokens, "ctx": args.ctx, "task": task}
+             "threads": threads(), "eval_tokens": args.eval_tokens, "ctx": args.ctx, "task": task,
+             "eval_text": text_file or "edge/data/general_eval.txt"}
     paths = write_reports(rows, out, title, extra)
     print(report_markdown(rows, paths["pareto"], title))
     print(json.dumps(extra, indent=1))

@@ -109,3 +109,15 @@ def render(tokenizer, chat: Chat | list[dict], add_generation_prompt: bool = Fal
     for a, b in enc["offset_mapping"]:
         mask.append(int(any(s <= a and b <= e and b > a for s, e in spans)))
     return ids, mask
+
+
+def eval_text(path: str | Path) -> str:
+    """Held-out text for scoring: a .txt file as is, or a chat JSONL rendered in Gemma 3's format
+    (so a fine-tune is scored on the kind of text it was trained for)."""
+    path = Path(path)
+    if path.suffix == ".jsonl":
+        return "".join(render_text(c)[0] for c in load_chats(path))
+    try:
+        return path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise EdgeError(f"cannot read evaluation text {path}: {e}") from None

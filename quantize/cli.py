@@ -40,10 +40,48 @@ def read_tensors(path: str | Path) -> tuple[list[R.TensorInfo], dict]:
     tensors = [R.TensorInfo(t.name, tuple(int(d) for d in t.shape)) for t in info.tensors]
     types = {t.type for t in info.tensors if len(t.shape) > 1}
     meta = {"name": info.metadata.get("general.name"), "arch": info.metadata.get("general.architecture"),
-            "quantized": bool(types - {"F32", "F16", "BF16"})}
+            "quantized": bool(types - {"F32", "F16", "BF16"}),
+            "adapter": info.metadata.get("general.edge.adapter"),            # set by `edge export` of a merge
+            "base_model": info.metadata.get("general.base_model.0.name")}
     if meta["arch"] != "gemma3":
         raise EdgeError(f"{path} is a {meta['arch']!r} model; these recipes are for Gemma 3 (arch gemma3)")
     return tensors, meta
+
+
+def base_grid_types(meta: dict) -> dict[str, str]:
+    """For a fine-tune of a base that was dequantized from a GGUF (the embedded 270M): that
+    GGUF's type per matrix; {} for anything else."""
+    if not meta.get("adapter") or not meta.get("base_model"):
+        return {}
+    try:
+        src = jsonlib.loads((Path(meta["base_model"]) / "edge_source.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    from edge.export import read_gguf
+    from edge.models import embedded_gguf
+
+    try:
+        path = embedded_gguf()
+    except EdgeError:
+        return {}
+    if not isinstance(src, dict) or src.get("gguf") != path.name:
+        return {}
+    return {t.name: t.type for t in read_gguf(path).tensors if len(t.shape) > 1}
+
+
+def snap_back_warnings(plans: list[R.Plan], base_types: dict[str, str]) -> dict[str, str]:
+    """Recipes that give most fine-tuned matrices the very type their dequantized base had:
+    re-quantizing rounds each weight back to the base's grid point, erasing the fine-tune."""
+    out = {}
+    for plan in plans:
+        tuned = [n for n in plan.types if n != "token_embd.weight"]   # LoRA does not train the embedding
+        same = [n for n in tuned if base_types.get(n) == plan.types[n].name]
+        if tuned and len(same) * 4 >= len(tuned):
+            kinds = "/".join(sorted({plan.types[n].name for n in same}))
+            out[plan.recipe.name] = (f"{plan.recipe.name}: {len(same)} of {len(tuned)} fine-tuned matrices get the type "
+                                     f"the base model was dequantized from ({kinds}); re-quantizing rounds them back "
+                                     f"onto the base's grid and erases much of the fine-tune; prefer an XL recipe or Q8_0")
+    return out
 
 
 def model_name(path: Path, meta: dict) -> str:
@@ -82,6 +120,7 @@ def quantize_variants(src: str | Path, recipes: list[R.Recipe], out_dir: str | P
     tensors, meta = read_tensors(src)
     name = model_name(src, meta)
     plans = [R.resolve(r, tensors) for r in recipes]  # all recipe errors before any work
+    warnings = snap_back_warnings(plans, base_grid_types(meta))
     values = None
     if imatrix is not None:
         check_against(imatrix, tensors)
@@ -98,7 +137,8 @@ def quantize_variants(src: str | Path, recipes: list[R.Recipe], out_dir: str | P
                             imatrix=values, nthread=nthread, allow_requantize=meta["quantized"], force=True)
         results.append({"recipe": recipe.name, "family": recipe.family, "path": str(target),
                         "size_bytes": res.size_bytes, "seconds": round(res.seconds, 2),
-                        "n_fallback": res.n_fallback, "imatrix": values is not None})
+                        "n_fallback": res.n_fallback, "imatrix": values is not None,
+                        "warning": warnings.get(recipe.name)})
     return results
 
 
@@ -187,7 +227,10 @@ def write_reports(rows: list[dict], out_dir: Path, title: str, extra: dict | Non
     checks = pareto_check(rows)
     data = {"variants": rows, "pareto": checks, **(extra or {})}
     rj = write_text_atomic(out_dir / "report.json", jsonlib.dumps(data, indent=2))
-    rm = write_text_atomic(out_dir / "report.md", report_markdown(rows, checks, title))
+    md = report_markdown(rows, checks, title)
+    if data.get("warnings"):
+        md += "\nWarnings:\n\n" + "".join(f"- {w}\n" for w in data["warnings"])
+    rm = write_text_atomic(out_dir / "report.md", md)
     png = pareto_png(rows, out_dir / "pareto.png", title)
     return {"report_json": str(rj), "report_md": str(rm), "pareto_png": str(png), "pareto": checks}
 
@@ -212,15 +255,16 @@ def run_quantize(ref: str | Path, recipe_objs: list[R.Recipe], out_dir: Path, *,
         row["family"] = m["family"] if m else "reference"
         row["quantize_seconds"] = m["seconds"] if m else None
         rows.append(row)
+    warnings = [m["warning"] for m in made if m.get("warning")]
     extra = {"reference": str(ref), "quantize_seconds_total": round(t_quant, 1),
-             "eval_tokens": eval_tokens, "ctx": ctx}
+             "eval_tokens": eval_tokens, "ctx": ctx, "warnings": warnings}
     paths = write_reports(rows, out_dir, title or f"Quantized variants of {Path(ref).name}", extra)
     return {"variants": rows, **paths, "quantize_seconds_total": round(t_quant, 1),
-            "seconds": round(time.time() - t0, 1)}
+            "seconds": round(time.time() - t0, 1), "warnings": warnings}
 
 
 def quantize_cmd(*, gguf: str, recipe: list[str], out: str, imatrix: str = "", calib: str = "", model: str = "",
-                 eval_tokens: int = 512, task: str = "", no_eval: bool = False, force: bool = False,
+                 eval_tokens: int = 512, text: str = "", task: str = "", no_eval: bool = False, force: bool = False,
                  json: bool = False) -> dict:
     """Quantize a reference GGUF to llama.cpp's standard types and our dynamic XL recipes, with a report.
 
@@ -236,6 +280,8 @@ def quantize_cmd(*, gguf: str, recipe: list[str], out: str, imatrix: str = "", c
         calib: calibration data (chat JSONL or .txt) to compute an importance matrix from (needs --model).
         model: the Hugging Face model the GGUF was exported from ('embedded' or a merged directory).
         eval_tokens: held-out tokens for the KLD / top-1 / perplexity scores.
+        text: held-out text to score on: a .txt, or a chat JSONL (e.g. your fine-tune's eval split);
+            default: general English text (edge/data/general_eval.txt).
         task: a chat JSONL eval set (e.g. edge/data/demo_eval.jsonl) for exact-match accuracy.
         no_eval: only quantize; skip the scores and the report.
         force: overwrite existing variant files.
@@ -270,9 +316,13 @@ def quantize_cmd(*, gguf: str, recipe: list[str], out: str, imatrix: str = "", c
         if not json:
             for m in made:
                 print(f"{m['path']}: {m['size_bytes'] / 1e6:.1f} MB in {m['seconds']:.1f} s")
+                if m.get("warning"):
+                    print(f"warning: {m['warning']}")
         return {"variants": made}
-    result = run_quantize(ref, recipe_objs, out_dir, imatrix=im, eval_tokens=eval_tokens,
-                          task_eval=task or None, force=force, progress=not json)
+    from edge.data import eval_text
+
+    result = run_quantize(ref, recipe_objs, out_dir, imatrix=im, eval_text=eval_text(text) if text else None,
+                          eval_tokens=eval_tokens, task_eval=task or None, force=force, progress=not json)
     if not json:
         print(Path(result["report_md"]).read_text())
         print(f"wrote {result['report_json']}, {result['report_md']}, {result['pareto_png']}")
@@ -306,10 +356,13 @@ def demo_stage(ctx):
     from edge.data import load_chats
     from edge.task import EVAL
 
-    task_eval = load_chats(EVAL)[:20] if merged else None  # the task only means something after fine-tuning
+    from edge.data import eval_text
+
+    # the task only means something after fine-tuning; then the KLD is scored on its held-out chats too
+    task_eval = load_chats(EVAL)[:20] if merged else None
     result = run_quantize(ref, [R.get(n) for n in R.DEMO_NAMES], ctx.run.path("gguf"), imatrix=im,
-                          eval_tokens=128, ctx=128, task_eval=task_eval, speed_tokens=32, force=True,
-                          title="edge demo: quantized variants")
+                          eval_text=eval_text(EVAL) if merged else None, eval_tokens=256, ctx=128,
+                          task_eval=task_eval, speed_tokens=32, force=True, title="edge demo: quantized variants")
     # the report lives in the run root
     for key in ("report_json", "report_md", "pareto_png"):
         p = Path(result[key])
@@ -332,4 +385,5 @@ def demo_stage(ctx):
         summary += f"; Q4_K_XL {q4['size_bytes'] / 1e6:.0f} MB, KLD {q4['kld_mean']:.4f}"
     if not merged:
         summary += " (base model: no fine-tune to score)"
-    return StageResult(summary=summary, table=demo_table(result["variants"]))
+    notes = "".join(f"\nwarning: {w}" for w in result["warnings"])
+    return StageResult(summary=summary, table=demo_table(result["variants"]) + notes)

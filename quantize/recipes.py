@@ -8,9 +8,18 @@ Two kinds of recipe:
   and llama.cpp silently falls back (Q4_K -> Q5_0, Q5_K -> Q5_1, Q6_K -> Q8_0). Tests read the
   files back with gguf-py and check these tables.
 - our dynamic recipes (`*_XL`): every quantized tensor is chosen by the first matching row, and
-  passed to llama.cpp as a per-tensor override. They use 256-block K-quants only where rows
-  are 256-aligned (attn_output: 1024 wide; ffn_down: 2048 / 6912 wide) and choose the 32-block
-  types deliberately elsewhere, so nothing falls back behind our back.
+  passed to llama.cpp as a per-tensor override, so nothing falls back behind our back. Three
+  measured facts shape them (docs/BENCHMARKS.md, "Quantize"):
+  1. A K-quant matmul rounds its *input* activations in 256-blocks (Q8_K); 32-block types
+     (Q8_0, Q5_0, Q5_1, IQ4_NL) round them in 32-blocks. On Gemma 3's outlier-heavy inputs this
+     matters: with bit-exact weights, Q4_K_M's KLD halves (0.0057 -> 0.0031) when only ffn_down
+     goes from Q4_K/Q6_K to Q8_0. So Q4/Q5/Q6_K_XL use no K-quants at all.
+  2. The embedded 270M is a dequantized Q4_K_M: its weights sit on Q5_0 / Q4_K / Q6_K / Q8_0
+     grids. Re-quantizing a LoRA merge of it with the *same* type rounds each weight back to
+     the base's grid point and erases most of the fine-tune (demo task KLD: gate/up in Q5_0
+     0.51, in Q5_1 0.029, the rest Q8_0). So the XL recipes use Q5_1, not Q5_0, for the bulk.
+  3. The tied embedding/output head is 63% of the 270M's weights: Q8_0 for it in every recipe
+     but IQ4_K_XL (the small one), F16 in Q8_K_XL.
 
 Patterns are Python/ECMAScript regexes searched in GGUF tensor names. Layer placeholders,
 expanded for the model's block count n:
@@ -122,35 +131,34 @@ STANDARD = [
 ]
 
 # --- our dynamic recipes -----------------------------------------------------------------------
+QK_MLP_Q5_1 = ("Q5_1 (6.0 bpw, asymmetric 32-blocks), not Q5_0: the embedded base was dequantized from Q5_0 "
+               "here, and re-rounding a fine-tune to that grid snaps it back to the base")
 DYNAMIC = [
     _dyn("Q8_K_XL", F.MOSTLY_Q8_0, "Q8_0 body, 16-bit output head and value projections", [
         (EMB, T.F16, "tied embedding = output head: its error hits every logit; F16 keeps it exact"),
         (V, T.F16, "attn_v feeds the residual stream directly; 1 KV head makes it tiny (0.16M/layer)"),
         (r"\.weight$", T.Q8_0, "everything else Q8_0: 32-blocks fit 640/1152 rows"),
     ]),
-    _dyn("Q6_K_XL", F.MOSTLY_Q6_K, "Q8_0 head and attention, Q6_K where rows fit, Q5_1 MLP in", [
-        (EMB, T.Q8_0, "output head Q8_0: no 6-bit 32-block type, and it dominates the error"),
-        (r"attn_[qkv]\.weight$", T.Q8_0, "attention in-projections are small (1.0M/layer): keep Q8_0"),
-        (O, T.Q6_K, "1024-wide rows: real Q6_K"),
-        (DOWN, T.Q6_K, "2048/6912-wide rows: real Q6_K"),
-        (ENDS + r"ffn_(gate|up)\.weight$", T.Q8_0, "first/last layers are the most sensitive"),
-        (r"ffn_(gate|up)\.weight$", T.Q5_1, "6 bits/weight 32-block type instead of a Q8_0 fallback"),
+    _dyn("Q6_K_XL", F.MOSTLY_Q6_K, "Q8_0 head, attention out, ffn_down and first/last layers; Q5_1 elsewhere", [
+        (EMB, T.Q8_0, "output head Q8_0: no 6-bit 32-block type, and below 8 bits it dominates the error"),
+        (V, T.Q8_0, "attn_v: 0.16M weights/layer, errors go straight into the residual stream"),
+        (O, T.Q8_0, "attn_output Q8_0, not a K-quant: K-quant matmuls round their input in 256-blocks (Q8_K)"),
+        (DOWN, T.Q8_0, "ffn_down Q8_0: its GELU-gated input has the largest outliers; 256-block rounding hurts"),
+        (ENDS + r"(attn_[qk]|ffn_gate|ffn_up)\.weight$", T.Q8_0, "first/last layers: Q8_0"),
+        (r"(attn_[qk]|ffn_gate|ffn_up)\.weight$", T.Q5_1, QK_MLP_Q5_1),
     ]),
-    _dyn("Q5_K_XL", F.MOSTLY_Q5_K_M, "Q8_0 head and attn_v, Q6_K ffn_down, Q5_K attn_output, Q5_0 elsewhere", [
+    _dyn("Q5_K_XL", F.MOSTLY_Q5_K_M, "Q8_0 head, attn_v and ffn_down; Q5_1 elsewhere", [
         (EMB, T.Q8_0, "output head Q8_0: 4-5 bit here costs more KLD than the whole body"),
         (V, T.Q8_0, "attn_v: 0.16M weights/layer, errors go straight into the residual stream"),
-        (DOWN, T.Q6_K, "ffn_down: widest input (2048/6912), most outlier-prone; real Q6_K fits"),
-        (O, T.Q5_K, "1024-wide rows: real Q5_K"),
-        (ENDS + r"(attn_[qk]|ffn_gate|ffn_up)\.weight$", T.Q8_0, "first/last layers: Q8_0"),
-        (r"(attn_[qk]|ffn_gate|ffn_up)\.weight$", T.Q5_0, "Q5_0 (5.5 bpw): the 32-block 5-bit type"),
+        (DOWN, T.Q8_0, "ffn_down Q8_0: largest input outliers; a K-quant would round them in 256-blocks"),
+        (O, T.Q5_1, "attn_output Q5_1 (32-block): Q8_0-rounded input instead of a K-quant's Q8_K"),
+        (r"(attn_[qk]|ffn_gate|ffn_up)\.weight$", T.Q5_1, QK_MLP_Q5_1),
     ]),
-    _dyn("Q4_K_XL", F.MOSTLY_Q4_K_M, "Q4_K_M's layout with Q8_0 attn_v and Q6_K ffn_down on every layer", [
+    _dyn("Q4_K_XL", F.MOSTLY_Q4_K_M, "Q4_K_M's size class: Q8_0 head and attn_v, Q5_1 everywhere else", [
         (EMB, T.Q8_0, "output head Q8_0 (Q4_K_M does the same); below 8 bits it dominates KLD"),
         (V, T.Q8_0, "attn_v Q8_0 on every layer (Q4_K_M: only on 'more bits' layers): 0.16M/layer"),
-        (DOWN, T.Q6_K, "ffn_down Q6_K on every layer (Q4_K_M: Q4_K on most): rows fit, outlier-prone"),
-        (O, T.Q4_K, "1024-wide rows: real Q4_K"),
-        (ENDS + r"(attn_[qk]|ffn_gate|ffn_up)\.weight$", T.Q5_0, "first/last layers Q5_0"),
-        (r"(attn_[qk]|ffn_gate|ffn_up)\.weight$", T.Q5_0, "Q5_0: what Q4_K would fall back to anyway"),
+        (r"(attn_output|ffn_down)\.weight$", T.Q5_1, "Q5_1, not Q4_K/Q6_K: 32-block input rounding (Q8_0, not Q8_K)"),
+        (r"(attn_[qk]|ffn_gate|ffn_up)\.weight$", T.Q5_1, QK_MLP_Q5_1),
     ]),
     _dyn("IQ4_K_XL", F.MOSTLY_IQ4_NL, "small and fast: IQ4_NL output head, 4-bit body, 6-bit ffn_down", [
         (EMB, T.IQ4_NL, "IQ4_NL head halves the bytes read per token (the decode-speed lever)"),

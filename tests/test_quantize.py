@@ -108,7 +108,8 @@ def test_every_recipe_resolves_to_the_intended_types(shaped, tmp_path):
     by = {m["recipe"]: m for m in made}
     assert by["Q4_K_M"]["n_fallback"] > 0  # the problem the XL recipes are designed around
     q4 = readback(by["Q4_K_XL"]["path"])
-    assert q4["blk.0.ffn_down.weight"] == T.Q6_K and q4["blk.5.attn_v.weight"] == T.Q8_0
+    assert q4["blk.0.ffn_down.weight"] == T.Q5_1 and q4["blk.5.attn_v.weight"] == T.Q8_0
+    assert not any(t in (T.Q4_K, T.Q5_K, T.Q6_K) for t in q4.values())   # no Q8_K-rounded inputs
     assert readback(by["Q8_K_XL"]["path"])["token_embd.weight"] == T.F16
 
 
@@ -271,3 +272,35 @@ def test_recipe_tables_have_reasons():
         assert "{" not in R.table_markdown(r).split("\n")[0]
     for r in R.STANDARD:
         assert not r.rows and r.expect
+
+
+def test_fine_tune_of_the_dequantized_base_warns_where_a_recipe_reuses_its_grid(small, tmp_path):
+    """The embedded base is a dequantized Q4_K_M: re-quantizing its fine-tune with the same
+    types snaps the weights back to the base (measured: docs/BENCHMARKS.md). Q4_K_M is flagged;
+    our XL recipes and Q8_0 are not."""
+    from edge.models import embedded_gguf
+    from quantize.cli import base_grid_types, read_tensors, snap_back_warnings
+
+    _, src = small
+    tensors, meta = read_tensors(src)
+    assert base_grid_types(meta) == {}                       # not a fine-tune: nothing to protect
+    base = tmp_path / "base"
+    base.mkdir()
+    (base / "edge_source.json").write_text(json.dumps({"gguf": embedded_gguf().name}))
+    types = base_grid_types({"adapter": "/runs/x", "base_model": str(base)})
+    assert types["blk.0.attn_q.weight"] == "Q5_0" and types["blk.5.ffn_down.weight"] == "Q4_K"
+    plans = [R.resolve(R.RECIPES[n], tensors) for n in ("Q4_K_M", "Q8_0", "Q4_K_XL", "Q5_K_XL", "Q6_K_XL")]
+    warned = snap_back_warnings(plans, types)
+    assert list(warned) == ["Q4_K_M"] and "erases much of the fine-tune" in warned["Q4_K_M"]
+
+
+def test_eval_text_renders_chats(tmp_path):
+    from edge.data import eval_text
+
+    chats = tmp_path / "c.jsonl"
+    chats.write_text(json.dumps({"messages": [{"role": "user", "content": "hi"},
+                                              {"role": "assistant", "content": "2037-06-23"}]}) + "\n")
+    assert eval_text(chats) == "<start_of_turn>user\nhi<end_of_turn>\n<start_of_turn>model\n2037-06-23<end_of_turn>\n"
+    plain = tmp_path / "t.txt"
+    plain.write_text("some text")
+    assert eval_text(plain) == "some text"
