@@ -26,6 +26,7 @@ import shutil
 import subprocess
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
@@ -219,12 +220,15 @@ def read_state(serial: str):
     """Read the phone's state (memory, thermal, battery, SoC, storage) -> readings.DeviceState."""
     from edge.readings import COMMANDS, parse_state
 
-    outputs = {}
-    for name, cmd in COMMANDS.items():
+    def run(cmd: str) -> str:
         try:
-            outputs[name] = shell(serial, cmd, timeout=20).out
+            return shell(serial, cmd, timeout=20).out
         except EdgeError:
-            outputs[name] = ""
+            return ""
+
+    # one adb shell each, all at once: `dumpsys meminfo` alone takes seconds on a real phone
+    with ThreadPoolExecutor(len(COMMANDS)) as pool:
+        outputs = dict(zip(COMMANDS, pool.map(run, COMMANDS.values())))
     return parse_state(outputs, serial=serial)
 
 
