@@ -14,10 +14,9 @@ LoRA; they differ only in what edge.finetune changes:
   frozen tied head (gradient computed in the same pass; no full logits, no recompute).
 - "edge+ckpt": the same with gradient checkpointing (activations recomputed in backward).
 - "edge+compile": what `edge finetune` does on a GPU: each decoder layer and the loss chunk
-  compiled (torch.compile), the layers in edge.precision's fused form (apply_fp16_fixes, in
-  bf16 too: float32 residual stream and norms, norm and GELU-gate functions that save only
-  their 16-bit inputs for backward).
-- "+unfused": bf16 compiled layers as transformers writes them (TrainSettings.fused_layers off).
+  compiled (torch.compile); in fp16 the loss chunk only (edge.finetune.train: compiled, the
+  fp16-fixed layers got no gradient on torch 2.11), unless the variant says "+layers".
+- "+fused": edge.precision.apply_fp16_fixes on a bf16 model too (float32 residual stream).
 - "+memN" (e.g. "edge+compile+mem0.5"): compiled layers under an activation memory budget N
   (edge.finetune.compile_layers); "+chunkN": N rows per loss chunk instead of --chunk-rows.
 
@@ -103,14 +102,13 @@ def build(size: str, precision: str, variant: str):
     with torch.device("cuda"):
         model = Gemma3ForCausalLM(cfg).to(dtype)
     fixes = ""
-    fused_bf16 = "compile" in variant and "+unfused" not in variant  # edge.finetune.train's rule
-    if variant != "hf+peft" and (precision == "fp16" or fused_bf16):
+    if variant != "hf+peft" and (precision == "fp16" or "+fused" in variant):
         from edge.precision import apply_fp16_fixes
 
         apply_fp16_fixes(model)
         fixes = " (fp16 fixes)" if precision == "fp16" else " (fused layers)"
     net = add_lora(model, LoraSettings(r=16, alpha=32), grad_checkpointing=("ckpt" in variant))
-    if "compile" in variant:
+    if "compile" in variant and (not fixes or "+layers" in variant):
         compile_layers(net, memory_budget=variant_option(variant, "mem", 1.0))
     net.train()
     return net, cfg, fixes
@@ -144,6 +142,8 @@ def run_one(size, precision, variant, batch, seq, warmup, steps, chunk_rows, los
             s, n = reply_loss(net, ids, None, ids, chunk_rows=chunk_rows, compile=compile_)
             loss = s / n
         scaler.scale(loss).backward()
+        if any(p.grad is None for p in params):  # a step that trains nothing is no result
+            raise RuntimeError(f"{sum(p.grad is None for p in params)} of {len(params)} LoRA weights got no gradient")
         scaler.unscale_(opt)
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         scaler.step(opt)

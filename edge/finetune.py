@@ -16,11 +16,11 @@ How it is fast and small: the loss is computed on reply tokens only, and the 262
 output head runs in chunks whose float32 logits are freed right away; the gradient of each
 chunk is computed in the same pass (the head is frozen, so only d(hidden) is needed), so the
 backward pass neither keeps nor recomputes logits. Batches are length-bucketed. On a GPU each
-decoder layer is compiled; in bf16 and fp16 they run edge.precision's fused float32-residual
-layers, which keep fewer activations. fp16 trains with dynamic loss scaling. Ctrl-C saves a
-checkpoint at the next step boundary; a non-finite loss or gradient stops before the bad
-update, keeping the last good checkpoint (an fp16 step whose gradients overflow at the current
-loss scale is skipped, as loss scaling does, and is no failure).
+decoder layer is compiled (not the fp16-fixed layers: see `train`). fp16 trains with dynamic
+loss scaling. Ctrl-C saves a checkpoint at the next step boundary; a non-finite loss or gradient
+stops before the bad update, keeping the last good checkpoint (an fp16 step whose gradients
+overflow at the current loss scale is skipped, as loss scaling does, and is no failure). A step
+in which some adapter weight got no gradient at all stops training: it would train nothing.
 """
 
 from __future__ import annotations
@@ -106,7 +106,6 @@ class TrainSettings:
     seed: int = 0
     compile: bool | None = None      # torch.compile layers and loss chunk; None: on a GPU only
     memory_budget: float = 1.0       # compiled layers keep this share of saved activations (--memory-budget)
-    fused_layers: bool = True        # compiled bf16: edge.precision's fused float32-residual layers
     loss_scale: float = FP16_INIT_LOSS_SCALE  # fp16: initial dynamic loss scale (GradScaler)
 
     def __post_init__(self):
@@ -675,13 +674,12 @@ def train(*, model: str = "embedded", data: str | Path, out: str | Path, lora: L
     dev = _device_of(net)
     use_compile = settings.compile if settings.compile is not None else dev.type == "cuda"
     pad_multiple = 64 if use_compile else 1
-    if use_compile:
-        if settings.fused_layers and p.name == "bf16":
-            from edge.precision import apply_fp16_fixes
-
-            apply_fp16_fixes(net)  # fewer saved activations, faster (docs/BENCHMARKS.md, Fine-tune)
+    if use_compile and not getattr(p, "fp16_fixes", False):
+        # Not the fp16-fixed layers: compiled with torch 2.11 on an H100 their LoRA weights got
+        # no gradient at all (loss flat; docs/BENCHMARKS.md, Fine-tune). Eager, they train.
         compile_layers(net, settings.memory_budget)
-    params = [q for q in net.parameters() if q.requires_grad]
+    named_params = [(name, q) for name, q in net.named_parameters() if q.requires_grad]
+    params = [q for _, q in named_params]
     opt = torch.optim.AdamW(params, lr=settings.lr, weight_decay=settings.weight_decay, betas=(0.9, 0.999),
                             fused=dev.type == "cuda")
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(settings))
@@ -736,6 +734,12 @@ def train(*, model: str = "embedded", data: str | Path, out: str | Path, lora: L
                 step_loss += float(loss_sum.detach())
                 step_tokens += int(att.sum())
             step_loss /= n_label
+            missing = [name for name, q in named_params if q.grad is None]
+            if missing:  # a broken autograd graph: the step would silently train nothing
+                bar.close()
+                raise EdgeError(f"no gradient reached {len(missing)} of {len(named_params)} adapter weights at step "
+                                f"{step + 1} (e.g. {missing[0]}); training stopped; this is a bug in how the model "
+                                "was built or compiled: please report it")
             scaler.unscale_(opt)
             norm = torch.nn.utils.clip_grad_norm_(params, settings.clip if settings.clip > 0 else float("inf"))
             # fp16: gradients that overflow at the current loss scale are normal; GradScaler skips

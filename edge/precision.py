@@ -301,8 +301,7 @@ def _autograd_functions():
 
 _RMSNormFn = _GatedActFn = None
 # transformers' modeling_gemma3, imported by apply_fp16_fixes: an import statement inside
-# _attention_forward made torch.compile (2.11) run the whole attention eagerly ("Bad import
-# result"), which made compiled fp16 training CPU-bound (measured on an H200: docs/BENCHMARKS.md)
+# _attention_forward is a graph break for torch.compile (2.11: "Bad import result")
 _MODELING_GEMMA3 = None
 _GELU_APPROX = {"gelu_pytorch_tanh": "tanh", "gelu_new": "tanh", "gelu_fast": "tanh", "gelu": "none"}
 
@@ -430,8 +429,8 @@ def apply_fp16_fixes(model):
     or after `peft.get_peft_model` (LoRA layers wrap the projections, which are called as
     usual) and for backward. The weights keep their dtype: load the model in float16 first.
     The text tower of the multimodal class is patched the same way (vision tower untouched).
-    edge.finetune applies it to bf16 models too when it compiles the layers: the fused norm and
-    GELU-gate functions keep fewer activations for backward (docs/BENCHMARKS.md, Fine-tune).
+    Not for torch.compile (2.11, H100): compiled, the patched layers passed no gradient to
+    LoRA weights (docs/BENCHMARKS.md, Fine-tune); edge.finetune runs them eagerly.
 
     Returns the same model object.
     """

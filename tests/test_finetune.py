@@ -172,6 +172,23 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tiny_dir, small_da
     assert not (out / "adapter_model.safetensors").exists()
 
 
+def test_a_step_that_reaches_no_adapter_weight_stops(tiny_dir, small_data, tmp_path, monkeypatch):
+    """What compiled fp16-fixed layers did on torch 2.11: a loss with no path to the LoRA
+    weights (their gradients stay None) must stop training, not train nothing for hours."""
+    import edge.finetune as ft
+
+    real = ft.reply_loss
+
+    def cut(*args, **kwargs):
+        loss, n = real(*args, **kwargs)
+        return loss.detach().requires_grad_(True), n
+
+    monkeypatch.setattr(ft, "reply_loss", cut)
+    with pytest.raises(EdgeError, match=r"no gradient reached \d+ of \d+ adapter weights at step 1 \(e.g. .*lora_"):
+        train(model=str(tiny_dir), data=small_data, out=tmp_path / "ft", settings=_fast(), precision="fp32",
+              progress=False)
+
+
 def test_outputs_log_and_plot(tiny_dir, small_data, tmp_path):
     out = tmp_path / "ft"
     r = train(model=str(tiny_dir), data=small_data, out=out, settings=_fast(steps=4, save_every=2, keep=1),
