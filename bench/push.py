@@ -4,7 +4,9 @@
     .venv/bin/python bench/push.py                 # the embedded 270M GGUF (253 MB), 3 link speeds
     .venv/bin/python bench/push.py --mb 64 --reps 1
 
-The simulated phone (tests/adbsim.py) hashes with Python's hashlib on this machine's CPU;
+The simulated phone (tests/adbsim.py) runs in its own process, one per link speed, as a phone is
+its own machine (in this process its threads would share our upload's GIL). It hashes with
+Python's hashlib on this machine's CPU;
 a phone hashes with its ARMv8 SHA-2 instructions (about 1 GB/s or more), so the unthrottled
 row is a worst case for our verification, and the throttled rows (USB 2.0-like and faster)
 are what a cable gives. Prints a markdown table.
@@ -13,7 +15,9 @@ are what a cable gives. Prints a markdown table.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
+import signal
 import statistics
 import struct
 import subprocess
@@ -26,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from edge import device  # noqa: E402
 from edge.push import push  # noqa: E402
-from tests.adbsim import AdbServer, AdbSim, Phone  # noqa: E402
+from tests.adbsim import AdbServer  # noqa: E402
 
 
 def source_file(mb: int) -> Path:
@@ -53,37 +57,33 @@ def main() -> None:
     src = source_file(args.mb)
     size = src.stat().st_size
     server = AdbServer()
-    sim = AdbSim(Phone(fixture="pixel_7", capacity=64 << 30))
     rows = []
     try:
-        serial = server.attach(sim)
         for rate in (float(r) for r in args.rates.split(",")):
-            sim.phone.throttle_bps = rate * 1e6 or None
-            t_plain, t_stream, t_up, t_push = [], [], [], []
-            for k in range(args.reps):
-                d = f"/data/local/tmp/bench{k}"
-                t = time.monotonic()
-                r = subprocess.run(["adb", "-s", serial, "push", str(src), f"{d}/plain.gguf"],
-                                   capture_output=True, text=True)
-                t_plain.append(time.monotonic() - t)
-                assert r.returncode == 0, r.stdout + r.stderr
-                t = time.monotonic()      # our transport alone: adb shell stdin, no checksums
-                device.shell(serial, ["mkdir", "-p", d], check=True)
-                device._stream(serial, src, f"{d}/stream.gguf", 0, size, lambda p: None, None)
-                t_stream.append(time.monotonic() - t)
-                t = time.monotonic()
-                device.upload(serial, src, f"{d}/ours.gguf")
-                t_up.append(time.monotonic() - t)
-                t = time.monotonic()
-                push(src, "llamacpp", serial, dest=d, force=True)
-                t_push.append(time.monotonic() - t)
-                device.shell(serial, ["rm", "-rf", d, "/data/local/tmp/llama"])
+            with phone_process(server, rate) as serial:
+                t_plain, t_stream, t_up, t_push = [], [], [], []
+                for k in range(args.reps):
+                    d = f"/data/local/tmp/bench{k}"
+                    t = time.monotonic()
+                    r = subprocess.run(["adb", "-s", serial, "push", str(src), f"{d}/plain.gguf"],
+                                       capture_output=True, text=True)
+                    t_plain.append(time.monotonic() - t)
+                    assert r.returncode == 0, r.stdout + r.stderr
+                    t = time.monotonic()      # our transport alone: adb shell stdin, no checksums
+                    device.shell(serial, ["mkdir", "-p", d], check=True)
+                    device._stream(serial, src, f"{d}/stream.gguf", 0, size, lambda p: None, None)
+                    t_stream.append(time.monotonic() - t)
+                    t = time.monotonic()
+                    device.upload(serial, src, f"{d}/ours.gguf")
+                    t_up.append(time.monotonic() - t)
+                    t = time.monotonic()
+                    push(src, "llamacpp", serial, dest=d, force=True)
+                    t_push.append(time.monotonic() - t)
+                    device.shell(serial, ["rm", "-rf", d, "/data/local/tmp/llama"])
             p, st, u, f = (statistics.median(x) for x in (t_plain, t_stream, t_up, t_push))
             rows.append((rate, size / p / 1e6, size / st / 1e6, size / u / 1e6, size / f / 1e6, p / u, p / f))
             print(f"rate {rate or 'max'}: plain {p:.2f}s stream {st:.2f}s upload {u:.2f}s push {f:.2f}s", flush=True)
     finally:
-        server.detach(sim)
-        sim.close()
         server.close()
     load = os.getloadavg()
     print(f"\nfile: {src.name} ({size / 1e6:.1f} MB); median of {args.reps}; load average "
@@ -94,6 +94,29 @@ def main() -> None:
     for rate, p, st, u, f, ru, rf in rows:
         link = f"{rate:.0f} MB/s" if rate else "unthrottled"
         print(f"| {link} | {p:.1f} MB/s | {st:.1f} MB/s | {u:.1f} MB/s | {f:.1f} MB/s | {ru:.0%} | {rf:.0%} |")
+
+
+@contextlib.contextmanager
+def phone_process(server: AdbServer, rate_mb_s: float):
+    """`python -m tests.adbsim` in its own process, attached to `server`; yields its serial."""
+    root = Path(__file__).resolve().parent.parent
+    proc = subprocess.Popen([sys.executable, "-m", "tests.adbsim", "pixel_7", "--throttle", str(rate_mb_s),
+                             "--capacity-gb", "64"], cwd=root, stdout=subprocess.PIPE, text=True)
+    try:
+        serial = proc.stdout.readline().split(" on ")[1].split(";")[0]
+        server.adb("connect", serial)
+        deadline = time.monotonic() + 10
+        while f"{serial}\tdevice" not in server.adb("devices"):
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"adb did not attach the simulated phone {serial}")
+            time.sleep(0.05)
+        yield serial
+    finally:
+        proc.send_signal(signal.SIGINT)     # the simulator removes its storage on Ctrl-C
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
 
 
 def adb_version() -> str:

@@ -1320,9 +1320,15 @@ class AdbSim:
         self.close()
 
 
-if __name__ == "__main__":   # python -m tests.adbsim [phone]: serve until Ctrl-C
-    import sys
-    sim = AdbSim(fixture=sys.argv[1] if len(sys.argv) > 1 else "pixel_7")
+if __name__ == "__main__":   # python -m tests.adbsim [phone] [--throttle MB/s]: serve until Ctrl-C
+    import argparse
+    ap = argparse.ArgumentParser(description="a simulated phone for `adb connect`")
+    ap.add_argument("fixture", nargs="?", default="pixel_7", help="tests/fixtures/android/<fixture>")
+    ap.add_argument("--throttle", type=float, default=0.0, help="link speed in MB/s each way (0: unthrottled)")
+    ap.add_argument("--capacity-gb", type=float, default=0.0, help="storage size (default: the fixture's)")
+    args = ap.parse_args()
+    kw = {"capacity": int(args.capacity_gb * 2**30)} if args.capacity_gb else {}
+    sim = AdbSim(fixture=args.fixture, throttle_bps=args.throttle * 1e6 or None, **kw)
     print(f"simulated phone on {sim.serial}; run: adb connect {sim.serial}", flush=True)
     try:
         while True:
