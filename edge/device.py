@@ -316,6 +316,12 @@ def _hash_cmd(tmp: str, seg: tuple[int, int]) -> str:
     return f"dd if={q(tmp)} bs={MIB} skip={a // MIB} count={-(-(b - a) // MIB)} 2>/dev/null | sha256sum"
 
 
+def _size_and_hashes(out: str) -> tuple[int | None, list[str]]:
+    """Parse `stat -c %s FILE; dd ... | sha256sum; ...` output: the size, then the hashes."""
+    size = re.match(r"\s*(\d+)\s*$", out.lstrip().split("\n", 1)[0])
+    return (int(size.group(1)) if size else None), re.findall(r"^([0-9a-f]{64})\s", out, re.M)
+
+
 def upload(serial: str, local: Path, remote: str, *, progress: Callable[[Progress], None] | None = None,
            cancel: threading.Event | None = None, segment_bytes: int = SEGMENT_BYTES,
            retries: int = 5, reconnect_s: float = 30.0) -> UploadStats:
@@ -455,9 +461,8 @@ def _stream(serial, local, tmp, offset, size, report, cancel, writer: str = "hea
     before, mark, after = text.partition(RC_MARK)
     rc, _, after = after.partition("\n")
     if mark and rc.strip() == "0":
-        got = re.match(r"\s*(\d+)\s*$", after.split("\n", 1)[0])
-        found = re.search(r"^([0-9a-f]{64})\s", after, re.M)
-        return (int(got.group(1)) if got else None), (found.group(1) if found else None)
+        got, hashes = _size_and_hashes(after)
+        return got, (hashes[0] if hashes else None)
     if mark and rc.strip().isdigit():   # the phone answered: a real error (storage full, permission)
         raise EdgeError(f"writing {tmp} on the phone failed: {_first_line(before) or 'exit ' + rc.strip()}")
     raise _LinkDropped(_first_line(text) or str(err) or "adb exited")
@@ -549,13 +554,12 @@ class _Verifier(threading.Thread):
             ask = [k for k in range(first, last) if k not in known]
             line = "; ".join([f"stat -c %s {q(self.tmp)}"] + [_hash_cmd(self.tmp, self.segs[k]) for k in ask])
             r = shell(self.serial, line, timeout=120)
-            have = re.match(r"\s*(\d+)", r.out)
-            hashes = re.findall(r"^([0-9a-f]{64})\s", r.out, re.M)
-            if not have or len(hashes) != len(ask):
+            have, hashes = _size_and_hashes(r.out)
+            if have is None or len(hashes) != len(ask):
                 raise EdgeError(f"cannot hash {self.tmp} on the phone: {_first_line(r.out) or 'no answer'}")
             remote = {**known, **dict(zip(ask, hashes))}
             for k in range(first, last):
-                if self.segs[k][1] > int(have.group(1)):
+                if self.segs[k][1] > have:
                     return                # not all on the phone yet: ask again later
                 if remote[k] != self.local.get(k):
                     self.bad = self.segs[k][0]
