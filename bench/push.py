@@ -103,14 +103,7 @@ def phone_process(server: AdbServer, rate_mb_s: float):
     proc = subprocess.Popen([sys.executable, "-m", "tests.adbsim", "pixel_7", "--throttle", str(rate_mb_s),
                              "--capacity-gb", "64"], cwd=root, stdout=subprocess.PIPE, text=True)
     try:
-        serial = proc.stdout.readline().split(" on ")[1].split(";")[0]
-        server.adb("connect", serial)
-        deadline = time.monotonic() + 10
-        while f"{serial}\tdevice" not in server.adb("devices"):
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"adb did not attach the simulated phone {serial}")
-            time.sleep(0.05)
-        yield serial
+        yield server.connect(proc.stdout.readline().split(" on ")[1].split(";")[0])
     finally:
         proc.send_signal(signal.SIGINT)     # the simulator removes its storage on Ctrl-C
         try:

@@ -40,7 +40,7 @@ def main() -> None:
                     help="keep variant files and imatrix already in --out (their quantize time is not re-measured)")
     args = ap.parse_args()
 
-    from edge.data import load_chats
+    from edge.data import eval_text, load_chats
     from edge.evaluate import _llama, compare, evaluate, task_accuracy, threads
     from edge.export import export_gguf
     from edge.fsutil import sha256_file
@@ -98,10 +98,9 @@ def main() -> None:
         seen[sha[m["path"]]] = key
         variants[key] = (m["path"], m["recipe"], m["imatrix"])
     t0 = time.time()
-    from edge.data import eval_text
-
     text_file = args.text or (str(EVAL) if args.merged else "")
-    scores = evaluate(ref, variants, text=eval_text(text_file) if text_file else None, n_tokens=args.eval_tokens, ctx=args.ctx, speed_tokens=64, progress=False)
+    scores = evaluate(ref, variants, text=eval_text(text_file) if text_file else None, n_tokens=args.eval_tokens,
+                      ctx=args.ctx, speed_tokens=64, progress=False)
     t_eval = time.time() - t0
     fam = {m["path"]: m for m in made}
     rows = []

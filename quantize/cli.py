@@ -353,10 +353,8 @@ def demo_stage(ctx):
     im_path = ctx.run.path("imatrix.gguf")
     build_imatrix(model_dir, [str(DEMO_TRAIN)], im_path, max_tokens=2048, chunk=256, force=True)
     im = load_imatrix(im_path)
-    from edge.data import load_chats
+    from edge.data import eval_text, load_chats
     from edge.task import EVAL
-
-    from edge.data import eval_text
 
     # the task only means something after fine-tuning; then the KLD is scored on its held-out chats too
     task_eval = load_chats(EVAL)[:20] if merged else None

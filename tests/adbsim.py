@@ -1357,14 +1357,17 @@ class AdbServer:
         return r.stdout.decode(errors="replace")
 
     def attach(self, sim: AdbSim, wait_s: float = 10.0) -> str:
-        self.adb("connect", sim.serial)
+        return self.connect(sim.serial, "unauthorized" if sim.phone.unauthorized else "device", wait_s)
+
+    def connect(self, serial: str, want: str = "device", wait_s: float = 10.0) -> str:
+        """`adb connect serial` (a simulator in this or another process); wait until listed as `want`."""
+        self.adb("connect", serial)
         deadline = time.monotonic() + wait_s
-        want = "unauthorized" if sim.phone.unauthorized else "device"
         while time.monotonic() < deadline:
-            if f"{sim.serial}\t{want}" in self.adb("devices"):
-                return sim.serial
+            if f"{serial}\t{want}" in self.adb("devices"):
+                return serial
             time.sleep(0.05)
-        raise RuntimeError(f"adb did not list {sim.serial} as {want}: {self.adb('devices')}")
+        raise RuntimeError(f"adb did not list {serial} as {want}: {self.adb('devices')}")
 
     def detach(self, sim: AdbSim) -> None:
         self.adb("disconnect", sim.serial)
