@@ -111,12 +111,17 @@ def render(tokenizer, chat: Chat | list[dict], add_generation_prompt: bool = Fal
     return ids, mask
 
 
+class ChatText(str):
+    """Text rendered from chats: its `<start_of_turn>` / `<end_of_turn>` are the special tokens,
+    not literal text, when it is tokenized for scoring."""
+
+
 def eval_text(path: str | Path) -> str:
     """Held-out text for scoring: a .txt file as is, or a chat JSONL rendered in Gemma 3's format
-    (so a fine-tune is scored on the kind of text it was trained for)."""
+    (a `ChatText`, so a fine-tune is scored on the token sequences it was trained on)."""
     path = Path(path)
     if path.suffix == ".jsonl":
-        return "".join(render_text(c)[0] for c in load_chats(path))
+        return ChatText("".join(render_text(c)[0] for c in load_chats(path)))
     try:
         return path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as e:

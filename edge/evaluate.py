@@ -121,8 +121,13 @@ def _clear(llm) -> None:
 
 
 def chunk_tokens(llm, text: str, n_tokens: int, ctx: int) -> list[list[int]]:
-    """Cut `text` into chunks of `ctx` tokens (each starts with `<bos>`), `n_tokens` positions in all."""
-    ids = llm.tokenize(text.encode("utf-8"), add_bos=False, special=False)
+    """Cut `text` into chunks of `ctx` tokens (each starts with `<bos>`), `n_tokens` positions in all.
+
+    Chat markers in a `ChatText` are tokenized as the special tokens the model was trained on;
+    in plain text a literal `<start_of_turn>` stays text."""
+    from edge.data import ChatText
+
+    ids = llm.tokenize(text.encode("utf-8"), add_bos=False, special=isinstance(text, ChatText))
     per = ctx - 1
     out, total = [], 0
     for i in range(0, len(ids), per):

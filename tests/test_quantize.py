@@ -304,3 +304,26 @@ def test_eval_text_renders_chats(tmp_path):
     plain = tmp_path / "t.txt"
     plain.write_text("some text")
     assert eval_text(plain) == "some text"
+
+
+def test_chat_text_is_scored_with_its_special_tokens(tmp_path):
+    """A rendered chat must reach llama.cpp as the token ids the model was trained on; spelled
+    out as text, `<start_of_turn>` is a dozen ordinary tokens no fine-tune has seen."""
+    from llama_cpp import Llama
+
+    from edge import gemma3
+    from edge.data import eval_text
+    from edge.evaluate import chunk_tokens
+    from edge.models import embedded_gguf
+
+    chats = tmp_path / "c.jsonl"
+    chats.write_text(json.dumps({"messages": [{"role": "user", "content": "When is 23 June 2037?"},
+                                              {"role": "assistant", "content": "2037-06-23"}]}) + "\n")
+    llm = Llama(model_path=str(embedded_gguf()), vocab_only=True, verbose=False)
+    try:
+        [chat] = chunk_tokens(llm, eval_text(chats), 64, 64)
+        [plain] = chunk_tokens(llm, str(eval_text(chats)), 64, 64)
+    finally:
+        llm.close()
+    assert chat[:2] == [gemma3.BOS_ID, gemma3.START_OF_TURN_ID] and chat.count(gemma3.END_OF_TURN_ID) == 2
+    assert gemma3.START_OF_TURN_ID not in plain and len(plain) > len(chat) + 10
