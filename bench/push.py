@@ -1,4 +1,4 @@
-"""Push throughput: our path (stream + sha256 of every segment on the phone + rename) vs plain
+"""Push throughput: our path (stream + SHA-1 of every segment on the phone + rename) vs plain
 `adb push` of the same file to the same simulated phone, in one run, through one real adb server.
 
     .venv/bin/python bench/push.py                 # the embedded 270M GGUF (253 MB), 3 link speeds

@@ -7,7 +7,7 @@
 
 Checks first (the file is a GGUF, our budget says it fits this phone — else `--force` —,
 enough free storage, the target name is free — else `--force`), then `edge.device.upload`:
-a temporary name, sha256 of every segment computed on the phone, resume after a dropped
+a temporary name, SHA-1 of every segment computed on the phone, resume after a dropped
 link, rename. Routes per app are data in `edge.apps`.
 
 The TUI calls `push(file, app, serial, progress=callback, cancel=event) -> PushResult`.
@@ -43,7 +43,7 @@ class PushResult:
     size_bytes: int = 0
     seconds: float = 0.0
     mb_per_s: float = 0.0
-    verified: bool = False         # every segment's sha256 on the phone matched
+    verified: bool = False         # every segment's checksum on the phone matched
     segments_verified: int = 0
     resumed_at: list[int] = field(default_factory=list)
     retries: int = 0
@@ -196,7 +196,7 @@ def push_cmd(file: str, *, app: str, serial: str = "", dest: str = "", force: bo
     """Push a GGUF to a phone for ChatterUI, AnythingLLM or the llama.cpp tools.
 
     Checks that the file is a GGUF that our budget says fits the phone and that there is room,
-    then copies it under a temporary name, checks every part with sha256 computed on the
+    then copies it under a temporary name, checks every part with SHA-1 computed on the
     phone, resumes after a dropped connection, and renames it. The final name never holds a
     partial file. ChatterUI: /sdcard/Download/ + media scan, then two taps in the app.
     AnythingLLM: a copy into its model folder on a rooted phone or debuggable build; otherwise
@@ -236,7 +236,7 @@ def push_cmd(file: str, *, app: str, serial: str = "", dest: str = "", force: bo
     where = f"https://huggingface.co/{res.hf_repo}" if res.hf_repo else f"{res.serial}:{res.remote_path}"
     print(f"pushed {Path(file).name} ({res.size_bytes / 1e6:.1f} MB) -> {where}")
     if res.route != "huggingface":
-        print(f"  {res.mb_per_s:.1f} MB/s, sha256 verified on the phone ({res.segments_verified} segments)"
+        print(f"  {res.mb_per_s:.1f} MB/s, SHA-1 verified on the phone ({res.segments_verified} segments)"
               + (f", resumed {len(res.resumed_at)}x" if res.resumed_at else ""))
     if res.budget:
         print(f"  budget: {res.budget}")

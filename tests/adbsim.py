@@ -671,9 +671,19 @@ class Shell:
             o.write(f"{dev:<15} {cap:>9} {used:>8} {free:>9} {pct:>3}% {mount}\n".encode())
 
     def cmd_sha256sum(self, a, i, o, e):
+        return self._hashsum("sha256", a, i, o, e)
+
+    def cmd_sha1sum(self, a, i, o, e):
+        return self._hashsum("sha1", a, i, o, e)
+
+    def cmd_md5sum(self, a, i, o, e):
+        return self._hashsum("md5", a, i, o, e)
+
+    def _hashsum(self, algo, a, i, o, e):
+        """toybox md5sum / sha1sum / sha256sum: `HEX  NAME` per file, `-` for stdin."""
         rc = 0
         for p in a or ["-"]:
-            h = hashlib.sha256()
+            h = hashlib.new(algo)
             try:
                 if p == "-":
                     src = i
@@ -685,7 +695,7 @@ class Shell:
                     h.update(chunk)
                 o.write(f"{h.hexdigest()}  {p}\n".encode())
             except ShellError as x:
-                e.write(f"sha256sum: {x}\n".encode()); rc = 1
+                e.write(f"{algo}sum: {x}\n".encode()); rc = 1
         return rc
 
     def cmd_stat(self, a, i, o, e):

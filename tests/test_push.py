@@ -64,8 +64,8 @@ def test_chatterui_route(sim, gguf_file):
     pushes = [p for p in seen if p.stage == "push"]
     assert pushes[-1].done == gguf_file.stat().st_size and pushes[-1].bytes_per_s > 0
     assert seen[-1].stage == "done"
-    # the phone computed the checksums: dd | sha256sum over the partial file
-    assert any(c[0] == "sha256sum" for c in sim.phone.log)
+    # the phone computed the checksums: dd | sha1sum over the partial file
+    assert any(c[0] == "sha1sum" for c in sim.phone.log)
 
 
 def test_llamacpp_route_and_cli_json(sim, gguf_file, capsys):
@@ -325,7 +325,7 @@ def test_two_phones_need_a_serial(adb_server, sim, gguf_file):
 def test_cli_human_output(sim, gguf_file, capsys):
     assert main(["push", str(gguf_file), "--app", "chatterui", "--serial", sim.serial]) == 0
     cap = capsys.readouterr()
-    assert f"pushed {gguf_file.name}" in cap.out and "sha256 verified on the phone" in cap.out
+    assert f"pushed {gguf_file.name}" in cap.out and "SHA-1 verified on the phone" in cap.out
     assert "next: In ChatterUI" in cap.out and "push" in cap.err            # tqdm bar on stderr
 
 
