@@ -100,13 +100,15 @@ def media_scan(serial: str, path: str) -> str:
     return ""
 
 
-def phone_sha256(serial: str, path: str, access: str = "", package: str = "") -> str:
-    inner = cmdline(["sha256sum", path])
-    line = {"root": f"su -c {q(inner)}", "run-as": cmdline(["run-as", package, "sha256sum", path])}.get(access, inner)
+def phone_checksum(serial: str, path: str, access: str = "", package: str = "") -> str:
+    """The file's checksum computed on the phone (device.HASH), as root or as the app if asked."""
+    tool = f"{device.HASH}sum"
+    inner = cmdline([tool, path])
+    line = {"root": f"su -c {q(inner)}", "run-as": cmdline(["run-as", package, tool, path])}.get(access, inner)
     out = device.shell(serial, line, timeout=600).out
     h = out.split()[0] if out.split() else ""
-    if len(h) != 64:
-        raise EdgeError(f"sha256sum of {path} on the phone failed: {device._first_line(out)}")
+    if len(h) != device.HASH_HEX:
+        raise EdgeError(f"{tool} of {path} on the phone failed: {device._first_line(out)}")
     return h
 
 
@@ -141,8 +143,8 @@ def copy_private(serial: str, access: str, package: str, staged: str, folder: st
                              cmdline(["mv", "-f", part_rel, final_rel])])
         device.shell(serial, f"cat {q(staged)} | " + cmdline(["run-as", package, "sh", "-c", inner]),
                      timeout=600, check=True)
-    want = phone_sha256(serial, staged)
-    got = phone_sha256(serial, final if access == "root" else final_rel, access, package)
+    want = phone_checksum(serial, staged)
+    got = phone_checksum(serial, final if access == "root" else final_rel, access, package)
     if got != want:
         raise EdgeError(f"the copy in {final} differs from the pushed file ({got[:12]} != {want[:12]})")
     device.shell(serial, ["rm", "-f", staged])
