@@ -41,7 +41,7 @@ def main() -> None:
     args = ap.parse_args()
 
     from edge.data import eval_text, load_chats
-    from edge.evaluate import _llama, compare, evaluate, task_accuracy, threads
+    from edge.evaluate import _llama, evaluate, scored_label, task_accuracy, threads
     from edge.export import export_gguf
     from edge.fsutil import sha256_file
     from edge.models import resolve
@@ -99,7 +99,8 @@ def main() -> None:
         variants[key] = (m["path"], m["recipe"], m["imatrix"])
     t0 = time.time()
     text_file = args.text or (str(EVAL) if args.merged else "")
-    scores = evaluate(ref, variants, text=eval_text(text_file) if text_file else None, n_tokens=args.eval_tokens,
+    text = eval_text(text_file) if text_file else None
+    scores = evaluate(ref, variants, text=text, n_tokens=args.eval_tokens,
                       ctx=args.ctx, speed_tokens=64, progress=False)
     t_eval = time.time() - t0
     fam = {m["path"]: m for m in made}
@@ -130,9 +131,9 @@ def main() -> None:
                            "evaluate": round(t_eval, 1)},
              "imatrix": im_summary, "loadavg_start": load0, "loadavg_end": os.getloadavg(),
              "threads": threads(), "eval_tokens": args.eval_tokens, "ctx": args.ctx, "task": task,
-             "eval_text": text_file or "edge/data/general_eval.txt"}
+             "eval_text": text_file or "edge/data/general_eval.txt", "scored": scored_label(text)}
     paths = write_reports(rows, out, title, extra)
-    print(report_markdown(rows, paths["pareto"], title))
+    print(report_markdown(rows, paths["pareto"], title, extra["scored"]))
     print(json.dumps(extra, indent=1))
     print("quantize seconds per file:", {Path(m["path"]).parent.name + "/" + m["recipe"]: m["seconds"] for m in made})
 

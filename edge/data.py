@@ -112,16 +112,31 @@ def render(tokenizer, chat: Chat | list[dict], add_generation_prompt: bool = Fal
 
 
 class ChatText(str):
-    """Text rendered from chats: its `<start_of_turn>` / `<end_of_turn>` are the special tokens,
-    not literal text, when it is tokenized for scoring."""
+    """Text rendered from chats, for scoring: its `<start_of_turn>` / `<end_of_turn>` are the
+    special tokens (not literal text), and `replies` holds the character spans of the model's
+    replies (text and closing `<end_of_turn>`), the positions a fine-tune was trained on."""
+
+    replies: tuple[tuple[int, int], ...] = ()
+
+    @classmethod
+    def of(cls, chats) -> "ChatText":
+        parts, spans, n = [], [], 0
+        for c in chats:
+            text, sp = render_text(c)
+            parts.append(text)
+            spans += [(n + a, n + b) for a, b in sp]
+            n += len(text)
+        out = cls("".join(parts))
+        out.replies = tuple(spans)
+        return out
 
 
 def eval_text(path: str | Path) -> str:
     """Held-out text for scoring: a .txt file as is, or a chat JSONL rendered in Gemma 3's format
-    (a `ChatText`, so a fine-tune is scored on the token sequences it was trained on)."""
+    (a `ChatText`: a fine-tune is scored on its replies, the tokens it was trained on)."""
     path = Path(path)
     if path.suffix == ".jsonl":
-        return ChatText("".join(render_text(c)[0] for c in load_chats(path)))
+        return ChatText.of(load_chats(path))
     try:
         return path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as e:

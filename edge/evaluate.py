@@ -4,12 +4,16 @@
     rows = evaluate("gguf/ref-F32.gguf", {"Q4_K_XL": "gguf/m-Q4_K_XL.gguf"}, text=held_out_text)
 
 For each variant, on held-out text cut into independent chunks of `ctx` tokens (each chunk
-starts with `<bos>`, as llama-perplexity does), with the same tokens fed to both models:
+starts with `<bos>`, as llama-perplexity does), with the same tokens fed to both models. The
+scored positions are every token of plain text; of chats (`edge.data.ChatText`, from a chat
+JSONL), the model's reply tokens only, as in fine-tuning: a fine-tune on replies can be
+confidently wrong about user text it was never trained to predict, and those positions would
+drown the ones its skill lives in.
 
-- `kld_mean`, `kld_p99`: KL(P_ref || P_variant) of the next-token distributions, over all
-  positions (natural log, nats); mean and 99th percentile.
-- `top1`: fraction of positions where the two argmax tokens agree.
-- `ppl`: the variant's perplexity on the text (the reference's is reported on its own row).
+- `kld_mean`, `kld_p99`: KL(P_ref || P_variant) of the next-token distributions over the
+  scored positions (natural log, nats); mean and 99th percentile.
+- `top1`: fraction of scored positions where the two argmax tokens agree.
+- `ppl`: the variant's perplexity on the scored tokens (the reference's on its own row).
 - `size_bytes`, `bpw`: file size, and bits per weight = 8 x tensor bytes / tensor elements.
 - `tok_s`: greedy decode speed on this CPU (tokens after a short prompt, all cores).
 - `task_accuracy`: exact match of greedy replies on a chat eval set (the demo task), stopping
@@ -120,25 +124,64 @@ def _clear(llm) -> None:
     llm._ctx.kv_cache_seq_rm(-1, 0, -1)
 
 
-def chunk_tokens(llm, text: str, n_tokens: int, ctx: int) -> list[list[int]]:
-    """Cut `text` into chunks of `ctx` tokens (each starts with `<bos>`), `n_tokens` positions in all.
+@dataclass
+class Chunk:
+    """Tokens fed to both models in one llama_decode (the first is `<bos>`), and the logit rows
+    scored: row i predicts tokens[i + 1]."""
 
-    Chat markers in a `ChatText` are tokenized as the special tokens the model was trained on;
-    in plain text a literal `<start_of_turn>` stays text."""
+    tokens: list[int]
+    rows: np.ndarray
+
+    @property
+    def targets(self) -> np.ndarray:
+        return np.asarray(self.tokens)[self.rows + 1]
+
+
+def _scored_tokens(llm, text: str) -> tuple[list[int], np.ndarray]:
+    """Token ids of `text` and which of them are scored as targets: all of plain text; of a
+    `ChatText`, the model's replies (its chat markers tokenized as the special tokens)."""
     from edge.data import ChatText
 
-    ids = llm.tokenize(text.encode("utf-8"), add_bos=False, special=isinstance(text, ChatText))
+    raw = text.encode("utf-8")
+    if not isinstance(text, ChatText):
+        ids = llm.tokenize(raw, add_bos=False, special=False)
+        return ids, np.ones(len(ids), bool)
+    ids = llm.tokenize(raw, add_bos=False, special=True)
+    pieces = [len(llm.detokenize([t], special=True)) for t in ids]
+    if sum(pieces) != len(raw):
+        raise EdgeError("cannot align the chat eval text with its tokens; score it as plain .txt instead")
+    starts = np.cumsum([0] + pieces[:-1])
+    keep = np.zeros(len(ids), bool)
+    for a, b in text.replies:
+        a, b = len(text[:a].encode("utf-8")), len(text[:b].encode("utf-8"))
+        keep |= (starts >= a) & (starts < b)
+    return ids, keep
+
+
+def scored_label(text: str | None) -> str:
+    """What the scores cover, for reports."""
+    from edge.data import ChatText
+
+    return "the reply tokens of the chat eval set" if isinstance(text, ChatText) else "held-out text (every token)"
+
+
+def chunk_tokens(llm, text: str, n_tokens: int, ctx: int) -> list[Chunk]:
+    """Cut `text` into chunks of at most `ctx` tokens (each starts with `<bos>`), until
+    `n_tokens` positions are scored (of a `ChatText`: reply tokens only)."""
+    ids, keep = _scored_tokens(llm, text)
     per = ctx - 1
     out, total = [], 0
     for i in range(0, len(ids), per):
-        c = [gemma3.BOS_ID] + ids[i:i + per]
-        if total >= n_tokens or len(c) < 9:
+        c_ids, rows = ids[i:i + per], np.flatnonzero(keep[i:i + per])
+        if total >= n_tokens or len(c_ids) < 8:
             break
-        c = c[: n_tokens - total + 1]
-        out.append(c)
-        total += len(c) - 1
+        rows = rows[: n_tokens - total]
+        if len(rows):
+            out.append(Chunk([gemma3.BOS_ID] + c_ids[: rows[-1] + 1], rows))
+            total += len(rows)
     if not out:
-        raise EdgeError(f"the evaluation text has too few tokens ({len(ids)}); give a longer text")
+        raise EdgeError(f"the evaluation text has too few tokens to score ({len(ids)} tokens, "
+                        f"{int(keep.sum())} scored); give a longer text")
     return out
 
 
@@ -149,23 +192,23 @@ def _log_softmax(x: np.ndarray) -> np.ndarray:
     return x
 
 
-def logprobs(llm, chunks: list[list[int]]) -> list[np.ndarray]:
-    """Log-softmax of the next-token logits at every position of every chunk (all but the last)."""
+def logprobs(llm, chunks: list[Chunk]) -> list[np.ndarray]:
+    """Log-softmax of the next-token logits at the scored positions of every chunk."""
     out = []
     for c in chunks:
         _clear(llm)
-        out.append(_log_softmax(_decode(llm, c, 0, True)[: len(c) - 1]))
+        out.append(_log_softmax(_decode(llm, c.tokens, 0, True)[c.rows]))
     return out
 
 
-def compare(ref: list[np.ndarray], var: list[np.ndarray], chunks: list[list[int]]) -> dict:
+def compare(ref: list[np.ndarray], var: list[np.ndarray], chunks: list[Chunk]) -> dict:
     """KLD(ref || var) mean and p99, top-1 agreement, variant perplexity."""
     klds, agree, nll = [], [], []
     for r, v, c in zip(ref, var, chunks):
         kl = (np.exp(r) * (r - v)).sum(axis=-1)
         klds.append(np.maximum(kl, 0.0))  # rounding can give -1e-9
         agree.append(r.argmax(-1) == v.argmax(-1))
-        targets = np.asarray(c[1:])
+        targets = c.targets
         nll.append(-v[np.arange(len(targets)), targets])
     kld = np.concatenate(klds)
     return {"kld_mean": float(kld.mean()), "kld_p99": float(np.percentile(kld, 99)),

@@ -168,7 +168,8 @@ def _fmt(v, spec: str) -> str:
     return "-" if v is None else format(v, spec)
 
 
-def report_markdown(rows: list[dict], checks: list[dict], title: str = "Quantized variants") -> str:
+def report_markdown(rows: list[dict], checks: list[dict], title: str = "Quantized variants",
+                    scored: str = "held-out text") -> str:
     lines = [f"# {title}", "",
              "| variant | family | imatrix | size MB | bpw | KLD mean | KLD p99 | top-1 | ppl | tok/s | task acc |",
              "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
@@ -184,7 +185,8 @@ def report_markdown(rows: list[dict], checks: list[dict], title: str = "Quantize
             verdict = "ok" if c["ok"] else f"FAILS against {', '.join(c['beaten_by'])}"
             dom = f"; dominated by {', '.join(c['dominated_by'])}" if c["dominated_by"] else ""
             lines.append(f"- {c['name']}{' (imatrix)' if c['imatrix'] else ''}: {verdict}{dom}")
-    lines += ["", "KLD: KL(reference || variant) of next-token distributions on held-out text, nats. "
+    lines += ["", f"KLD: KL(reference || variant) of next-token distributions on {scored}, nats; top-1 and ppl "
+                  f"on the same positions. "
                   "tok/s: greedy decode on this CPU (llama.cpp, threads = idle cores)."]
     return "\n".join(lines) + "\n"
 
@@ -227,7 +229,7 @@ def write_reports(rows: list[dict], out_dir: Path, title: str, extra: dict | Non
     checks = pareto_check(rows)
     data = {"variants": rows, "pareto": checks, **(extra or {})}
     rj = write_text_atomic(out_dir / "report.json", jsonlib.dumps(data, indent=2))
-    md = report_markdown(rows, checks, title)
+    md = report_markdown(rows, checks, title, data.get("scored", "held-out text"))
     if data.get("warnings"):
         md += "\nWarnings:\n\n" + "".join(f"- {w}\n" for w in data["warnings"])
     rm = write_text_atomic(out_dir / "report.md", md)
@@ -239,7 +241,7 @@ def run_quantize(ref: str | Path, recipe_objs: list[R.Recipe], out_dir: Path, *,
                  eval_text: str | None = None, eval_tokens: int = 512, ctx: int = 256, task_eval=None,
                  speed_tokens: int = 64, force: bool = False, progress: bool = True, title: str = "") -> dict:
     """Quantize + evaluate + write the reports; the library function behind the CLI and the demo."""
-    from edge.evaluate import evaluate
+    from edge.evaluate import evaluate, scored_label
 
     t0 = time.time()
     made = quantize_variants(ref, recipe_objs, out_dir, imatrix=imatrix, force=force, progress=progress)
@@ -256,7 +258,7 @@ def run_quantize(ref: str | Path, recipe_objs: list[R.Recipe], out_dir: Path, *,
         row["quantize_seconds"] = m["seconds"] if m else None
         rows.append(row)
     warnings = [m["warning"] for m in made if m.get("warning")]
-    extra = {"reference": str(ref), "quantize_seconds_total": round(t_quant, 1),
+    extra = {"reference": str(ref), "quantize_seconds_total": round(t_quant, 1), "scored": scored_label(eval_text),
              "eval_tokens": eval_tokens, "ctx": ctx, "warnings": warnings}
     paths = write_reports(rows, out_dir, title or f"Quantized variants of {Path(ref).name}", extra)
     return {"variants": rows, **paths, "quantize_seconds_total": round(t_quant, 1),

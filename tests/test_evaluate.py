@@ -45,12 +45,12 @@ def test_kld_zero_against_itself_positive_when_quantized(tiny_pair):
 
 
 def test_compare_matches_hand_computed_kld():
-    from edge.evaluate import _log_softmax, compare
+    from edge.evaluate import Chunk, _log_softmax, compare
 
     p = np.array([[0.7, 0.2, 0.1], [0.25, 0.25, 0.5]])
     q = np.array([[0.5, 0.3, 0.2], [0.25, 0.25, 0.5]])
     lp, lq = _log_softmax(np.log(p)), _log_softmax(np.log(q))
-    out = compare([lp], [lq], [[0, 1, 2]])  # targets: token 1 then token 2
+    out = compare([lp], [lq], [Chunk([0, 1, 2], np.arange(2))])  # targets: token 1 then token 2
     kl0 = sum(a * math.log(a / b) for a, b in zip(p[0], q[0]))
     assert out["kld_mean"] == pytest.approx(kl0 / 2, rel=1e-5)
     assert out["top1"] == 1.0

@@ -306,9 +306,10 @@ def test_eval_text_renders_chats(tmp_path):
     assert eval_text(plain) == "some text"
 
 
-def test_chat_text_is_scored_with_its_special_tokens(tmp_path):
-    """A rendered chat must reach llama.cpp as the token ids the model was trained on; spelled
-    out as text, `<start_of_turn>` is a dozen ordinary tokens no fine-tune has seen."""
+def test_chat_text_is_scored_on_the_replies_with_their_special_tokens(tmp_path):
+    """A rendered chat must reach llama.cpp as the token ids the model was trained on (spelled
+    out, `<start_of_turn>` is several ordinary tokens no fine-tune has seen), and only the
+    reply tokens are scored, as only they were trained."""
     from llama_cpp import Llama
 
     from edge import gemma3
@@ -317,13 +318,23 @@ def test_chat_text_is_scored_with_its_special_tokens(tmp_path):
     from edge.models import embedded_gguf
 
     chats = tmp_path / "c.jsonl"
-    chats.write_text(json.dumps({"messages": [{"role": "user", "content": "When is 23 June 2037?"},
-                                              {"role": "assistant", "content": "2037-06-23"}]}) + "\n")
+    chats.write_text("".join(json.dumps({"messages": [{"role": "user", "content": f"When is {d} June 2037?"},
+                                                      {"role": "assistant", "content": f"2037-06-{d}"}]}) + "\n"
+                             for d in (23, 24)))
     llm = Llama(model_path=str(embedded_gguf()), vocab_only=True, verbose=False)
     try:
-        [chat] = chunk_tokens(llm, eval_text(chats), 64, 64)
-        [plain] = chunk_tokens(llm, str(eval_text(chats)), 64, 64)
+        [chat] = chunk_tokens(llm, eval_text(chats), 128, 128)
+        [plain] = chunk_tokens(llm, str(eval_text(chats)), 128, 128)
+        [first] = chunk_tokens(llm, eval_text(chats), 3, 128)    # stops after 3 scored tokens
+        reply = llm.tokenize(b"2037-06-24", add_bos=False, special=False)
     finally:
         llm.close()
-    assert chat[:2] == [gemma3.BOS_ID, gemma3.START_OF_TURN_ID] and chat.count(gemma3.END_OF_TURN_ID) == 2
-    assert gemma3.START_OF_TURN_ID not in plain and len(plain) > len(chat) + 10
+    assert chat.tokens[:2] == [gemma3.BOS_ID, gemma3.START_OF_TURN_ID] and chat.tokens.count(gemma3.END_OF_TURN_ID) == 4
+    assert gemma3.START_OF_TURN_ID not in plain.tokens and len(plain.tokens) > len(chat.tokens) + 10
+    # targets: each reply and its <end_of_turn>, nothing of the user turns or the markers before
+    targets = list(chat.targets)
+    assert targets[-len(reply) - 1:] == reply + [gemma3.END_OF_TURN_ID]
+    assert targets.count(gemma3.END_OF_TURN_ID) == 2 and gemma3.START_OF_TURN_ID not in targets
+    assert len(targets) == 2 * (len(reply) + 1)
+    assert len(plain.rows) == len(plain.tokens) - 1              # plain text: every position
+    assert len(first.rows) == 3 and len(first.tokens) == first.rows[-1] + 2
