@@ -14,8 +14,9 @@ LoRA; they differ only in what edge.finetune changes:
   frozen tied head (gradient computed in the same pass; no full logits, no recompute).
 - "edge+ckpt": the same with gradient checkpointing (activations recomputed in backward).
 - "edge+compile": what `edge finetune` does on a GPU: each decoder layer and the loss chunk
-  compiled (torch.compile); in fp16 the loss chunk only (edge.finetune.train: compiled, the
-  fp16-fixed layers got no gradient on torch 2.11), unless the variant says "+layers".
+  compiled (torch.compile), the fp16-fixed layers too. "+nolayers": the loss chunk only, the
+  layers eager (what `edge finetune` did in fp16 while compiled fixed layers trained nothing
+  on torch 2.11; edge.precision says why).
 - "+fused": edge.precision.apply_fp16_fixes on a bf16 model too (float32 residual stream).
 - "+memN" (e.g. "edge+compile+mem0.5"): compiled layers under an activation memory budget N
   (edge.finetune.compile_layers); "+chunkN": N rows per loss chunk instead of --chunk-rows.
@@ -25,7 +26,9 @@ fp16 runs plain float16 weights for the baseline, and float16 with edge.precisio
 (GradScaler from edge.finetune's initial scale), as a real fp16 run must.
 
 Reported: tokens/s (median of timed steps after warm-up, CUDA-synchronised), peak GPU memory
-(torch.cuda.max_memory_allocated over warm-up and timed steps), and MFU.
+(torch.cuda.max_memory_allocated over warm-up and timed steps), MFU, and after the timed steps
+one more step that counts the LoRA weights whose gradient is missing or all zero ("grads":
+nonzero / all; a run in which every one is zero is refused: it trained nothing).
 
 MFU (nanoGPT's `estimate_mfu` habit, written out): model FLOPs per token =
   linear: 2 (forward) x 2 (backward, input gradients only: the base is frozen) x P_matmul,
@@ -108,7 +111,7 @@ def build(size: str, precision: str, variant: str):
         apply_fp16_fixes(model)
         fixes = " (fp16 fixes)" if precision == "fp16" else " (fused layers)"
     net = add_lora(model, LoraSettings(r=16, alpha=32), grad_checkpointing=("ckpt" in variant))
-    if "compile" in variant and (not fixes or "+layers" in variant):
+    if "compile" in variant and "+nolayers" not in variant:
         compile_layers(net, memory_budget=variant_option(variant, "mem", 1.0))
     net.train()
     return net, cfg, fixes
@@ -162,6 +165,10 @@ def run_one(size, precision, variant, batch, seq, warmup, steps, chunk_rows, los
         torch.cuda.synchronize()
         times.append(time.perf_counter() - t0)
     peak = torch.cuda.max_memory_allocated()
+    step(batches[0])  # untimed: does every LoRA weight get a gradient? (compiled code once gave all zeros)
+    nonzero = sum(int(p.grad is not None and bool(p.grad.any())) for p in params)
+    if nonzero == 0:
+        raise RuntimeError(f"all {len(params)} LoRA weights got an all-zero gradient: the step trains nothing")
     if PROFILE:
         from torch.profiler import ProfilerActivity, profile
 
@@ -183,7 +190,7 @@ def run_one(size, precision, variant, batch, seq, warmup, steps, chunk_rows, los
     torch.cuda.empty_cache()
     return {"size": size, "precision": precision, "variant": variant + fixes, "tok_s": tok_s, "step_ms": med * 1e3,
             "spread_ms": (max(times) - min(times)) * 1e3, "peak_gib": peak / 2**30, "mfu": mfu,
-            "loss": float(loss.detach()), "warmup_s": t_warm}
+            "loss": float(loss.detach()), "warmup_s": t_warm, "grads": f"{nonzero}/{len(params)}"}
 
 
 def main(argv=None):
@@ -232,18 +239,18 @@ def main(argv=None):
                 if args.json:  # after every run, so a run cut short still leaves its rows
                     Path(args.json).write_text(json.dumps(rows, indent=2))
     print()
-    print(f"| model | precision | variant | tokens/s | vs hf+peft | peak GiB | vs hf+peft | MFU | step ms (spread) |")
-    print("|---|---|---|---:|---:|---:|---:|---:|---:|")
+    print(f"| model | precision | variant | tokens/s | vs hf+peft | peak GiB | vs hf+peft | MFU | step ms (spread) | grads |")
+    print("|---|---|---|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
         base = next((b for b in rows if b["size"] == r["size"] and b["precision"] == r["precision"]
                      and b["variant"] == "hf+peft" and "error" not in b), None)
         if "error" in r:
-            print(f"| {r['size']} | {r['precision']} | {r['variant']} | {r['error']} | | | | | |")
+            print(f"| {r['size']} | {r['precision']} | {r['variant']} | {r['error']} | | | | | | |")
             continue
         sp = f"{r['tok_s'] / base['tok_s']:.2f}x" if base else "-"
         mem = f"{100 * r['peak_gib'] / base['peak_gib']:.0f}%" if base else "-"
         print(f"| {r['size']} | {r['precision']} | {r['variant']} | {r['tok_s']:,.0f} | {sp} | {r['peak_gib']:.2f} | "
-              f"{mem} | {100 * r['mfu']:.1f}% | {r['step_ms']:.1f} ({r['spread_ms']:.1f}) |")
+              f"{mem} | {100 * r['mfu']:.1f}% | {r['step_ms']:.1f} ({r['spread_ms']:.1f}) | {r['grads']} |")
 
 
 if __name__ == "__main__":

@@ -16,11 +16,12 @@ How it is fast and small: the loss is computed on reply tokens only, and the 262
 output head runs in chunks whose float32 logits are freed right away; the gradient of each
 chunk is computed in the same pass (the head is frozen, so only d(hidden) is needed), so the
 backward pass neither keeps nor recomputes logits. Batches are length-bucketed. On a GPU each
-decoder layer is compiled (not the fp16-fixed layers: see `train`). fp16 trains with dynamic
-loss scaling. Ctrl-C saves a checkpoint at the next step boundary; a non-finite loss or gradient
-stops before the bad update, keeping the last good checkpoint (an fp16 step whose gradients
-overflow at the current loss scale is skipped, as loss scaling does, and is no failure). A step
-in which some adapter weight got no gradient at all stops training: it would train nothing.
+decoder layer is compiled (fp16-fixed ones too). fp16 trains with dynamic loss scaling. Ctrl-C
+saves a checkpoint at the next step boundary; a non-finite loss or gradient stops before the
+bad update, keeping the last good checkpoint (an fp16 step whose gradients overflow at the
+current loss scale is skipped, as loss scaling does, and is no failure). A step in which some
+adapter weight got no gradient, or every adapter weight got an all-zero one, stops training:
+it would train nothing.
 """
 
 from __future__ import annotations
@@ -415,7 +416,7 @@ def add_lora(model, lora: LoraSettings, grad_checkpointing: bool = False):
     return get_peft_model(model, cfg)
 
 
-def compile_layers(model, memory_budget: float = 1.0) -> None:
+def compile_layers(model, memory_budget: float = 1.0, backend: str = "inductor") -> None:
     """torch.compile each decoder layer (regional compilation: one graph reused by every layer
     of a kind); fewer kernel launches and fused norms/activations on a GPU.
 
@@ -423,12 +424,12 @@ def compile_layers(model, memory_budget: float = 1.0) -> None:
     backward (1.0: the compiler's usual choice, 0.0: as little as full recompute would) and
     recomputes the rest, cheapest by FLOPs first: elementwise ops (norms, GELU, RoPE, casts)
     before any matmul. It is `torch._functorch.config.activation_memory_budget`, applied to
-    the layers' compilations only.
+    the layers' compilations only. `backend`: torch.compile's (tests use "aot_eager" on a CPU).
     """
     import torch
 
     for layer in causal_lm(model).model.layers:
-        layer.forward = _with_memory_budget(torch.compile(layer.forward), memory_budget)
+        layer.forward = _with_memory_budget(torch.compile(layer.forward, backend=backend), memory_budget)
 
 
 def _with_memory_budget(compiled, budget: float):
@@ -674,9 +675,7 @@ def train(*, model: str = "embedded", data: str | Path, out: str | Path, lora: L
     dev = _device_of(net)
     use_compile = settings.compile if settings.compile is not None else dev.type == "cuda"
     pad_multiple = 64 if use_compile else 1
-    if use_compile and not getattr(p, "fp16_fixes", False):
-        # Not the fp16-fixed layers: compiled with torch 2.11 on an H100 their LoRA weights got
-        # no gradient at all (loss flat; docs/BENCHMARKS.md, Fine-tune). Eager, they train.
+    if use_compile:
         compile_layers(net, settings.memory_budget)
     named_params = [(name, q) for name, q in net.named_parameters() if q.requires_grad]
     params = [q for _, q in named_params]
@@ -746,6 +745,11 @@ def train(*, model: str = "embedded", data: str | Path, out: str | Path, lora: L
             # that update and halves the scale. Overflowing even at scale 1 is a real failure.
             overflow = not torch.isfinite(norm)
             skipped = overflow and scaler.is_enabled() and scaler.get_scale() > 1.0
+            if float(norm) == 0.0:  # what torch 2.11 compiled from the old fp16 fixes (edge.precision)
+                bar.close()
+                raise EdgeError(f"every adapter weight got an all-zero gradient at step {step + 1} (loss {step_loss:.4g}); "
+                                "training stopped: it would train nothing; this is a bug in how the model was built "
+                                "or compiled: please report it")
             if not math.isfinite(step_loss) or (overflow and not skipped):
                 bar.close()
                 what = "loss" if not math.isfinite(step_loss) else "gradient norm"

@@ -227,6 +227,13 @@ def _autograd_functions():
     They save only their 16-bit (or residual) inputs and recompute the fp32 intermediates in
     backward: naive fp32 regions kept 4 fp32 copies of every gate/up activation for backward
     (+10.5 GB peak on the 1B at 4 x 1024 tokens, measured on an H200).
+
+    Their forwards make no in-place change and never return a tensor that is also another
+    value inside them (`y.to(float32)` of a float32 `y` is `y` itself). torch 2.11's compiler
+    turned such an alias into a second output of the traced Function, and the gradient of the
+    real output went to that slot: compiled layers passed all-zero gradients to every LoRA
+    weight (pytorch/pytorch#180642, fixed upstream by #180921; torch 2.13 trains either way;
+    docs/BENCHMARKS.md, Fine-tune).
     """
     global _RMSNormFn, _GatedActFn
     if _RMSNormFn is not None:
@@ -242,13 +249,13 @@ def _autograd_functions():
             r = torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
             y = xf * r * (1.0 + weight.float())
             clamp = out_dtype != torch.float32
-            if clamp:
+            if clamp:  # out of place, and no .to() that returns y itself: see _autograd_functions
                 big = torch.finfo(out_dtype).max
-                y = y.clamp_(-big, big)
+                y = y.clamp(-big, big).to(out_dtype)
             ctx.save_for_backward(x, weight, r)
             ctx.clamp = clamp
             ctx.big = torch.finfo(out_dtype).max
-            return y.to(out_dtype)
+            return y
 
         @staticmethod
         def backward(ctx, dy):
@@ -273,10 +280,10 @@ def _autograd_functions():
             g, u = gate.float(), up.float()
             a = torch.nn.functional.gelu(g, approximate=approximate) if approximate else act(g)
             big = torch.finfo(lp).max
-            y = a * u
+            y = (a * u).clamp(-big, big)
             ctx.save_for_backward(gate, up)
             ctx.approximate, ctx.act, ctx.big = approximate, act, big
-            return y.clamp_(-big, big).to(lp)
+            return y if y.dtype == lp else y.to(lp)
 
         @staticmethod
         def backward(ctx, dy):
@@ -429,8 +436,8 @@ def apply_fp16_fixes(model):
     or after `peft.get_peft_model` (LoRA layers wrap the projections, which are called as
     usual) and for backward. The weights keep their dtype: load the model in float16 first.
     The text tower of the multimodal class is patched the same way (vision tower untouched).
-    Not for torch.compile (2.11, H100): compiled, the patched layers passed no gradient to
-    LoRA weights (docs/BENCHMARKS.md, Fine-tune); edge.finetune runs them eagerly.
+    The patched layers can be torch.compile'd (edge.finetune does so on a GPU); see
+    `_autograd_functions` for the torch 2.11 pattern their Functions avoid.
 
     Returns the same model object.
     """

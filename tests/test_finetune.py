@@ -173,8 +173,8 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tiny_dir, small_da
 
 
 def test_a_step_that_reaches_no_adapter_weight_stops(tiny_dir, small_data, tmp_path, monkeypatch):
-    """What compiled fp16-fixed layers did on torch 2.11: a loss with no path to the LoRA
-    weights (their gradients stay None) must stop training, not train nothing for hours."""
+    """A loss with no path to the LoRA weights (their gradients stay None) must stop training,
+    not train nothing for hours."""
     import edge.finetune as ft
 
     real = ft.reply_loss
@@ -185,6 +185,23 @@ def test_a_step_that_reaches_no_adapter_weight_stops(tiny_dir, small_data, tmp_p
 
     monkeypatch.setattr(ft, "reply_loss", cut)
     with pytest.raises(EdgeError, match=r"no gradient reached \d+ of \d+ adapter weights at step 1 \(e.g. .*lora_"):
+        train(model=str(tiny_dir), data=small_data, out=tmp_path / "ft", settings=_fast(), precision="fp32",
+              progress=False)
+
+
+def test_a_step_whose_adapter_gradients_are_all_zero_stops(tiny_dir, small_data, tmp_path, monkeypatch):
+    """What torch 2.11 made of the compiled fp16-fixed layers (edge.precision): every LoRA weight
+    got a gradient, all zeros. The loss keeps its value; its gradient is cut to zero."""
+    import edge.finetune as ft
+
+    real = ft.reply_loss
+
+    def zero_grad_loss(*args, **kwargs):
+        loss, n = real(*args, **kwargs)
+        return loss.detach() + 0.0 * loss, n
+
+    monkeypatch.setattr(ft, "reply_loss", zero_grad_loss)
+    with pytest.raises(EdgeError, match=r"every adapter weight got an all-zero gradient at step 1 \(loss [0-9.]+\)"):
         train(model=str(tiny_dir), data=small_data, out=tmp_path / "ft", settings=_fast(), precision="fp32",
               progress=False)
 

@@ -159,6 +159,35 @@ def test_gated_act_function_matches_autograd(approximate):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
 
 
+@pytest.mark.parametrize("out_dtype", [torch.float32, torch.float16])
+def test_compiled_functions_give_the_eager_gradients(out_dtype):
+    """torch 2.11 compiled a Function whose forward returned `y.to(float32)` of a float32 `y`
+    (that is `y` itself) or an in-place-clamped tensor into one whose input got an all-zero
+    gradient (pytorch/pytorch#180642; measured on an H200, docs/BENCHMARKS.md). The Functions
+    avoid both. aot_eager traces autograd as inductor does, without a C++ compile. torch >= 2.12
+    has no such fault, so on newer torch this checks the compiled Functions, not the old bug."""
+    precision._autograd_functions()
+    torch.manual_seed(0)
+    x = (torch.randn(3, 64) * 100).to(out_dtype)
+    w = torch.randn(64) * 0.5
+    gate, up = torch.randn(3, 64).to(out_dtype), torch.randn(3, 64).to(out_dtype)
+    act = torch.nn.GELU(approximate="tanh")
+
+    def f(x, gate, up):
+        n = precision._RMSNormFn.apply(x, w, 1e-6, out_dtype)
+        return (n.float() * precision._GatedActFn.apply(gate, up, "tanh", act, out_dtype).float()).square().sum()
+
+    grads = []
+    for fn in (f, torch.compile(f, backend="aot_eager", fullgraph=True)):
+        torch._dynamo.reset()
+        args = [t.clone().requires_grad_() for t in (x, gate, up)]
+        fn(*args).backward()
+        grads.append([a.grad.float() for a in args])
+    for eager, compiled in zip(*grads):
+        assert eager.abs().sum() > 0
+        torch.testing.assert_close(compiled, eager, rtol=1e-3, atol=1e-3)
+
+
 # --- the fixes on tiny models ----------------------------------------------------------------------
 
 def test_fixes_are_idempotent_and_gemma3_only():
@@ -220,6 +249,39 @@ def test_short_lora_finetune_in_fixed_fp16_tracks_fp32():
     for (a, _), (b, _) in zip(ref, fixed):
         assert abs(a - b) <= 0.005 * a, (ref, fixed)
     assert all(not torch.isfinite(torch.tensor(loss)) for loss, _ in naive)
+
+
+def test_compiled_fixed_layers_train_like_eager():
+    """The fixed layers compiled as `edge finetune` compiles them on a GPU (compile_layers;
+    aot_eager here): same losses as eager over 3 LoRA steps, and every LoRA weight gets a
+    nonzero gradient once lora_B has moved. On torch 2.11 the old Functions gave all zeros."""
+    from edge.finetune import compile_layers, reply_loss
+
+    base = _stress(tiny_model(vocab=512))
+    batch = torch.randint(4, 512, (2, 24), generator=torch.Generator().manual_seed(4))
+
+    def run(compiled):
+        torch._dynamo.reset()
+        model = _lora(apply_fp16_fixes(copy.deepcopy(base).half()))
+        if compiled:
+            compile_layers(model, backend="aot_eager")
+        params = [p for p in model.parameters() if p.requires_grad]
+        opt = torch.optim.AdamW(params, lr=1e-2)
+        losses = []
+        for _ in range(3):
+            s, n = reply_loss(model, batch, None, batch)
+            (s / n).backward()
+            losses.append((s / n).item())
+            zero = sum(int(p.grad is None or not p.grad.any()) for p in params)
+            opt.step()
+            opt.zero_grad()
+        return losses, zero
+
+    (eager, eager_zero), (compiled, compiled_zero) = run(False), run(True)
+    assert eager_zero == 0 and compiled_zero == 0
+    assert eager[0] - eager[-1] > 0.05, eager  # it trains
+    for a, b in zip(eager, compiled):
+        assert abs(a - b) <= 1e-3 * a, (eager, compiled)
 
 
 def test_fixes_work_before_or_after_peft():
