@@ -106,7 +106,7 @@ class TrainSettings:
     chunk_rows: int = 1024           # rows of the output head per chunk of the loss
     seed: int = 0
     compile: bool | None = None      # torch.compile layers and loss chunk; None: on a GPU only
-    memory_budget: float = 1.0       # compiled layers keep this share of saved activations (--memory-budget)
+    memory_budget: float | None = None  # compiled layers keep this share of saved activations; None: by size
     loss_scale: float = FP16_INIT_LOSS_SCALE  # fp16: initial dynamic loss scale (GradScaler)
 
     def __post_init__(self):
@@ -119,7 +119,7 @@ class TrainSettings:
             raise EdgeError(f"--eval-fraction must be in [0, 0.5), got {self.eval_fraction}")
         if self.max_len < 0:
             raise EdgeError(f"--max-len must be >= 0, got {self.max_len}")
-        if not 0.0 <= self.memory_budget <= 1.0:
+        if self.memory_budget is not None and not 0.0 <= self.memory_budget <= 1.0:
             raise EdgeError(f"--memory-budget must be in [0, 1], got {self.memory_budget}")
         if not (self.loss_scale >= 1 and math.isfinite(self.loss_scale)):
             raise EdgeError(f"--loss-scale must be a number >= 1, got {self.loss_scale}")
@@ -416,6 +416,13 @@ def add_lora(model, lora: LoraSettings, grad_checkpointing: bool = False):
     return get_peft_model(model, cfg)
 
 
+def auto_memory_budget(model) -> float:
+    """`--memory-budget`'s default. 1B and up: 0.5, which takes peak memory from 42% to 23-24% of
+    plain transformers + peft for about 5% of speed. The 270M: 1.0, as its steps are CPU-bound and
+    it is at 24% already (docs/BENCHMARKS.md, Fine-tune)."""
+    return 0.5 if sum(p.numel() for p in model.parameters()) > 500_000_000 else 1.0
+
+
 def compile_layers(model, memory_budget: float = 1.0, backend: str = "inductor") -> None:
     """torch.compile each decoder layer (regional compilation: one graph reused by every layer
     of a kind); fewer kernel launches and fused norms/activations on a GPU.
@@ -676,7 +683,8 @@ def train(*, model: str = "embedded", data: str | Path, out: str | Path, lora: L
     use_compile = settings.compile if settings.compile is not None else dev.type == "cuda"
     pad_multiple = 64 if use_compile else 1
     if use_compile:
-        compile_layers(net, settings.memory_budget)
+        budget = settings.memory_budget
+        compile_layers(net, auto_memory_budget(base_model) if budget is None else budget)
     named_params = [(name, q) for name, q in net.named_parameters() if q.requires_grad]
     params = [q for _, q in named_params]
     opt = torch.optim.AdamW(params, lr=settings.lr, weight_decay=settings.weight_decay, betas=(0.9, 0.999),
@@ -815,7 +823,7 @@ def finetune_cmd(*, data: str, out: str, model: str = "embedded", steps: int = 2
                  resume: bool = False, force: bool = False, batch_size: int = 8, lr: float = 2e-4,
                  rank: int = 16, alpha: int = 32, dropout: float = 0.0, targets: list[str] | None = None,
                  max_len: int = 0, eval_fraction: float = 0.1, save_every: int = 0,
-                 grad_checkpointing: bool = False, memory_budget: float = 1.0, seed: int = 0,
+                 grad_checkpointing: bool = False, memory_budget: float | None = None, seed: int = 0,
                  json: bool = False) -> dict:
     """LoRA fine-tune a Gemma 3 model on chat JSONL; the loss is on the model's replies only.
 
@@ -842,6 +850,7 @@ def finetune_cmd(*, data: str, out: str, model: str = "embedded", steps: int = 2
         grad_checkpointing: recompute activations in backward to save memory.
         memory_budget: GPU: share (0-1) of each compiled layer's activations kept for backward;
             the rest is recomputed, elementwise ops first: less memory, slower (docs/BENCHMARKS.md).
+            Default: 0.5 for 1B and larger models, 1.0 for the 270M.
         seed: random seed (data order, LoRA init, dropout).
         json: print the result as JSON (and no progress bar).
     """
