@@ -16,8 +16,9 @@ Two kinds of recipe:
      goes from Q4_K/Q6_K to Q8_0. So Q4/Q5/Q6_K_XL use no K-quants at all.
   2. The embedded 270M is a dequantized Q4_K_M: its weights sit on Q5_0 / Q4_K / Q6_K / Q8_0
      grids. Re-quantizing a LoRA merge of it with the *same* type rounds each weight back to
-     the base's grid point and erases most of the fine-tune (demo task KLD: gate/up in Q5_0
-     0.51, in Q5_1 0.029, the rest Q8_0). So the XL recipes use Q5_1, not Q5_0, for the bulk.
+     the base's grid point and erases much of the fine-tune (KLD on the demo task's replies:
+     gate/up in Q5_0 0.032, in Q5_1 0.012, the rest Q8_0). So the XL recipes use Q5_1, not
+     Q5_0, for the bulk.
   3. The tied embedding/output head is 63% of the 270M's weights: Q8_0 for it in every recipe
      but IQ4_K_XL (the small one), F16 in Q8_K_XL.
 
