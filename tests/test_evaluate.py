@@ -44,6 +44,27 @@ def test_kld_zero_against_itself_positive_when_quantized(tiny_pair):
     assert REPORT_KEYS <= set(by["q4"].as_dict())
 
 
+def test_logits_of_chosen_rows_equal_those_of_a_full_decode(tiny_pair):
+    """Scoring asks llama.cpp for the logits of the scored positions only; they must be the
+    same rows, in the same order, as when every position's logits are computed."""
+    from edge.evaluate import _clear, _decode, _llama
+
+    ref, _ = tiny_pair
+    with _llama(ref, 64, False) as llm:
+        tokens = llm.tokenize(b"The lighthouse keeper climbed the stairs every evening.", add_bos=True)
+        rows = np.array([1, 2, 5, len(tokens) - 2])
+        _clear(llm)
+        full = _decode(llm, tokens, 0, np.arange(len(tokens))).copy()
+        _clear(llm)
+        some = _decode(llm, tokens, 0, rows).copy()
+        _clear(llm)
+        last = _decode(llm, tokens, 0).copy()
+    assert some.shape == (len(rows), full.shape[1])
+    np.testing.assert_allclose(some, full[rows], rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(last[0], full[-1], rtol=1e-4, atol=1e-4)
+    assert not np.allclose(some[0], some[1])
+
+
 def test_compare_matches_hand_computed_kld():
     from edge.evaluate import Chunk, _log_softmax, compare
 
