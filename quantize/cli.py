@@ -28,6 +28,15 @@ QUANTIZED_SOURCE_NOTE = ("the source GGUF is already quantized: requantizing com
                          "export an F32/BF16 reference with `edge export` for real numbers")
 
 
+def imatrix_note(recipe_objs: list[R.Recipe]) -> str:
+    """What to say when recipes that want an importance matrix are quantized without one."""
+    names = [r.name for r in recipe_objs if r.wants_imatrix]
+    if not names:
+        return ""
+    return (f"{', '.join(names)} {'is' if len(names) == 1 else 'are'} made for an importance matrix (on a "
+            "fine-tune, about half the KLD with one): give --calib YOUR_CHATS.jsonl --model MERGED_DIR")
+
+
 # --- reading the source -----------------------------------------------------------------------------
 def read_tensors(path: str | Path) -> tuple[list[R.TensorInfo], dict]:
     """Tensor names and shapes (ne[0] first) plus a few metadata values, from the GGUF header."""
@@ -304,6 +313,8 @@ def quantize_cmd(*, gguf: str, recipe: list[str], out: str, imatrix: str = "", c
                         "('embedded' or a merged directory)")
     if meta["quantized"] and not json:
         print(f"note: {QUANTIZED_SOURCE_NOTE}")
+    if not (imatrix or calib) and not json and (note := imatrix_note(recipe_objs)):
+        print(f"note: {note}")
     im = None
     if imatrix:
         im = load_imatrix(imatrix)

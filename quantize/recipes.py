@@ -21,6 +21,10 @@ Two kinds of recipe:
      Q5_0, for the bulk.
   3. The tied embedding/output head is 63% of the 270M's weights: Q8_0 for it in every recipe
      but IQ4_K_XL (the small one), F16 in Q8_K_XL.
+  4. Their Q5_1 bulk wants an importance matrix: on the demo fine-tune's replies (2,000 tokens)
+     Q4_K_XL's KLD is 0.065 without one and 0.029 with one, where a K-quant mix like Q5_K_M's
+     goes the other way (0.034 -> 0.038). `edge quantize` says so when it has none
+     (`wants_imatrix`).
 
 Patterns are Python/ECMAScript regexes searched in GGUF tensor names. Layer placeholders,
 expanded for the model's block count n:
@@ -70,6 +74,7 @@ class Recipe:
     rows: tuple[Row, ...] = ()
     expect: tuple[Row, ...] = ()  # standard types only: what llama.cpp gives on Gemma 3 shapes
     family: str = "dynamic"  # "llama.cpp" or "dynamic"
+    wants_imatrix: bool = False  # measured much worse without one (docs/BENCHMARKS.md, Quantize)
 
     @property
     def is_standard(self) -> bool:
@@ -80,8 +85,8 @@ def _std(name: str, ftype: F, summary: str, expect: list[tuple[str, T, str]]) ->
     return Recipe(name, ftype, summary, (), tuple(Row(*r) for r in expect), "llama.cpp")
 
 
-def _dyn(name: str, ftype: F, summary: str, rows: list[tuple[str, T, str]]) -> Recipe:
-    return Recipe(name, ftype, summary, tuple(Row(*r) for r in rows), (), "dynamic")
+def _dyn(name: str, ftype: F, summary: str, rows: list[tuple[str, T, str]], wants_imatrix: bool = False) -> Recipe:
+    return Recipe(name, ftype, summary, tuple(Row(*r) for r in rows), (), "dynamic", wants_imatrix)
 
 
 EMB = r"^token_embd\.weight$"
@@ -147,20 +152,20 @@ DYNAMIC = [
         (DOWN, T.Q8_0, "ffn_down Q8_0: its GELU-gated input has the largest outliers; 256-block rounding hurts"),
         (ENDS + r"(attn_[qk]|ffn_gate|ffn_up)\.weight$", T.Q8_0, "first/last layers: Q8_0"),
         (r"(attn_[qk]|ffn_gate|ffn_up)\.weight$", T.Q5_1, QK_MLP_Q5_1),
-    ]),
+    ], wants_imatrix=True),
     _dyn("Q5_K_XL", F.MOSTLY_Q5_K_M, "Q8_0 head, attn_v and ffn_down; Q5_1 elsewhere", [
         (EMB, T.Q8_0, "output head Q8_0: 4-5 bit here costs more KLD than the whole body"),
         (V, T.Q8_0, "attn_v: 0.16M weights/layer, errors go straight into the residual stream"),
         (DOWN, T.Q8_0, "ffn_down Q8_0: largest input outliers; a K-quant would round them in 256-blocks"),
         (O, T.Q5_1, "attn_output Q5_1 (32-block): Q8_0-rounded input instead of a K-quant's Q8_K"),
         (r"(attn_[qk]|ffn_gate|ffn_up)\.weight$", T.Q5_1, QK_MLP_Q5_1),
-    ]),
+    ], wants_imatrix=True),
     _dyn("Q4_K_XL", F.MOSTLY_Q4_K_M, "Q4_K_M's size class: Q8_0 head and attn_v, Q5_1 everywhere else", [
         (EMB, T.Q8_0, "output head Q8_0 (Q4_K_M does the same); below 8 bits it dominates KLD"),
         (V, T.Q8_0, "attn_v Q8_0 on every layer (Q4_K_M: only on 'more bits' layers): 0.16M/layer"),
         (r"(attn_output|ffn_down)\.weight$", T.Q5_1, "Q5_1, not Q4_K/Q6_K: 32-block input rounding (Q8_0, not Q8_K)"),
         (r"(attn_[qk]|ffn_gate|ffn_up)\.weight$", T.Q5_1, QK_MLP_Q5_1),
-    ]),
+    ], wants_imatrix=True),
     _dyn("IQ4_K_XL", F.MOSTLY_IQ4_NL, "small and fast: IQ4_NL output head, 4-bit body, 6-bit ffn_down", [
         (EMB, T.IQ4_NL, "IQ4_NL head halves the bytes read per token (the decode-speed lever)"),
         (V, T.Q8_0, "attn_v Q8_0: tiny, sensitive"),

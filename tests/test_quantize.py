@@ -338,3 +338,11 @@ def test_chat_text_is_scored_on_the_replies_with_their_special_tokens(tmp_path):
     assert len(targets) == 2 * (len(reply) + 1)
     assert len(plain.rows) == len(plain.tokens) - 1              # plain text: every position
     assert len(first.rows) == 3 and len(first.tokens) == first.rows[-1] + 2
+
+
+def test_recipes_made_for_an_imatrix_say_so_without_one():
+    from quantize.cli import imatrix_note
+
+    assert imatrix_note([R.RECIPES["Q8_0"], R.RECIPES["Q8_K_XL"], R.RECIPES["Q4_K_M"]]) == ""
+    note = imatrix_note([R.RECIPES[n] for n in ("Q8_0", "Q4_K_XL", "Q6_K_XL")])
+    assert note.startswith("Q4_K_XL, Q6_K_XL are made for an importance matrix") and "--calib" in note
