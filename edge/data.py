@@ -113,10 +113,11 @@ def render(tokenizer, chat: Chat | list[dict], add_generation_prompt: bool = Fal
 
 class ChatText(str):
     """Text rendered from chats, for scoring: its `<start_of_turn>` / `<end_of_turn>` are the
-    special tokens (not literal text), and `replies` holds the character spans of the model's
-    replies (text and closing `<end_of_turn>`), the positions a fine-tune was trained on."""
+    special tokens (not literal text), and `reply_bytes` holds the UTF-8 byte spans of the
+    model's replies (text and closing `<end_of_turn>`), the positions a fine-tune was trained
+    on; bytes, as llama.cpp's token pieces are."""
 
-    replies: tuple[tuple[int, int], ...] = ()
+    reply_bytes: tuple[tuple[int, int], ...] = ()
 
     @classmethod
     def of(cls, chats) -> "ChatText":
@@ -124,10 +125,10 @@ class ChatText(str):
         for c in chats:
             text, sp = render_text(c)
             parts.append(text)
-            spans += [(n + a, n + b) for a, b in sp]
-            n += len(text)
+            spans += [(n + len(text[:a].encode("utf-8")), n + len(text[:b].encode("utf-8"))) for a, b in sp]
+            n += len(text.encode("utf-8"))
         out = cls("".join(parts))
-        out.replies = tuple(spans)
+        out.reply_bytes = tuple(spans)
         return out
 
 

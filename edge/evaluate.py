@@ -159,8 +159,7 @@ def _scored_tokens(llm, text: str) -> tuple[list[int], np.ndarray]:
         raise EdgeError("cannot align the chat eval text with its tokens; score it as plain .txt instead")
     starts = np.cumsum([0] + pieces[:-1])
     keep = np.zeros(len(ids), bool)
-    for a, b in text.replies:
-        a, b = len(text[:a].encode("utf-8")), len(text[:b].encode("utf-8"))
+    for a, b in text.reply_bytes:
         keep |= (starts >= a) & (starts < b)
     return ids, keep
 
