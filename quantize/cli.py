@@ -249,12 +249,25 @@ def write_reports(rows: list[dict], out_dir: Path, title: str, extra: dict | Non
 def run_quantize(ref: str | Path, recipe_objs: list[R.Recipe], out_dir: Path, *, imatrix=None,
                  eval_text: str | None = None, eval_tokens: int = 512, ctx: int = 256, task_eval=None,
                  speed_tokens: int = 64, force: bool = False, progress: bool = True, title: str = "") -> dict:
-    """Quantize + evaluate + write the reports; the library function behind the CLI and the demo."""
-    from edge.evaluate import evaluate, scored_label
-
+    """Quantize + evaluate + write the reports; the library function behind the CLI."""
     t0 = time.time()
     made = quantize_variants(ref, recipe_objs, out_dir, imatrix=imatrix, force=force, progress=progress)
     t_quant = time.time() - t0
+    result = score_variants(ref, made, out_dir, eval_text=eval_text, eval_tokens=eval_tokens, ctx=ctx,
+                            task_eval=task_eval, speed_tokens=speed_tokens, progress=progress, title=title,
+                            quantize_seconds=t_quant)
+    return {**result, "seconds": round(time.time() - t0, 1)}
+
+
+def score_variants(ref: str | Path, made: list[dict], out_dir: Path, *, eval_text: str | None = None,
+                   eval_tokens: int = 512, ctx: int = 256, task_eval=None, speed_tokens: int = 64,
+                   progress: bool = True, title: str = "", quantize_seconds: float | None = None) -> dict:
+    """Score the variants `quantize_variants` made against `ref` and write report.json/.md and
+    pareto.png into `out_dir`."""
+    from edge.evaluate import evaluate, scored_label
+
+    t0 = time.time()
+    t_quant = quantize_seconds if quantize_seconds is not None else sum(m["seconds"] for m in made)
     by_path = {m["path"]: m for m in made}
     variants = {Path(m["path"]).stem: (m["path"], m["recipe"], m["imatrix"]) for m in made}
     scores = evaluate(ref, variants, text=eval_text, n_tokens=eval_tokens, ctx=ctx, task_eval=task_eval,
@@ -271,7 +284,7 @@ def run_quantize(ref: str | Path, recipe_objs: list[R.Recipe], out_dir: Path, *,
              "eval_tokens": eval_tokens, "ctx": ctx, "warnings": warnings}
     paths = write_reports(rows, out_dir, title or f"Quantized variants of {Path(ref).name}", extra)
     return {"variants": rows, **paths, "quantize_seconds_total": round(t_quant, 1),
-            "seconds": round(time.time() - t0, 1), "warnings": warnings}
+            "score_seconds": round(time.time() - t0, 1), "warnings": warnings}
 
 
 def quantize_cmd(*, gguf: str, recipe: list[str], out: str, imatrix: str = "", calib: str = "", model: str = "",
