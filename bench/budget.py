@@ -6,8 +6,8 @@
 
 For each file and n_ctx: load it in a fresh subprocess (llama-cpp-python, mmap on, defaults,
 swa_full as the binding defaults), run a short chat (256-token prompt, 16 generated tokens),
-read RSS; put our estimate, the PocketPal-style estimate (the file size, which PocketPal
-compares with min(60 % RAM, RAM - 1.2 GB)) and AnythingLLM's (0.43 GB + 0.92 x file) beside it.
+read RSS; put our estimate, PocketPal's (0.43 GB + 0.92 x file, PR #250) and AnythingLLM's (the
+file alone, which its memoryFit.ts compares with RAM and RAM - 2.5 GB) beside it.
 Then predicted vs measured decode speed. Prints tables; writes the rows to --out (JSON).
 The variants are made from the embedded GGUF with llama.cpp's own quantizer
 (llama_model_quantize, allow_requantize) into $EDGE_CACHE/bench-variants/ once.
@@ -111,8 +111,8 @@ def main(argv=None) -> int:
             for (f, n), m in zip(grid, results):
                 info = infos[f]
                 e = budget.estimate(info, ctx=n)
-                pp = info.file_bytes
-                al = 0.43e9 + 0.92 * info.file_bytes
+                pp = budget.pocketpal_rule(info.file_bytes, 1)["need_bytes"]   # PocketPal's estimate (PR #250)
+                al = info.file_bytes            # AnythingLLM's badge weighs the file alone (memoryFit.ts)
                 r = dict(file=f.name, ctx=n, measured=m["rss_used"], loaded=m["rss_loaded"], ours=e.total_bytes,
                          pocketpal=pp, anythingllm=al, tok_s=m["tok_s"])
                 rows.append(r)

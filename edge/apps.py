@@ -1,15 +1,25 @@
 """Where each phone app wants a GGUF, as data, and how it gets there.
 
-Facts (../shared/REFERENCE.md, "The apps on the phone"):
+Facts, each read in the app's own code or issues:
 
-- ChatterUI imports from the system file picker only, so the file goes to shared storage
-  (`/sdcard/Download/`), a media scan makes it visible, and the user taps "Import Model".
-  Files adb writes into an app's private folder are invisible to a release build.
-- AnythingLLM has no local-file import. Its loader scans `files/models/gguf/<org>/<repo>/`
-  in its private data for any `.gguf`: with root (`su`) or a debuggable build (`run-as`)
-  we copy the file there; otherwise the only way in is a public Hugging Face repo
-  ("Add a model from Hugging Face"), which `edge push --publish-hf USER/REPO` creates —
-  never without that flag.
+- ChatterUI (com.Vali98.ChatterUI) imports from the system file picker: "Import Model" copies the
+  file into its private models folder (lib/engine/Local/Model.ts, `importModel` -> `copyFileSAF`
+  into `AppDirectory.ModelPath`), so the phone holds it twice until the download is deleted.
+  "Use External Model" keeps a content:// link instead and fails on some devices (issue #505:
+  "no trivial solution other than importing the models into the app"). So the file goes to
+  shared storage (`/sdcard/Download/`), a media scan makes it visible, the user imports it.
+- PocketPal AI (com.pocketpalai) reads models from its own storage; a file put into
+  `Android/data/com.pocketpalai/files` is not seen (issue #199); "Add Local Model" (menu > Models >
+  +, README) picks a file and copies it into the app's storage (issue #475: "The external models
+  seem to be copied to the application storage"). Same route as ChatterUI, same double storage.
+- AnythingLLM mobile (com.anythingllm) has no import of a local file (issue #5432 in
+  Mintplex-Labs/anything-llm, open). Its on-device models live in `files/models/gguf/` of its
+  private data: catalog models, and models added from Hugging Face at
+  `models/gguf/<org>/<repo>/<file>.gguf` (src/utils/models/imported.ts). Recent versions also
+  list any `.gguf` found in `models/gguf/<creator>/<model>/` as a model "found on this device"
+  (src/utils/AiProviders/onDevice/index.ts, `discoverUnknownStoredModels`). With root (`su`) or a
+  debuggable build (`run-as`) we copy the file there; otherwise the way in is a public Hugging
+  Face repo that `edge push --publish-hf USER/REPO` creates, never without that flag.
 - llama.cpp's Android guide runs its command-line tools from `/data/local/tmp/`.
 """
 
@@ -36,26 +46,67 @@ class AppRoute:
     folder: str               # default folder on the phone (absolute, or relative to the app's data)
     private: bool             # the folder is inside the app's private data
     media_scan: bool          # make the file visible to the system file picker
-    steps: tuple[str, ...]    # what the user does next ({name}, {path}, {repo} filled in)
+    steps: tuple[str, ...]    # what the user does next ({name}, {path}, {repo}, {size} filled in)
+    import_copies: bool = False   # the app copies the file into its own storage on import
 
 
 APPS: dict[str, AppRoute] = {
     "chatterui": AppRoute(
         "chatterui", "ChatterUI", "com.Vali98.ChatterUI", "/sdcard/Download", False, True,
-        ("In ChatterUI open the menu > Models and tap 'Import Model' (copies it into the app) "
-         "or 'Use External Model' (keeps it in Download, saves space).",
-         "In the file picker choose Download > {name}; then tap the model to load it.")),
+        ("In ChatterUI open the menu > Models and tap 'Import Model'; in the file picker choose "
+         "Download > {name}, then tap the model to load it.",
+         "Import copies the file into ChatterUI; once it is imported you may delete Download/{name} "
+         "to free {size} ('Use External Model' keeps the download instead, but fails on some phones: "
+         "ChatterUI issue #505)."),
+        import_copies=True),
+    "pocketpal": AppRoute(
+        "pocketpal", "PocketPal AI", "com.pocketpalai", "/sdcard/Download", False, True,
+        ("In PocketPal open the menu (☰) > Models, tap + and choose 'Add Local Model'.",
+         "In the file picker choose Download > {name}; PocketPal copies it into its own storage. "
+         "Then tap Load next to the model.",
+         "Once it is imported you may delete Download/{name} to free {size} (PocketPal keeps its own copy)."),
+        import_copies=True),
     "anythingllm": AppRoute(
         "anythingllm", "AnythingLLM", "com.anythingllm", "files/models/gguf/local/{stem}", True, False,
-        ("Restart AnythingLLM (swipe it away, open it again): its model list scans "
-         "files/models/gguf/ and shows {name}.",)),
+        ("Open AnythingLLM's on-device model list: recent versions list a GGUF found in "
+         "files/models/gguf/<creator>/<model>/ as a model 'found on this device' (here: {folder}); "
+         "a version without that scan does not list it (then use --publish-hf).",)),
     "llamacpp": AppRoute(
         "llamacpp", "llama.cpp command-line tools", "", "/data/local/tmp/llama", False, False,
         ("Run it: adb shell /data/local/tmp/llama/llama-cli -m {qpath} -p 'Hello'",
          "(push llama.cpp's Android build of llama-cli into /data/local/tmp/llama/ first)")),
 }
-HF_STEPS = ("In AnythingLLM: Models > 'Add a model from Hugging Face', paste {repo} and pick {name}.",)
+HF_STEPS = ("In AnythingLLM, add a model from Hugging Face: find {repo} and pick {name} (it downloads it "
+            "into files/models/gguf/{repo}/).",)
 STAGING = "/data/local/tmp/edge"   # where a private-folder copy is staged (shell-writable)
+STORAGE_MARGIN = 64 << 20        # keep this much free beyond the copies (the phone needs room too)
+
+
+def size_text(n: int | float) -> str:
+    """Bytes as a person reads them: '1.07 GB' or '253 MB'."""
+    return f"{n / 1e9:.2f} GB" if n >= 1e9 else f"{n / 1e6:.0f} MB"
+
+
+def copies_on_phone(r: AppRoute) -> int:
+    """How many copies of the file the phone holds at the peak: the pushed file, plus the app's
+    own copy when it imports by copying (until the download is deleted), or the staged file of a
+    private-folder copy (removed after the copy)."""
+    return 2 if (r.import_copies or r.private) else 1
+
+
+def storage_verdict(app: str, file_bytes: int, free_bytes: int | None) -> dict:
+    """Whether `file_bytes` fits the phone's free storage for `app`, counting the app's own copy."""
+    r = route(app)
+    copies = copies_on_phone(r)
+    need = copies * file_bytes + STORAGE_MARGIN
+    why = {True: "the download + the app's imported copy", False: "one copy"}[copies == 2 and r.import_copies]
+    if r.private:
+        why = "the staged file + the copy in the app's folder"
+    out = {"app": app, "copies": copies, "need_bytes": need, "free_bytes": free_bytes, "fits": None,
+           "detail": f"{copies} x {size_text(file_bytes)} ({why}) + {STORAGE_MARGIN >> 20} MB spare"}
+    if free_bytes is not None:
+        out["fits"] = free_bytes >= need
+    return out
 
 
 def route(app: str) -> AppRoute:

@@ -117,10 +117,56 @@ HOST_CALIBRATION = {
 # extra. Estimate (not measured here): a React Native app at rest holds roughly 150-250 MB
 # of PSS; we take 200 MiB.
 PHONE_APP_RUNTIME_BYTES = 200 * MIB
-# Fraction of the theoretical DRAM bandwidth a phone's CPU cluster reaches in a streaming
-# read. Estimate from published CPU memory-bandwidth tests of recent phone SoCs (e.g. Chips
-# and Cheese, AnandTech), which land around half of the theoretical figure; we take 0.55.
-PHONE_STREAM_FRACTION = 0.55
+
+
+# ---- phone decode speed (calibrated on published phone measurements) -------------------------
+# The SoC family decides how much of the DRAM's theoretical bandwidth llama.cpp's decode reaches
+# (memory controller, cores, prefetchers): read from the profile's `soc` name.
+SOC_FAMILIES: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("snapdragon", ("snapdragon", "qualcomm")),
+    ("tensor", ("google tensor",)),
+    ("exynos", ("exynos",)),
+    ("mediatek", ("mediatek", "dimensity", "helio")),
+)
+
+
+def soc_family(soc: str) -> str:
+    """'snapdragon', 'tensor', 'exynos', 'mediatek' or 'other', from a SoC name."""
+    low = (soc or "").lower()
+    for family, names in SOC_FAMILIES:
+        if any(n in low for n in names):
+            return family
+    return "other"
+
+
+@dataclass(frozen=True)
+class PhoneSpeedModel:
+    """Decode speed of llama.cpp on a phone's CPU: every weight is read once per token (a tied
+    output head included) at `efficiency[family]` x the theoretical DRAM bandwidth, and each layer
+    costs a fixed extra time (thread synchronisation, the small ops between the matrix products)
+    that scales with the phone's speed class; it is expressed as `layer_bytes`, the bytes that
+    would take as long to read. Families without their own figure use efficiency['*'].
+
+        tokens/s = efficiency[family] x bandwidth / (bytes per token + n_layers x layer_bytes)
+    """
+
+    efficiency: dict
+    layer_bytes: float
+
+    def tok_s(self, bytes_per_token: float, n_layers: int, bandwidth_gbs: float, family: str) -> float:
+        e = self.efficiency.get(family, self.efficiency["*"])
+        return e * bandwidth_gbs * 1e9 / (bytes_per_token + n_layers * self.layer_bytes)
+
+
+# Fitted by bench/phones.py on the published rows of bench/phones.toml (15 rows: Gemma 3 1B/270M and
+# SmolLM2 135M/360M, Q8_0, on 13 named phones); tests/test_budget.py checks that a re-fit gives
+# these numbers. Held-out (leave-one-out) median error 23%; the table: docs/BENCHMARKS.md "Phones".
+# Exynos and other families have no published row: they use '*'. The sustained speed under heat
+# (verdict's power-envelope ratio) is NOT calibrated: no source read gives a throttled figure.
+PHONE_SPEED = PhoneSpeedModel(
+    efficiency={"*": 0.4331, "snapdragon": 0.5006, "tensor": 0.3359, "mediatek": 0.3072},
+    layer_bytes=7.6e6,
+)
 # What Android leaves to one foreground app: total RAM minus the system's share (kernel,
 # carve-outs, zram, system_server, SystemUI, launcher, GMS). Estimate, not measured: 1.2 GB
 # (the figure PocketPal and AnythingLLM also subtract) + 18 % of RAM, which leaves ~1.4 GB
@@ -443,6 +489,13 @@ class Profile:
     path: str = ""
 
     @property
+    def bandwidth_sourced(self) -> bool:
+        """Whether the DRAM bandwidth rests on read sources (a link for both the transfer rate and
+        the bus width), rather than on an estimate."""
+        srcs = [self.sources.get(k, "") for k in ("memory_mts", "bus_bits")]
+        return all("https://" in s and not s.strip().lower().startswith("estimate") for s in srcs)
+
+    @property
     def ram_bytes(self) -> int:
         """Physical RAM: phone RAM is sold in binary gigabytes (an '8 GB' phone has 8 GiB)."""
         return int(self.ram_gb * GIB)
@@ -517,19 +570,37 @@ def match_profile(state, profiles: dict[str, Profile] | None = None) -> Profile 
 
 
 # ---- the apps' own rules ----------------------------------------------------------------
+POCKETPAL_RULE_SOURCE = "https://github.com/a-ghorbani/pocketpal-ai/pull/250"
+ANYTHINGLLM_RULE_SOURCE = ("https://github.com/Mintplex-Labs/anythingllm-mobile (src/utils/models/memoryFit.ts; "
+                           "context default: src/utils/contextLength.ts, PR #46)")
+
+
 def pocketpal_rule(file_bytes: int, ram_bytes: int) -> dict:
-    """PocketPal: the model file must fit in min(60 % of RAM, RAM - 1.2 GB) (REFERENCE.md)."""
-    budget = min(0.6 * ram_bytes, ram_bytes - 1.2e9)
-    return {"estimate_bytes": int(file_bytes), "budget_bytes": int(budget), "fits": file_bytes <= budget}
+    """PocketPal AI's memory check (PR #250): need = 0.92 x file + 0.43 GB, a linear fit to its
+    phone leaderboard; it warns when need >= min(0.65 x RAM, RAM - 1.2 GB)."""
+    need = 0.92 * file_bytes + 0.43e9
+    limit = min(0.65 * ram_bytes, ram_bytes - 1.2e9)
+    return {"need_bytes": int(need), "limit_bytes": int(limit), "fits": need < limit, "warns": need >= limit,
+            "source": POCKETPAL_RULE_SOURCE}
 
 
 def anythingllm_rule(file_bytes: int, ram_bytes: int) -> dict:
-    """AnythingLLM: need 0.43 GB + 0.92 x file against min(0.65 x RAM, RAM - 1.2 GB); 'tight'
-    when the weights exceed RAM - 2.5 GB (REFERENCE.md)."""
-    need = 0.43e9 + 0.92 * file_bytes
-    budget = min(0.65 * ram_bytes, ram_bytes - 1.2e9)
-    return {"estimate_bytes": int(need), "budget_bytes": int(budget), "fits": need <= budget,
-            "tight": file_bytes > ram_bytes - 2.5e9}
+    """AnythingLLM mobile's badge (memoryFit.ts, weights file only): 'impossible' when the file is
+    larger than RAM, 'tight' ("May not fit") when larger than RAM - 2.5 GB (its reserve for the OS,
+    the app and the KV cache), else 'ok'. Its default context (contextLength.ts, PR #46): 512 under
+    4 GB of RAM, 1024 under 6 GB, else 2048 (decimal GB)."""
+    badge = "impossible" if file_bytes > ram_bytes else "tight" if file_bytes > ram_bytes - 2.5e9 else "ok"
+    ctx = 512 if ram_bytes < 4e9 else 1024 if ram_bytes < 6e9 else 2048
+    return {"badge": badge, "fits": badge != "impossible", "tight": badge == "tight",
+            "budget_bytes": int(ram_bytes - 2.5e9), "default_ctx": ctx, "source": ANYTHINGLLM_RULE_SOURCE}
+
+
+def storage_verdicts(file_bytes: int, free_bytes: int | None) -> dict:
+    """Per delivery route (edge.apps): the storage the push needs, the app's own copy counted, and
+    whether the phone's free space (None: unknown, e.g. a profile) holds it."""
+    from edge import apps
+
+    return {"free_bytes": free_bytes, "apps": {a: apps.storage_verdict(a, file_bytes, free_bytes) for a in apps.APPS}}
 
 
 # ---- verdicts ---------------------------------------------------------------------------
@@ -555,16 +626,12 @@ class Verdict:
     anythingllm: dict
     estimate: dict
     warnings: list[str] = field(default_factory=list)
+    storage: dict = field(default_factory=dict)   # storage_verdicts: free space and need per app
 
 
 def usable_bytes_for(ram_bytes: int) -> int:
     """Memory one foreground app can take on an Android phone with `ram_bytes` (estimate)."""
     return int(ram_bytes - SYSTEM_RESERVE_FIXED - SYSTEM_RESERVE_FRACTION * ram_bytes)
-
-
-def host_bandwidth_efficiency() -> float:
-    """How much of the streaming bandwidth llama.cpp decode reaches, calibrated on this machine."""
-    return HOST_CALIBRATION["decode_bandwidth_gbs"] / HOST_CALIBRATION["stream_bandwidth_gbs"]
 
 
 def _classify(need: int, usable: int) -> str:
@@ -641,8 +708,11 @@ def verdict(path, device, *, ctx: int = 4096, ubatch: int = 512, kv_type: str = 
         tok, tok_full = e.tokens_per_s(bw), e.tokens_per_s(bw, full=True)
         thermal = "laptop: no sustained power envelope modelled"
     elif prof is not None:
-        bw = prof.bandwidth_gbs * PHONE_STREAM_FRACTION * host_bandwidth_efficiency()
-        tok, tok_full = e.tokens_per_s(bw), e.tokens_per_s(bw, full=True)
+        family = soc_family(prof.soc)
+        tok = PHONE_SPEED.tok_s(e.bytes_per_token, info.n_layers, prof.bandwidth_gbs, family)
+        tok_full = PHONE_SPEED.tok_s(e.bytes_per_token_full, info.n_layers, prof.bandwidth_gbs, family)
+        if not prof.bandwidth_sourced:
+            warnings.append(f"{prof.key}: its DRAM bandwidth is an estimate (no source read), so is the speed")
         energy = prof.load_power_w / tok * 1000
         sust = tok * min(1.0, prof.sustained_power_w / prof.load_power_w)
         if sust >= target_tok_s:
@@ -668,7 +738,8 @@ def verdict(path, device, *, ctx: int = 4096, ubatch: int = 512, kv_type: str = 
                    total_bytes=e.total_bytes, peak_bytes=peak, usable_bytes=usable, max_ctx=mc,
                    tok_s=tok, tok_s_full=tok_full, sustained_tok_s=sust, energy_mj_per_token=energy,
                    thermal=thermal, pocketpal=pocketpal_rule(info.file_bytes, ram),
-                   anythingllm=anythingllm_rule(info.file_bytes, ram), estimate=asdict(e), warnings=warnings)
+                   anythingllm=anythingllm_rule(info.file_bytes, ram), estimate=asdict(e), warnings=warnings,
+                   storage=storage_verdicts(info.file_bytes, getattr(device, "storage_free_bytes", None)))
 
 
 def matrix(paths, devices, **kw) -> list[Verdict]:
@@ -779,15 +850,21 @@ def profiles_cmd(*, json: bool = False):
     """
     profiles = load_profiles()
     if json:
-        return {"profiles": [asdict(p) | {"usable_bytes": usable_bytes_for(p.ram_bytes)} for p in profiles.values()]}
+        return {"profiles": [asdict(p) | {"usable_bytes": usable_bytes_for(p.ram_bytes),
+                                          "bandwidth_sourced": p.bandwidth_sourced, "soc_family": soc_family(p.soc)}
+                             for p in profiles.values()]}
     order = sorted(profiles.values(), key=lambda p: (TIERS.index(p.tier), p.ram_gb, p.key))
     rows = [("profile", "tier", "RAM", "SoC", "memory", "GB/s", "dotprod", "i8mm", "Android", "sust. W")]
     for p in order:
         rows.append((p.key, p.tier, f"{p.ram_gb:g} GB", p.soc.split(" (")[0], p.memory_type,
-                     f"{p.bandwidth_gbs:g}", "yes" if p.dotprod else "no", "yes" if p.i8mm else "no",
-                     p.android, f"{p.sustained_power_w:g}"))
+                     f"{p.bandwidth_gbs:g}" + ("" if p.bandwidth_sourced else " (estimate)"),
+                     "yes" if p.dotprod else "no", "yes" if p.i8mm else "no", p.android, f"{p.sustained_power_w:g}"))
     print(_table(rows))
+    n_est = sum(not p.bandwidth_sourced for p in profiles.values())
     print(f"\n{len(profiles)} profiles in {PROFILES_DIR}; sources: `edge profiles --json`")
+    if n_est:
+        print(f"(estimate): {n_est} profiles' DRAM bandwidth has no linked source for its transfer rate and bus "
+              "width, so their speed figures are estimates; the power figures of every profile are estimates")
     return None
 
 
@@ -807,9 +884,27 @@ def _verdict_rows(vs: list[Verdict], with_variant: bool) -> str:
             v.device, v.verdict, _mb(v.peak_bytes), _mb(v.usable_bytes), f"{v.max_ctx:,}",
             "-" if v.tok_s is None else f"{v.tok_s:.0f}",
             "-" if v.sustained_tok_s is None else f"{v.sustained_tok_s:.0f}",
-            "fits" if v.pocketpal["fits"] else "no",
-            ("tight" if v.anythingllm["tight"] else "fits") if v.anythingllm["fits"] else "no"))
+            "fits" if v.pocketpal["fits"] else "warns",
+            {"ok": "fits", "tight": "tight", "impossible": "too large"}[v.anythingllm["badge"]]))
     return _table(rows)
+
+
+def _apps_lines(v: Verdict) -> list[str]:
+    """The apps' own rules and the storage check of one verdict, as the CLI prints them."""
+    pp, al = v.pocketpal, v.anythingllm
+    out = [f"PocketPal's check (PR #250): needs {_gb(pp['need_bytes'])} (0.92 x file + 0.43 GB), warns from "
+           f"{_gb(pp['limit_bytes'])}: {'fits' if pp['fits'] else 'warns'}",
+           f"AnythingLLM's badge (memoryFit.ts): {al['badge']} (tight above {_gb(al['budget_bytes'])} of weights); "
+           f"its default n_ctx here: {al['default_ctx']}"]
+    st = v.storage or {}
+    if st.get("free_bytes") is None:
+        out.append("storage: unknown for a profile (--serial reads the phone's free space); ChatterUI and PocketPal "
+                   "keep their own copy after import, so the phone needs the file twice until the download is deleted")
+    else:
+        per = ", ".join(f"{a} {'fits' if x['fits'] else 'DOES NOT FIT'} ({_gb(x['need_bytes'])})"
+                        for a, x in st["apps"].items())
+        out.append(f"storage: {_gb(st['free_bytes'])} free; {per}")
+    return out
 
 
 def _live_state(serial: str):
@@ -874,6 +969,8 @@ def budget_cmd(file: str, *, device: str = "", serial: str = "", host: bool = Fa
     print(_verdict_rows(vs, with_variant=False))
     if len(vs) == 1:
         print(f"\nheat: {vs[0].thermal}")
+        for line in _apps_lines(vs[0]):
+            print(line)
     for n in parts.get("notes", []):
         print(f"note: {n}")
     for w in sorted({w for v in vs for w in v.warnings if w not in parts.get("notes", [])}):

@@ -1,12 +1,14 @@
 """Push a GGUF to a phone and into the app that will run it.
 
     edge push run/gguf/model-Q4_K_M.gguf --app chatterui            # -> /sdcard/Download/, media scan
+    edge push model.gguf --app pocketpal                             # the same, then "Add Local Model"
     edge push model.gguf --app llamacpp --serial 127.0.0.1:5555      # -> /data/local/tmp/llama/
     edge push model.gguf --app anythingllm                           # root / run-as copy into the app
     edge push model.gguf --app anythingllm --publish-hf me/my-gemma  # else: a PUBLIC HF repo
 
-Checks first (the file is a GGUF, our budget says it fits this phone — else `--force` —,
-enough free storage, the target name is free — else `--force`), then `edge.device.upload`:
+Checks first (the file is a GGUF, our budget says it fits this phone, there is room for it and
+for the app's own copy where the app copies on import, the target name is free — each else
+`--force`), then `edge.device.upload`:
 a temporary name, SHA-1 of every segment computed on the phone, resume after a dropped
 link, rename. Routes per app are data in `edge.apps`.
 
@@ -28,7 +30,6 @@ from edge.device import Cancelled, Progress, q
 from edge.errors import EdgeError
 
 GGUF_MAGIC = b"GGUF"
-STORAGE_MARGIN = 64 << 20        # keep this much free beyond the file (the phone needs room too)
 
 
 @dataclass
@@ -48,6 +49,7 @@ class PushResult:
     resumed_at: list[int] = field(default_factory=list)
     retries: int = 0
     budget: str = ""               # fits | tight | does not fit | unknown
+    storage: dict = field(default_factory=dict)   # apps.storage_verdict: need, free, fits
     hf_repo: str = ""
     warnings: list[str] = field(default_factory=list)
     next_steps: list[str] = field(default_factory=list)
@@ -94,7 +96,7 @@ def push(file: str | Path, app: str, serial: str = "", *, dest: str = "", force:
          publish_hf: str = "", progress: Callable[[Progress], None] | None = None,
          cancel: threading.Event | None = None, segment_bytes: int = device.SEGMENT_BYTES,
          retries: int = 5) -> PushResult:
-    """Push `file` for `app` (chatterui | anythingllm | llamacpp) to the phone `serial`.
+    """Push `file` for `app` (chatterui | pocketpal | anythingllm | llamacpp) to the phone `serial`.
 
     `progress(Progress)` is called from this thread with stage push/verify/retry/done and
     bytes done/total/speed/ETA; setting `cancel` stops the push and removes the partial file.
@@ -140,18 +142,20 @@ def push(file: str | Path, app: str, serial: str = "", *, dest: str = "", force:
     remote_dir = apps.STAGING if route.private else folder
     remote = posixpath.join(remote_dir, local.name)
 
-    # room on the phone, and a free target name
-    need = size * (2 if route.private else 1) + STORAGE_MARGIN
+    # room on the phone (the app's own copy counted), and a free target name
     from edge.readings import parse_df
 
     probe = device.shell(serial, f"mkdir -p {q(remote_dir)} && df -k {q(remote_dir)}; "
                                  f"test -e {q(remote)} && echo edge-exists")
-    free = parse_df(probe.out)
-    if free is None:
+    res.storage = apps.storage_verdict(app, size, parse_df(probe.out))
+    if res.storage["fits"] is None:
         res.warnings.append(f"could not read free storage of {remote_dir}: {device._first_line(probe.out)}")
-    elif free < need:
-        raise EdgeError(f"the phone has {free / 1e9:.2f} GB free in {remote_dir}, {local.name} needs "
-                        f"{need / 1e9:.2f} GB; free some space on the phone")
+    elif not res.storage["fits"]:
+        msg = (f"the phone has {apps.size_text(res.storage['free_bytes'])} free in {remote_dir}; {route.title} needs "
+               f"{apps.size_text(res.storage['need_bytes'])} ({res.storage['detail']})")
+        if not force:
+            raise EdgeError(f"{msg}; free some space on the phone, or pass --force to push anyway")
+        res.warnings.append(f"{msg}; pushing anyway (--force)")
     if not route.private and "edge-exists" in probe.out.split() and not force:
         raise EdgeError(f"{remote} already exists on the phone; pass --force to replace it")
     if route.private and not force and apps.private_exists(serial, access, route.package,
@@ -178,7 +182,8 @@ def push(file: str | Path, app: str, serial: str = "", *, dest: str = "", force:
             res.warnings.append(warn)
     res.seconds = time.monotonic() - t0
     res.mb_per_s = size / 1e6 / max(st.seconds, 1e-9)
-    fill = {"name": local.name, "path": res.remote_path, "qpath": q(res.remote_path)}
+    fill = {"name": local.name, "path": res.remote_path, "qpath": q(res.remote_path), "size": apps.size_text(size),
+            "folder": folder}
     res.next_steps = [s.format(**fill) for s in route.steps]
     return res
 
@@ -193,34 +198,36 @@ def _publish(local: Path, repo: str, res: PushResult, t0: float) -> PushResult:
 
 def push_cmd(file: str, *, app: str, serial: str = "", dest: str = "", force: bool = False,
              publish_hf: str = "", json: bool = False):
-    """Push a GGUF to a phone for ChatterUI, AnythingLLM or the llama.cpp tools.
+    """Push a GGUF to a phone for ChatterUI, PocketPal, AnythingLLM or the llama.cpp tools.
 
-    Checks that the file is a GGUF that our budget says fits the phone and that there is room,
-    then copies it under a temporary name, checks every part with SHA-1 computed on the
-    phone, resumes after a dropped connection, and renames it. The final name never holds a
-    partial file. ChatterUI: /sdcard/Download/ + media scan, then two taps in the app.
-    AnythingLLM: a copy into its model folder on a rooted phone or debuggable build; otherwise
-    only with --publish-hf (uploads to a PUBLIC Hugging Face repo). llamacpp: /data/local/tmp/llama/.
+    Checks that the file is a GGUF that our budget says fits the phone and that the phone has room
+    for it (twice for ChatterUI and PocketPal, which copy it on import), then copies it under a
+    temporary name, checks every part with SHA-1 computed on the phone, resumes after a dropped
+    connection, and renames it. The final name never holds a partial file. ChatterUI and
+    PocketPal: /sdcard/Download/ + media scan, then the app's import ("Import Model" / "Add Local
+    Model"). AnythingLLM (no local import): a copy into its model folder on a rooted phone or
+    debuggable build; otherwise only with --publish-hf (uploads to a PUBLIC Hugging Face repo).
+    llamacpp: /data/local/tmp/llama/.
 
     Args:
         file: the .gguf file to push.
-        app: chatterui, anythingllm or llamacpp.
+        app: chatterui, pocketpal, anythingllm or llamacpp.
         serial: the phone's adb serial (see `edge devices`); optional with one phone connected.
         dest: another folder on the phone (AnythingLLM: a folder inside its data, e.g. files/models/gguf/me/x).
-        force: push even if our budget says it does not fit, and replace a file of the same name.
+        force: push even if our budget says it does not fit or the storage looks too small, and replace a file of the same name.
         publish_hf: AnythingLLM without root: upload to this PUBLIC Hugging Face repo (USER/NAME).
         json: print the result as JSON instead of text and a progress bar.
     """
     bar = None
-    if not json:
-        from tqdm import tqdm
-
-        size = Path(file).stat().st_size if Path(file).is_file() else 0
-        bar = tqdm(total=size, unit="B", unit_scale=True, unit_divisor=1024, desc="push", leave=True)
 
     def progress(p: Progress):
-        if bar is None:
+        nonlocal bar
+        if json:
             return
+        if bar is None:            # only once bytes move: every check has passed by then
+            from tqdm import tqdm
+
+            bar = tqdm(total=p.total, unit="B", unit_scale=True, unit_divisor=1024, desc="push", leave=True)
         if p.stage in ("push", "done"):
             bar.update(max(0, p.done - bar.n))
         if p.stage != "push" and p.message:

@@ -140,9 +140,91 @@ def test_verdicts_and_the_apps_rules(info):
     assert verdict(info, a12, ctx=huge.max_ctx).verdict == "fits"
     assert verdict(info, a12, ctx=huge.max_ctx + 512).verdict != "fits"
     assert [v.verdict for v in matrix([info], [a12], ctx=32768, kv_type="f32")] == ["does not fit"]
-    # AnythingLLM: 0.43 GB + 0.92 x file against min(0.65 RAM, RAM - 1.2 GB)
-    aw = small.anythingllm
-    assert aw["estimate_bytes"] == int(0.43e9 + 0.92 * info.file_bytes)
+    # PocketPal (PR #250): 0.92 x file + 0.43 GB against min(0.65 RAM, RAM - 1.2 GB)
+    pp = small.pocketpal
+    assert pp["need_bytes"] == int(0.43e9 + 0.92 * info.file_bytes) and "pull/250" in pp["source"]
+    assert pp["limit_bytes"] == int(min(0.65 * s24.ram_bytes, s24.ram_bytes - 1.2e9)) and not pp["warns"]
+    # AnythingLLM (memoryFit.ts): weights file vs RAM and RAM - 2.5 GB; context default by RAM
+    assert small.anythingllm["badge"] == "ok" and small.anythingllm["default_ctx"] == 2048
+
+
+def test_the_apps_rules_at_their_edges():
+    gb = 1e9
+    assert budget.pocketpal_rule(int(2.5 * gb), int(4 * gb))["warns"]         # 2.73 >= min(2.6, 2.8)
+    assert not budget.pocketpal_rule(int(2 * gb), int(4 * gb))["warns"]       # 2.27 < 2.6
+    edge = (min(0.65 * 4 * gb, 4 * gb - 1.2 * gb) - 0.43 * gb) / 0.92         # need == limit: warns
+    assert budget.pocketpal_rule(int(edge) + 1, int(4 * gb))["warns"]
+    assert not budget.pocketpal_rule(int(edge) - 1, int(4 * gb))["warns"]
+    assert [budget.anythingllm_rule(int(f * gb), int(4 * gb))["badge"] for f in (1.4, 1.6, 4.1)] == \
+        ["ok", "tight", "impossible"]
+    assert [budget.anythingllm_rule(1, int(r * gb))["default_ctx"] for r in (3.9, 4.0, 5.9, 6.0, 12)] == \
+        [512, 1024, 1024, 2048, 2048]
+
+
+def test_storage_verdict_counts_the_apps_own_copy(info):
+    from edge.readings import DeviceState
+
+    v = verdict(info, "pixel_7")
+    assert v.storage["free_bytes"] is None and v.storage["apps"]["chatterui"]["fits"] is None
+    free = 2 * info.file_bytes                       # room for one copy and a half, not for two + spare
+    state = DeviceState(source="adb", model="Pixel 7", mem_total_bytes=8 << 30, mem_available_bytes=5 << 30,
+                        storage_free_bytes=free)
+    st = verdict(info, state).storage["apps"]
+    assert st["llamacpp"]["fits"] and st["llamacpp"]["copies"] == 1
+    for app in ("chatterui", "pocketpal"):
+        assert st[app]["copies"] == 2 and not st[app]["fits"] and "imported copy" in st[app]["detail"]
+    assert st["anythingllm"]["copies"] == 2
+
+
+# ---- phone speed: held against published measurements (bench/phones.py) -------------------
+def test_phone_table_parses_and_every_row_has_a_source():
+    from bench import phones
+
+    rows = phones.load_table()
+    assert len(rows) >= 10 and len({r.phone for r in rows}) >= 10
+    assert all(r.source.startswith("https://") and r.decode_tok_s > 0 and r.threads and r.ctx for r in rows)
+    assert {r.model.split("-q")[0] for r in rows} >= {"gemma3-1b", "gemma3-270m"}
+
+
+def test_phone_table_rejects_a_row_without_a_source(tmp_path):
+    from bench import phones
+
+    text = phones.TABLE.read_text().replace('source = "https://github.com/ggml-org/llama.cpp/issues/16658"', "")
+    (tmp_path / "t.toml").write_text(text)
+    with pytest.raises(EdgeError, match="has no 'source'"):
+        phones.load_table(tmp_path / "t.toml")
+
+
+def test_shipped_phone_speed_is_the_fit_of_the_table():
+    """edge.budget.PHONE_SPEED must be what bench/phones.py fits on bench/phones.toml today."""
+    from bench import phones
+
+    m = phones.fit(phones.load_table())
+    assert m.layer_bytes == pytest.approx(budget.PHONE_SPEED.layer_bytes, rel=0.02)
+    assert set(m.efficiency) == set(budget.PHONE_SPEED.efficiency)
+    for k, e in m.efficiency.items():
+        assert e == pytest.approx(budget.PHONE_SPEED.efficiency[k], rel=0.01), k
+
+
+def test_speed_follows_family_bandwidth_and_layers():
+    sm = budget.PHONE_SPEED
+    assert budget.soc_family("Qualcomm Snapdragon 8 Gen 2 for Galaxy (SM8550-AC)") == "snapdragon"
+    assert budget.soc_family("Google Tensor G3") == "tensor"
+    assert budget.soc_family("MediaTek Helio G99") == "mediatek" and budget.soc_family("Kirin 9000") == "other"
+    assert sm.tok_s(1e9, 26, 68.0, "other") == sm.tok_s(1e9, 26, 68.0, "exynos")        # no own figure: '*'
+    assert sm.tok_s(1e9, 26, 68.0, "snapdragon") == pytest.approx(2 * sm.tok_s(1e9, 26, 34.0, "snapdragon"))
+    assert sm.tok_s(1e9, 26, 68.0, "tensor") > sm.tok_s(1e9, 40, 68.0, "tensor")
+
+
+def test_profiles_mark_estimated_bandwidth(capsys):
+    profiles = load_profiles()
+    assert profiles["galaxy_s23"].bandwidth_sourced and not profiles["pixel_8"].bandwidth_sourced
+    assert budget.profiles_cmd() is None
+    out = capsys.readouterr().out
+    line = next(ln for ln in out.splitlines() if ln.startswith("pixel_8 "))
+    assert "(estimate)" in line and "(estimate)" not in next(ln for ln in out.splitlines() if ln.startswith("galaxy_s23 "))
+    data = budget.profiles_cmd(json=True)["profiles"]
+    assert {p["key"]: p["bandwidth_sourced"] for p in data}["pixel_8"] is False
 
 
 def test_thermal_holds_or_throttles(info):
@@ -193,7 +275,9 @@ def test_budget_cmd_json_and_errors(gguf_path, capsys):
 
     out = budget.budget_cmd(str(gguf_path), device="pixel_7", ctx=2048, json=True)
     assert out["total_bytes"] == sum(out[k] for k in ("weights_bytes", "kv_bytes", "compute_bytes", "overhead_bytes"))
-    assert out["verdicts"][0]["device"] == "pixel_7"
+    v = out["verdicts"][0]
+    assert v["device"] == "pixel_7" and "pull/250" in v["pocketpal"]["source"]
+    assert v["storage"]["apps"]["pocketpal"]["copies"] == 2 and v["storage"]["free_bytes"] is None
     assert main(["budget", str(gguf_path), "--device", "iphone"]) == 2
     assert "unknown device profile 'iphone'" in capsys.readouterr().err
     assert main(["budget", str(gguf_path), "--ctx", "-5"]) == 2
@@ -249,6 +333,8 @@ def test_budget_live_phone_through_real_adb(gguf_path, capsys):
         assert v["tok_s"] and "MODERATE" in v["thermal"]
         assert any("thermal status 2" in w for w in v["warnings"])
         assert out["total_bytes"] == v["estimate"]["total_bytes"]
+        assert v["storage"]["free_bytes"] == sim.phone.free() // 1024 * 1024   # df -k of the phone's /data
+        assert v["storage"]["apps"]["chatterui"]["fits"] is True
         assert main(["budget", str(gguf_path), "--serial", "127.0.0.1:1"]) == 2   # nobody answers
         assert "error" in capsys.readouterr().err
     finally:

@@ -68,6 +68,46 @@ def test_chatterui_route(sim, gguf_file):
     assert any(c[0] == "sha1sum" for c in sim.phone.log)
 
 
+def test_chatterui_next_steps_say_the_download_may_go(sim, gguf_file):
+    res = push(gguf_file, "chatterui", sim.serial, segment_bytes=SEG)
+    steps = " ".join(res.next_steps)
+    assert "Import Model" in steps and f"delete Download/{gguf_file.name}" in steps and "#505" in steps
+    assert res.storage["copies"] == 2 and res.storage["fits"]
+
+
+def test_pocketpal_route(sim, gguf_file, capsys):
+    res = push(gguf_file, "pocketpal", sim.serial, segment_bytes=SEG)
+    assert sim.phone.files("/sdcard/Download") == {gguf_file.name: gguf_file.read_bytes()}
+    assert res.route == "shared storage" and res.verified and not leftovers(sim)
+    scan = sim.phone.broadcasts[-1]
+    assert scan["-a"] == "android.intent.action.MEDIA_SCANNER_SCAN_FILE" and scan["-d"].endswith(gguf_file.name)
+    steps = res.next_steps
+    assert "Models" in steps[0] and "tap +" in steps[0] and "'Add Local Model'" in steps[0]
+    assert f"Download > {gguf_file.name}" in steps[1] and "Load" in steps[1]
+    assert f"delete Download/{gguf_file.name}" in steps[2]
+    assert res.storage["copies"] == 2                           # the download + PocketPal's own copy
+    assert main(["push", str(gguf_file), "--app", "pocketpal", "--serial", sim.serial, "--force"]) == 0
+    out = capsys.readouterr().out
+    assert "next: In PocketPal open the menu" in out and "Add Local Model" in out
+
+
+def test_storage_counts_the_apps_copy_and_force_overrides(sim, gguf_file, capsys):
+    size = gguf_file.stat().st_size
+    sim.phone.df_free = size + apps.STORAGE_MARGIN + (1 << 20)   # room for one copy, not for the import's second
+    with pytest.raises(EdgeError, match=r"PocketPal AI needs .*2 x .*imported copy.*--force") as e:
+        push(gguf_file, "pocketpal", sim.serial)
+    assert "\n" not in str(e.value) and sim.phone.pushed_bytes == 0
+    assert push(gguf_file, "llamacpp", sim.serial, segment_bytes=SEG).storage["copies"] == 1   # one copy fits
+    res = push(gguf_file, "chatterui", sim.serial, force=True, segment_bytes=SEG)
+    assert res.verified and any("pushing anyway (--force)" in w for w in res.warnings)
+    # the CLI: one line, exit 2, and no progress bar before the error
+    sim.phone.df_free = 1 << 20
+    assert main(["push", str(gguf_file), "--app", "chatterui", "--serial", sim.serial]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("edge push: error: the phone has 1 MB free") and err.count("\n") == 1
+    assert "free some space" in err and "B/s" not in err and "%|" not in err        # no tqdm bar
+
+
 def test_llamacpp_route_and_cli_json(sim, gguf_file, capsys):
     assert main(["push", str(gguf_file), "--app", "llamacpp", "--serial", sim.serial, "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
@@ -197,7 +237,7 @@ def test_corruption_is_caught_by_the_phone_checksum(sim, gguf_file):
 
 def test_storage_full_before_and_during(sim, gguf_file):
     sim.phone.capacity = sim.phone.used() + 2_000_000
-    with pytest.raises(EdgeError, match="GB free.*needs"):
+    with pytest.raises(EdgeError, match="B free.*needs"):
         push(gguf_file, "chatterui", sim.serial)
     assert sim.phone.pushed_bytes == 0
     sim.phone.df_free = 10 << 30                        # df says there is room; there is not
