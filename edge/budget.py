@@ -158,14 +158,14 @@ class PhoneSpeedModel:
         return e * bandwidth_gbs * 1e9 / (bytes_per_token + n_layers * self.layer_bytes)
 
 
-# Fitted by bench/phones.py on the published rows of bench/phones.toml (15 rows: Gemma 3 1B/270M and
-# SmolLM2 135M/360M, Q8_0, on 13 named phones); tests/test_budget.py checks that a re-fit gives
-# these numbers. Held-out (leave-one-out) median error 23%; the table: docs/BENCHMARKS.md "Phones".
+# Fitted by bench/phones.py on the published rows of bench/phones.toml (17 rows: Gemma 3 1B/270M and
+# SmolLM2 135M/360M, Q8_0, on 15 named phones); tests/test_budget.py checks that a re-fit gives
+# these numbers. Held-out (leave-one-out) median error 25%; the table: docs/BENCHMARKS.md "Phones".
 # Exynos and other families have no published row: they use '*'. The sustained speed under heat
 # (verdict's power-envelope ratio) is NOT calibrated: no source read gives a throttled figure.
 PHONE_SPEED = PhoneSpeedModel(
-    efficiency={"*": 0.4331, "snapdragon": 0.5006, "tensor": 0.3359, "mediatek": 0.3072},
-    layer_bytes=7.6e6,
+    efficiency={"*": 0.4266, "snapdragon": 0.4805, "tensor": 0.3318, "mediatek": 0.3043},
+    layer_bytes=7.3e6,
 )
 # What Android leaves to one foreground app: total RAM minus the system's share (kernel,
 # carve-outs, zram, system_server, SystemUI, launcher, GMS). Estimate, not measured: 1.2 GB
