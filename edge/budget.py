@@ -130,6 +130,10 @@ SOC_FAMILIES: tuple[tuple[str, tuple[str, ...]], ...] = (
 )
 
 
+ESTIMATED_BANDWIDTH = ("tok/s marked *: the profile's DRAM bandwidth is an estimate (no source read for its "
+                       "transfer rate or bus width), so is the speed")
+
+
 def soc_family(soc: str) -> str:
     """'snapdragon', 'tensor', 'exynos', 'mediatek' or 'other', from a SoC name."""
     low = (soc or "").lower()
@@ -712,7 +716,7 @@ def verdict(path, device, *, ctx: int = 4096, ubatch: int = 512, kv_type: str = 
         tok = PHONE_SPEED.tok_s(e.bytes_per_token, info.n_layers, prof.bandwidth_gbs, family)
         tok_full = PHONE_SPEED.tok_s(e.bytes_per_token_full, info.n_layers, prof.bandwidth_gbs, family)
         if not prof.bandwidth_sourced:
-            warnings.append(f"{prof.key}: its DRAM bandwidth is an estimate (no source read), so is the speed")
+            warnings.append(ESTIMATED_BANDWIDTH)
         energy = prof.load_power_w / tok * 1000
         sust = tok * min(1.0, prof.sustained_power_w / prof.load_power_w)
         if sust >= target_tok_s:
@@ -882,7 +886,7 @@ def _verdict_rows(vs: list[Verdict], with_variant: bool) -> str:
     for v in vs:
         rows.append(((v.variant,) if with_variant else ()) + (
             v.device, v.verdict, _mb(v.peak_bytes), _mb(v.usable_bytes), f"{v.max_ctx:,}",
-            "-" if v.tok_s is None else f"{v.tok_s:.0f}",
+            "-" if v.tok_s is None else f"{v.tok_s:.0f}" + ("*" if ESTIMATED_BANDWIDTH in v.warnings else ""),
             "-" if v.sustained_tok_s is None else f"{v.sustained_tok_s:.0f}",
             "fits" if v.pocketpal["fits"] else "warns",
             {"ok": "fits", "tight": "tight", "impossible": "too large"}[v.anythingllm["badge"]]))
