@@ -55,7 +55,7 @@ APPS: dict[str, AppRoute] = {
         "chatterui", "ChatterUI", "com.Vali98.ChatterUI", "/sdcard/Download", False, True,
         ("In ChatterUI open the menu > Models and tap 'Import Model'; in the file picker choose "
          "Download > {name}, then tap the model to load it.",
-         "Import copies the file into ChatterUI; once it is imported you may delete Download/{name} "
+         "Import copies the file into ChatterUI; once it is imported you may delete {path} "
          "to free {size} ('Use External Model' keeps the download instead, but fails on some phones: "
          "ChatterUI issue #505)."),
         import_copies=True),
@@ -64,7 +64,7 @@ APPS: dict[str, AppRoute] = {
         ("In PocketPal open the menu (☰) > Models, tap + and choose 'Add Local Model'.",
          "In the file picker choose Download > {name}; PocketPal copies it into its own storage. "
          "Then tap Load next to the model.",
-         "Once it is imported you may delete Download/{name} to free {size} (PocketPal keeps its own copy)."),
+         "Once it is imported you may delete {path} to free {size} (PocketPal keeps its own copy)."),
         import_copies=True),
     "anythingllm": AppRoute(
         "anythingllm", "AnythingLLM", "com.anythingllm", "files/models/gguf/local/{stem}", True, False,

@@ -71,7 +71,7 @@ def test_chatterui_route(sim, gguf_file):
 def test_chatterui_next_steps_say_the_download_may_go(sim, gguf_file):
     res = push(gguf_file, "chatterui", sim.serial, segment_bytes=SEG)
     steps = " ".join(res.next_steps)
-    assert "Import Model" in steps and f"delete Download/{gguf_file.name}" in steps and "#505" in steps
+    assert "Import Model" in steps and f"delete /sdcard/Download/{gguf_file.name}" in steps and "#505" in steps
     assert res.storage["copies"] == 2 and res.storage["fits"]
 
 
@@ -84,7 +84,7 @@ def test_pocketpal_route(sim, gguf_file, capsys):
     steps = res.next_steps
     assert "Models" in steps[0] and "tap +" in steps[0] and "'Add Local Model'" in steps[0]
     assert f"Download > {gguf_file.name}" in steps[1] and "Load" in steps[1]
-    assert f"delete Download/{gguf_file.name}" in steps[2]
+    assert f"delete /sdcard/Download/{gguf_file.name}" in steps[2]
     assert res.storage["copies"] == 2                           # the download + PocketPal's own copy
     assert main(["push", str(gguf_file), "--app", "pocketpal", "--serial", sim.serial, "--force"]) == 0
     out = capsys.readouterr().out
