@@ -108,6 +108,7 @@ class TrainSettings:
     compile: bool | None = None      # torch.compile layers and loss chunk; None: on a GPU only
     memory_budget: float | None = None  # compiled layers keep this share of saved activations; None: by size
     loss_scale: float = FP16_INIT_LOSS_SCALE  # fp16: initial dynamic loss scale (GradScaler)
+    pack: bool = True                # several chats per row, no attention across them (--pack/--no-pack)
 
     def __post_init__(self):
         for name in ("steps", "batch_size", "grad_accum", "chunk_rows", "keep"):
@@ -256,14 +257,16 @@ def causal_lm(model):
     return inner
 
 
-def reply_loss(model, input_ids, attention_mask, labels, chunk_rows: int = 1024, compile: bool = False):
+def reply_loss(model, input_ids, attention_mask, labels, chunk_rows: int = 1024, compile: bool = False,
+               position_ids=None):
     """(summed CE over the label tokens, number of label tokens). Labels are IGNORE elsewhere.
 
     Hidden states come from the decoder body; only the rows that predict a label go through
-    the output head, in chunks.
+    the output head, in chunks. Packed rows (`pack`) pass `position_ids` and no attention
+    mask: positions that restart mark where a chat begins (see `pack`).
     """
     lm = causal_lm(model)
-    out = lm.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
+    out = lm.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False)
     h = out.last_hidden_state[:, :-1]
     y = labels[:, 1:]
     sel = y != IGNORE
@@ -357,6 +360,53 @@ def collate(examples: list[Example], device="cpu", multiple: int = 1):
         att[r, :n] = 1
         lab[r, :n] = torch.tensor(e.labels)
     return ids.to(device), att.to(device), lab.to(device)
+
+
+def pack(examples: list[Example], device="cpu", multiple: int = 1):
+    """Several chats per row: (ids, position_ids, labels, real tokens). No padding between chats.
+
+    Rows are as wide as the longest chat (rounded up to `multiple`); chats go into them first
+    fit, longest first. Positions restart at 0 at each chat, and the tail padding of a row is a
+    segment of its own. Given `position_ids` and no attention mask, transformers' mask builder
+    (`masking_utils.find_packed_sequence_indices`) turns every restart into a boundary: a token
+    attends only to earlier tokens of its own chat, and Gemma 3's sliding window counts within
+    the chat (tests/test_finetune.py checks both against one chat per row). A chat's first
+    token is `<bos>`, whose label is IGNORE, so no loss crosses a boundary either.
+    """
+    import torch
+
+    width = max(len(e.ids) for e in examples)
+    width = -(-width // multiple) * multiple
+    rows: list[list] = []  # [used, [examples]]
+    for e in sorted(examples, key=lambda e: -len(e.ids)):
+        row = next((r for r in rows if r[0] + len(e.ids) <= width), None)
+        if row is None:
+            rows.append([len(e.ids), [e]])
+        else:
+            row[0] += len(e.ids)
+            row[1].append(e)
+    ids = torch.full((len(rows), width), gemma3.PAD_ID, dtype=torch.long)
+    pos = torch.zeros((len(rows), width), dtype=torch.long)
+    lab = torch.full((len(rows), width), IGNORE, dtype=torch.long)
+    for r, (used, chats) in enumerate(rows):
+        c = 0
+        for e in chats:
+            n = len(e.ids)
+            ids[r, c:c + n] = torch.tensor(e.ids)
+            lab[r, c:c + n] = torch.tensor(e.labels)
+            pos[r, c:c + n] = torch.arange(n)
+            c += n
+        pos[r, c:] = torch.arange(width - c)
+    return ids.to(device), pos.to(device), lab.to(device), sum(len(e.ids) for e in examples)
+
+
+def make_batch(examples: list[Example], device="cpu", multiple: int = 1, packed: bool = True):
+    """(ids, attention mask or None, labels, position ids or None, real tokens) for `reply_loss`."""
+    if packed:
+        ids, pos, lab, n = pack(examples, device, multiple)
+        return ids, None, lab, pos, n
+    ids, att, lab = collate(examples, device, multiple)
+    return ids, att, lab, None, sum(len(e.ids) for e in examples)
 
 
 class BatchStream:
@@ -553,7 +603,7 @@ def _device_of(model):
 
 
 def evaluate_loss(model, examples: list[Example], batch_size: int, chunk_rows: int, compile: bool = False,
-                  pad_multiple: int = 1) -> float:
+                  pad_multiple: int = 1, packed: bool = True) -> float:
     import torch
 
     if not examples:
@@ -563,7 +613,8 @@ def evaluate_loss(model, examples: list[Example], batch_size: int, chunk_rows: i
     dev = _device_of(model)
     with torch.no_grad():
         for i in range(0, len(examples), batch_size):
-            loss, n = reply_loss(model, *collate(examples[i:i + batch_size], dev, pad_multiple), chunk_rows, compile)
+            ids, att, lab, pos, _ = make_batch(examples[i:i + batch_size], dev, pad_multiple, packed)
+            loss, n = reply_loss(model, ids, att, lab, chunk_rows, compile, position_ids=pos)
             total, count = total + float(loss), count + n
     model.train()
     return total / max(1, count)
@@ -735,11 +786,11 @@ def train(*, model: str = "embedded", data: str | Path, out: str | Path, lora: L
             n_label = sum(x != IGNORE for b in micro for e in b for x in e.labels[1:])
             step_loss, step_tokens = 0.0, 0
             for batch in micro:
-                ids, att, lab = collate(batch, dev, pad_multiple)
-                loss_sum, _ = reply_loss(net, ids, att, lab, settings.chunk_rows, use_compile)
+                ids, att, lab, pos, n_real = make_batch(batch, dev, pad_multiple, settings.pack)
+                loss_sum, _ = reply_loss(net, ids, att, lab, settings.chunk_rows, use_compile, position_ids=pos)
                 scaler.scale(loss_sum / n_label).backward()
                 step_loss += float(loss_sum.detach())
-                step_tokens += int(att.sum())
+                step_tokens += n_real  # real tokens only, never padding
             step_loss /= n_label
             missing = [name for name, q in named_params if q.grad is None]
             if missing:  # a broken autograd graph: the step would silently train nothing
@@ -781,7 +832,7 @@ def train(*, model: str = "embedded", data: str | Path, out: str | Path, lora: L
             if step % settings.eval_interval == 0 or step == settings.steps:
                 if eval_set:
                     eval_loss = evaluate_loss(net, eval_set, settings.batch_size, settings.chunk_rows, use_compile,
-                                              pad_multiple)
+                                              pad_multiple, settings.pack)
                     record["eval_loss"] = eval_loss
             log.write(json.dumps(record) + "\n")
             log.flush()
@@ -824,7 +875,7 @@ def finetune_cmd(*, data: str, out: str, model: str = "embedded", steps: int = 2
                  rank: int = 16, alpha: int = 32, dropout: float = 0.0, targets: list[str] | None = None,
                  max_len: int = 0, eval_fraction: float = 0.1, save_every: int = 0,
                  grad_checkpointing: bool = False, memory_budget: float | None = None, seed: int = 0,
-                 json: bool = False) -> dict:
+                 json: bool = False, pack: bool = True) -> dict:
     """LoRA fine-tune a Gemma 3 model on chat JSONL; the loss is on the model's replies only.
 
     Writes the adapter, checkpoints, log.jsonl and loss.png into OUT. Ctrl-C saves a
@@ -853,11 +904,13 @@ def finetune_cmd(*, data: str, out: str, model: str = "embedded", steps: int = 2
             Default: 0.5 for 1B and larger models, 1.0 for the 270M.
         seed: random seed (data order, LoRA init, dropout).
         json: print the result as JSON (and no progress bar).
+        pack: pack several chats into each row (no padding between them; positions restart
+            and no token attends across a chat boundary); --no-pack pads one chat per row.
     """
     lora = LoraSettings(r=rank, alpha=alpha, dropout=dropout, targets=tuple(targets or DEFAULT_TARGETS))
     settings = TrainSettings(steps=steps, batch_size=batch_size, lr=lr, max_len=max_len, eval_fraction=eval_fraction,
                              save_every=save_every, grad_checkpointing=grad_checkpointing,
-                             memory_budget=memory_budget, seed=seed)
+                             memory_budget=memory_budget, seed=seed, pack=pack)
     say = (lambda s: None) if json else print
     result = train(model=model, data=data, out=out, lora=lora, settings=settings, precision=precision,
                    resume=resume, force=force, progress=not json, say=say)

@@ -19,7 +19,7 @@ from edge import gemma3
 from edge.errors import EdgeError
 from edge.finetune import (IGNORE, LoraSettings, NonFiniteError, TrainSettings, add_lora, chunked_cross_entropy,
                            collate, epoch_batches, finetune_cmd, latest_checkpoint, plain_loss, prepare_examples,
-                           reply_loss, train)
+                           causal_lm, reply_loss, train)
 from edge.task import TRAIN
 
 
@@ -306,3 +306,119 @@ def test_memory_budget_default_follows_model_size():
 
     assert budget(gemma3.CONFIG_270M) == 1.0 and budget(gemma3.CONFIG_1B) == 0.5
     assert TrainSettings().memory_budget is None
+
+
+# ---------------------------------------------------------------------------------------------
+# Packing: several chats per row
+
+
+def _mixed_chats(n: int = 9):
+    """Chats of 15-70 tokens, many longer than the tiny model's 16-token sliding window."""
+    from edge.data import parse_chat
+
+    words = "alpha beta gamma delta epsilon zeta eta theta iota kappa lambda mu".split()
+    chats = []
+    for i in range(n):
+        q = " ".join(words[j % len(words)] for j in range(i, i + 3 + 5 * i))
+        a = " ".join(words[(j * 7) % len(words)] for j in range(2 + 3 * (i % 4)))
+        msgs = [{"role": "user", "content": q}, {"role": "assistant", "content": a}]
+        if i % 3 == 2:  # a second exchange: two replies in one chat
+            msgs += [{"role": "user", "content": "again"}, {"role": "assistant", "content": a.upper()}]
+        chats.append(parse_chat({"messages": msgs}, f"chat {i}"))
+    return chats
+
+
+def _packing_net(n_layers=6):
+    """Tiny model with a 16-token sliding window and one global layer (layer 5), LoRA with
+    non-zero B so every adapter weight gets a gradient."""
+    from tests.tiny import tiny_model
+
+    net = add_lora(tiny_model(n_layers=n_layers, sliding_window=16), LoraSettings(r=4))
+    torch.manual_seed(3)
+    with torch.no_grad():
+        for n, p in net.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0, 0.05)
+    return net
+
+
+def test_packed_loss_and_gradient_equal_one_chat_per_row(tokenizer):
+    """The same chats, packed several to a row vs padded one to a row: the same loss, label
+    count and LoRA gradients. Most chats are longer than the 16-token sliding window, so a
+    packed mask that lost the window (or let a chat see its neighbours) would change the loss."""
+    from edge.finetune import make_batch, pack
+
+    examples = prepare_examples(tokenizer, _mixed_chats(), 512)
+    assert sum(len(e.ids) > 16 for e in examples) >= 6
+    ids, pos, lab, n_real = pack(examples)
+    assert ids.shape[0] < len(examples)  # some rows really hold several chats
+    assert n_real == sum(len(e.ids) for e in examples) < ids.numel()  # real tokens only
+    assert int((pos == 0).sum()) >= len(examples)  # positions restart at every chat
+
+    net = _packing_net()
+    grads, results = [], []
+    for packed in (True, False):
+        net.zero_grad()
+        ids, att, lab, pos, _ = make_batch(examples, packed=packed)
+        loss, n = reply_loss(net, ids, att, lab, chunk_rows=16, position_ids=pos)
+        loss.backward()
+        results.append((float(loss.detach()), n))
+        grads.append({k: p.grad.clone() for k, p in net.named_parameters() if p.requires_grad})
+    (packed_loss, n_p), (plain, n_u) = results
+    assert n_p == n_u and math.isclose(packed_loss, plain, rel_tol=1e-5), results
+    for k, g in grads[1].items():
+        assert float((grads[0][k] - g).norm() / g.norm()) < 1e-4, k
+
+
+def test_no_attention_crosses_a_chat_boundary(tokenizer):
+    """In a packed row, a chat's hidden states do not move when its neighbours' tokens change,
+    and the gradient of its loss is exactly zero at every other chat's positions. The same
+    probe on a plain causal row (no restarting positions) does see leakage, so the probe works."""
+    from edge.finetune import pack
+
+    net = _packing_net()
+    examples = prepare_examples(tokenizer, _mixed_chats(3), 512)  # 3 chats fit in one 2x-wide row
+    ids, pos, lab, _ = pack(examples, multiple=256)
+    assert ids.shape[0] == 1
+    starts = (pos[0] == 0).nonzero().flatten().tolist()
+    a, b = starts[0], starts[1]  # chat 1 = [a, b), chat 2 starts at b
+    body = causal_lm(net).model
+
+    def hidden(row_ids, positions):
+        return body(input_ids=row_ids, position_ids=positions, use_cache=False).last_hidden_state
+
+    changed = ids.clone()
+    changed[0, a + 1:b] = torch.randint(1000, 2000, (b - a - 1,))  # all of chat 1 but its <bos>
+    with torch.no_grad():
+        same = hidden(ids, pos)[0, b:], hidden(changed, pos)[0, b:]
+        causal = torch.arange(ids.shape[1])[None]
+        leak = hidden(ids, causal)[0, b:], hidden(changed, causal)[0, b:]
+    assert torch.equal(*same)
+    assert not torch.allclose(*leak)  # without the boundaries, chat 2 sees chat 1
+
+    emb = {}
+
+    def keep(module, args, out):  # the embeddings as a leaf whose gradient we read
+        emb["x"] = out.detach().requires_grad_(True)
+        return emb["x"]
+
+    handle = body.embed_tokens.register_forward_hook(keep)
+    try:
+        only_later = lab.clone()
+        only_later[0, :b] = IGNORE  # the loss of the chats after chat 1
+        loss, n = reply_loss(net, ids, None, only_later, position_ids=pos)
+        loss.backward()
+    finally:
+        handle.remove()
+    g = emb["x"].grad[0]
+    assert n > 0 and g[b:].abs().sum() > 0
+    assert torch.count_nonzero(g[a:b]) == 0
+
+
+def test_packed_training_matches_unpacked(tiny_dir, small_data, tmp_path):
+    """The trainer with and without packing: the same losses step by step."""
+    runs = [train(model=str(tiny_dir), data=small_data, out=tmp_path / f"p{int(p)}", precision="fp32",
+                  settings=_fast(steps=3, pack=p, eval_every=3), progress=False) for p in (True, False)]
+    assert all(math.isclose(a, b, rel_tol=1e-4) for a, b in zip(runs[0].losses, runs[1].losses)), \
+        (runs[0].losses, runs[1].losses)
+    assert math.isclose(runs[0].eval_loss, runs[1].eval_loss, rel_tol=1e-4)
