@@ -109,6 +109,8 @@ class TrainSettings:
     memory_budget: float | None = None  # compiled layers keep this share of saved activations; None: by size
     loss_scale: float = FP16_INIT_LOSS_SCALE  # fp16: initial dynamic loss scale (GradScaler)
     pack: bool = True                # several chats per row, no attention across them (--pack/--no-pack)
+    full: bool = False               # train every weight instead of a LoRA adapter (--full)
+    epochs: float = 0.0              # > 0: train this many passes over the training chats instead of `steps`
 
     def __post_init__(self):
         for name in ("steps", "batch_size", "grad_accum", "chunk_rows", "keep"):
@@ -124,6 +126,12 @@ class TrainSettings:
             raise EdgeError(f"--memory-budget must be in [0, 1], got {self.memory_budget}")
         if not (self.loss_scale >= 1 and math.isfinite(self.loss_scale)):
             raise EdgeError(f"--loss-scale must be a number >= 1, got {self.loss_scale}")
+        if not (self.epochs >= 0 and math.isfinite(self.epochs)):
+            raise EdgeError(f"--epochs must be a number > 0, got {self.epochs}")
+
+    def steps_for_epochs(self, n_train: int) -> int:
+        """Optimizer steps that make `epochs` passes over `n_train` chats."""
+        return max(1, math.ceil(self.epochs * n_train / (self.batch_size * self.grad_accum)))
 
     @property
     def warmup_steps(self) -> int:
@@ -159,8 +167,9 @@ def apply_precision_fixes(model, p) -> None:
 # The loss: chunked cross-entropy through the frozen (tied) output head
 
 
-def _chunk_loss(h, weight, y, softcap: float, need_grad: bool):
-    """Summed CE of one chunk and, if asked, d(sum)/d(h). Never keeps [rows x vocab] around."""
+def _chunk_loss(h, weight, y, softcap: float, need_grad: bool, need_wgrad: bool = False):
+    """Summed CE of one chunk, and if asked d(sum)/d(h) and d(sum)/d(weight) (full fine-tuning
+    trains the tied head). Never keeps [rows x vocab] around."""
     import torch
 
     z = _matmul(h, weight.t())
@@ -172,13 +181,18 @@ def _chunk_loss(h, weight, y, softcap: float, need_grad: bool):
     del z
     rows = torch.arange(logp.shape[0], device=logp.device)
     loss = -logp[rows, y].sum()
-    if not need_grad:
-        return loss, None
+    if not (need_grad or need_wgrad):
+        return loss, None, None
     p = logp.exp_()                                      # softmax, in place
     p[rows, y] -= 1.0
     if softcap:
         p.mul_(1.0 - t * t)
-    return loss, _matmul(p, weight).to(h.dtype)
+    dh = _matmul(p, weight).to(h.dtype) if need_grad else None
+    dw = None
+    if need_wgrad:  # [vocab x dim]; float16 sums over the chunk's rows could overflow: float32 there
+        wdt = torch.float32 if h.dtype == torch.float16 else h.dtype
+        dw = p.t().to(wdt) @ h.to(wdt)
+    return loss, dh, dw
 
 
 def _matmul(a, b):
@@ -210,22 +224,29 @@ def _make_chunked_ce():
     class ChunkedCE(torch.autograd.Function):
         @staticmethod
         def forward(ctx, hidden, weight, labels, chunk_rows, softcap, compile):
-            need = ctx.needs_input_grad[0]
+            need, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
             fn = _chunk_fn(compile)
             total = torch.zeros((), dtype=torch.promote_types(hidden.dtype, torch.float32), device=hidden.device)
             grad = torch.empty_like(hidden) if need else None
+            wgrad = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if need_w else None
             for s in range(0, hidden.shape[0], chunk_rows):
-                loss, g = fn(hidden[s:s + chunk_rows], weight, labels[s:s + chunk_rows], softcap, need)
+                loss, g, gw = fn(hidden[s:s + chunk_rows], weight, labels[s:s + chunk_rows], softcap, need, need_w)
                 total += loss
                 if need:
                     grad[s:s + chunk_rows] = g
-            ctx.save_for_backward(grad if need else hidden.new_empty(0))
+                if need_w:
+                    wgrad += gw
+            empty = hidden.new_empty(0)
+            ctx.save_for_backward(grad if need else empty, wgrad if need_w else empty)
+            ctx.wdtype = weight.dtype
             return total
 
         @staticmethod
         def backward(ctx, grad_out):
-            (grad,) = ctx.saved_tensors
-            return grad * grad_out.to(grad.dtype), None, None, None, None, None
+            grad, wgrad = ctx.saved_tensors
+            dh = grad * grad_out.to(grad.dtype) if ctx.needs_input_grad[0] else None
+            dw = (wgrad * grad_out.float()).to(ctx.wdtype) if ctx.needs_input_grad[1] else None
+            return dh, dw, None, None, None, None
 
     return ChunkedCE
 
@@ -235,15 +256,12 @@ _CE = {}
 
 def chunked_cross_entropy(hidden, weight, labels, chunk_rows: int = 1024, softcap: float | None = None,
                           compile: bool = False):
-    """Sum over rows of CE(hidden @ weight.T, labels) for a frozen `weight` [vocab, dim].
+    """Sum over rows of CE(hidden @ weight.T, labels) for an output head `weight` [vocab, dim].
 
     `hidden` [N, dim] and `labels` [N] hold only the rows that count (no ignore index).
-    Peak extra memory is a few [chunk_rows x vocab] float32 tensors, whatever N is.
+    Peak extra memory is a few [chunk_rows x vocab] float32 tensors, whatever N is; a head
+    that is trained (full fine-tuning) adds one float32 [vocab x dim] gradient buffer.
     """
-    import torch
-
-    if weight.requires_grad and torch.is_grad_enabled():
-        raise ValueError("chunked_cross_entropy needs a frozen output head (LoRA keeps it frozen)")
     if "fn" not in _CE:
         _CE["fn"] = _make_chunked_ce()
     return _CE["fn"].apply(hidden, weight, labels, int(chunk_rows), float(softcap or 0.0), bool(compile))
@@ -466,6 +484,96 @@ def add_lora(model, lora: LoraSettings, grad_checkpointing: bool = False):
     return get_peft_model(model, cfg)
 
 
+def prepare_full(model, grad_checkpointing: bool = False):
+    """Full fine-tuning: every weight trainable, no adapter."""
+    if grad_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model.config.use_cache = False
+    for q in model.parameters():
+        q.requires_grad_(True)
+    return model
+
+
+class MasterWeights:
+    """float32 master copies of 16-bit weights (full fine-tuning in bf16 or fp16).
+
+    The optimizer steps the float32 copies; the model computes with them rounded to 16 bits
+    after every step. A 16-bit weight alone would lose small updates: at lr 5e-5 an Adam step is
+    about 5e-5 of a weight near 1, below bfloat16's 2**-8 = 0.4% resolution, so it rounds away.
+    (Micikevicius et al., "Mixed Precision Training", ICLR 2018: fp32 master weights and loss
+    scaling.) With fp16, the loss is scaled (GradScaler) and the 16-bit gradients are unscaled
+    in float32 here, so an overflow skips the step instead of corrupting a weight.
+    """
+
+    def __init__(self, params):
+        import torch
+
+        self.params = list(params)
+        self.master = [torch.nn.Parameter(q.detach().float().clone()) for q in self.params]
+
+    def grads_to_master(self) -> None:
+        for q, m in zip(self.params, self.master):
+            m.grad = None if q.grad is None else q.grad.float()
+            q.grad = None  # free the 16-bit gradient at once
+
+    def master_to_model(self) -> None:
+        import torch
+
+        with torch.no_grad():
+            for q, m in zip(self.params, self.master):
+                q.copy_(m)
+
+    def load(self, tensors: dict, named) -> None:
+        """Set masters (and the model) from saved float32 weights, by parameter name."""
+        import torch
+
+        with torch.no_grad():
+            for (name, q), m in zip(named, self.master):
+                m.copy_(tensors[name])
+        self.master_to_model()
+
+
+def full_state_dict(model, masters: MasterWeights | None = None) -> dict:
+    """The model's state dict, trained weights taken from the float32 masters when there are any
+    (tied tensors, the embedding and the head, stay one shared tensor)."""
+    sd = model.state_dict()
+    if masters is None:
+        return sd
+    by_ptr = {q.data_ptr(): m.detach() for q, m in zip(masters.params, masters.master)}
+    return {k: by_ptr.get(v.data_ptr(), v) for k, v in sd.items()}
+
+
+def save_full(model, dest: Path, meta: dict, masters: MasterWeights | None = None, tokenizer=None) -> None:
+    """A Hugging Face model folder that `edge export` (and `edge.models.load`) takes as it is:
+    config.json (float32 when there are masters), model.safetensors, and with `tokenizer` the
+    tokenizer, the Gemma 3 chat template and the generation config `edge merge` writes too."""
+    import torch
+
+    sd = full_state_dict(model, masters)
+    old = getattr(model.config, "dtype", None)
+    if masters is not None:
+        model.config.dtype = torch.float32
+    try:
+        model.config.architectures = list(gemma3.TEXT_ARCHITECTURES)
+        model.save_pretrained(dest, state_dict=sd, safe_serialization=True)
+    finally:
+        model.config.dtype = old
+    if tokenizer is not None:
+        from edge.merge import generation_config
+        from edge.models import attach_chat_template
+
+        generation_config(model).save_pretrained(dest)
+        attach_chat_template(tokenizer)
+        tokenizer.save_pretrained(dest)
+        if not (dest / "chat_template.jinja").exists() and "chat_template" not in json.loads(
+                (dest / "tokenizer_config.json").read_text()):
+            (dest / "chat_template.jinja").write_text(gemma3.CHAT_TEMPLATE)
+    (dest / META).write_text(json.dumps(meta, indent=2, default=str))
+
+
+FULL_FILES = ("model.safetensors", "config.json", "generation_config.json")
+
+
 def auto_memory_budget(model) -> float:
     """`--memory-budget`'s default. 1B and up: 0.5, which takes peak memory from 42% to 23-24% of
     plain transformers + peft for about 5% of speed. The 270M: 1.0, as its steps are CPU-bound and
@@ -536,7 +644,7 @@ def save_adapter(model, dest: Path, meta: dict) -> None:
 
 
 def save_checkpoint(out: Path, model, optimizer, scheduler, scaler, stream: BatchStream, step: int, meta: dict,
-                    keep: int) -> Path:
+                    keep: int, full: bool = False, masters: MasterWeights | None = None) -> Path:
     """Write checkpoints/step-NNNNNN atomically; a failure leaves earlier checkpoints intact."""
     import torch
 
@@ -550,7 +658,10 @@ def save_checkpoint(out: Path, model, optimizer, scheduler, scaler, stream: Batc
     }
     try:
         with atomic_dir(dest, force=True) as tmp:
-            save_adapter(model, tmp, {**meta, "step": step})
+            if full:
+                save_full(model, tmp, {**meta, "step": step}, masters)
+            else:
+                save_adapter(model, tmp, {**meta, "step": step})
             torch.save(state, tmp / STATE)
     except OSError as e:
         last = latest_checkpoint(out)
@@ -694,7 +805,7 @@ def train(*, model: str = "embedded", data: str | Path, out: str | Path, lora: L
                             "start without --resume or give the right folder")
         meta = read_meta(ckpt)
         check_same_base(meta["base"], base, f"checkpoint {ckpt}")
-        lora = LoraSettings(**meta["lora"])
+        lora = LoraSettings(**meta["lora"]) if meta.get("lora") else lora
         saved = TrainSettings(**meta["train"])
         if settings.steps != saved.steps:
             say(f"resume: training to step {settings.steps} (was {saved.steps}); the schedule is stretched")
@@ -710,7 +821,7 @@ def train(*, model: str = "embedded", data: str | Path, out: str | Path, lora: L
         if out.exists() and force:
             for name in (CHECKPOINTS,):
                 shutil.rmtree(out / name, ignore_errors=True)
-            for name in (LOG, PLOT, META, "adapter_model.safetensors", "adapter_config.json"):
+            for name in (LOG, PLOT, META, "adapter_model.safetensors", "adapter_config.json") + FULL_FILES:
                 (out / name).unlink(missing_ok=True)
 
     chats = load_chats(data)
@@ -727,9 +838,17 @@ def train(*, model: str = "embedded", data: str | Path, out: str | Path, lora: L
     train_set, eval_set = split_examples(examples, settings.eval_fraction, settings.seed)
     if not train_set:
         raise EdgeError(f"{data}: no training examples left after the held-out split; add data or lower --eval-fraction")
+    if settings.epochs > 0 and state is None:
+        settings.steps = settings.steps_for_epochs(len(train_set))
+    per_step = settings.batch_size * settings.grad_accum
+    say(f"data: {len(train_set)} training chats, {len(eval_set)} held out; {settings.steps} steps of {per_step} chats "
+        f"= {settings.steps * per_step / len(train_set):.2f} epochs")
 
     torch.manual_seed(settings.seed)
-    net = add_lora(base_model, lora, settings.grad_checkpointing)
+    if settings.full:
+        net = prepare_full(base_model, settings.grad_checkpointing)
+    else:
+        net = add_lora(base_model, lora, settings.grad_checkpointing)
     dev = _device_of(net)
     use_compile = settings.compile if settings.compile is not None else dev.type == "cuda"
     pad_multiple = 64 if use_compile else 1
@@ -738,7 +857,15 @@ def train(*, model: str = "embedded", data: str | Path, out: str | Path, lora: L
         compile_layers(net, auto_memory_budget(base_model) if budget is None else budget)
     named_params = [(name, q) for name, q in net.named_parameters() if q.requires_grad]
     params = [q for _, q in named_params]
-    opt = torch.optim.AdamW(params, lr=settings.lr, weight_decay=settings.weight_decay, betas=(0.9, 0.999),
+    masters = MasterWeights(params) if settings.full and p.dtype != torch.float32 else None
+    opt_params = masters.master if masters else params  # what the optimizer steps and clipping sees
+    n_trained = sum(q.numel() for q in params)
+    if settings.full:
+        say(f"training: full fine-tuning, every weight ({n_trained / 1e6:.1f}M)"
+            + (f", float32 master weights for the {p.name} model" if masters else ""))
+    else:
+        say(f"training: LoRA r{lora.r} (alpha {lora.alpha}) on {', '.join(lora.targets)} ({n_trained / 1e6:.2f}M weights)")
+    opt = torch.optim.AdamW(opt_params, lr=settings.lr, weight_decay=settings.weight_decay, betas=(0.9, 0.999),
                             fused=dev.type == "cuda")
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(settings))
     # fp16 gradients underflow (or overflow) without loss scaling; the LoRA weights are float32,
@@ -750,7 +877,14 @@ def train(*, model: str = "embedded", data: str | Path, out: str | Path, lora: L
         from peft import set_peft_model_state_dict
         from safetensors.torch import load_file
 
-        set_peft_model_state_dict(net, load_file(ckpt / "adapter_model.safetensors", device=str(dev)))
+        if settings.full:
+            weights = load_file(ckpt / "model.safetensors", device=str(dev))
+            if masters:
+                masters.load(weights, named_params)
+            else:
+                net.load_state_dict(weights, strict=False)
+        else:
+            set_peft_model_state_dict(net, load_file(ckpt / "adapter_model.safetensors", device=str(dev)))
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])
         if state.get("scaler"):
@@ -762,7 +896,8 @@ def train(*, model: str = "embedded", data: str | Path, out: str | Path, lora: L
         start = state["step"]
         say(f"resuming from {ckpt} (step {start})")
 
-    meta = {"base": base, "lora": asdict(lora), "train": asdict(settings), "precision": p.name,
+    meta = {"base": base, "lora": None if settings.full else asdict(lora), "full": settings.full,
+            "train": asdict(settings), "precision": p.name,
             "precision_asked": precision, "data": {"path": str(Path(data).resolve()), "sha256": sha256_file(Path(data)),
                                                    "train": len(train_set), "eval": len(eval_set)}}
     out.mkdir(parents=True, exist_ok=True)
@@ -798,8 +933,10 @@ def train(*, model: str = "embedded", data: str | Path, out: str | Path, lora: L
                 raise EdgeError(f"no gradient reached {len(missing)} of {len(named_params)} adapter weights at step "
                                 f"{step + 1} (e.g. {missing[0]}); training stopped; this is a bug in how the model "
                                 "was built or compiled: please report it")
+            if masters:
+                masters.grads_to_master()
             scaler.unscale_(opt)
-            norm = torch.nn.utils.clip_grad_norm_(params, settings.clip if settings.clip > 0 else float("inf"))
+            norm = torch.nn.utils.clip_grad_norm_(opt_params, settings.clip if settings.clip > 0 else float("inf"))
             # fp16: gradients that overflow at the current loss scale are normal; GradScaler skips
             # that update and halves the scale. Overflowing even at scale 1 is a real failure.
             overflow = not torch.isfinite(norm)
@@ -818,6 +955,8 @@ def train(*, model: str = "embedded", data: str | Path, out: str | Path, lora: L
                     "try --precision bf16 or fp32, or a lower --lr")
             scaler.step(opt)  # skips the update when the unscaled gradients hold inf/NaN
             scaler.update()
+            if masters:
+                masters.master_to_model()
             if not skipped:
                 sched.step()
             step += 1
@@ -843,7 +982,8 @@ def train(*, model: str = "embedded", data: str | Path, out: str | Path, lora: L
                 callback(step, net, record)
             interrupted = flag.set
             if step % settings.save_interval == 0 or step == settings.steps or interrupted:
-                last_ckpt = save_checkpoint(out, net, opt, sched, scaler, stream, step, meta, settings.keep)
+                last_ckpt = save_checkpoint(out, net, opt, sched, scaler, stream, step, meta, settings.keep,
+                                            settings.full, masters)
             if interrupted:
                 stopped = "interrupted"
                 break
@@ -854,7 +994,11 @@ def train(*, model: str = "embedded", data: str | Path, out: str | Path, lora: L
 
         tmp = Path(tempfile.mkdtemp(prefix=".final.", dir=out))  # write beside, then rename file by file
         try:
-            save_adapter(net, tmp, {**meta, "step": step, "train_loss": train_loss, "eval_loss": eval_loss})
+            final = {**meta, "step": step, "train_loss": train_loss, "eval_loss": eval_loss}
+            if settings.full:
+                save_full(net, tmp, final, masters, tok)
+            else:
+                save_adapter(net, tmp, final)
             for f in tmp.iterdir():
                 os.replace(f, out / f.name)
         finally:
@@ -870,30 +1014,37 @@ def train(*, model: str = "embedded", data: str | Path, out: str | Path, lora: L
 # CLI and demo
 
 
-def finetune_cmd(*, data: str, out: str, model: str = "embedded", steps: int = 200, precision: str = "auto",
-                 resume: bool = False, force: bool = False, batch_size: int = 8, lr: float = 2e-4,
-                 rank: int = 16, alpha: int = 32, dropout: float = 0.0, targets: list[str] | None = None,
-                 max_len: int = 0, eval_fraction: float = 0.1, save_every: int = 0,
-                 grad_checkpointing: bool = False, memory_budget: float | None = None, seed: int = 0,
-                 json: bool = False, pack: bool = True) -> dict:
-    """LoRA fine-tune a Gemma 3 model on chat JSONL; the loss is on the model's replies only.
+FULL_LR = 5e-5  # --full's default: Google's Gemma full fine-tuning guide (ai.google.dev, "Full model fine-tune using Hugging Face Transformers") trains with 5e-5
+LORA_LR = 2e-4
 
-    Writes the adapter, checkpoints, log.jsonl and loss.png into OUT. Ctrl-C saves a
-    checkpoint; `--resume` continues exactly where it stopped.
+
+def finetune_cmd(*, data: str, out: str, model: str = "embedded", steps: int | None = None, precision: str = "auto",
+                 resume: bool = False, force: bool = False, batch_size: int = 8, lr: float | None = None,
+                 rank: int | None = None, alpha: int | None = None, dropout: float | None = None,
+                 targets: list[str] | None = None, max_len: int = 0, eval_fraction: float = 0.1, save_every: int = 0,
+                 grad_checkpointing: bool = False, memory_budget: float | None = None, seed: int = 0,
+                 json: bool = False, pack: bool = True, full: bool = False, epochs: float | None = None) -> dict:
+    """Fine-tune a Gemma 3 model on chat JSONL (LoRA, or every weight with --full); the loss is
+    on the model's replies only.
+
+    Writes the adapter (or with --full the whole model, ready for `edge export`), checkpoints,
+    log.jsonl and loss.png into OUT. Ctrl-C saves a checkpoint; `--resume` continues exactly
+    where it stopped.
 
     Args:
         data: chat JSONL file ({"messages": [{"role": ..., "content": ...}]} per line).
         out: folder for the adapter, checkpoints and logs.
         model: base model: 'embedded', a local Hugging Face directory or a cached hub id.
-        steps: optimizer steps to train (on --resume: the new total).
+        steps: optimizer steps to train (default 200; on --resume: the new total).
         precision: auto, bf16, fp16 or fp32 (`edge precision` shows what auto picks).
         resume: continue from the newest checkpoint in OUT (same model and data settings).
         force: overwrite an existing OUT that is not being resumed.
         batch_size: chats per step.
-        lr: peak learning rate (AdamW, linear warm-up then cosine decay).
-        rank: LoRA rank.
-        alpha: LoRA alpha (updates are scaled by alpha / rank).
-        dropout: LoRA dropout.
+        lr: peak learning rate (AdamW, linear warm-up then cosine decay); default 2e-4 for LoRA,
+            5e-5 with --full (Google's Gemma full fine-tuning guide).
+        rank: LoRA rank (default 16).
+        alpha: LoRA alpha, updates are scaled by alpha / rank (default 32).
+        dropout: LoRA dropout (default 0).
         targets: modules to adapt (default: all attention and MLP projections).
         max_len: longest allowed chat in tokens (default: the model's context).
         eval_fraction: share of the data held out for eval loss.
@@ -906,11 +1057,27 @@ def finetune_cmd(*, data: str, out: str, model: str = "embedded", steps: int = 2
         json: print the result as JSON (and no progress bar).
         pack: pack several chats into each row (no padding between them; positions restart
             and no token attends across a chat boundary); --no-pack pads one chat per row.
+        full: full fine-tuning: train every weight (no adapter, nothing to merge: OUT is a model
+            folder for `edge export`); bf16/fp16 keep float32 master weights, fp16 scales the loss.
+        epochs: train this many passes over the training chats instead of --steps.
     """
-    lora = LoraSettings(r=rank, alpha=alpha, dropout=dropout, targets=tuple(targets or DEFAULT_TARGETS))
-    settings = TrainSettings(steps=steps, batch_size=batch_size, lr=lr, max_len=max_len, eval_fraction=eval_fraction,
-                             save_every=save_every, grad_checkpointing=grad_checkpointing,
-                             memory_budget=memory_budget, seed=seed, pack=pack)
+    if full:
+        given = [f"--{name}" for name, v in (("rank", rank), ("alpha", alpha), ("dropout", dropout),
+                                              ("targets", targets)) if v is not None]
+        if given:
+            raise EdgeError(f"{', '.join(given)} {'is a LoRA setting' if len(given) == 1 else 'are LoRA settings'}; "
+                            "--full trains every weight and has no adapter: drop it or drop --full")
+    if epochs is not None and steps is not None:
+        raise EdgeError(f"give --steps ({steps}) or --epochs ({epochs}), not both")
+    if epochs is not None and not epochs > 0:
+        raise EdgeError(f"--epochs must be a number > 0, got {epochs}")
+    lora = LoraSettings(r=16 if rank is None else rank, alpha=32 if alpha is None else alpha,
+                        dropout=0.0 if dropout is None else dropout, targets=tuple(targets or DEFAULT_TARGETS))
+    settings = TrainSettings(steps=200 if steps is None else steps, batch_size=batch_size,
+                             lr=(FULL_LR if full else LORA_LR) if lr is None else lr, max_len=max_len,
+                             eval_fraction=eval_fraction, save_every=save_every,
+                             grad_checkpointing=grad_checkpointing, memory_budget=memory_budget, seed=seed,
+                             pack=pack, full=full, epochs=epochs or 0.0)
     say = (lambda s: None) if json else print
     result = train(model=model, data=data, out=out, lora=lora, settings=settings, precision=precision,
                    resume=resume, force=force, progress=not json, say=say)
@@ -920,9 +1087,11 @@ def finetune_cmd(*, data: str, out: str, model: str = "embedded", steps: int = 2
         raise KeyboardInterrupt
     summary = {k: v for k, v in asdict(result).items() if k not in ("model", "losses")}
     fmt = lambda v: "n/a" if v is None else f"{v:.4f}"
+    nxt = (f"model: {out}  (log.jsonl, loss.png)  next: edge export --model {out} --out {str(out).rstrip('/')}-F32.gguf" if full else
+           f"adapter: {out}  (log.jsonl, loss.png)  next: edge merge --adapter {out} --out DIR")
     say(f"trained steps {result.start_step}->{result.steps} in {result.seconds:.0f} s "
         f"({result.tokens_per_s:.0f} tok/s, {result.precision}); train loss {fmt(result.train_loss)}, "
-        f"eval loss {fmt(result.eval_loss)}\nadapter: {out}  (log.jsonl, loss.png)  next: edge merge --adapter {out} --out DIR")
+        f"eval loss {fmt(result.eval_loss)}\n{nxt}")
     return summary
 
 

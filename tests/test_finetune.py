@@ -422,3 +422,119 @@ def test_packed_training_matches_unpacked(tiny_dir, small_data, tmp_path):
     assert all(math.isclose(a, b, rel_tol=1e-4) for a, b in zip(runs[0].losses, runs[1].losses)), \
         (runs[0].losses, runs[1].losses)
     assert math.isclose(runs[0].eval_loss, runs[1].eval_loss, rel_tol=1e-4)
+
+
+# ---------------------------------------------------------------------------------------------
+# Full fine-tuning
+
+
+def test_chunked_cross_entropy_gradient_to_a_trained_head():
+    """Full fine-tuning trains the tied head: d(loss)/d(weight) as well as d(loss)/d(hidden)."""
+    torch.manual_seed(2)
+    h = torch.randn(13, 8, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(50, 8, dtype=torch.float64, requires_grad=True)
+    y = torch.randint(0, 50, (13,))
+    ours = chunked_cross_entropy(h, w, y, chunk_rows=4, softcap=3.0)
+    g_ours = torch.autograd.grad(ours, (h, w))
+    ref = torch.nn.functional.cross_entropy(3.0 * torch.tanh((h @ w.t()) / 3.0), y, reduction="sum")
+    g_ref = torch.autograd.grad(ref, (h, w))
+    assert torch.allclose(ours, ref) and all(torch.allclose(a, b) for a, b in zip(g_ours, g_ref))
+
+
+def _weights(path):
+    from safetensors.torch import load_file
+
+    return load_file(Path(path) / "model.safetensors")
+
+
+def test_full_finetune_trains_every_weight_and_exports(tiny_dir, small_data, tmp_path):
+    """--full in fp32: every tensor moves, OUT is a model folder that `edge export` takes as it
+    is (nothing to merge), and the exported GGUF's logits follow the trained weights."""
+    from edge.export import export_gguf
+    from edge.models import load
+
+    out = tmp_path / "full"
+    r = train(model=str(tiny_dir), data=small_data, out=out, precision="fp32", progress=False,
+              settings=_fast(steps=4, full=True, lr=1e-3, save_every=100))
+    assert r.stopped == "done" and r.losses[-1] < r.losses[0]
+    before, after = _weights(tiny_dir), _weights(out)
+    assert set(after) == set(before)
+    unchanged = [k for k in before if torch.equal(before[k], after[k])]
+    assert not unchanged, unchanged
+    assert all(t.dtype == torch.float32 for t in after.values())
+    assert json.loads((out / "edge_adapter.json").read_text())["full"] is True
+    assert not (out / "adapter_model.safetensors").exists()
+    gguf = export_gguf(out, tmp_path / "full.gguf", "f32")
+    assert Path(gguf.path).is_file() and gguf.n_params > 0
+    model, _ = load(str(out))
+    ids = torch.tensor([[gemma3.BOS_ID, 105, 2364, 107]])
+    with torch.no_grad():
+        assert torch.allclose(model(ids).logits, r.model(ids).logits, atol=1e-5)
+
+
+def test_full_fp16_master_weights_loss_scaling_and_exact_resume(tiny_dir, small_data, tmp_path):
+    """--full in fp16: the model computes in float16 with Gemma 3's fixes while float32 master
+    weights take the updates; an overflowing first step (loss scale 2**18) is skipped, and an
+    interrupted run resumes from its float32 masters to the same losses."""
+    from edge.precision import fixes_applied
+
+    settings = _fast(steps=4, full=True, lr=1e-3, save_every=100, loss_scale=2.0**18)
+    full = train(model=str(tiny_dir), data=small_data, out=tmp_path / "a", precision="fp16", progress=False,
+                 settings=settings)
+    rows = [json.loads(x) for x in (tmp_path / "a" / "log.jsonl").read_text().splitlines()]
+    assert rows[0]["skipped"] and not rows[-1]["skipped"] and all(math.isfinite(x["loss"]) for x in rows)
+    assert fixes_applied(full.model)
+    assert all(q.dtype == torch.float16 for q in full.model.parameters())
+    saved = _weights(tmp_path / "a")
+    assert all(t.dtype == torch.float32 for t in saved.values())
+    emb = full.model.model.embed_tokens.weight
+    assert torch.equal(saved["model.embed_tokens.weight"].half(), emb)  # the model holds the masters, rounded
+    assert not torch.equal(saved["model.embed_tokens.weight"], emb.float())  # ... which keep more than fp16 does
+
+    def interrupt_at_2(step, model, record):
+        if step == 2:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    part = train(model=str(tiny_dir), data=small_data, out=tmp_path / "b", precision="fp16", progress=False,
+                 settings=settings, callback=interrupt_at_2)
+    assert part.steps == 2
+    train(model=str(tiny_dir), data=small_data, out=tmp_path / "b", precision="fp16", progress=False,
+          settings=settings, resume=True)
+    assert _losses(tmp_path / "b") == _losses(tmp_path / "a")
+    assert all(torch.equal(saved[k], v) for k, v in _weights(tmp_path / "b").items())
+
+
+def test_full_rejects_lora_flags_and_steps_with_epochs(tiny_dir, small_data, tmp_path, capsys):
+    from edge.cli import main
+
+    base = ["finetune", "--model", str(tiny_dir), "--data", str(small_data), "--out", str(tmp_path / "o")]
+    assert main(base + ["--full", "--rank", "8"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "--rank is a LoRA setting; --full trains every weight" in err
+    assert main(base + ["--full", "--alpha", "8", "--targets", "q_proj"]) == 2
+    assert "--alpha, --targets are LoRA settings" in capsys.readouterr().err
+    assert main(base + ["--steps", "5", "--epochs", "1"]) == 2
+    assert "give --steps (5) or --epochs (1.0), not both" in capsys.readouterr().err
+    assert main(base + ["--epochs", "0"]) == 2
+    assert not (tmp_path / "o").exists()
+
+
+def test_epochs_become_steps(tiny_dir, small_data, tmp_path):
+    """40 chats, 10% held out: 36 train; 2 epochs at 12 chats per step = 6 steps."""
+    lines = []
+    r = train(model=str(tiny_dir), data=small_data, out=tmp_path / "e", precision="fp32", progress=False,
+              settings=_fast(epochs=2, batch_size=12, save_every=100), say=lines.append)
+    assert r.steps == 6
+    assert "data: 36 training chats, 4 held out; 6 steps of 12 chats = 2.00 epochs" in lines
+
+
+@pytest.mark.real
+def test_full_finetune_real_270m_loss_falls(small_data, tmp_path):
+    """The real 270M, every weight trained in float32 on this CPU: a few steps of the demo task
+    take the replies' loss down."""
+    r = train(model="embedded", data=small_data, out=tmp_path / "real", precision="fp32", progress=False,
+              settings=TrainSettings(steps=6, batch_size=4, lr=5e-5, full=True, eval_fraction=0.0,
+                                     save_every=100, keep=1, warmup=1))
+    assert r.stopped == "done"
+    first, last = r.losses[0], sum(r.losses[-2:]) / 2
+    assert last < 0.7 * first, r.losses
