@@ -55,6 +55,10 @@ PLOT = "loss.png"
 FP16_INIT_LOSS_SCALE = 2.0**13
 
 
+MEMORY_MODES = ("auto", "fast", "lean")
+LEAN_CHUNK_ROWS = 128  # lean mode: rows of the output head per loss chunk (4 x 128 x 262,144 float32 = 0.5 GB)
+
+
 class NonFiniteError(EdgeError):
     """The loss or the gradient became NaN/inf; training stopped before the bad update."""
 
@@ -110,6 +114,7 @@ class TrainSettings:
     loss_scale: float = FP16_INIT_LOSS_SCALE  # fp16: initial dynamic loss scale (GradScaler)
     pack: bool = True                # several chats per row, no attention across them (--pack/--no-pack)
     full: bool = False               # train every weight instead of a LoRA adapter (--full)
+    memory: str = "auto"             # fast | lean | auto (by model size and free GPU memory) (--memory)
     epochs: float = 0.0              # > 0: train this many passes over the training chats instead of `steps`
 
     def __post_init__(self):
@@ -126,6 +131,8 @@ class TrainSettings:
             raise EdgeError(f"--memory-budget must be in [0, 1], got {self.memory_budget}")
         if not (self.loss_scale >= 1 and math.isfinite(self.loss_scale)):
             raise EdgeError(f"--loss-scale must be a number >= 1, got {self.loss_scale}")
+        if self.memory not in MEMORY_MODES:
+            raise EdgeError(f"--memory must be one of {', '.join(MEMORY_MODES)}, got {self.memory!r}")
         if not (self.epochs >= 0 and math.isfinite(self.epochs)):
             raise EdgeError(f"--epochs must be a number > 0, got {self.epochs}")
 
@@ -574,6 +581,36 @@ def save_full(model, dest: Path, meta: dict, masters: MasterWeights | None = Non
 FULL_FILES = ("model.safetensors", "config.json", "generation_config.json")
 
 
+def memory_mode(settings: TrainSettings, model, longest: int, device) -> tuple[str, str]:
+    """("fast" | "lean", why). `auto` takes fast when its estimated peak fits in 80% of the free
+    GPU memory, else lean (every compiled layer checkpointed: only its input is kept for
+    backward, the rest recomputed; the loss in 128-row chunks). On a CPU: fast.
+
+    Estimated fast peak = weights (x4 with --full: master, two Adam moments, gradient) + the loss
+    chunks (4 float32 [chunk_rows x vocab] buffers) + activations, 60 bytes per token per
+    layer per hidden unit. The 60 is measured: 270M at 8 x 1,024 tokens peaked at 7.94 GiB, 1B
+    (memory budget 0.5) at 12.1 GiB on an H200 (docs/BENCHMARKS.md, Fine-tune), which gives 57
+    and 35 bytes; tokens per step are at most batch size x the longest chat.
+    """
+    if settings.memory != "auto":
+        return settings.memory, f"--memory {settings.memory}"
+    if getattr(device, "type", device) != "cuda":
+        return "fast", "auto: not a GPU"
+    import torch
+
+    cfg = getattr(model.config, "text_config", model.config)
+    n_params = sum(q.numel() for q in model.parameters())
+    weights = n_params * next(model.parameters()).element_size() + (n_params * 16 if settings.full else 0)
+    loss = 4 * settings.chunk_rows * cfg.vocab_size * 4
+    tokens = settings.batch_size * longest
+    acts = tokens * cfg.num_hidden_layers * cfg.hidden_size * 60
+    free, _ = torch.cuda.mem_get_info(device)
+    est = weights + loss + acts
+    mode = "fast" if est <= 0.8 * free else "lean"
+    return mode, (f"auto: fast mode's estimated peak {est / 2**30:.1f} GiB "
+                  f"{'fits in' if mode == 'fast' else 'exceeds'} 80% of {free / 2**30:.1f} GiB free")
+
+
 def auto_memory_budget(model) -> float:
     """`--memory-budget`'s default. 1B and up: 0.5, which takes peak memory from 42% to 23-24% of
     plain transformers + peft for about 5% of speed. The 270M: 1.0, as its steps are CPU-bound and
@@ -594,7 +631,96 @@ def compile_layers(model, memory_budget: float = 1.0, backend: str = "inductor")
     import torch
 
     for layer in causal_lm(model).model.layers:
-        layer.forward = _with_memory_budget(torch.compile(layer.forward, backend=backend), memory_budget)
+        layer._edge_eager_forward = layer.forward
+        layer.forward = _with_memory_budget(torch.compile(layer.forward, backend=backend, dynamic=COMPILE_DYNAMIC),
+                                            memory_budget)
+
+
+# Short jobs: compiling the layers costs about 65 s the first time on an H200 (the 270M; 112 s
+# end to end against 58 s eager for a 680k-token job) and saves about 22 us per token (65k vs
+# 27k tokens/s steady), so it pays from about 3M tokens. torch's own caches (inductor's FX graph
+# cache, AOTAutograd's cache) make the next compile of the same graphs far cheaper (47 s end to
+# end for the same job); edge keeps them under its cache folder and remembers which models
+# compiled there (docs/BENCHMARKS.md, "Fine-tune: a realistic job").
+COMPILE_MIN_TOKENS = 3_000_000
+COMPILED_RECORD = "compiled.json"
+
+
+def _compile_key(model, precision: str, mode: str, full: bool, dev) -> str:
+    import torch
+
+    cfg = getattr(model.config, "text_config", model.config)
+    gpu = torch.cuda.get_device_name(dev) if getattr(dev, "type", dev) == "cuda" else "cpu"
+    return (f"torch {torch.__version__}|{gpu}|{cfg.num_hidden_layers}x{cfg.hidden_size}x{cfg.intermediate_size}|"
+            f"{precision}|{mode}|{'full' if full else 'lora'}")
+
+
+def _compiled_record() -> Path:
+    from edge.models import cache_dir
+
+    return cache_dir() / COMPILED_RECORD
+
+
+def decide_compile(asked: bool | None, dev, job_tokens: float, key: str) -> tuple[bool, str]:
+    """(compile the layers?, why). `asked` (--compile on/off) wins; on a CPU: no; on a GPU: yes
+    when this model's graphs compiled here before (torch's caches are warm) or the job is long
+    enough to pay for a first compile (COMPILE_MIN_TOKENS); else eager, which is faster end to end."""
+    if asked is not None:
+        return asked, f"--compile {'on' if asked else 'off'}"
+    if getattr(dev, "type", dev) != "cuda":
+        return False, "auto: not a GPU"
+    try:
+        seen = key in json.loads(_compiled_record().read_text())
+    except (OSError, ValueError, TypeError):
+        seen = False
+    if seen:
+        return True, "auto: compiled here before, torch's compile caches are warm"
+    if job_tokens >= COMPILE_MIN_TOKENS:
+        return True, f"auto: a job of {job_tokens / 1e6:.1f}M tokens pays for a first compile"
+    return False, (f"auto: a job of {job_tokens / 1e6:.2f}M tokens is too short to pay for a first compile "
+                   f"(from {COMPILE_MIN_TOKENS / 1e6:.0f}M); eager is faster end to end; --compile on forces it")
+
+
+def use_compile_cache() -> None:
+    """Keep torch's compile caches under edge's cache folder (they survive /tmp being cleared),
+    unless the user chose a folder."""
+    from edge.models import cache_dir
+
+    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(cache_dir() / "torchinductor"))
+
+
+def remember_compiled(key: str) -> None:
+    path = _compiled_record()
+    try:
+        seen = json.loads(path.read_text()) if path.is_file() else []
+        if key not in seen:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with atomic_path(path) as tmp:
+                Path(tmp).write_text(json.dumps(seen + [key], indent=1))
+    except (OSError, ValueError):
+        pass  # only costs a first compile's choice next time
+
+
+# torch.compile's `dynamic` for the layers: None lets it compile the first shape statically and
+# recompile for dynamic shapes when a second one comes (benchmarks flip it to measure).
+COMPILE_DYNAMIC = None
+
+
+class eager_layers:
+    """Within this block, compiled layers run their original (eager) forward: evaluation runs
+    under no_grad, which compiled code would compile again for, a cost no short job recovers."""
+
+    def __init__(self, model):
+        self.layers = [m for m in causal_lm(model).model.layers if hasattr(m, "_edge_eager_forward")]
+
+    def __enter__(self):
+        self.saved = [m.forward for m in self.layers]
+        for m in self.layers:
+            m.forward = m._edge_eager_forward
+
+    def __exit__(self, *exc):
+        for m, f in zip(self.layers, self.saved):
+            m.forward = f
 
 
 def _with_memory_budget(compiled, budget: float):
@@ -700,13 +826,25 @@ class TrainResult:
     start_step: int
     train_loss: float | None
     eval_loss: float | None
-    tokens_per_s: float
+    tokens_per_s: float              # overall: real tokens / seconds, warm-up (compiling) included
     seconds: float
     precision: str
     stopped: str = "done"            # done | interrupted
     checkpoint: str | None = None
     losses: list = field(default_factory=list)
     model: object = field(default=None, repr=False)
+    steady_tokens_per_s: float | None = None  # the second half of the steps only (None under 4 steps)
+    memory_mode: str = "fast"
+
+
+def steady_rate(marks: list[tuple[float, int]]) -> float | None:
+    """Real tokens per second over the second half of the steps, from (elapsed, tokens) per step:
+    compiling and the first steps' warm-up are in the first half."""
+    if len(marks) < 4:
+        return None
+    h = len(marks) // 2
+    dt = marks[-1][0] - marks[h - 1][0]
+    return sum(n for _, n in marks[h:]) / dt if dt > 0 else None
 
 
 def _device_of(model):
@@ -722,10 +860,10 @@ def evaluate_loss(model, examples: list[Example], batch_size: int, chunk_rows: i
     model.eval()
     total, count = 0.0, 0
     dev = _device_of(model)
-    with torch.no_grad():
+    with torch.no_grad(), eager_layers(model):
         for i in range(0, len(examples), batch_size):
             ids, att, lab, pos, _ = make_batch(examples[i:i + batch_size], dev, pad_multiple, packed)
-            loss, n = reply_loss(model, ids, att, lab, chunk_rows, compile, position_ids=pos)
+            loss, n = reply_loss(model, ids, att, lab, chunk_rows, False, position_ids=pos)
             total, count = total + float(loss), count + n
     model.train()
     return total / max(1, count)
@@ -844,15 +982,24 @@ def train(*, model: str = "embedded", data: str | Path, out: str | Path, lora: L
     say(f"data: {len(train_set)} training chats, {len(eval_set)} held out; {settings.steps} steps of {per_step} chats "
         f"= {settings.steps * per_step / len(train_set):.2f} epochs")
 
+    mode, why = memory_mode(settings, base_model, max(len(e.ids) for e in examples), _device_of(base_model))
+    say(f"memory mode: {mode} ({why})")
+    checkpointing = settings.grad_checkpointing or mode == "lean"
+    chunk_rows = min(settings.chunk_rows, LEAN_CHUNK_ROWS) if mode == "lean" else settings.chunk_rows
+
     torch.manual_seed(settings.seed)
     if settings.full:
-        net = prepare_full(base_model, settings.grad_checkpointing)
+        net = prepare_full(base_model, checkpointing)
     else:
-        net = add_lora(base_model, lora, settings.grad_checkpointing)
+        net = add_lora(base_model, lora, checkpointing)
     dev = _device_of(net)
-    use_compile = settings.compile if settings.compile is not None else dev.type == "cuda"
+    job_tokens = settings.steps * per_step * sum(len(e.ids) for e in train_set) / len(train_set)
+    compile_key = _compile_key(base_model, p.name, mode, settings.full, dev)
+    use_compile, why = decide_compile(settings.compile, dev, job_tokens, compile_key)
+    say(f"compile: {'on' if use_compile else 'off'} ({why})")
     pad_multiple = 64 if use_compile else 1
     if use_compile:
+        use_compile_cache()
         budget = settings.memory_budget
         compile_layers(net, auto_memory_budget(base_model) if budget is None else budget)
     named_params = [(name, q) for name, q in net.named_parameters() if q.requires_grad]
@@ -910,7 +1057,7 @@ def train(*, model: str = "embedded", data: str | Path, out: str | Path, lora: L
 
     net.train()
     losses, last_ckpt = [], ckpt
-    tokens_seen, t0 = 0, time.time()
+    tokens_seen, t0, marks = 0, time.time(), []
     stopped, train_loss, eval_loss = "done", None, None
     bar = tqdm(total=settings.steps, initial=start, desc="fine-tune", unit="step", disable=not progress, dynamic_ncols=True)
     with _StopFlag() as flag, open(log_file, "a", encoding="utf-8") as log:
@@ -922,7 +1069,7 @@ def train(*, model: str = "embedded", data: str | Path, out: str | Path, lora: L
             step_loss, step_tokens = 0.0, 0
             for batch in micro:
                 ids, att, lab, pos, n_real = make_batch(batch, dev, pad_multiple, settings.pack)
-                loss_sum, _ = reply_loss(net, ids, att, lab, settings.chunk_rows, use_compile, position_ids=pos)
+                loss_sum, _ = reply_loss(net, ids, att, lab, chunk_rows, use_compile, position_ids=pos)
                 scaler.scale(loss_sum / n_label).backward()
                 step_loss += float(loss_sum.detach())
                 step_tokens += n_real  # real tokens only, never padding
@@ -961,16 +1108,19 @@ def train(*, model: str = "embedded", data: str | Path, out: str | Path, lora: L
                 sched.step()
             step += 1
             tokens_seen += step_tokens
+            marks.append((time.time() - t0, step_tokens))
             dt = time.time() - t0
             record = {"step": step, "loss": step_loss, "lr": sched.get_last_lr()[0], "grad_norm": float(norm),
-                      "tokens": step_tokens, "tok_s": tokens_seen / dt if dt > 0 else 0.0, "elapsed": dt}
+                      "tokens": step_tokens, "tok_s": tokens_seen / dt if dt > 0 else 0.0, "elapsed": dt,
+                      # tok_s: overall since the start, compiling included; step_tok_s: this step alone
+                      "step_tok_s": step_tokens / (dt - marks[-2][0]) if len(marks) > 1 and dt > marks[-2][0] else None}
             if scaler.is_enabled():
                 record.update(loss_scale=scaler.get_scale(), skipped=skipped)
             losses.append(step_loss)
             train_loss = step_loss
             if step % settings.eval_interval == 0 or step == settings.steps:
                 if eval_set:
-                    eval_loss = evaluate_loss(net, eval_set, settings.batch_size, settings.chunk_rows, use_compile,
+                    eval_loss = evaluate_loss(net, eval_set, settings.batch_size, chunk_rows, use_compile,
                                               pad_multiple, settings.pack)
                     record["eval_loss"] = eval_loss
             log.write(json.dumps(record) + "\n")
@@ -1003,10 +1153,13 @@ def train(*, model: str = "embedded", data: str | Path, out: str | Path, lora: L
                 os.replace(f, out / f.name)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
+    if use_compile and step - start >= 2:
+        remember_compiled(compile_key)
     plot_losses(log_file, out / PLOT)
     net.eval()
     return TrainResult(out=str(out), steps=step, start_step=start, train_loss=train_loss, eval_loss=eval_loss,
                        tokens_per_s=tokens_seen / seconds if seconds > 0 else 0.0, seconds=seconds, precision=p.name,
+                       steady_tokens_per_s=steady_rate(marks), memory_mode=mode,
                        stopped=stopped, checkpoint=str(last_ckpt) if last_ckpt else None, losses=losses, model=net)
 
 
@@ -1023,7 +1176,8 @@ def finetune_cmd(*, data: str, out: str, model: str = "embedded", steps: int | N
                  rank: int | None = None, alpha: int | None = None, dropout: float | None = None,
                  targets: list[str] | None = None, max_len: int = 0, eval_fraction: float = 0.1, save_every: int = 0,
                  grad_checkpointing: bool = False, memory_budget: float | None = None, seed: int = 0,
-                 json: bool = False, pack: bool = True, full: bool = False, epochs: float | None = None) -> dict:
+                 json: bool = False, pack: bool = True, full: bool = False, epochs: float | None = None,
+                 memory: str = "auto", compile: str = "auto") -> dict:
     """Fine-tune a Gemma 3 model on chat JSONL (LoRA, or every weight with --full); the loss is
     on the model's replies only.
 
@@ -1060,7 +1214,15 @@ def finetune_cmd(*, data: str, out: str, model: str = "embedded", steps: int | N
         full: full fine-tuning: train every weight (no adapter, nothing to merge: OUT is a model
             folder for `edge export`); bf16/fp16 keep float32 master weights, fp16 scales the loss.
         epochs: train this many passes over the training chats instead of --steps.
+        memory: GPU memory mode: fast, lean (each compiled layer checkpointed, the loss in small
+            chunks: far less memory, slower) or auto (fast when its estimated peak fits in 80% of
+            the free GPU memory); the log says which ran.
+        compile: torch.compile the layers on a GPU: on, off, or auto (on when this model compiled
+            here before, so torch's caches are warm, or when the job is long enough to pay for a
+            first compile; eager otherwise); the log says which and why.
     """
+    if compile not in ("auto", "on", "off"):
+        raise EdgeError(f"--compile must be auto, on or off, got {compile!r}")
     if full:
         given = [f"--{name}" for name, v in (("rank", rank), ("alpha", alpha), ("dropout", dropout),
                                               ("targets", targets)) if v is not None]
@@ -1077,7 +1239,8 @@ def finetune_cmd(*, data: str, out: str, model: str = "embedded", steps: int | N
                              lr=(FULL_LR if full else LORA_LR) if lr is None else lr, max_len=max_len,
                              eval_fraction=eval_fraction, save_every=save_every,
                              grad_checkpointing=grad_checkpointing, memory_budget=memory_budget, seed=seed,
-                             pack=pack, full=full, epochs=epochs or 0.0)
+                             pack=pack, full=full, epochs=epochs or 0.0, memory=memory,
+                             compile={"auto": None, "on": True, "off": False}[compile])
     say = (lambda s: None) if json else print
     result = train(model=model, data=data, out=out, lora=lora, settings=settings, precision=precision,
                    resume=resume, force=force, progress=not json, say=say)
@@ -1090,7 +1253,9 @@ def finetune_cmd(*, data: str, out: str, model: str = "embedded", steps: int | N
     nxt = (f"model: {out}  (log.jsonl, loss.png)  next: edge export --model {out} --out {str(out).rstrip('/')}-F32.gguf" if full else
            f"adapter: {out}  (log.jsonl, loss.png)  next: edge merge --adapter {out} --out DIR")
     say(f"trained steps {result.start_step}->{result.steps} in {result.seconds:.0f} s "
-        f"({result.tokens_per_s:.0f} tok/s, {result.precision}); train loss {fmt(result.train_loss)}, "
+        f"({result.tokens_per_s:.0f} tok/s overall with warm-up"
+        + (f", {result.steady_tokens_per_s:.0f} steady (second half)" if result.steady_tokens_per_s else "")
+        + f", {result.precision}, memory mode {result.memory_mode}); train loss {fmt(result.train_loss)}, "
         f"eval loss {fmt(result.eval_loss)}\n{nxt}")
     return summary
 

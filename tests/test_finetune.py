@@ -148,7 +148,7 @@ def test_fp16_loss_scaling_skips_overflows_and_resumes_exactly(tiny_dir, small_d
     assert state["scaler"]["scale"] == full[1]["loss_scale"] < 2.0**18
     train(model=str(tiny_dir), data=small_data, out=tmp_path / "part", settings=settings, precision="fp16",
           resume=True, progress=False)
-    assert rows(tmp_path / "part") == [{**r, "tok_s": p["tok_s"], "elapsed": p["elapsed"]}
+    assert rows(tmp_path / "part") == [{**r, "tok_s": p["tok_s"], "elapsed": p["elapsed"], "step_tok_s": p["step_tok_s"]}
                                        for r, p in zip(full, rows(tmp_path / "part"))]
 
 
@@ -538,3 +538,48 @@ def test_full_finetune_real_270m_loss_falls(small_data, tmp_path):
     assert r.stopped == "done"
     first, last = r.losses[0], sum(r.losses[-2:]) / 2
     assert last < 0.7 * first, r.losses
+
+
+# ---------------------------------------------------------------------------------------------
+# Short jobs: compile or not, and which tokens/s
+
+
+def test_compile_is_chosen_by_job_length_and_warm_caches(tmp_path, monkeypatch):
+    from edge.finetune import COMPILE_MIN_TOKENS, decide_compile, remember_compiled
+
+    monkeypatch.setenv("EDGE_CACHE", str(tmp_path))
+    key = "torch x|GPU|18x640x2048|bf16|fast|lora"
+    assert decide_compile(False, "cuda", 1e9, key)[0] is False  # --compile off wins
+    assert decide_compile(True, "cpu", 10, key)[0] is True      # --compile on wins
+    assert decide_compile(None, "cpu", 1e9, key) == (False, "auto: not a GPU")
+    on, why = decide_compile(None, "cuda", COMPILE_MIN_TOKENS, key)
+    assert on and "pays for a first compile" in why
+    on, why = decide_compile(None, "cuda", 680_000, key)
+    assert not on and "0.68M tokens is too short" in why and "--compile on forces it" in why
+    remember_compiled(key)
+    remember_compiled(key)  # once is enough
+    assert json.loads((tmp_path / "compiled.json").read_text()) == [key]
+    assert decide_compile(None, "cuda", 680_000, key) == (True, "auto: compiled here before, torch's compile caches are warm")
+    assert decide_compile(None, "cuda", 680_000, key.replace("lora", "full"))[0] is False  # another model's graphs
+
+
+def test_steady_rate_leaves_the_warm_up_out():
+    from edge.finetune import steady_rate
+
+    marks = [(30.0, 100)]  # the first step compiled for 30 s
+    for i in range(1, 8):
+        marks.append((30.0 + i, 100))  # then 100 tokens a second
+    assert steady_rate(marks) == 100.0
+    assert steady_rate(marks[:3]) is None
+
+
+def test_log_says_compile_memory_mode_and_both_rates(tiny_dir, small_data, tmp_path):
+    lines = []
+    r = train(model=str(tiny_dir), data=small_data, out=tmp_path / "m", precision="fp32", progress=False,
+              settings=_fast(steps=4, save_every=100), say=lines.append)
+    assert "compile: off (auto: not a GPU)" in lines and "memory mode: fast (auto: not a GPU)" in lines
+    assert r.memory_mode == "fast" and r.steady_tokens_per_s > 0 and r.tokens_per_s > 0
+    rows = [json.loads(x) for x in (tmp_path / "m" / "log.jsonl").read_text().splitlines()]
+    assert rows[0]["step_tok_s"] is None and all(x["step_tok_s"] > 0 for x in rows[1:])
+    with pytest.raises(EdgeError, match="--memory must be one of auto, fast, lean, got 'small'"):
+        TrainSettings(memory="small")
