@@ -1,27 +1,34 @@
-"""Fine-tune: LoRA on a Gemma 3 model, trained on the model's replies only.
+"""Fine-tune: LoRA (or with --full every weight) on a Gemma 3 model, trained on the model's replies only.
 
-    edge finetune --data train.jsonl --out runs/ft --steps 200            # embedded 270M
+    edge finetune --data train.jsonl --out runs/ft --steps 200            # embedded 270M, LoRA
     edge finetune --model DIR --data train.jsonl --out runs/ft --resume   # continue exactly
+    edge finetune --data train.jsonl --out runs/full --full --epochs 2    # every weight; then edge export
 
 Takes a model spec (`edge.models.load`), a chat JSONL file (`edge.data`) and a precision
 (`edge.precision`). Writes into OUT/:
 
-    adapter_config.json, adapter_model.safetensors   the final LoRA adapter (peft format)
+    adapter_config.json, adapter_model.safetensors   the final LoRA adapter (peft format), or with
+    config.json, model.safetensors, tokenizer ...    --full the whole model (float32), for `edge export`
     edge_adapter.json       the base model's identity (path + fingerprint), settings, result
-    checkpoints/step-NNNNNN/ adapter + optimizer, scheduler, RNG and data position (atomic)
-    log.jsonl               one line per step (loss, lr, grad norm, tok/s) and per eval
+    checkpoints/step-NNNNNN/ weights + optimizer, scheduler, RNG and data position (atomic)
+    log.jsonl               one line per step (loss, lr, grad norm, tokens, tok/s overall and
+                            for the step alone) and per eval
     loss.png                the loss curve
 
-How it is fast and small: the loss is computed on reply tokens only, and the 262,144-word
-output head runs in chunks whose float32 logits are freed right away; the gradient of each
-chunk is computed in the same pass (the head is frozen, so only d(hidden) is needed), so the
-backward pass neither keeps nor recomputes logits. Batches are length-bucketed. On a GPU each
-decoder layer is compiled (fp16-fixed ones too). fp16 trains with dynamic loss scaling. Ctrl-C
-saves a checkpoint at the next step boundary; a non-finite loss or gradient stops before the
-bad update, keeping the last good checkpoint (an fp16 step whose gradients overflow at the
-current loss scale is skipped, as loss scaling does, and is no failure). A step in which some
-adapter weight got no gradient, or every adapter weight got an all-zero one, stops training:
-it would train nothing.
+How it is fast and small: the chats of a step are packed several to a row (positions restart
+at each chat; no token attends across chats; `pack`); the loss is computed on reply tokens
+only, and the 262,144-word output head runs in chunks whose float32 logits are freed right
+away; the gradient of each chunk is computed in the same pass (for the hidden states, and
+with --full for the tied head too), so the backward pass neither keeps nor recomputes logits.
+Batches are length-bucketed. On a GPU the decoder layers are compiled when that pays
+(`decide_compile`: the model compiled on this machine before, or a long job), and the memory
+mode (`memory_mode`: fast, or lean = every compiled layer checkpointed) follows the free
+memory; the log names both. fp16 trains with dynamic loss scaling; --full in bf16/fp16 keeps
+float32 master weights (`MasterWeights`). Ctrl-C saves a checkpoint at the next step
+boundary; a non-finite loss or gradient stops before the bad update, keeping the last good
+checkpoint (an fp16 step whose gradients overflow at the current loss scale is skipped, as
+loss scaling does, and is no failure). A step in which some trained weight got no gradient,
+or every one got an all-zero one, stops training: it would train nothing.
 """
 
 from __future__ import annotations
