@@ -74,10 +74,13 @@ class EdgeApp(App):
         self.report: Path | None = None     # the quality report (report.json) of those variants
         self.chosen_file: Path | None = None  # the file the Push screen starts with
         self.chosen_serial: str | None = None  # ... and the phone
+        self.chosen_ctx: int = 4096            # ... and the n_ctx its budget check uses (Budget screen's)
         self.sub_title = str(self.run_dir or self.folder or "no run or folder given")
 
-    def push_this(self, file: Path | None = None, serial: str | None = None) -> None:
-        """Open the Push screen with this file and/or phone selected."""
+    def push_this(self, file: Path | None = None, serial: str | None = None, ctx: int | None = None) -> None:
+        """Open the Push screen with this file and/or phone selected, its budget checked at n_ctx `ctx`."""
+        if ctx is not None:
+            self.chosen_ctx = ctx
         if file is not None:
             self.chosen_file = Path(file)
         if serial is not None:

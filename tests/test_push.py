@@ -19,6 +19,7 @@ from edge.errors import EdgeError
 from edge.push import push
 from tests.adbsim import AdbSim, Phone
 from tests.test_device import NASTY
+from tests.test_tui_gguf import ONE_B_KV2, write_sparse_gguf
 
 pytestmark = pytest.mark.skipif(shutil.which("adb") is None, reason="adb not installed (scripts/setup.sh)")
 SEG = 1 << 20       # 1 MiB verification segments: several per test file
@@ -307,6 +308,25 @@ def test_bad_input(sim, gguf_file, tmp_path):
     with pytest.raises(EdgeError, match="absolute folder"):
         push(gguf_file, "chatterui", sim.serial, dest="Download")
     assert main(["push", str(bad), "--app", "chatterui", "--serial", sim.serial]) == 2
+    with pytest.raises(EdgeError, match="--ctx 0 must be a positive number"):
+        push(gguf_file, "chatterui", sim.serial, ctx=0)
+
+
+def test_the_budget_check_is_made_at_the_given_n_ctx(sim, tmp_path, capsys):
+    """`push(ctx=)` and `edge push --ctx` check the budget at that n_ctx, not at the default:
+    a 2 GB file that fits the simulated Pixel 7 at 4096 is refused at 32768."""
+    from edge.budget import verdict
+
+    path = write_sparse_gguf(tmp_path / "one-b-F16.gguf", ONE_B_KV2)
+    state = device.read_state(sim.serial)
+    assert verdict(path, state, ctx=4096).verdict == "fits"
+    assert push_mod.budget_verdict(path, state) == push_mod.budget_verdict(path, state, 4096)
+    assert push_mod.budget_verdict(path, state, 4096)[0] == "fits"
+    with pytest.raises(EdgeError, match=r"does not fit Pixel 7 by our budget \(needs [\d.]+ GB at n_ctx 32768"):
+        push(path, "llamacpp", sim.serial, ctx=32768)
+    assert main(["push", str(path), "--app", "llamacpp", "--serial", sim.serial, "--ctx", "32768"]) == 2
+    assert "at n_ctx 32768" in capsys.readouterr().err
+    assert not sim.phone.files(apps.route("llamacpp").folder) and not leftovers(sim)
 
 
 def test_old_shell_without_head_c(adb_server, gguf_file):
@@ -328,7 +348,7 @@ def test_old_shell_without_head_c(adb_server, gguf_file):
 
 
 def test_budget_verdict_gates_the_push(sim, gguf_file, monkeypatch):
-    fake = types.SimpleNamespace(verdict=lambda path, state: {"verdict": "does not fit",
+    fake = types.SimpleNamespace(verdict=lambda path, state, ctx: {"verdict": "does not fit",
                                                               "detail": f"{state.model}: 9 GB > 7 GB"})
     monkeypatch.setitem(sys.modules, "edge.budget", fake)
     import edge
@@ -337,7 +357,7 @@ def test_budget_verdict_gates_the_push(sim, gguf_file, monkeypatch):
         push(gguf_file, "chatterui", sim.serial)
     res = push(gguf_file, "chatterui", sim.serial, force=True, segment_bytes=SEG)
     assert res.budget == "does not fit" and any("budget" in w for w in res.warnings)
-    fake.verdict = lambda path, state: "fits"
+    fake.verdict = lambda path, state, ctx: "fits"
     assert push(gguf_file, "llamacpp", sim.serial, segment_bytes=SEG).budget == "fits"
 
 

@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from edge.errors import EdgeError  # noqa: E402
-from tests.test_tui_gguf import tiny_variants, write_sparse_gguf  # noqa: E402
+from tests.test_tui_gguf import ONE_B_KV2, tiny_variants, write_sparse_gguf  # noqa: E402
 from tui import EdgeApp  # noqa: E402
 from tui_screens import library  # noqa: E402
 from tui_screens.budget import fmt_ctx  # noqa: E402
@@ -339,12 +339,44 @@ async def test_push_from_the_tui_to_the_phone(phone, variants_dir):
         local = (variants_dir / "tiny-Q8_0.gguf").read_bytes()
         assert phone.phone.files("/sdcard/Download") == {"tiny-Q8_0.gguf": local}
         result = str(app.screen.query_one("#push-result").render())
-        assert "sha256 verified" in result and "Next steps" in result and "Import Model" in result
+        assert "SHA-1 verified on the phone" in result and "Next steps" in result and "Import Model" in result
         assert app.screen.query_one("#push-progress").progress == len(local)
         # the same again: the library refuses to overwrite; the error is shown, not raised
         await pilot.press("ctrl+s")
         await wait_until(pilot, lambda: status.has_class("-error"))
         assert "already exists" in str(status.render()) and app.is_running
+
+
+@needs_adb
+@async_test
+async def test_the_budget_screens_n_ctx_reaches_the_push(phone, tmp_path):
+    """Budget: `c` to n_ctx 32768, Enter on the phone's cell -> Push -> Ctrl+S: the push is
+    checked at 32768, where this 2 GB file does not fit (at the default 4096 it does)."""
+    folder = tmp_path / "one"
+    folder.mkdir()
+    write_sparse_gguf(folder / "one-b-F16.gguf", ONE_B_KV2)
+    app = EdgeApp(folder=folder, live=True, host=False)
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(app, pilot)
+        await pilot.press("b")
+        grid = app.screen.query_one("#budget-table")
+        await wait_until(pilot, lambda: grid.row_count > 0 and "phone" in str(grid.get_row_at(0)[0]))
+        assert "✓" in str(grid.get_row_at(0)[1])                # fits at n_ctx 4096
+        for _ in range(3):                                      # 4096 -> 8192 -> 16384 -> 32768
+            await pilot.press("c")
+            await settle(app, pilot)
+        await wait_until(pilot, lambda: app.screen.result.ctx == 32768 and grid.row_count > 0)
+        assert "✗" in str(grid.get_row_at(0)[1])
+        await pilot.press("enter")                              # the cursor is on the phone's cell
+        await wait_until(pilot, lambda: app.current_mode == "push")
+        assert app.chosen_ctx == 32768
+        device = app.screen.query_one("#push-device")
+        await wait_until(pilot, lambda: device.value == phone.serial)
+        await pilot.press("ctrl+s")
+        status = app.screen.query_one("#push-status")
+        await wait_until(pilot, lambda: status.has_class("-error"))
+        assert "does not fit Pixel 7" in str(status.render()) and "n_ctx 32768" in str(status.render())
+    assert not phone.phone.files("/sdcard/Download")
 
 
 @needs_adb

@@ -156,11 +156,11 @@ def push_apps() -> list[tuple[str, str]]:
     return [(key, r.title) for key, r in APPS.items()]
 
 
-def push(path: Path, app: str, serial: str, *, force: bool, progress, cancel):
-    """`edge.push.push`: checks, upload with sha256 verification, the app's route."""
+def push(path: Path, app: str, serial: str, *, force: bool, ctx: int, progress, cancel):
+    """`edge.push.push`: checks, upload verified with SHA-1 computed on the phone, the app's route."""
     from edge.push import push as push_file
 
-    return push_file(path, app, serial, force=force, progress=progress, cancel=cancel)
+    return push_file(path, app, serial, force=force, ctx=ctx, progress=progress, cancel=cancel)
 
 
 # ---- budget (edge.budget, edge.readings) ----------------------------------------------------------
