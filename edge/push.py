@@ -25,7 +25,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from edge import apps, device
+from edge import apps, device, ggufinfo
 from edge.device import Cancelled, Progress, q
 from edge.errors import EdgeError
 
@@ -57,7 +57,7 @@ class PushResult:
 
 
 def check_gguf(path: Path) -> None:
-    """A readable GGUF file (magic, version 2/3, at least one tensor), else EdgeError."""
+    """A readable GGUF file (magic, version 3 as `edge.ggufinfo` reads, a tensor), else EdgeError."""
     if not path.is_file():
         raise EdgeError(f"{path} is not a file; give the path of a .gguf (e.g. from `edge quantize`)")
     with open(path, "rb") as f:
@@ -65,9 +65,10 @@ def check_gguf(path: Path) -> None:
     if len(head) < 24 or head[:4] != GGUF_MAGIC:
         raise EdgeError(f"{path} is not a GGUF file (it starts with {head[:4]!r}); export one with `edge export`")
     version, n_tensors = struct.unpack("<IQ", head[4:16])
-    if version not in (2, 3) or n_tensors == 0:
-        raise EdgeError(f"{path} is GGUF version {version} with {n_tensors} tensors; "
-                        f"expected a model (version 2 or 3); re-export it")
+    if version != ggufinfo.GGUF_VERSION:
+        raise ggufinfo.version_error(path, version)
+    if n_tensors == 0:
+        raise EdgeError(f"{path} is a GGUF with no tensors, not a model; push a model file")
 
 
 def budget_verdict(path: Path, state, ctx: int = 4096) -> tuple[str, str]:

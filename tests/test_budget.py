@@ -111,6 +111,26 @@ def test_truncated_gguf_is_an_error(tmp_path, gguf_path):
         read_gguf(cut)
 
 
+
+@pytest.mark.parametrize("version", [2, 4])
+def test_every_gguf_reader_takes_version_3_only(tmp_path, version):
+    """The push's check, the budget and ggufinfo agree: version 3 is read by all three, any other
+    version is refused by each in the same one line."""
+    import struct
+
+    from edge import ggufinfo, push
+
+    path = _tiny_gguf(tmp_path / "v.gguf", layers=2)
+    push.check_gguf(path)
+    assert read_gguf(path).n_layers == 2 and ggufinfo.read_gguf(path).version == 3
+    data = bytearray(path.read_bytes())
+    data[4:8] = struct.pack("<I", version)
+    path.write_bytes(bytes(data))
+    for reader in (push.check_gguf, read_gguf, ggufinfo.read_gguf):
+        with pytest.raises(EdgeError, match=f"GGUF version {version}; only version 3 "):
+            reader(path)
+
+
 # ---- the estimate -----------------------------------------------------------------------
 def test_kv_cache_follows_the_5_to_1_pattern(info):
     per_cell = 1 * (256 + 256) * 2                       # n_head_kv x (k + v) x f16
