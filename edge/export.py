@@ -745,11 +745,6 @@ def modelfile_text(gguf_name: str) -> str:
     ])
 
 
-def open_gguf(path) -> GGUFInfo:
-    """A complete GGUF's header, or EdgeError saying what is wrong with the file."""
-    return read_gguf(path)
-
-
 def inspect_gguf(path) -> dict:
     info = read_gguf(path)
     g = _gguf()
