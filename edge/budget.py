@@ -1,6 +1,6 @@
 """Will this GGUF run on that phone? RAM, speed and heat, from the file's own metadata.
 
-Takes a GGUF (any Gemma 3 variant) and a device (a profile from profiles/*.toml, a live
+Takes a GGUF (any Gemma 3 variant) and a device (a profile from edge/profiles/*.toml, a live
 phone over adb, or this machine) and answers with numbers: bytes of RAM by part, the largest
 n_ctx that fits, decode tokens/s, what the phone can hold for minutes, and a verdict
 (fits / tight / does not fit) next to what PocketPal's and AnythingLLM's own rules say.
@@ -11,7 +11,7 @@ n_ctx that fits, decode tokens/s, what the phone can hold for minutes, and a ver
     python bench/budget.py                        # measured RSS vs ours vs the apps' rules
 
 Python API (what the TUI calls):
-    load_profiles() -> dict[str, Profile]         read + validate profiles/*.toml
+    load_profiles() -> dict[str, Profile]         read + validate edge/profiles/*.toml
     read_gguf(path) -> ModelInfo                  metadata and tensor sizes (header only)
     estimate(path, ctx=4096, ubatch=512, kv_type="f16", swa_full=True) -> Estimate
     verdict(path, device, ctx=..., ...) -> Verdict   device: Profile | DeviceState | name
@@ -48,7 +48,7 @@ from pathlib import Path
 from edge import gemma3
 from edge.errors import EdgeError
 
-PROFILES_DIR = Path(__file__).resolve().parent.parent / "profiles"
+PROFILES_DIR = Path(__file__).resolve().parent / "profiles"    # package data: there in a wheel too
 GIB, MIB = 1 << 30, 1 << 20
 
 # ---- facts and calibration --------------------------------------------------------------
@@ -468,7 +468,7 @@ PROFILE_FIELDS: dict[str, tuple[tuple[type, ...], bool]] = {
 
 @dataclass
 class Profile:
-    """One phone, from profiles/<key>.toml. Every value has its source in `sources`."""
+    """One phone, from edge/profiles/<key>.toml. Every value has its source in `sources`."""
 
     key: str
     name: str
@@ -538,7 +538,7 @@ def _load_profile(path: Path) -> Profile:
 
 
 def load_profiles(folder: str | Path | None = None) -> dict[str, Profile]:
-    """Read and validate every profiles/*.toml; key = file stem. Bad files raise EdgeError."""
+    """Read and validate every edge/profiles/*.toml; key = file stem. Bad files raise EdgeError."""
     folder = Path(folder) if folder else PROFILES_DIR
     files = sorted(folder.glob("*.toml"))
     if not files:
@@ -842,7 +842,7 @@ def _mb(b) -> str:
 
 
 def profiles_cmd(*, json: bool = False):
-    """List the bundled phone profiles (profiles/*.toml): RAM, SoC, bandwidth, CPU features, power.
+    """List the bundled phone profiles (edge/profiles/*.toml): RAM, SoC, bandwidth, CPU features, power.
 
     Every value in a profile carries its source; `--json` prints them all.
 

@@ -20,7 +20,6 @@ import re
 import sys
 import typing
 from dataclasses import asdict, is_dataclass
-from pathlib import Path
 from typing import Callable
 
 from edge.errors import EdgeError
@@ -74,8 +73,6 @@ def tui_cmd(*, run: str = "", folder: str = "") -> None:
         run: a run folder (from `edge demo --out`) whose variants to show.
         folder: a folder of GGUF files to show instead of a run.
     """
-    root = Path(__file__).resolve().parent.parent
-    sys.path.insert(0, str(root))
     try:
         import tui
     except ImportError as e:  # textual missing or tui.py not shipped
