@@ -39,7 +39,9 @@ FIXED_TEXT = (
     "Recommended settings: temperature 1.0, top_k 64, top_p 0.95, min_p 0.0, repeat penalty 1.0."
 )
 
-# Japanese lines from the seed document (/work/shared/seed), copied so CI needs no seed folder.
+# The opening of the seed document (Unsloth's Japanese Gemma 3 guide), shipped as test data.
+SEED_GUIDE = Path(__file__).resolve().parent / "fixtures" / "seed" / "gemma3_guide_ja.txt"
+# Japanese lines from the seed document, copied so CI needs no seed folder.
 JAPANESE = [
     "llama.cpp とその他の推論エンジンは <bos> を自動追加します。<bos> トークンを 2 つ入れないでください！",
     "モデルをスマートフォンで実行するには、スマホのようなエッジデバイス上で GGUF をローカル実行できる"
@@ -286,11 +288,10 @@ def test_vocab_from_tokenizer_model_reproduces_real_arrays(tmp_path):
 def test_chat_template_renders_seed_conversation_with_one_bos(tiny_gguf, tokenizer):
     template = read_gguf(tiny_gguf).metadata["tokenizer.chat_template"]
     assert render_chat(template, SEED_CHAT) == SEED_RENDERED
-    seeds = sorted(Path("/work/shared/seed").glob("*.txt"))
-    if seeds:  # the expected string is the seed's own example (its last line shows "\\n" literally)
-        text = seeds[0].read_text(encoding="utf-8")
-        block = text[text.index("<bos><start_of_turn>user\n"):]
-        assert block[:block.index("```")].replace("\\n\n", "\n") == SEED_RENDERED
+    # the expected string is the seed guide's own example (its last line shows "\\n" literally)
+    text = SEED_GUIDE.read_text(encoding="utf-8")
+    block = text[text.index("<bos><start_of_turn>user\n"):]
+    assert block[:block.index("```")].replace("\\n\n", "\n") == SEED_RENDERED
     llm = vocab_llama(tiny_gguf)
     from edge.chat import prompt_tokens
 
