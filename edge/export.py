@@ -773,8 +773,16 @@ def inspect_gguf(path) -> dict:
         "tensor_bytes": tensor_bytes,
         "bits_per_weight": round(tensor_bytes * 8 / n_params, 3) if n_params else None,
         "tensor_types": types,
+        "arm_repack": _arm_repack(info),
         "metadata": meta,
     }
+
+
+def _arm_repack(info) -> str:
+    """Which matrices llama.cpp repacks at load on an ARM CPU with dotprod/i8mm (quantize/repack.py)."""
+    from quantize.repack import label
+
+    return label([(t.name, t.type, tuple(int(d) for d in t.shape)) for t in info.tensors])
 
 
 def inspect_cmd(file: str, *, json: bool = False) -> dict:
@@ -793,6 +801,7 @@ def inspect_cmd(file: str, *, json: bool = False) -> dict:
     print("\ntensor type   tensors      params       MB")
     for name, e in sorted(info["tensor_types"].items(), key=lambda kv: -kv[1]["bytes"]):
         print(f"{name:<12} {e['tensors']:>8} {e['params']:>11,} {e['bytes'] / 1e6:>8.1f}")
+    print(f"\nARM phones: {info['arm_repack']}")
     print("\nmetadata")
     width = max(map(len, info["metadata"]), default=0)
     for k, v in info["metadata"].items():

@@ -10,6 +10,7 @@ well under a second. Files are read back with gguf.GGUFReader.
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -90,27 +91,66 @@ def readback(path) -> dict:
 
 def test_every_recipe_resolves_to_the_intended_types(shaped, tmp_path):
     """Our XL tables are applied exactly; llama.cpp's standard types give what `expect` says
-    (including its silent K-quant fallbacks on 640/1152-wide rows)."""
+    after its row-width fallbacks on 640/1152-wide rows; `general.file_type` of an XL file says
+    what the file mostly is. IQ2_M needs an imatrix, so every recipe is made with one here."""
     from quantize.cli import quantize_variants, read_tensors
+    from quantize.imatrix import Imatrix
 
     label, src = shaped
     tensors, _ = read_tensors(src)
+    im = Imatrix(datasets=["unit"], chunk_count=1, chunk_size=8)
+    for t in tensors:
+        if t.quantizable:
+            im.sums[t.name], im.counts[t.name] = np.ones(t.row, np.float32), 1.0
     recipes = [R.RECIPES[n] for n in R.RECIPES]
-    made = quantize_variants(src, recipes, tmp_path, force=True, progress=False)
+    made = quantize_variants(src, recipes, tmp_path, imatrix=im, force=True, progress=False)
     for m, recipe in zip(made, recipes):
-        plan = R.resolve(recipe, tensors)
+        plan = R.resolve(recipe, tensors, imatrix=True)
         got = readback(m["path"])
         assert set(got) == set(plan.types), recipe.name
         wrong = {n: (plan.types[n].name, got[n].name) for n in got if got[n] != plan.types[n]}
         assert not wrong, f"{label} {recipe.name}: {dict(list(wrong.items())[:4])}"
         if not recipe.is_standard:
             assert m["n_fallback"] == 0, recipe.name  # ours never ask a type the rows can't hold
+            weights = {}
+            for t in tensors:
+                if t.quantizable:
+                    weights[got[t.name]] = weights.get(got[t.name], 0) + t.n_elements
+            ft = gguf.GGUFReader(m["path"]).fields["general.file_type"].contents()
+            assert ft == R.FILE_TYPE[max(weights, key=weights.get)] == R.file_type(plan, tensors), recipe.name
     by = {m["recipe"]: m for m in made}
     assert by["Q4_K_M"]["n_fallback"] > 0  # the problem the XL recipes are designed around
-    q4 = readback(by["Q4_K_XL"]["path"])
+    q4 = readback(by["XL6.1-Q8_0"]["path"])
     assert q4["blk.0.ffn_down.weight"] == T.Q5_1 and q4["blk.5.attn_v.weight"] == T.Q8_0
     assert not any(t in (T.Q4_K, T.Q5_K, T.Q6_K) for t in q4.values())   # no Q8_K-rounded inputs
-    assert readback(by["Q8_K_XL"]["path"])["token_embd.weight"] == T.F16
+    assert readback(by["XL8.7-F16"]["path"])["token_embd.weight"] == T.F16
+    assert readback(by["IQ2_M"]["path"])["token_embd.weight"] == T.Q8_0   # not Q5_K: rows of 640/1152
+
+
+def test_recipe_names_are_case_insensitive_keep_their_old_names_and_suggest_on_a_typo():
+    assert R.get("q4_k_m") is R.RECIPES["Q4_K_M"] and R.get("xl6.1-q8_0") is R.RECIPES["XL6.1-Q8_0"]
+    assert R.get("Q4_K_XL") is R.RECIPES["XL6.1-Q8_0"]                     # the name before issue 20
+    with pytest.raises(EdgeError, match=r"did you mean Q4_K_M"):
+        R.get("Q4_KM")
+    with pytest.raises(EdgeError, match=r"did you mean Q4_K_XL \(now XL6.1-Q8_0\)"):
+        R.get("Q4_K_XXL")
+
+
+def test_xl_names_give_the_body_bits_per_weight_and_the_head_type(small):
+    """XL<body bpw>-<head type>: checked against the resolved 270M-shaped plan."""
+    from gguf import GGML_QUANT_SIZES
+
+    from edge.export import read_gguf
+    from edge.models import embedded_gguf
+
+    tensors = [R.TensorInfo(t.name, tuple(int(d) for d in t.shape)) for t in read_gguf(embedded_gguf()).tensors]
+    for r in R.DYNAMIC:
+        plan = R.resolve(r, tensors)
+        body = [t for t in tensors if t.quantizable and t.name != "token_embd.weight"]
+        bits = 8 * sum(t.n_elements // GGML_QUANT_SIZES[plan.types[t.name]][0] * GGML_QUANT_SIZES[plan.types[t.name]][1]
+                       for t in body) / sum(t.n_elements for t in body)
+        bpw, head = r.name[2:].split("-")
+        assert abs(float(bpw) - bits) < 0.05 and plan.types["token_embd.weight"].name == head, r.name
 
 
 def test_sizes_follow_the_plan(small, tmp_path):
@@ -118,7 +158,7 @@ def test_sizes_follow_the_plan(small, tmp_path):
 
     _, src = small
     tensors, _ = read_tensors(src)
-    made = quantize_variants(src, [R.RECIPES["Q4_K_XL"], R.RECIPES["Q8_0"]], tmp_path, force=True, progress=False)
+    made = quantize_variants(src, [R.RECIPES["XL6.1-Q8_0"], R.RECIPES["Q8_0"]], tmp_path, force=True, progress=False)
     for m in made:
         data_bytes = sum(int(t.n_bytes) for t in gguf.GGUFReader(m["path"]).tensors)
         assert data_bytes == R.resolve(R.RECIPES[m["recipe"]], tensors).size_bytes(tensors)
@@ -127,7 +167,7 @@ def test_sizes_follow_the_plan(small, tmp_path):
 def test_layer_sets_match_llama_cpp_rule():
     # llama.cpp use_more_bits: i < n/8 || i >= 7n/8 || (i - n/8) % 3 == 2 (integer division)
     sets = R.layer_sets(18)
-    assert sets["ends"] == "(?:0|1|15|16|17)"
+    assert sets["ends"] == "(?:0|1|15|16|17)" and sets["sixteenth"] == "(?:0)" and sets["first4"] == "(?:0|1|2|3)"
     assert sets["more"] == "(?:0|1|4|7|10|13|15|16|17)"
     assert R.layer_sets(26)["ends"] == "(?:0|1|2|22|23|24|25)"
 
@@ -225,8 +265,8 @@ def test_imatrix_file_roundtrip_and_use(small, tmp_path):
     assert back.datasets == ["unit"] and set(back.sums) == set(im.sums)
     for n in im.sums:
         np.testing.assert_allclose(back.values()[n], im.sums[n] / 8.0, rtol=1e-6)
-    a = quantize_variants(src, [R.RECIPES["IQ4_K_XL"]], tmp_path / "a", force=True, progress=False)[0]
-    b = quantize_variants(src, [R.RECIPES["IQ4_K_XL"]], tmp_path / "b", imatrix=back, force=True, progress=False)[0]
+    a = quantize_variants(src, [R.get("XL5.3-IQ4_NL")], tmp_path / "a", force=True, progress=False)[0]
+    b = quantize_variants(src, [R.get("XL5.3-IQ4_NL")], tmp_path / "b", imatrix=back, force=True, progress=False)[0]
     assert readback(a["path"]) == readback(b["path"])
     assert open(a["path"], "rb").read() != open(b["path"], "rb").read()  # the imatrix changed the rounding
 
@@ -289,7 +329,7 @@ def test_fine_tune_of_the_dequantized_base_warns_where_a_recipe_reuses_its_grid(
     (base / "edge_source.json").write_text(json.dumps({"gguf": embedded_gguf().name}))
     types = base_grid_types({"adapter": "/runs/x", "base_model": str(base)})
     assert types["blk.0.attn_q.weight"] == "Q5_0" and types["blk.5.ffn_down.weight"] == "Q4_K"
-    plans = [R.resolve(R.RECIPES[n], tensors) for n in ("Q4_K_M", "Q8_0", "Q4_K_XL", "Q5_K_XL", "Q6_K_XL")]
+    plans = [R.resolve(R.get(n), tensors) for n in ("Q4_K_M", "Q8_0", "Q4_K_XL", "Q5_K_XL", "Q6_K_XL")]
     warned = snap_back_warnings(plans, types)
     assert list(warned) == ["Q4_K_M"] and "erases much of the fine-tune" in warned["Q4_K_M"]
 
@@ -343,6 +383,41 @@ def test_chat_text_is_scored_on_the_replies_with_their_special_tokens(tmp_path):
 def test_recipes_made_for_an_imatrix_say_so_without_one():
     from quantize.cli import imatrix_note
 
-    assert imatrix_note([R.RECIPES["Q8_0"], R.RECIPES["Q8_K_XL"], R.RECIPES["Q4_K_M"]]) == ""
-    note = imatrix_note([R.RECIPES[n] for n in ("Q8_0", "Q4_K_XL", "Q6_K_XL")])
-    assert note.startswith("Q4_K_XL, Q6_K_XL are made for an importance matrix") and "--calib" in note
+    assert imatrix_note([R.RECIPES["Q8_0"], R.RECIPES["XL8.7-F16"], R.RECIPES["Q4_K_M"]]) == ""
+    note = imatrix_note([R.get(n) for n in ("Q8_0", "XL6.1-Q8_0", "XL7.4-Q8_0")])
+    assert note.startswith("XL6.1-Q8_0, XL7.4-Q8_0 are made for an importance matrix") and "--calib" in note
+
+
+@pytest.mark.real
+def test_recipes_resolve_on_gemma3_1b_shapes_exported_and_quantized(tmp_path):
+    """Gemma 3 1B's real widths (hidden 1152, ffn 6912, 4 heads of 256 = 1024, one KV head,
+    the 262,144-token vocabulary), random weights, 2 layers instead of 26: saved as a Hugging Face
+    model, exported with edge.export, quantized by llama.cpp; every tensor's type read back
+    equals the plan's. No K-quant lands on a 1,152-wide row, our recipes need no fallback, and
+    K-quants do land where the rows hold them (attn_output 1024, ffn_down 6912)."""
+    from edge.export import export_gguf
+    from quantize.cli import quantize_variants, read_tensors
+    from tests.tiny import save_tiny
+
+    hf = save_tiny(tmp_path / "hf", n_layers=2, hidden=1152, ffn=6912, n_heads=4, n_kv_heads=1, head_dim=256,
+                   sliding_window=512)
+    ref = tmp_path / "gemma-1b-shape-F16.gguf"
+    export_gguf(hf, ref, "f16")
+    tensors, _ = read_tensors(ref)
+    rows = {t.name: t.row for t in tensors if t.quantizable}
+    assert rows["blk.0.attn_q.weight"] == 1152 and rows["blk.0.ffn_down.weight"] == 6912
+    assert rows["blk.0.attn_output.weight"] == 1024 and rows["token_embd.weight"] == 1152
+    recipes = [R.RECIPES[n] for n in ("Q4_K_M", "Q3_K_M", "IQ4_XS", *R.DYNAMIC_NAMES)]
+    out = tmp_path / "q"
+    for recipe in recipes:   # one at a time: each 1B-wide file is 300-600 MB
+        [m] = quantize_variants(ref, [recipe], out, force=True, progress=False)
+        plan = R.resolve(recipe, tensors)
+        got = readback(m["path"])
+        assert got == plan.types, recipe.name
+        k_quants = {T.Q2_K, T.Q3_K, T.Q4_K, T.Q5_K, T.Q6_K, T.IQ4_XS, T.IQ3_S, T.IQ2_S}
+        assert not [n for n, t in got.items() if t in k_quants and rows[n] % 256], recipe.name
+        if recipe.is_standard:
+            assert m["n_fallback"] > 0 and any(t in k_quants for t in got.values()), recipe.name
+        else:
+            assert m["n_fallback"] == 0, recipe.name
+        Path(m["path"]).unlink()
