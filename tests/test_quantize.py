@@ -421,3 +421,21 @@ def test_recipes_resolve_on_gemma3_1b_shapes_exported_and_quantized(tmp_path):
         else:
             assert m["n_fallback"] == 0, recipe.name
         Path(m["path"]).unlink()
+
+
+def test_arm_repack_follows_llama_cpp_rules():
+    """quantize/repack.py mirrors ggml-cpu/repack.cpp's choice: Q4_0/Q8_0/IQ4_NL 4-row and
+    Q4_K/Q5_K/Q6_K 8-row interleaves with dotprod or i8mm; nothing for Q5_0/Q5_1/Q2_K; nothing
+    without the features; the tied head counts as the output head."""
+    from quantize.repack import kernel, label, repacked
+
+    assert kernel("Q4_0", 1024) == "Q4_0 4x8 (i8mm)" and kernel("Q4_0", 1024, {"dotprod"}) == "Q4_0 4x4 (dotprod)"
+    assert kernel("Q4_K", 1028) is None and kernel("Q4_K", 1024, {"dotprod"}) == "Q4_K 8x4 (dotprod)"
+    assert kernel("IQ4_NL", 640, {"i8mm"}) == "IQ4_NL 4x4 (dotprod)"          # i8mm cores have dotprod
+    assert all(kernel(t, 1024) is None for t in ("Q5_0", "Q5_1", "Q4_1", "Q2_K", "Q3_K", "IQ4_XS", "F16", "F32"))
+    assert kernel("Q8_0", 1024, set()) is None
+    tensors = [("token_embd.weight", "Q4_0", (640, 262144)), ("blk.0.attn_q.weight", "Q5_1", (640, 1024)),
+               ("blk.0.attn_v.weight", "Q8_0", (640, 256)), ("blk.0.attn_norm.weight", "F32", (640,))]
+    assert set(repacked(tensors)) == {"token_embd.weight", "blk.0.attn_v.weight"}
+    assert label(tensors).startswith("head + 1 of 2 other matrices repacked")
+    assert label(tensors, set()).startswith("nothing repacked")
