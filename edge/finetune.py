@@ -85,6 +85,14 @@ class LoraSettings:
             raise EdgeError(f"--targets {', '.join(bad) or '(none)'} not known; use some of {', '.join(DEFAULT_TARGETS)}")
 
 
+def _setting(name: str) -> str:
+    """How an error names a setting: its `edge finetune` flag, or else the TrainSettings field."""
+    import inspect
+
+    flag = name in inspect.signature(finetune_cmd).parameters
+    return f"--{name.replace('_', '-')}" if flag else f"TrainSettings.{name}"
+
+
 @dataclass
 class TrainSettings:
     """Optimisation settings; 0 or -1 means "pick from the other settings"."""
@@ -113,7 +121,7 @@ class TrainSettings:
     def __post_init__(self):
         for name in ("steps", "batch_size", "grad_accum", "chunk_rows", "keep"):
             if getattr(self, name) < 1:
-                raise EdgeError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+                raise EdgeError(f"{_setting(name)} must be >= 1, got {getattr(self, name)}")
         if not (self.lr > 0 and math.isfinite(self.lr)):
             raise EdgeError(f"--lr must be a positive number, got {self.lr}")
         if not 0.0 <= self.eval_fraction < 0.5:
@@ -123,7 +131,7 @@ class TrainSettings:
         if self.memory_budget is not None and not 0.0 <= self.memory_budget <= 1.0:
             raise EdgeError(f"--memory-budget must be in [0, 1], got {self.memory_budget}")
         if not (self.loss_scale >= 1 and math.isfinite(self.loss_scale)):
-            raise EdgeError(f"--loss-scale must be a number >= 1, got {self.loss_scale}")
+            raise EdgeError(f"{_setting('loss_scale')} must be a number >= 1, got {self.loss_scale}")
 
     @property
     def warmup_steps(self) -> int:

@@ -260,6 +260,26 @@ def test_cli_exit_codes(tiny_dir, small_data, tmp_path, capsys):
     assert "not found" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("field, bad", [("steps", 0), ("batch_size", 0), ("grad_accum", 0), ("chunk_rows", 0),
+                                        ("keep", 0), ("max_len", -1), ("memory_budget", 2.0), ("loss_scale", 0.5)])
+def test_settings_errors_name_a_real_flag_or_the_setting(field, bad, capsys):
+    """A bad setting's error names a flag `edge finetune --help` lists, or the TrainSettings field."""
+    import re
+
+    from edge.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["finetune", "--help"])
+    flags = set(re.findall(r"--[a-z][a-z-]*", capsys.readouterr().out))
+    with pytest.raises(EdgeError) as e:
+        TrainSettings(**{field: bad})
+    named = re.match(r"(--[a-z-]+|TrainSettings\.\w+) ", str(e.value))
+    assert named, str(e.value)
+    assert named[1] in flags or named[1] == f"TrainSettings.{field}", str(e.value)
+    if named[1].startswith("--"):
+        assert named[1] == "--" + field.replace("_", "-")
+
+
 @pytest.mark.real
 def test_chunked_loss_equals_plain_loss_on_real_270m(real_model):
     model, tok = real_model
