@@ -48,6 +48,8 @@ from pathlib import Path
 from edge import gemma3
 from edge.errors import EdgeError
 
+DEFAULT_DEVICES = ("galaxy_a12", "pixel_7", "galaxy_s24_ultra")   # a budget, a mid and a flagship phone
+
 PROFILES_DIR = Path(__file__).resolve().parent / "profiles"    # package data: there in a wheel too
 GIB, MIB = 1 << 30, 1 << 20
 
@@ -993,14 +995,23 @@ def _pick_devices(device: str, serial: str, host: bool) -> list:
 
 
 def _budget_folder(folder: Path, *, device, serial, host, ctx, ubatch, kv_type, swa_full, as_json):
-    """`edge budget RUN_DIR`: every variant of a run x the device(s), and a recommendation each."""
-    paths = sorted(folder.glob("gguf/*.gguf")) or sorted(folder.glob("*.gguf"))
-    if not paths:
-        raise EdgeError(f"no .gguf files in {folder} or {folder / 'gguf'}; give a GGUF file or a run folder")
-    report = folder / "report.json"
-    report = report if report.is_file() else None
+    """`edge budget RUN_DIR`: every variant of a run (from its run.json) x the device(s), and a
+    recommendation each; a plain folder: its *.gguf files, and report.json if it has one."""
+    from edge.runfolder import MANIFEST, Run
+
+    if (folder / MANIFEST).is_file():
+        run = Run.open(folder, create=False)
+        paths, report = run.variants(), run.report()
+        if not paths:
+            raise EdgeError(f"run {folder} has no quantized variants yet; finish it with `edge run` (or `edge demo`)")
+    else:
+        paths = sorted(folder.glob("*.gguf"))
+        if not paths:
+            raise EdgeError(f"no .gguf files in {folder}; give a GGUF file, a run folder or a folder of GGUFs")
+        report = folder / "report.json"
+        report = report if report.is_file() else None
     profiles = load_profiles()
-    devices = _pick_devices(device, serial, host) or [profiles[k] for k in DEMO_DEVICES if k in profiles]
+    devices = _pick_devices(device, serial, host) or [profiles[k] for k in DEFAULT_DEVICES if k in profiles]
     kw = dict(ctx=ctx, ubatch=ubatch, kv_type=kv_type, swa_full=swa_full)
     infos = [read_gguf(p) for p in paths]
     vs = matrix(infos, devices, **kw)
@@ -1014,44 +1025,3 @@ def _budget_folder(folder: Path, *, device, serial, host, ctx, ubatch, kv_type, 
         print(f"recommended on {r.device}: {r.choice or 'none'} ({r.reason})")
     return None
 
-
-# ---- demo stage -------------------------------------------------------------------------
-DEMO_DEVICES = ("galaxy_a12", "pixel_7", "galaxy_s24_ultra")   # budget, mid, flagship
-DEMO_CTX = 4096
-
-
-def demo_stage(ctx):
-    """`edge demo`: the budget matrix of the run's variants x a budget, a mid and a flagship phone."""
-    from edge.demo import StageResult
-    from edge.fsutil import write_text_atomic
-
-    t0 = time.time()
-    paths = [Path(p) for p in (ctx.artifacts.get("variants") or [])]
-    if not paths and ctx.artifacts.get("ref_gguf"):
-        paths = [Path(ctx.artifacts["ref_gguf"])]
-    if not paths:
-        from edge.models import embedded_gguf
-
-        paths = [embedded_gguf()]
-    profiles = load_profiles()
-    devices = [profiles[k] for k in DEMO_DEVICES if k in profiles]
-    infos = [read_gguf(p) for p in paths]
-    verdicts = matrix(infos, devices, ctx=DEMO_CTX)
-    report = ctx.artifacts.get("report_json")
-    recs = [recommend(infos, d, report=report if report and Path(report).is_file() else None, ctx=DEMO_CTX)
-            for d in devices]
-    out = ctx.run.path("budget.json")
-    data = {"ctx": DEMO_CTX, "devices": [asdict(d) for d in devices],
-            "verdicts": [asdict(v) for v in verdicts], "recommendations": [asdict(r) for r in recs]}
-    write_text_atomic(out, json.dumps(data, indent=2, default=str))
-    seconds = time.time() - t0
-    summary = {"variants": len(paths), "devices": [d.key for d in devices],
-               "fits": sum(v.verdict == "fits" for v in verdicts), "pairs": len(verdicts),
-               "recommendations": {r.device: r.choice for r in recs}}
-    ctx.run.record("budget", outputs=[out], inputs=paths, settings={"ctx": DEMO_CTX, "devices": list(DEMO_DEVICES)},
-                   seconds=seconds, summary=summary)
-    ctx.artifacts["budget_json"] = str(out)
-    table = _verdict_rows(verdicts, with_variant=True)
-    table += "\n" + "\n".join(f"recommended on {r.device}: {r.choice or 'none'} ({r.reason})" for r in recs)
-    return StageResult(f"{summary['fits']}/{len(verdicts)} (variant, phone) pairs fit at n_ctx {DEMO_CTX}; "
-                       f"budget.json", table)

@@ -932,39 +932,3 @@ def finetune_cmd(*, data: str, out: str, model: str = "embedded", steps: int = 2
         f"({result.tokens_per_s:.0f} tok/s, {result.precision}); train loss {fmt(result.train_loss)}, "
         f"eval loss {fmt(result.eval_loss)}\nadapter: {out}  (log.jsonl, loss.png)  next: edge merge --adapter {out} --out DIR")
     return summary
-
-
-def demo_stage(ctx):
-    """Fine-tune the demo task (English date -> ISO date); accuracy before and after."""
-    import torch
-
-    from edge.demo import StageResult
-    from edge.models import load
-    from edge.task import EVAL, TRAIN, exact_match
-
-    p = resolve_precision(ctx.precision)
-    base_model, tok = load(ctx.model, dtype=p.dtype, device="cuda" if torch.cuda.is_available() else "cpu")
-    apply_precision_fixes(base_model, p)
-    t0 = time.time()
-    before, _ = exact_match(base_model, tok, EVAL, max_new_tokens=12)
-    print(f"task accuracy before: {before:.0%} (exact match on {EVAL.name}, {time.time() - t0:.0f} s)")
-    out = ctx.run.path("adapter")
-    settings = TrainSettings(steps=ctx.steps, batch_size=8, lr=1e-3, eval_fraction=0.1, eval_every=ctx.steps,
-                             save_every=ctx.steps, warmup=max(1, ctx.steps // 10))
-    result = train(model=ctx.model, data=TRAIN, out=out, settings=settings, precision=ctx.precision,
-                   force=True, loaded=(base_model, tok, p))
-    t1 = time.time()
-    after, pairs = exact_match(result.model, tok, EVAL, max_new_tokens=12)
-    wrong = [f"{got!r} (want {ref!r})" for got, ref in pairs if got != ref][:3]
-    print(f"task accuracy after:  {after:.0%} ({time.time() - t1:.0f} s)" + (f"; e.g. {', '.join(wrong)}" if wrong else ""))
-    ctx.artifacts["adapter_dir"] = str(out)
-    ctx.artifacts["task_accuracy"] = {"before": before, "after": after}
-    ctx.run.record("fine-tune", outputs=[out / "adapter_model.safetensors", out / "adapter_config.json", out / META,
-                                         out / LOG, out / PLOT],
-                   inputs=[TRAIN], settings={"steps": ctx.steps, "precision": p.name, "lr": settings.lr,
-                                             "batch_size": settings.batch_size, **asdict(LoraSettings())},
-                   seconds=result.seconds,
-                   summary={"task_accuracy": {"before": before, "after": after}, "train_loss": result.train_loss,
-                            "eval_loss": result.eval_loss, "tokens_per_s": result.tokens_per_s})
-    return StageResult(summary=f"task accuracy {before:.0%} -> {after:.0%} ({result.steps} steps, {p.name}, "
-                               f"{result.tokens_per_s:.0f} tok/s)")
