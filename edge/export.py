@@ -533,16 +533,22 @@ def _add_metadata(w, cfg: dict, vocab: Vocab, template: str, file_type, provenan
     w.add_name(name)
     w.add_file_type(int(file_type))
     w.add_quantization_version(g.GGML_QUANT_VERSION)
+    if provenance.get("basename"):
+        w.add_basename(str(provenance["basename"]))
+    if provenance.get("size_label"):
+        w.add_size_label(str(provenance["size_label"]))
     if provenance.get("base_model"):
         w.add_base_model_count(1)
         w.add_base_model_name(0, str(provenance["base_model"]))
+        if "/" in str(provenance["base_model"]):
+            w.add_base_model_repo_url(0, f"https://huggingface.co/{provenance['base_model']}")
     if provenance.get("dataset"):
         w.add_dataset_count(1)
         w.add_dataset_name(0, str(provenance["dataset"]))
     # toolkit-specific provenance: general.edge.* (GGUF allows any key; readers skip unknown ones)
     w.add_string("general.edge.toolkit_version", __version__)
     for key, value in provenance.items():
-        if key not in ("name", "base_model", "dataset") and value not in (None, ""):
+        if key not in ("name", "basename", "size_label", "base_model", "dataset") and value not in (None, ""):
             w.add_string(f"general.edge.{key}", str(value))
 
     w.add_context_length(cfg["max_position_embeddings"])
@@ -585,7 +591,10 @@ def _add_metadata(w, cfg: dict, vocab: Vocab, template: str, file_type, provenan
 
 
 def default_provenance(model_dir: Path, cfg: dict) -> dict:
-    """What we can say about where a checkpoint came from, from its own files."""
+    """What we can say about where a checkpoint came from, from its own files; public names
+    only (a hub id, a folder or file name), never a local path."""
+    from edge.models import public_identity
+
     prov: dict = {"name": model_dir.name}
 
     def read(path: Path) -> dict:
@@ -597,19 +606,25 @@ def default_provenance(model_dir: Path, cfg: dict) -> dict:
 
     src = read(model_dir / "edge_source.json")  # the embedded model's conversion record
     if src:
-        prov["base_model"] = f"{src.get('source')} ({src.get('gguf')}, dequantized to {src.get('dequantized_to')})"
+        prov["base_model"] = public_identity("embedded")["base_model"]
+        prov["base_model_source"] = f"{src.get('source')} ({src.get('gguf')}, dequantized to {src.get('dequantized_to')})"
     merge = read(model_dir / "edge_merge.json")  # written by `edge merge`
     if merge:
         base = merge.get("base")
-        prov["base_model"] = (base.get("path") if isinstance(base, dict) else base) or prov.get("base_model", "")
+        spec = base.get("spec") if isinstance(base, dict) else None
+        path = base.get("path") if isinstance(base, dict) else base
+        if spec or path:
+            prov["base_model"] = public_identity(spec or path, Path(path) if path else None)["base_model"]
         if merge.get("adapter"):
             adapter = Path(merge["adapter"])
-            prov["adapter"] = str(adapter)
+            prov["adapter"] = adapter.name
             data = read(adapter / "edge_adapter.json").get("data") or {}
             if isinstance(data, dict) and data.get("path"):
                 prov["dataset"] = Path(data["path"]).name
                 prov["dataset_sha256"] = data.get("sha256", "")
-    prov.setdefault("base_model", cfg.get("_name_or_path") or cfg.get("_model_name_or_path") or "")
+    if "base_model" not in prov:
+        name = cfg.get("_name_or_path") or cfg.get("_model_name_or_path") or ""
+        prov["base_model"] = public_identity(name, model_dir)["base_model"] if name else ""
     return prov
 
 

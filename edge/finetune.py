@@ -541,6 +541,20 @@ def latest_checkpoint(out: Path) -> Path | None:
 def save_adapter(model, dest: Path, meta: dict) -> None:
     model.save_pretrained(dest, safe_serialization=True)
     (dest / META).write_text(json.dumps(meta, indent=2, default=str))
+    public_base_name(dest / "adapter_config.json", meta.get("base", {}))
+
+
+def public_base_name(config: Path, base: dict) -> None:
+    """peft records the base's local path in adapter_config.json; a shared adapter names it by
+    its public id instead (edge_adapter.json keeps the path and fingerprint for `edge merge`)."""
+    from edge.models import public_identity
+
+    if not config.is_file():
+        return
+    cfg = json.loads(config.read_text())
+    path = base.get("path")
+    cfg["base_model_name_or_path"] = public_identity(base.get("spec", ""), Path(path) if path else None)["base_model"]
+    config.write_text(json.dumps(cfg, indent=2, sort_keys=True))
 
 
 def save_checkpoint(out: Path, model, optimizer, scheduler, scaler, stream: BatchStream, step: int, meta: dict,

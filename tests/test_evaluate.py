@@ -181,12 +181,3 @@ def test_reports_written(tmp_path):
     assert "19 scored positions" in md and "only 19 scored tokens" in md and "512" not in md
     assert (tmp_path / "pareto.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert paths["report_json"].endswith("report.json")
-
-
-def test_demo_stage_skips_without_reference(tmp_path):
-    from edge.demo import DemoContext
-    from edge.runfolder import Run
-    from quantize.cli import demo_stage
-
-    res = demo_stage(DemoContext(run=Run.open(tmp_path)))
-    assert res.summary.startswith("skipped") and "reference" in res.summary

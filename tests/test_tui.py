@@ -108,14 +108,15 @@ async def test_variants_of_a_run_come_from_run_json(tmp_path, variants_dir):
     w.add_type("imatrix")
     w.add_tensor("blk.0.ffn_down.weight.in_sum2", np.ones(64, np.float32))
     w.write_header_to_file(); w.write_kv_data_to_file(); w.write_tensors_to_file(); w.close()
-    run.record("quantize", outputs=[kept, imatrix])
+    run.record("quantize", outputs={"variant": [kept]})
+    run.record("imatrix", outputs={"imatrix": imatrix})     # a GGUF, recorded as what it is: not a variant
     app = EdgeApp(run=run.root, live=False, host=False)
     async with app.run_test(size=SIZE) as pilot:
         await settle(app, pilot)
         rows = table_rows(app.screen.query_one("#variants-table"))
         assert [r[0] for r in rows] == ["tiny-F16"]
         source = str(app.screen.query_one("#variants-source").render())
-        assert source.startswith("run ") and "not listed: imatrix.gguf (not a model)" in source
+        assert source.startswith("run ") and "stray" not in source
 
 
 @async_test
@@ -406,8 +407,8 @@ async def test_cancel_a_push(phone, tmp_path):
 # ---- Pipeline ----------------------------------------------------------------------------------
 @async_test
 async def test_pipeline_shows_stages_and_follows_the_loss_log(tmp_path, variants_dir):
-    """run.json stages; the loss plot follows the adapter's log.jsonl as `edge finetune` appends
-    to it; Start runs the real `edge finetune`, whose refusal of bad input is shown."""
+    """run.json stages; the loss plot follows the adapter's log.jsonl as the fine-tune appends
+    to it; Start runs the real `edge run`, whose refusal of bad input is shown."""
     from edge.finetune import LOG
     from edge.runfolder import Run
 
@@ -430,11 +431,14 @@ async def test_pipeline_shows_stages_and_follows_the_loss_log(tmp_path, variants
             f.write("".join(json.dumps(r) + "\n" for r in lines[5:]))
         await wait_until(pilot, lambda: len(spark.data) == 8, timeout=20)
         assert "step 8" in str(app.screen.query_one("#pipeline-loss-label").render())
-        app.screen.query_one("#pipeline-steps").value = "0"
-        await pilot.press("ctrl+t")                   # bad input: edge finetune refuses, exit 2
+        app.screen.query_one("#pipeline-data").value = str(tmp_path / "no-such-chats.jsonl")
+        await pilot.press("ctrl+t")                   # bad input: edge run refuses, exit 2
         status = app.screen.query_one("#pipeline-status")
         await wait_until(pilot, lambda: status.has_class("-error"), timeout=60)
-        assert "--steps" in str(status.render()) and "exit 2" in str(status.render())
+        assert "no such file" in str(status.render()) and "exit 2" in str(status.render())
+        rows = {r[0]: r for r in table_rows(app.screen.query_one("#pipeline-table"))}
+        assert rows["fine-tune"][1] == "not run" and rows["export"][1] == "done"   # nothing lost or redone
+        assert (run.root / "ref.gguf").is_file() and log.is_file()
 
 
 def test_screenshot_is_made_by_the_app(variants_dir, tmp_path):

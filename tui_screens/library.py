@@ -50,14 +50,15 @@ def _gguf_files(root: Path) -> list[Path]:
 
 
 def _run_files(run_dir: Path) -> list[Path]:
+    """The run's variants and its reference, as run.json records them (by role, not by name);
+    a folder without run.json: every *.gguf in it."""
     from edge.runfolder import MANIFEST, Run
 
-    files: list[Path] = []
-    if (run_dir / MANIFEST).is_file():
-        run = Run.open(run_dir)
-        for stage in run.data.get("stages", {}):
-            files += [p for p in run.outputs(stage) if p.suffix == ".gguf" and p.is_file()]
-    return list(dict.fromkeys(files)) or _gguf_files(run_dir)
+    if not (run_dir / MANIFEST).is_file():
+        return _gguf_files(run_dir)
+    run = Run.open(run_dir, create=False)
+    ref = run.reference()
+    return run.variants() + ([ref] if ref is not None and ref.is_file() else [])
 
 
 def variants(run_dir: Path | None, folder: Path | None) -> tuple[str, list[Variant], Path | None]:
