@@ -73,6 +73,7 @@ def render_card(f: CardFacts) -> str:
     best = recs[0]["choice"] if recs else (f.variants[1]["name"] if len(f.variants) > 1 else "")
     s = gemma3.SAMPLING
     data = f.data
+    base_link = f"[{f.base_model}](https://huggingface.co/{f.base_model})" if "/" in f.base_model else f.base_model
     settings = ", ".join(f"{k} {v}" for k, v in f.settings.items() if v not in (None, ""))
     rec_lines = "\n".join(f"- **{r['device']}**: {r.get('choice') or 'none fits'} ({r.get('reason', '')})"
                           for r in f.recommendations) or "- (no phone budget was run)"
@@ -82,7 +83,7 @@ def render_card(f: CardFacts) -> str:
 
 # {f.title}
 
-A fine-tune of [{f.base_model}](https://huggingface.co/{f.base_model}) ({f.method}) for phones, in GGUF
+A fine-tune of {base_link} ({f.method}) for phones, in GGUF
 files that llama.cpp and the apps built on it run. Made with the `edge` toolkit (`edge run`).
 
 ## Training

@@ -35,7 +35,6 @@ from edge.errors import EdgeError
 from edge.runfolder import Run, digest
 
 DEFAULT_EPOCHS = 3.0
-APPS = ("chatterui", "anythingllm", "llamacpp", "pocketpal")
 STAGE_VERSION = 1     # bump when a stage's outputs change meaning: old runs then redo it
 
 
@@ -86,8 +85,11 @@ class RunSettings:
             raise EdgeError(f"--eval-fraction {self.eval_fraction!r} must be in [0, 1)")
         if self.precision not in ("auto", "bf16", "fp16", "fp32"):
             raise EdgeError(f"--precision {self.precision!r}: use auto, bf16, fp16 or fp32")
-        if self.push and self.push not in APPS:
-            raise EdgeError(f"--push {self.push!r}: use one of {', '.join(APPS)}")
+        if self.push:
+            from edge.apps import APPS
+
+            if self.push not in APPS:
+                raise EdgeError(f"--push {self.push!r}: use one of {', '.join(APPS)}")
         if self.publish:
             from edge.publish import check_repo_id
 
@@ -153,12 +155,12 @@ def source_checksum(source: str) -> str:
 
 def stage_data(c: Ctx) -> Outcome:
     """Read the chats in whatever format they come, write data/train.jsonl and data/eval.jsonl."""
-    from edge.data import read_chats, write_chats
+    from edge.data import write_chats
 
-    chats, detected = read_chats(c.s.data)
+    chats, detected = c.cache["chats"][c.s.data]
     c.say(f"data: {c.s.data}: {detected}")
     if c.s.eval:
-        held, held_detected = read_chats(c.s.eval)
+        held, held_detected = c.cache["chats"][c.s.eval]
         c.say(f"eval: {c.s.eval}: {held_detected}")
         train, split = chats, f"--eval {Path(c.s.eval).name}"
     else:
@@ -239,7 +241,7 @@ def stage_finetune(c: Ctx) -> Outcome:
         c.say(f"task accuracy before: {before:.0%} (exact match on {len(chats)} eval chats, {time.time() - t0:.0f} s)")
         loaded = (base_model, tok, p)
     settings = TrainSettings(steps=steps, batch_size=s.batch_size, lr=s.lr, eval_fraction=0.1, seed=s.seed,
-                             eval_every=steps, save_every=max(1, min(steps, 50)), warmup=max(1, steps // 10))
+                             eval_every=steps, warmup=max(1, steps // 10))   # checkpoints: 4 per run
     if resume:
         c.say(f"fine-tune: resuming the interrupted fine-tune from {latest_checkpoint(out)}")
     result = train(model=s.model, data=train_file, out=out, settings=settings, precision=s.precision,
@@ -510,6 +512,12 @@ def _check_inputs(s: RunSettings) -> None:
         from quantize.cli import expand_recipes
 
         expand_recipes(list(s.recipes))
+    if s.push:    # a phone must be there now, not after an hour of work
+        from edge.apps import route
+        from edge.device import pick_device
+
+        route(s.push)
+        pick_device(s.serial)
 
 
 @dataclass
@@ -529,15 +537,18 @@ def run_pipeline(s: RunSettings, *, from_stage: str = "", say: Callable[[str], N
     if from_stage and from_stage not in STAGE_NAMES:
         raise EdgeError(f"--from {from_stage!r}: use one of {', '.join(STAGE_NAMES)}")
     _check_inputs(s)
+    from edge.data import read_chats
+
+    # the chats are read (and every record checked) before the run folder is touched
+    chats = {src: read_chats(src, require_reply=src == s.data) for src in filter(None, (s.data, s.eval))}
     run = Run.open(s.out)
     run.data["settings"] = {k: v for k, v in asdict(s).items()}
-    run.save()
     from edge.finetune import model_fingerprint
     from edge.models import public_identity, resolve
 
     model_dir = resolve(s.model)
     base = {**public_identity(s.model, model_dir), "fingerprint": model_fingerprint(model_dir)}
-    c = Ctx(run=run, s=s, say=say, base=base)
+    c = Ctx(run=run, s=s, say=say, base=base, cache={"chats": chats})
     notify = on_stage or (lambda name, state: None)
     rows, forced, t_all = [], False, time.time()
     say(f"{title}: writing into {run.root}")
@@ -623,6 +634,24 @@ def load_config(path: str) -> dict:
     return cfg
 
 
+def build_settings(config: str, given: dict, *, private: bool = False, public: bool = False) -> RunSettings:
+    """RunSettings from a run.toml (if any) and the flags given (which win). Flags not given are
+    None or ""; switches can only turn a setting on."""
+    if private and public:
+        raise EdgeError("give --private or --public, not both")
+    cfg = load_config(config) if config else {}
+    merged = {**cfg, **{k: v for k, v in given.items() if v not in (None, "") and not isinstance(v, bool)}}
+    for k, v in given.items():
+        if isinstance(v, bool):
+            merged[k] = bool(v or cfg.get(k, False))
+    if private or public:
+        merged["private"] = bool(private)
+    try:
+        return RunSettings(**merged)
+    except TypeError as e:
+        raise EdgeError(f"bad setting: {e}") from None
+
+
 def _split(values: list[str] | None) -> list[str] | None:
     if values is None:
         return None
@@ -657,7 +686,7 @@ def run_cmd(*, data: str = "", out: str = "", eval: str = "", model: str | None 
         recipes: quantization recipes, comma-separated (default: Q8_0,Q8_K_XL,Q4_K_M,Q4_K_XL; `edge quantize --help`).
         device: a phone profile to budget for (repeatable; default: galaxy_a12, pixel_7, galaxy_s24_ultra).
         ctx: context length n_ctx for the budget (default: 4096).
-        push: push the variant recommended on the first --device: chatterui, anythingllm, llamacpp or pocketpal.
+        push: push the variant recommended on the first --device to this app (chatterui, anythingllm, llamacpp; `edge push --help`).
         serial: the phone's adb serial for --push (optional with one phone connected).
         publish: upload the recommended GGUF and the card to this Hugging Face repo (USER/NAME); needs --private or --public.
         private: with --publish: a private repo.
@@ -669,22 +698,11 @@ def run_cmd(*, data: str = "", out: str = "", eval: str = "", model: str | None 
         from_stage: redo this stage and every later one (data, fine-tune, merge, export, imatrix, quantize, evaluate, budget, card, push, publish).
         json: print the result as JSON at the end.
     """
-    if private and public:
-        raise EdgeError("give --private or --public, not both")
-    cfg = load_config(config) if config else {}
     given = {"data": data, "out": out, "eval": eval, "model": model, "steps": steps, "epochs": epochs,
              "batch_size": batch_size, "lr": lr, "precision": precision, "recipes": _split(recipes),
              "devices": _split(device), "ctx": ctx, "push": push, "serial": serial, "publish": publish,
-             "name": name}
-    merged = {**cfg, **{k: v for k, v in given.items() if v not in (None, "")}}
-    for flag, value in (("full", full), ("accuracy", accuracy), ("keep_reference", keep_reference)):
-        merged[flag] = bool(value or cfg.get(flag, False))
-    if private or public:
-        merged["private"] = bool(private)
-    try:
-        settings = RunSettings(**merged)
-    except TypeError as e:
-        raise EdgeError(f"bad setting: {e}") from None
+             "name": name, "full": full, "accuracy": accuracy, "keep_reference": keep_reference}
+    settings = build_settings(config, given, private=private, public=public)
     say = (lambda m: None) if json else print
     result = run_pipeline(settings, from_stage=from_stage, say=say)
     return asdict(result) if json else None
