@@ -72,7 +72,8 @@ class HubSim:
                     repo = f"{req.get('organization') or 'me'}/{req['name']}"
                     if req.get("organization") is None and "/" in req["name"]:
                         repo = req["name"]
-                    sim.repos.setdefault(repo, {"private": bool(req.get("private")), "files": {}})
+                    private = bool(req.get("private")) or req.get("visibility") == "private"
+                    sim.repos.setdefault(repo, {"private": private, "files": {}, "request": req})
                     return self._send(200, {"url": f"{sim.url}/{repo}", "name": repo})
                 if parts[:2] == ["api", "models"] and "preupload" in parts:
                     files = json.loads(body).get("files", [])
