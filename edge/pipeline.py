@@ -428,14 +428,22 @@ def chosen_variant(c: Ctx) -> Path:
 def stage_push(c: Ctx) -> Outcome:
     from edge.push import push
 
+    import posixpath
+
+    from edge.device import upload
+
     f = chosen_variant(c)
-    res = push(f, c.s.push, c.s.serial)
+    res = push(f, c.s.push, c.s.serial, ctx=c.s.ctx)
+    card = ""
+    if res.route in ("shared storage", "tmp"):      # the card beside the file, where the user can open it
+        card = posixpath.join(posixpath.dirname(res.remote_path), f"{f.stem}.README.md")
+        upload(res.serial, c.run.card(), card)
     for line in res.next_steps if isinstance(res.next_steps, list) else [res.next_steps]:
         if line:
             c.say(line)
     return Outcome(f"{f.name} -> {res.serial}:{res.remote_path or res.route} ({res.mb_per_s:.0f} MB/s, "
                    f"{'verified' if res.verified else 'not verified'})",
-                   facts={"file": f.name, "serial": res.serial, "remote_path": res.remote_path,
+                   facts={"file": f.name, "serial": res.serial, "remote_path": res.remote_path, "card": card,
                           "verified": res.verified, "app": c.s.push})
 
 

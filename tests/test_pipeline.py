@@ -369,3 +369,17 @@ def test_edge_run_on_the_embedded_model_with_sharegpt_chats(tmp_path, capsys):
     assert 0 <= q8["kld_mean"] < 0.05
     card = run.card().read_text()
     assert "base_model: google/gemma-3-270m" in card and "gemma-3-270m-mine-Q8_0.gguf" in card
+
+
+def test_push_sends_the_recommended_file_and_its_card(tiny_run, tiny_dir, sim):
+    """--push through the real adb to the simulated phone: the variant recommended on the first
+    device lands in Download/ with the model card beside it."""
+    out, _ = tiny_run
+    lines = []
+    run_pipeline(_settings(tiny_dir, out, push="chatterui", serial=sim.serial), say=lines.append)
+    rows = _rows(lines)
+    assert "up to date" not in rows["push"] and "verified" in rows["push"]
+    files = sim.phone.files("/sdcard/Download")
+    assert files["gemma-3-t-Q8_0.gguf"] == (out / "gguf" / "gemma-3-t-Q8_0.gguf").read_bytes()
+    assert files["gemma-3-t-Q8_0.README.md"] == (out / "README.md").read_bytes()
+    assert any("Import Model" in ln for ln in lines)
