@@ -147,6 +147,32 @@ def add_function(parser: argparse.ArgumentParser, fn: Callable) -> None:
                                 help=help_ + shown)
 
 
+def argv_for(command: str, fn: Callable, values: dict) -> list[str]:
+    """The command line that gives `fn` these `values`: `add_function` backwards (a launcher
+    that starts `edge` again, e.g. `edge finetune --gpus N` through torchrun, uses it)."""
+    sig = inspect.signature(fn)
+    hints = typing.get_type_hints(fn)
+    argv = [command]
+    for name, p in sig.parameters.items():
+        v = values.get(name, p.default)
+        if v is p.empty or v is None:
+            continue
+        container, typ = _base_type(hints.get(name, str))
+        flag = "--" + name.replace("_", "-")
+        if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD):
+            argv.append(str(v))
+        elif typ is bool:
+            on = p.default is not p.empty and bool(p.default)
+            if bool(v) != on:
+                argv.append(flag if v else "--no-" + name.replace("_", "-"))
+        elif container is list:
+            for item in v:
+                argv += [flag, str(item)]
+        elif v != p.default:
+            argv += [flag, str(v)]
+    return argv
+
+
 def load_command(name: str) -> Callable:
     module, attr = COMMANDS[name]
     return getattr(importlib.import_module(module), attr)

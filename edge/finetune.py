@@ -117,6 +117,7 @@ class TrainSettings:
     memory_budget: float | None = None  # compiled layers keep this share of saved activations; None: by size
     loss_scale: float = FP16_INIT_LOSS_SCALE  # fp16: initial dynamic loss scale (GradScaler)
     pack: bool = True                # several chats per row, no attention across them (--pack/--no-pack)
+    micro_batch: int = 0             # chats per forward/backward pass in each process; 0: all of its share (--micro-batch)
 
     def __post_init__(self):
         for name in ("steps", "batch_size", "grad_accum", "chunk_rows", "keep"):
@@ -126,6 +127,8 @@ class TrainSettings:
             raise EdgeError(f"--lr must be a positive number, got {self.lr}")
         if not 0.0 <= self.eval_fraction < 0.5:
             raise EdgeError(f"--eval-fraction must be in [0, 0.5), got {self.eval_fraction}")
+        if self.micro_batch < 0:
+            raise EdgeError(f"--micro-batch must be >= 0, got {self.micro_batch}")
         if self.max_len < 0:
             raise EdgeError(f"--max-len must be >= 0, got {self.max_len}")
         if self.memory_budget is not None and not 0.0 <= self.memory_budget <= 1.0:
@@ -558,7 +561,7 @@ def public_base_name(config: Path, base: dict) -> None:
 
 
 def save_checkpoint(out: Path, model, optimizer, scheduler, scaler, stream: BatchStream, step: int, meta: dict,
-                    keep: int) -> Path:
+                    keep: int, extra: dict | None = None) -> Path:
     """Write checkpoints/step-NNNNNN atomically; a failure leaves earlier checkpoints intact."""
     import torch
 
@@ -569,6 +572,7 @@ def save_checkpoint(out: Path, model, optimizer, scheduler, scaler, stream: Batc
         "scaler": scaler.state_dict(),  # {} unless fp16
         "rng_cpu": torch.get_rng_state(),
         "rng_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        **(extra or {}),  # several processes: each one's random state (edge.distributed)
     }
     try:
         with atomic_dir(dest, force=True) as tmp:
@@ -668,26 +672,30 @@ def plot_losses(log_file: Path, png: Path) -> None:
 
 
 class _StopFlag:
-    """Ctrl-C sets a flag checked at step boundaries; a second Ctrl-C interrupts at once."""
+    """Ctrl-C or SIGTERM sets a flag checked at step boundaries; a second one interrupts at once
+    (`hard`; off under a launcher, which passes the terminal's Ctrl-C on as a second signal)."""
 
-    def __init__(self):
-        self.set = False
-        self._old = None
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self, hard: bool = True):
+        self.set, self.hard = False, hard
+        self._old = {}
 
     def __enter__(self):
         if threading.current_thread() is threading.main_thread():
-            self._old = signal.getsignal(signal.SIGINT)
-            signal.signal(signal.SIGINT, self._handler)
+            for s in self.SIGNALS:
+                self._old[s] = signal.getsignal(s)
+                signal.signal(s, self._handler)
         return self
 
     def _handler(self, signum, frame):
-        if self.set:
+        if self.set and self.hard:
             raise KeyboardInterrupt
         self.set = True
 
     def __exit__(self, *exc):
-        if self._old is not None:
-            signal.signal(signal.SIGINT, self._old)
+        for s, old in self._old.items():
+            signal.signal(s, old)
 
 
 def train(*, model: str = "embedded", data: str | Path, out: str | Path, lora: LoraSettings | None = None,
@@ -700,11 +708,15 @@ def train(*, model: str = "embedded", data: str | Path, out: str | Path, lora: L
     import torch
     from tqdm import tqdm
 
+    from edge import distributed
     from edge.data import load_chats
     from edge.models import load
 
     lora, settings = lora or LoraSettings(), settings or TrainSettings()
     out = Path(out)
+    dist = distributed.current()  # one process, or one of several (torchrun): edge.distributed
+    if not dist.is_main:
+        say, progress = (lambda s: None), False
     base = base_identity(model)
     ckpt, state = None, None
     if resume:
@@ -724,12 +736,13 @@ def train(*, model: str = "embedded", data: str | Path, out: str | Path, lora: L
         settings = saved
         precision = meta.get("precision_asked", precision)
         state = torch.load(ckpt / STATE, weights_only=True)
+        dist.check_resume(state, ckpt)
         if state["step"] >= settings.steps:
             raise EdgeError(f"--resume: {ckpt} is already at step {state['step']} of {settings.steps}; "
                             "pass a larger --steps to train further")
     else:
         check_writable(out, force)
-        if out.exists() and force:
+        if out.exists() and force and dist.is_main:
             for name in (CHECKPOINTS,):
                 shutil.rmtree(out / name, ignore_errors=True)
             for name in (LOG, PLOT, META, "adapter_model.safetensors", "adapter_config.json"):
@@ -749,6 +762,7 @@ def train(*, model: str = "embedded", data: str | Path, out: str | Path, lora: L
     train_set, eval_set = split_examples(examples, settings.eval_fraction, settings.seed)
     if not train_set:
         raise EdgeError(f"{data}: no training examples left after the held-out split; add data or lower --eval-fraction")
+    dist.check_settings(settings)
 
     torch.manual_seed(settings.seed)
     net = add_lora(base_model, lora, settings.grad_checkpointing)
@@ -758,6 +772,7 @@ def train(*, model: str = "embedded", data: str | Path, out: str | Path, lora: L
     if use_compile:
         budget = settings.memory_budget
         compile_layers(net, auto_memory_budget(base_model) if budget is None else budget)
+    loss_fn = dist.wrap(net, reply_loss)  # several processes: DDP, gradients summed over them
     named_params = [(name, q) for name, q in net.named_parameters() if q.requires_grad]
     params = [q for _, q in named_params]
     opt = torch.optim.AdamW(params, lr=settings.lr, weight_decay=settings.weight_decay, betas=(0.9, 0.999),
@@ -781,14 +796,16 @@ def train(*, model: str = "embedded", data: str | Path, out: str | Path, lora: L
         if state["rng_cuda"] and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state["rng_cuda"])
         stream = BatchStream(train_set, settings.batch_size, settings.seed, state["epoch"], state["index"])
+        dist.restore_rng(state)
         start = state["step"]
         say(f"resuming from {ckpt} (step {start})")
 
     meta = {"base": base, "lora": asdict(lora), "train": asdict(settings), "precision": p.name,
             "precision_asked": precision, "data": {"path": str(Path(data).resolve()), "sha256": sha256_file(Path(data)),
                                                    "train": len(train_set), "eval": len(eval_set)}}
+    dist.barrier()  # every process has checked OUT before process 0, which alone writes there, starts
     out.mkdir(parents=True, exist_ok=True)
-    log_file = out / LOG
+    log_file = out / LOG if dist.is_main else Path(os.devnull)
     if state is None:
         log_file.write_text("")
     else:  # drop log lines past the checkpoint (written after it, before the interruption)
@@ -800,20 +817,22 @@ def train(*, model: str = "embedded", data: str | Path, out: str | Path, lora: L
     tokens_seen, t0 = 0, time.time()
     stopped, train_loss, eval_loss = "done", None, None
     bar = tqdm(total=settings.steps, initial=start, desc="fine-tune", unit="step", disable=not progress, dynamic_ncols=True)
-    with _StopFlag() as flag, open(log_file, "a", encoding="utf-8") as log:
+    with _StopFlag(hard=not dist.active) as flag, open(log_file, "a", encoding="utf-8") as log:
         step = start
         while step < settings.steps:
             opt.zero_grad(set_to_none=True)
-            micro = [stream.next() for _ in range(settings.grad_accum)]
-            n_label = sum(x != IGNORE for b in micro for e in b for x in e.labels[1:])
+            # this process's micro-batches of the global batch; n_label: label tokens of the global batch
+            micro, n_label = dist.step_batches(stream, settings)
             step_loss, step_tokens = 0.0, 0
-            for batch in micro:
+            for i, batch in enumerate(micro):
                 ids, att, lab, pos, n_real = make_batch(batch, dev, pad_multiple, settings.pack)
-                loss_sum, _ = reply_loss(net, ids, att, lab, settings.chunk_rows, use_compile, position_ids=pos)
-                scaler.scale(loss_sum / n_label).backward()
+                with dist.accumulating(more=i < len(micro) - 1):  # gradients sync after the last
+                    loss_sum, _ = loss_fn(ids, att, lab, settings.chunk_rows, use_compile, position_ids=pos)
+                    scaler.scale(loss_sum / n_label).backward()
                 step_loss += float(loss_sum.detach())
                 step_tokens += n_real  # real tokens only, never padding
-            step_loss /= n_label
+            # summed over processes; a stop asked of any process stops all of them after this step
+            step_loss, step_tokens, stop = dist.sum_step(step_loss / n_label, step_tokens, flag.set)
             missing = [name for name, q in named_params if q.grad is None]
             if missing:  # a broken autograd graph: the step would silently train nothing
                 bar.close()
@@ -863,15 +882,15 @@ def train(*, model: str = "embedded", data: str | Path, out: str | Path, lora: L
             bar.update(1)
             if callback is not None:
                 callback(step, net, record)
-            interrupted = flag.set
+            interrupted = stop
             if step % settings.save_interval == 0 or step == settings.steps or interrupted:
-                last_ckpt = save_checkpoint(out, net, opt, sched, scaler, stream, step, meta, settings.keep)
+                last_ckpt = dist.save(save_checkpoint, out, net, opt, sched, scaler, stream, step, meta, settings.keep)
             if interrupted:
                 stopped = "interrupted"
                 break
     bar.close()
     seconds = time.time() - t0
-    if stopped == "done":
+    if stopped == "done" and dist.is_main:
         import tempfile
 
         tmp = Path(tempfile.mkdtemp(prefix=".final.", dir=out))  # write beside, then rename file by file
@@ -881,7 +900,9 @@ def train(*, model: str = "embedded", data: str | Path, out: str | Path, lora: L
                 os.replace(f, out / f.name)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
-    plot_losses(log_file, out / PLOT)
+    if dist.is_main:
+        plot_losses(log_file, out / PLOT)
+    dist.barrier()
     net.eval()
     return TrainResult(out=str(out), steps=step, start_step=start, train_loss=train_loss, eval_loss=eval_loss,
                        tokens_per_s=tokens_seen / seconds if seconds > 0 else 0.0, seconds=seconds, precision=p.name,
@@ -897,7 +918,7 @@ def finetune_cmd(*, data: str, out: str, model: str = "embedded", steps: int = 2
                  rank: int = 16, alpha: int = 32, dropout: float = 0.0, targets: list[str] | None = None,
                  max_len: int = 0, eval_fraction: float = 0.1, save_every: int = 0,
                  grad_checkpointing: bool = False, memory_budget: float | None = None, seed: int = 0,
-                 json: bool = False, pack: bool = True) -> dict:
+                 json: bool = False, pack: bool = True, gpus: int = 0, micro_batch: int = 0) -> dict | None:
     """LoRA fine-tune a Gemma 3 model on chat JSONL; the loss is on the model's replies only.
 
     Writes the adapter, checkpoints, log.jsonl and loss.png into OUT. Ctrl-C saves a
@@ -911,7 +932,7 @@ def finetune_cmd(*, data: str, out: str, model: str = "embedded", steps: int = 2
         precision: auto, bf16, fp16 or fp32 (`edge precision` shows what auto picks).
         resume: continue from the newest checkpoint in OUT (same model and data settings).
         force: overwrite an existing OUT that is not being resumed.
-        batch_size: chats per step.
+        batch_size: chats per step (the global batch: with several GPUs they split it).
         lr: peak learning rate (AdamW, linear warm-up then cosine decay).
         rank: LoRA rank.
         alpha: LoRA alpha (updates are scaled by alpha / rank).
@@ -928,18 +949,34 @@ def finetune_cmd(*, data: str, out: str, model: str = "embedded", steps: int = 2
         json: print the result as JSON (and no progress bar).
         pack: pack several chats into each row (no padding between them; positions restart
             and no token attends across a chat boundary); --no-pack pads one chat per row.
+        gpus: train on N GPUs, one process each, started through torchrun (default: one; under
+            torchrun or accelerate launch: as many as they started). The result is the same.
+        micro_batch: chats per forward/backward pass on each GPU (default: its whole share of
+            --batch-size); smaller needs less memory and gives the same result (gradient accumulation).
     """
+    args = dict(locals())
+    from edge import distributed
+
+    if distributed.needs_launch(gpus):  # --gpus N > 1 and no launcher yet: start torchrun, same flags
+        from edge.cli import argv_for
+
+        return distributed.launch(gpus, argv_for("finetune", finetune_cmd, args), out)
+    dist = distributed.current()
     lora = LoraSettings(r=rank, alpha=alpha, dropout=dropout, targets=tuple(targets or DEFAULT_TARGETS))
     settings = TrainSettings(steps=steps, batch_size=batch_size, lr=lr, max_len=max_len, eval_fraction=eval_fraction,
                              save_every=save_every, grad_checkpointing=grad_checkpointing,
-                             memory_budget=memory_budget, seed=seed, pack=pack)
-    say = (lambda s: None) if json else print
-    result = train(model=model, data=data, out=out, lora=lora, settings=settings, precision=precision,
-                   resume=resume, force=force, progress=not json, say=say)
-    if result.stopped == "interrupted":
-        print(f"interrupted at step {result.steps}; checkpoint {result.checkpoint}; continue with --resume",
-              file=sys.stderr)
-        raise KeyboardInterrupt
+                             memory_budget=memory_budget, seed=seed, pack=pack, micro_batch=micro_batch)
+    say = (lambda s: None) if json or not dist.is_main else print
+    with distributed.quiet_errors(dist):  # processes other than 0 leave the messages to it
+        result = train(model=model, data=data, out=out, lora=lora, settings=settings, precision=precision,
+                       resume=resume, force=force, progress=not json, say=say)
+        if result.stopped == "interrupted":
+            if dist.is_main:
+                print(f"interrupted at step {result.steps}; checkpoint {result.checkpoint}; continue with --resume",
+                      file=sys.stderr)
+            raise KeyboardInterrupt
+    if not dist.is_main:
+        return None
     summary = {k: v for k, v in asdict(result).items() if k not in ("model", "losses")}
     fmt = lambda v: "n/a" if v is None else f"{v:.4f}"
     say(f"trained steps {result.start_step}->{result.steps} in {result.seconds:.0f} s "
