@@ -151,16 +151,10 @@ def test_gpus_launches_torchrun_and_a_dead_process_is_one_line(tiny_dir, data, t
         while len(_log(out)) < 2 and time.time() < deadline:
             time.sleep(0.05)
         me = os.getpid()
-        agents = [int(c) for c in Path(f"/proc/{me}/task/{me}/children").read_text().split()]
-        for a in agents:
-            w = _workers(a) if Path(f"/proc/{a}").exists() else {}
-            if 1 in w:
-                os.kill(w[1], signal.SIGKILL)
-                killed["pid"] = w[1]
-        if not agents:  # elastic_launch may start the workers as our own children
-            w = _workers(me)
-            os.kill(w[1], signal.SIGKILL)
-            killed["pid"] = w[1]
+        rank_1 = _workers(me).get(1)  # the launcher runs in this process: its workers are our children
+        if rank_1:
+            os.kill(rank_1, signal.SIGKILL)
+            killed["pid"] = rank_1
 
     t = threading.Thread(target=kill_rank_1, daemon=True)
     t.start()
