@@ -129,16 +129,25 @@ class Dist:
 
     # -- agreement -----------------------------------------------------------------------------
 
-    def sum_step(self, loss: float, tokens: int, stop: bool) -> tuple[float, int, bool]:
-        """(loss, tokens) summed over processes, and whether any process was asked to stop."""
+    def sum_step(self, loss: float, tokens: int) -> tuple[float, int]:
+        """(loss, tokens) summed over processes."""
         if not self.active:
-            return float(loss), int(tokens), bool(stop)
+            return float(loss), int(tokens)
+        loss, tokens = self._all_sum([float(loss), float(tokens)], "summing the step's loss")
+        return loss, int(round(tokens))
+
+    def any(self, flag: bool) -> bool:
+        """Whether `flag` is set in any process (a Ctrl-C or SIGTERM that reached only some)."""
+        if not self.active:
+            return bool(flag)
+        return self._all_sum([float(bool(flag))], "agreeing whether to stop")[0] > 0
+
+    def _all_sum(self, values: list[float], what: str) -> list[float]:
         import torch
 
-        t = torch.tensor([float(loss), float(tokens), float(bool(stop))], dtype=torch.float64, device=self._device())
-        self._collective(lambda: torch.distributed.all_reduce(t), "summing the step's loss")
-        loss, tokens, stop = t.tolist()
-        return loss, int(round(tokens)), stop > 0
+        t = torch.tensor(values, dtype=torch.float64, device=self._device())
+        self._collective(lambda: torch.distributed.all_reduce(t), what)
+        return t.tolist()
 
     def barrier(self) -> None:
         if self.active:

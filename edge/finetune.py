@@ -831,8 +831,7 @@ def train(*, model: str = "embedded", data: str | Path, out: str | Path, lora: L
                     scaler.scale(loss_sum / n_label).backward()
                 step_loss += float(loss_sum.detach())
                 step_tokens += n_real  # real tokens only, never padding
-            # summed over processes; a stop asked of any process stops all of them after this step
-            step_loss, step_tokens, stop = dist.sum_step(step_loss / n_label, step_tokens, flag.set)
+            step_loss, step_tokens = dist.sum_step(step_loss / n_label, step_tokens)  # over all processes
             missing = [name for name, q in named_params if q.grad is None]
             if missing:  # a broken autograd graph: the step would silently train nothing
                 bar.close()
@@ -882,7 +881,7 @@ def train(*, model: str = "embedded", data: str | Path, out: str | Path, lora: L
             bar.update(1)
             if callback is not None:
                 callback(step, net, record)
-            interrupted = stop
+            interrupted = dist.any(flag.set)  # a stop asked of any process stops all of them after this step
             if step % settings.save_interval == 0 or step == settings.steps or interrupted:
                 last_ckpt = dist.save(save_checkpoint, out, net, opt, sched, scaler, stream, step, meta, settings.keep)
             if interrupted:
