@@ -225,3 +225,5 @@ def test_batch_size_must_split_over_processes():
         Dist(rank=0, world=4).check_settings(TrainSettings(batch_size=6))
     with pytest.raises(EdgeError, match="--micro-batch 3 is more than the 2 chats"):
         Dist(rank=0, world=4).check_settings(TrainSettings(batch_size=8, micro_batch=3))
+    with pytest.raises(EdgeError, match="--micro-batch must be >= 0"):
+        TrainSettings(micro_batch=-1)
