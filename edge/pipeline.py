@@ -1,7 +1,7 @@
 """`edge run`: the user's chats in, phone-ready GGUF files, a model card and a recommendation out.
 
     edge run --data chats.jsonl --out runs/mine
-    edge run --data alpaca.json --out runs/mine --recipes Q4_K_XL,Q8_0 --device pixel_7 --push chatterui
+    edge run --data alpaca.json --out runs/mine --recipes XL6.1-Q8_0,Q8_0 --device pixel_7 --push chatterui
     edge run --config run.toml --out runs/mine --from quantize      # redo quantize and what follows
 
 This module is the one place that knows the order of the stages. Each stage is a small
@@ -691,7 +691,7 @@ def run_cmd(*, data: str = "", out: str = "", eval: str = "", model: str | None 
         batch_size: chats per step (default: 8).
         lr: peak learning rate (default: 2e-4).
         precision: auto, bf16, fp16 or fp32 (default: auto; `edge precision` explains).
-        recipes: quantization recipes, comma-separated (default: Q8_0,Q8_K_XL,Q4_K_M,Q4_K_XL; `edge quantize --help`).
+        recipes: quantization recipes, comma-separated (default: the demo's four, quantize.recipes.DEMO_NAMES; `edge quantize --help` lists them).
         device: a phone profile to budget for (repeatable; default: galaxy_a12, pixel_7, galaxy_s24_ultra).
         ctx: context length n_ctx for the budget (default: 4096).
         push: push the variant recommended on the first --device to this app (chatterui, anythingllm, llamacpp; `edge push --help`).
