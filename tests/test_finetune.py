@@ -98,6 +98,7 @@ def test_buckets_are_deterministic_and_cover_the_data():
     assert sorted(i for b in a for i in b) == list(range(10))
 
 
+@pytest.mark.slow
 def test_resume_continues_exactly(tiny_dir, small_data, tmp_path):
     """Uninterrupted 6 steps == 3 steps, stop (as Ctrl-C does), --resume to 6. Dropout on,
     so the RNG state matters; two epochs pass, so the data position matters."""
@@ -121,6 +122,7 @@ def test_resume_continues_exactly(tiny_dir, small_data, tmp_path):
     assert len(set(_losses(tmp_path / "full"))) == 6
 
 
+@pytest.mark.slow
 def test_fp16_loss_scaling_skips_overflows_and_resumes_exactly(tiny_dir, small_data, tmp_path):
     """fp16 on the CPU (GradScaler works there too). At an initial loss scale of 2**18 the tiny
     model's first fp16 gradients overflow: that step is skipped, the scale halves, and training
@@ -435,6 +437,7 @@ def test_no_attention_crosses_a_chat_boundary(tokenizer):
     assert torch.count_nonzero(g[a:b]) == 0
 
 
+@pytest.mark.slow
 def test_packed_training_matches_unpacked(tiny_dir, small_data, tmp_path):
     """The trainer with and without packing: the same losses step by step."""
     runs = [train(model=str(tiny_dir), data=small_data, out=tmp_path / f"p{int(p)}", precision="fp32",

@@ -89,6 +89,7 @@ def readback(path) -> dict:
     return {t.name: t.tensor_type for t in gguf.GGUFReader(path).tensors if len(t.shape) > 1}
 
 
+@pytest.mark.slow
 def test_every_recipe_resolves_to_the_intended_types(shaped, tmp_path):
     """Our XL tables are applied exactly; llama.cpp's standard types give what `expect` says
     after its row-width fallbacks on 640/1152-wide rows; `general.file_type` of an XL file says
