@@ -9,7 +9,6 @@ from __future__ import annotations
 import csv
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -21,7 +20,8 @@ import pytest
 from edge.cli import main
 from edge.data import read_chats, render_text
 from edge.errors import EdgeError
-from edge.pipeline import RunSettings, STAGE_NAMES, build_settings, plan_steps, run_pipeline
+from edge.pipeline import RunSettings, STAGE_NAMES, build_settings, run_pipeline
+from edge.stages import plan_steps
 from edge.runfolder import Run
 
 ROOT = Path(__file__).resolve().parent.parent
