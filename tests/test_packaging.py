@@ -11,7 +11,6 @@ the checkout. A data file the wheel forgets (a phone profile, the TUI's styles) 
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import shutil
@@ -35,6 +34,21 @@ def run(cmd: list, **kw) -> subprocess.CompletedProcess:
     return out
 
 
+def build_isolation() -> list[str]:
+    """Build with this venv's setuptools (offline, seconds) when it meets pyproject.toml's build
+    requirement; else let pip fetch one into an isolated build environment."""
+    import tomllib
+    from importlib.metadata import PackageNotFoundError, version
+
+    from packaging.requirements import Requirement
+
+    (req,) = (Requirement(r) for r in tomllib.loads((ROOT / "pyproject.toml").read_text())["build-system"]["requires"])
+    try:
+        return ["--no-build-isolation"] if req.specifier.contains(version(req.name)) else []
+    except PackageNotFoundError:
+        return []
+
+
 @pytest.fixture(scope="module")
 def installed(tmp_path_factory) -> Path:
     """A venv with the built wheel installed (its bin/ folder)."""
@@ -46,8 +60,7 @@ def installed(tmp_path_factory) -> Path:
             shutil.copytree(ROOT / name, src / name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
         else:
             shutil.copy2(ROOT / name, src / name)
-    isolation = [] if importlib.util.find_spec("setuptools") is None else ["--no-build-isolation"]
-    run([sys.executable, "-m", "pip", "wheel", "--no-deps", *isolation, "-q", src, "-w", tmp / "dist"])
+    run([sys.executable, "-m", "pip", "wheel", "--no-deps", *build_isolation(), "-q", src, "-w", tmp / "dist"])
     (wheel,) = (tmp / "dist").glob("edge_gemma-*.whl")
 
     venv = tmp / "venv"
