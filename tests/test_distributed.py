@@ -227,3 +227,39 @@ def test_batch_size_must_split_over_processes():
         Dist(rank=0, world=4).check_settings(TrainSettings(batch_size=8, micro_batch=3))
     with pytest.raises(EdgeError, match="--micro-batch must be >= 0"):
         TrainSettings(micro_batch=-1)
+
+
+def _has_full() -> bool:
+    from edge.finetune import TrainSettings
+
+    return "full" in TrainSettings.__dataclass_fields__
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not _has_full(), reason="edge finetune --full is not in this checkout yet")
+def test_two_process_full_finetune_equals_one_and_exports(tiny_dir, data, tmp_path):
+    """--full on two processes (DDP: every weight replicated, gradients summed): the same losses
+    as one process, and OUT is a model folder that loads and exports to GGUF."""
+    import torch
+
+    from edge.export import export_gguf
+    from edge.finetune import finetune_cmd
+    from edge.models import load
+
+    steps = ["--steps", "4", "--lr", "1e-3"]
+    args = [a for a in _args(tiny_dir, data, tmp_path / "two", "--full") if a not in ("--steps", str(STEPS), "--lr", "5e-3")]
+    r = subprocess.run(_torchrun(2, args + steps), env=_env(), capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    finetune_cmd(model=str(tiny_dir), data=str(data), out=str(tmp_path / "one"), batch_size=4, lr=1e-3,
+                 precision="fp32", steps=4, save_every=100, json=True, full=True)
+    one, two = _log(tmp_path / "one"), _log(tmp_path / "two")
+    assert len(two) == 4 and two[-1]["loss"] < two[0]["loss"]
+    for a, b in zip(one, two):
+        assert b["loss"] == pytest.approx(a["loss"], rel=1e-5), a["step"]
+    gguf = export_gguf(tmp_path / "two", tmp_path / "two.gguf", "f32")
+    assert Path(gguf.path).is_file() and gguf.n_params > 0
+    m1, _ = load(str(tmp_path / "one"))
+    m2, _ = load(str(tmp_path / "two"))
+    ids = torch.tensor([[2, 105, 2364, 107]])
+    with torch.no_grad():
+        assert torch.allclose(m1(ids).logits, m2(ids).logits, atol=1e-4)
