@@ -263,3 +263,20 @@ def test_two_process_full_finetune_equals_one_and_exports(tiny_dir, data, tmp_pa
     ids = torch.tensor([[2, 105, 2364, 107]])
     with torch.no_grad():
         assert torch.allclose(m1(ids).logits, m2(ids).logits, atol=1e-4)
+
+
+@pytest.mark.slow
+def test_accelerate_launch_works_with_no_other_change(tiny_dir, data, tmp_path):
+    """`accelerate launch --multi_gpu` starts torchrun's workers; here on the CPU (gloo)."""
+    from edge.finetune import finetune_cmd
+
+    args = [a if a != str(STEPS) else "3" for a in _args(tiny_dir, data, tmp_path / "acc")]
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "edge.cli", *args]
+    r = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert json.loads(r.stdout[r.stdout.index("{"):])["steps"] == 3  # one result: process 0's
+    finetune_cmd(model=str(tiny_dir), data=str(data), out=str(tmp_path / "one"), batch_size=4, lr=5e-3,
+                 precision="fp32", steps=3, save_every=100, json=True)
+    for a, b in zip(_log(tmp_path / "one"), _log(tmp_path / "acc")):
+        assert b["loss"] == pytest.approx(a["loss"], rel=1e-5), a["step"]
