@@ -15,6 +15,10 @@ after the first `--skip`, which hold the compile warm-up), and the end-to-end se
 overhead = 1 - tok/s(torchrun x1) / tok/s(plain)       (target: <= 3%)
 efficiency = tok/s(torchrun xN) / (N x tok/s(plain))   (targets: >= 90% at N = 2, >= 85% at N = 8)
 On the CPU each of N processes gets cores / N threads (OMP_NUM_THREADS), the plain run all of them.
+
+`--model random:270m` or `random:1b`: random weights in Gemma 3's exact configuration
+(edge.gemma3.CONFIG_*) with the embedded model's tokenizer, written to a temporary folder (a GPU
+machine that cannot download the 1B). `--finetune-args "--full"` passes flags on to every run.
 """
 
 from __future__ import annotations
@@ -39,12 +43,36 @@ def steady_tok_s(log: Path, skip: int) -> float:
     return tokens / (rows[-1]["elapsed"] - rows[skip - 1]["elapsed"]) if skip else tokens / rows[-1]["elapsed"]
 
 
+def random_model(size: str, dest: Path) -> Path:
+    """A Hugging Face folder with random weights in Gemma 3 `size`'s configuration."""
+    import shutil
+
+    import torch
+    from transformers import Gemma3ForCausalLM
+
+    from edge.models import ensure_embedded
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from finetune import make_config
+
+    cfg = make_config(size)
+    cfg.architectures = ["Gemma3ForCausalLM"]
+    torch.manual_seed(0)
+    Gemma3ForCausalLM(cfg).save_pretrained(dest, safe_serialization=True)
+    src = ensure_embedded()
+    for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "tokenizer.model",
+                 "special_tokens_map.json", "generation_config.json"):
+        if (src / name).exists():
+            shutil.copy(src / name, dest / name)
+    return dest
+
+
 def run(n: int | None, args, batch: int, workdir: Path, cpu: bool) -> dict:
     """n None: plain `edge finetune`; else torchrun with n processes."""
     out = workdir / ("plain" if n is None else f"torchrun-x{n}")
     flags = ["finetune", "--model", args.model, "--data", args.data, "--out", str(out), "--force",
              "--steps", str(args.steps), "--batch-size", str(batch), "--precision", args.precision,
-             "--eval-fraction", "0", "--save-every", str(args.steps), "--json"]
+             "--eval-fraction", "0", "--save-every", str(args.steps), "--json", *args.finetune_args.split()]
     cmd = ([sys.executable, "-m", "edge.cli"] if n is None else
            [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={n}", "-m", "edge.cli"])
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
@@ -74,6 +102,8 @@ def main(args) -> None:
           f"steps {args.steps} (first {args.skip} not timed)", flush=True)
     rows = []
     with tempfile.TemporaryDirectory(prefix="bench-gpus-") as tmp:
+        if args.model.startswith("random:"):
+            args.model = str(random_model(args.model.split(":", 1)[1], Path(tmp) / "model"))
         for n in [None, 1] + ([args.gpus] if args.gpus > 1 else []):
             rows.append(run(n, args, args.batch * (n or 1), Path(tmp), cpu))
             print(json.dumps(rows[-1]), flush=True)
