@@ -23,7 +23,8 @@ nothing here does anything, so a plain `edge finetune` runs exactly as before. W
   on any process stops every process after the same step;
 - checkpoints: process 0 alone writes logs, loss.png, checkpoints and the adapter; each
   checkpoint holds every process's random state and the world size, so `--resume` restores
-  each process exactly; a checkpoint from a different number of processes is refused.
+  each process exactly; a checkpoint from another number of processes resumes too (the data
+  position is global), unless LoRA dropout makes the random states matter: then it is refused.
 
 `edge finetune --gpus N` (`launch`) starts N processes through torchrun's own launcher
 (`torch.distributed.launcher.api.elastic_launch`, what the `torchrun` command runs) and turns
@@ -177,19 +178,26 @@ class Dist:
             raise EdgeError(result[1])
         return Path(result[0])
 
-    def check_resume(self, state: dict, ckpt) -> None:
-        """Refuse a checkpoint written by another number of processes: its random states, one
-        per process, would not fit (a clear line instead of a subtly different run)."""
+    def check_resume(self, state: dict, ckpt, dropout: float) -> str | None:
+        """A checkpoint written by another number of processes resumes exactly when nothing
+        random remains: the data position is global and the optimizer state the same in every
+        process; only LoRA dropout draws from each process's own random state, so with dropout
+        it is refused. Returns a line to say, or None."""
         saved = (state.get("dist") or {}).get("world", 1)
-        if saved != self.world:
+        if saved == self.world:
+            return None
+        if dropout > 0:
             how = ("one process (no --gpus, no torchrun)" if saved == 1 else
                    f"{saved} processes (--gpus {saved}, or torchrun --nproc-per-node {saved})")
             raise EdgeError(f"--resume: {ckpt} was written by a run of {saved} process{'es' * (saved > 1)} and this "
-                            f"run has {self.world}; resume it with {how}, or start a new --out")
+                            f"run has {self.world}; with LoRA dropout {dropout} each process draws its own random "
+                            f"numbers, so resume it with {how}, or start a new --out")
+        return (f"resume: {ckpt} was written by {saved} process{'es' * (saved > 1)}, this run has {self.world}; "
+                "the global batch, data position and optimizer carry over exactly")
 
     def restore_rng(self, state: dict) -> None:
         """Each process's own random state (one process: `train` restored it already)."""
-        if self.active:
+        if self.active and (state.get("dist") or {}).get("world", 1) == self.world:
             _set_rng_state(state["dist"]["rng"][self.rank])
 
     # -- plumbing ------------------------------------------------------------------------------

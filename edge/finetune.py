@@ -736,7 +736,9 @@ def train(*, model: str = "embedded", data: str | Path, out: str | Path, lora: L
         settings = saved
         precision = meta.get("precision_asked", precision)
         state = torch.load(ckpt / STATE, weights_only=True)
-        dist.check_resume(state, ckpt)
+        note = dist.check_resume(state, ckpt, lora.dropout)  # another number of processes: edge.distributed
+        if note:
+            say(note)
         if state["step"] >= settings.steps:
             raise EdgeError(f"--resume: {ckpt} is already at step {state['step']} of {settings.steps}; "
                             "pass a larger --steps to train further")

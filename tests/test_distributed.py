@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -120,9 +121,10 @@ def test_sigterm_on_one_process_then_resume_equals_uninterrupted(two_rank, tiny_
     state = torch.load(ckpt / STATE, weights_only=True)
     assert state["dist"]["world"] == 2 and len(state["dist"]["rng"]) == 2
 
-    # a different number of processes is refused in one line
-    with pytest.raises(EdgeError, match="written by a run of 2 processes"):
-        finetune_cmd(model=str(tiny_dir), data=str(data), out=str(out), resume=True, steps=STEPS, json=True)
+    # one process resumes the same checkpoint exactly too: the data position is global (no dropout)
+    alone = tmp_path / "alone"
+    shutil.copytree(out, alone)
+    finetune_cmd(model=str(tiny_dir), data=str(data), out=str(alone), resume=True, steps=STEPS, json=True)
 
     r = subprocess.run(_torchrun(2, _args(tiny_dir, data, out, "--resume")), env=_env(), capture_output=True,
                        text=True, timeout=600)
@@ -131,6 +133,21 @@ def test_sigterm_on_one_process_then_resume_equals_uninterrupted(two_rank, tiny_
     assert [r["step"] for r in resumed] == list(range(1, STEPS + 1))
     for a, b in zip(straight, resumed):
         assert b["loss"] == pytest.approx(a["loss"], rel=1e-6), a["step"]
+    assert [r["step"] for r in _log(alone)] == list(range(1, STEPS + 1))
+    for a, b in zip(straight, _log(alone)):
+        assert b["loss"] == pytest.approx(a["loss"], rel=1e-5), a["step"]
+
+
+def test_resume_on_another_number_of_processes_with_dropout_is_refused():
+    from edge.distributed import Dist
+
+    state = {"dist": {"world": 2, "rng": [{}, {}]}}
+    with pytest.raises(EdgeError, match="written by a run of 2 processes and this run has 1; with LoRA dropout 0.1"):
+        Dist().check_resume(state, "ckpt", dropout=0.1)
+    assert "carry over exactly" in Dist().check_resume(state, "ckpt", dropout=0.0)
+    assert Dist(rank=1, world=2).check_resume(state, "ckpt", dropout=0.1) is None
+    with pytest.raises(EdgeError, match="resume it with one process"):
+        Dist(rank=0, world=2).check_resume({}, "ckpt", dropout=0.1)
 
 
 @pytest.mark.slow
