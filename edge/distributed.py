@@ -115,11 +115,21 @@ class Dist:
 
         if not self.active:
             return functools.partial(loss_fn, net)
+        import inspect
+
+        import torch._dynamo
         from torch.nn.parallel import DistributedDataParallel as DDP
 
+        # The layers are compiled one by one (edge.finetune.compile_layers): dynamo's DDP graph
+        # splitting has nothing to add there; DDP still all-reduces each bucket as soon as the
+        # backward pass has filled it, so communication overlaps the remaining layers' backward.
+        torch._dynamo.config.optimize_ddp = False
         cuda = next(net.parameters()).device.type == "cuda"
+        # buffers (RoPE frequencies) are the same everywhere: no broadcast before each forward
+        no_sync_buffers = ({"forward_sync_buffers": False} if "forward_sync_buffers" in inspect.signature(DDP).parameters
+                           else {"broadcast_buffers": False})  # torch < 2.13
         self._ddp = DDP(_LossModule(net, loss_fn, self.world), device_ids=[self.local_rank] if cuda else None,
-                        forward_sync_buffers=False)
+                        **no_sync_buffers)
         return self._ddp
 
     def accumulating(self, more: bool):
@@ -394,9 +404,12 @@ def launch(gpus: int, argv: list[str], out: str | Path | None = None) -> None:
     print(f"edge: starting {gpus} processes, one per GPU, with torchrun: {' '.join(torchrun_command(gpus, argv))}",
           file=sys.stderr, flush=True)
     logging.getLogger("torch.distributed.elastic").setLevel(logging.CRITICAL)  # we say what failed, below
+    import dataclasses
+
+    extra = {"shutdown_timeout": SHUTDOWN_S} if "shutdown_timeout" in {f.name for f in dataclasses.fields(LaunchConfig)} else {}
     config = LaunchConfig(min_nodes=1, max_nodes=1, nproc_per_node=gpus, run_id=str(uuid.uuid4()),
                           rdzv_backend="c10d", rdzv_endpoint="localhost:0", max_restarts=0, monitor_interval=0.5,
-                          shutdown_timeout=SHUTDOWN_S)
+                          **extra)
     try:
         elastic_launch(config, sys.executable)("-m", "edge.cli", *argv)
     except SignalException:  # Ctrl-C or SIGTERM here: the processes got it too and saved a checkpoint
