@@ -14,7 +14,9 @@ Reported per run: steady-state tokens/s (real tokens, never padding, from log.js
 after the first `--skip`, which hold the compile warm-up), and the end-to-end seconds.
 overhead = 1 - tok/s(torchrun x1) / tok/s(plain)       (target: <= 3%)
 efficiency = tok/s(torchrun xN) / (N x tok/s(plain))   (targets: >= 90% at N = 2, >= 85% at N = 8)
-On the CPU each of N processes gets cores / N threads (OMP_NUM_THREADS), the plain run all of them.
+On the CPU each of N processes gets cores / N threads (OMP_NUM_THREADS), the plain run all of them,
+unless OMP_NUM_THREADS is set (then every process gets that many: on a loaded machine, threads
+that wait on each other at OpenMP barriers distort the comparison, so use 1 there).
 
 `--model random:270m` or `random:1b`: random weights in Gemma 3's exact configuration
 (edge.gemma3.CONFIG_*) with the embedded model's tokenizer, written to a temporary folder (a GPU
@@ -78,7 +80,8 @@ def run(n: int | None, args, batch: int, workdir: Path, cpu: bool) -> dict:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     if cpu:
         env["CUDA_VISIBLE_DEVICES"] = ""
-        env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // (n or 1)))
+        if "OMP_NUM_THREADS" not in os.environ:  # set it to give every run the same threads per process
+            env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // (n or 1)))
     t0 = time.time()
     r = subprocess.run(cmd + flags, env=env, capture_output=True, text=True)
     seconds = time.time() - t0
