@@ -17,8 +17,10 @@ nothing here does anything, so a plain `edge finetune` runs exactly as before. W
   `--micro-batch` chats (gradient accumulation). The loss is divided by the label tokens of
   the whole global batch and gradients are summed across processes, so 1, 2 or 8 GPUs
   compute the same gradient (up to float rounding) and train the same model;
-- DDP (`torch.nn.parallel.DistributedDataParallel`) around the loss for LoRA: gradients are
-  all-reduced while the backward pass runs, once per step (no_sync on earlier micro-batches);
+- DDP (`torch.nn.parallel.DistributedDataParallel`) around the loss: gradients are
+  all-reduced while the backward pass runs, once per step (no_sync on earlier micro-batches).
+  For LoRA, and for full fine-tuning of a model that fits on one GPU (every process holds all
+  of it); FSDP2 (`fully_shard`, for a model that does not fit) is not built yet;
 - agreement: the step's loss and tokens are summed over processes, and a Ctrl-C or SIGTERM
   on any process stops every process after the same step;
 - checkpoints: process 0 alone writes logs, loss.png, checkpoints and the adapter; each
@@ -45,7 +47,6 @@ from edge.errors import EdgeError
 # the job stops instead of hanging: longer than a first step's compile (about 35 s on an H200,
 # docs/BENCHMARKS.md) and a 1B checkpoint's write; EDGE_DIST_TIMEOUT_S overrides it.
 TIMEOUT_S = 600
-
 
 # After Ctrl-C or SIGTERM, how long the launcher waits for the processes to finish their step and
 # write the checkpoint before it kills them (torchrun's own default is 30 s).
