@@ -380,6 +380,11 @@ def needs_launch(gpus: int) -> bool:
             raise EdgeError(f"--gpus {gpus}, but the launcher started {world} processes; "
                             f"drop --gpus or make them agree")
         return False
+    if gpus:
+        have = gpu_count()
+        if have < gpus:
+            raise EdgeError(f"--gpus {gpus}: this machine has {have} CUDA GPU{'s' * (have != 1)}; "
+                            + (f"use --gpus {have} or fewer" if have else "leave --gpus out to train on the CPU"))
     return gpus > 1
 
 
@@ -394,10 +399,6 @@ def launch(gpus: int, argv: list[str], out: str | Path | None = None) -> None:
     import logging
     import uuid
 
-    have = gpu_count()
-    if have < gpus:
-        raise EdgeError(f"--gpus {gpus}: this machine has {have} CUDA GPU{'s' * (have != 1)}; "
-                        f"use --gpus {have} or fewer" + (" (or leave --gpus out)" if have < 2 else ""))
     from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch

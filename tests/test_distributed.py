@@ -206,7 +206,13 @@ def test_gpus_must_agree_with_the_launcher(monkeypatch):
         distributed.needs_launch(2)
     assert distributed.needs_launch(0) is False and distributed.needs_launch(4) is False
     monkeypatch.setenv("WORLD_SIZE", "1")
+    monkeypatch.setattr(distributed, "gpu_count", lambda: 2)
     assert distributed.needs_launch(2) is True and distributed.needs_launch(1) is False
+    with pytest.raises(EdgeError, match="--gpus 3: this machine has 2 CUDA GPUs; use --gpus 2 or fewer"):
+        distributed.needs_launch(3)
+    monkeypatch.setattr(distributed, "gpu_count", lambda: 0)
+    with pytest.raises(EdgeError, match="--gpus 1: this machine has 0 CUDA GPUs; leave --gpus out"):
+        distributed.needs_launch(1)
 
 
 def test_relaunch_command_line_round_trips():
