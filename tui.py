@@ -6,7 +6,8 @@
 
 A thin Textual app over the library: every number on screen comes from `edge.budget`,
 `edge.readings`, `edge.device`, `edge.push` or the quantize report. The screens live in
-`tui_screens/` (one module each), the styles in `tui.tcss`.
+`tui_screens/` (one module each), the styles in `tui_screens/tui.tcss`
+(package data, so an installed wheel has them).
 
 Keys: 1-5 (or v d b p) switch screens, ? shows help, q quits. Mouse works too.
 """
@@ -20,6 +21,7 @@ from pathlib import Path
 from textual.app import App
 from textual.binding import Binding
 
+import tui_screens
 from edge.errors import EdgeError
 from tui_screens.budget import BudgetScreen
 from tui_screens.devices import DevicesScreen
@@ -28,14 +30,11 @@ from tui_screens.pipeline import PipelineScreen
 from tui_screens.push import PushScreen
 from tui_screens.variants import VariantsScreen
 
-HERE = Path(__file__).resolve().parent
-
-
 class EdgeApp(App):
     """Variants, devices, budget, push and pipeline, one screen each (Textual modes)."""
 
     TITLE = "edge"
-    CSS_PATH = HERE / "tui.tcss"
+    CSS_PATH = Path(tui_screens.__file__).resolve().parent / "tui.tcss"
     MODES = {
         "variants": VariantsScreen,
         "devices": DevicesScreen,
@@ -74,10 +73,13 @@ class EdgeApp(App):
         self.report: Path | None = None     # the quality report (report.json) of those variants
         self.chosen_file: Path | None = None  # the file the Push screen starts with
         self.chosen_serial: str | None = None  # ... and the phone
+        self.chosen_ctx: int = 4096            # ... and the n_ctx its budget check uses (Budget screen's)
         self.sub_title = str(self.run_dir or self.folder or "no run or folder given")
 
-    def push_this(self, file: Path | None = None, serial: str | None = None) -> None:
-        """Open the Push screen with this file and/or phone selected."""
+    def push_this(self, file: Path | None = None, serial: str | None = None, ctx: int | None = None) -> None:
+        """Open the Push screen with this file and/or phone selected, its budget checked at n_ctx `ctx`."""
+        if ctx is not None:
+            self.chosen_ctx = ctx
         if file is not None:
             self.chosen_file = Path(file)
         if serial is not None:

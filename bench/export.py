@@ -10,8 +10,8 @@ process's VmHWM. The floor is measured in the same run, through the page cache l
 export itself (no fsync): read throughput = reading the source safetensors again, write
 throughput = writing as many bytes of zeros into the output folder; the fsync'd write speed
 is printed beside it for reference. With --fidelity N, each exported file's llama.cpp logits
-(llama-cpp-python, logits_all) on the first N tokens of the seed document (or a fixed
-paragraph) are compared with transformers fp32: top-1 agreement and mean KL per token.
+(llama-cpp-python, logits_all) on the first N tokens of the seed document's opening
+(tests/fixtures/seed/gemma3_guide_ja.txt, about 1,100 tokens) are compared with transformers fp32: top-1 agreement and mean KL per token.
 Prints a table; --out writes the rows as JSON.
 """
 
@@ -29,6 +29,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+SEED_GUIDE = ROOT / "tests" / "fixtures" / "seed" / "gemma3_guide_ja.txt"
 
 CHILD = """
 import json, sys, time
@@ -80,9 +81,7 @@ def fidelity(spec: str, gguf_path: Path, n_tokens: int) -> dict:
 
     if not _REF:
         model, tok = load(spec)
-        seeds = sorted(Path("/work/shared/seed").glob("*.txt"))
-        text = seeds[0].read_text(encoding="utf-8") if seeds else (
-            "Gemma 3 runs on phones once it is exported to GGUF and quantized. " * 40)
+        text = SEED_GUIDE.read_text(encoding="utf-8")
         ids = tok(text, add_special_tokens=True)["input_ids"][:n_tokens]
         with torch.no_grad():
             _REF["ids"], _REF["logits"] = ids, model(torch.tensor([ids])).logits[0].double().numpy()

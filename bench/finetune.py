@@ -208,7 +208,21 @@ def main(argv=None):
     ap.add_argument("--json", default="", help="write the rows to this JSON file too")
     ap.add_argument("--profile", action="store_true", help="print a torch.profiler table per run")
     ap.add_argument("--profile-dir", default="", help="also write each profile's table here")
+    ap.add_argument("--gpus", type=int, default=0, help="N: `edge finetune` plain vs torchrun x1 and xN "
+                    "(overhead, scaling efficiency; bench/finetune_gpus.py says how)")
+    ap.add_argument("--cpu", action="store_true", help="with --gpus: processes on the CPU (gloo)")
+    ap.add_argument("--model", default="embedded", help="with --gpus: the model spec, or random:270m / random:1b")
+    ap.add_argument("--finetune-args", default="", help="with --gpus: more edge finetune flags, e.g. \"--full\"")
+    ap.add_argument("--data", default="", help="with --gpus: chat JSONL (default: the demo task's chats)")
+    ap.add_argument("--precision", default="auto", help="with --gpus: edge finetune --precision")
+    ap.add_argument("--skip", type=int, default=5, help="with --gpus: steps left out of tokens/s (warm-up)")
     args = ap.parse_args(argv)
+    if args.gpus:
+        import finetune_gpus
+        from edge.task import TRAIN
+
+        args.data = args.data or str(TRAIN)
+        return finetune_gpus.main(args)
     global PROFILE, PROFILE_DIR
     PROFILE, PROFILE_DIR = args.profile, args.profile_dir
 

@@ -2,7 +2,7 @@
 
 Takes bench/phones.toml (published decode speeds of Gemma 3 270M/1B and models of the same size
 and kind, measured with llama.cpp or an app built on it, on named phones, each with its source)
-and the phone profiles in profiles/. Prints, per row, the published speed, our prediction with
+and the phone profiles in edge/profiles/. Prints, per row, the published speed, our prediction with
 the calibration in `edge.budget.PHONE_SPEED`, the prediction of a fit that did NOT see that row
 (leave-one-out), and the errors; then the medians, and the fit on all rows, which is what
 `edge.budget.PHONE_SPEED` must hold (tests/test_budget.py checks it).
@@ -82,7 +82,7 @@ def load_table(path: Path = TABLE, profiles=None) -> list[Row]:
         if r["model"] not in models:
             raise EdgeError(f"{path}: row {i}: unknown model {r['model']!r}")
         if r["phone"] not in profiles:
-            raise EdgeError(f"{path}: row {i}: no profile profiles/{r['phone']}.toml")
+            raise EdgeError(f"{path}: row {i}: no profile edge/profiles/{r['phone']}.toml")
         m, p = models[r["model"]], profiles[r["phone"]]
         rows.append(Row(phone=r["phone"], model=r["model"], decode_tok_s=float(r["decode_tok_s"]),
                         runtime=r["runtime"], threads=r["threads"], ctx=r["ctx"], source=r["source"],

@@ -4,13 +4,16 @@
     .venv/bin/python bench/quantize.py --merged runs/demo/merged --out /tmp/bench-q-ft   # fine-tuned model
 
 Steps: export the model (embedded 270M, or --merged DIR) to F32 GGUF with `edge.export`;
-compute an imatrix from edge/data/demo_train.jsonl + edge/data/general.txt; quantize every
+compute an imatrix from --calib (default edge/data/demo_train.jsonl) + edge/data/general.txt; quantize every
 recipe (llama.cpp standard + ours) without and with it, timing the quantization; score each
-file on held-out text (KLD mean/p99, top-1, ppl, decode tok/s): edge/data/general_eval.txt for the base
-model, the demo task's held-out chats (edge/data/demo_eval.jsonl) for a fine-tune, and then the demo task's exact match for the reference, Q4_K_XL (with and
-without the imatrix) and Q4_K_M (with and without). Files that come out byte-identical with and without the imatrix (types that ignore
-it, like Q8_0) are scored once. Prints the table and the Pareto check, and writes
-report.json / report.md / pareto.png into --out.
+file on held-out text (llama-perplexity's KLD statistics, same top token, ppl, decode tok/s):
+edge/data/general_eval.txt for the base model, the demo task's held-out chats (or --text) for
+a fine-tune, and then the task's exact match for --task-recipes. Files that come out
+byte-identical with and without the imatrix (types that ignore it, like Q8_0) are scored once.
+Prints the table and the front check (quantize.cli.pareto_check: each XL variant against the
+llama.cpp types' size/KLD front, same imatrix setting), and writes report.json / report.md /
+pareto.png into --out. Timings are wall-clock on a possibly shared CPU: compare only the ratios
+of one run (scoring vs quantizing).
 """
 
 from __future__ import annotations
@@ -34,19 +37,25 @@ def main() -> None:
     ap.add_argument("--text", default="", help="held-out text to score on (.txt or chat .jsonl); default: "
                     "general text for the base model, the demo task's eval chats for --merged")
     ap.add_argument("--ctx", type=int, default=256)
+    ap.add_argument("--speed-tokens", type=int, default=64, help="greedy tokens timed per file (0: skip)")
     ap.add_argument("--task-n", type=int, default=50, help="demo-task eval chats (fine-tuned model only)")
+    ap.add_argument("--task-recipes", default="XL6.1-Q8_0,XL6.1-Q8_0+im,Q4_K_M,Q4_K_M+im",
+                    help="variants whose task exact match is measured (fine-tuned model only; +im: with the imatrix)")
+    ap.add_argument("--calib", default="", help="calibration chats for the imatrix (default: the demo task's train "
+                    "split + general text; give the fine-tune's own train split)")
     ap.add_argument("--recipes", default="all")
     ap.add_argument("--reuse", action="store_true",
                     help="keep variant files and imatrix already in --out (their quantize time is not re-measured)")
     args = ap.parse_args()
 
     from edge.data import eval_text, load_chats
-    from edge.evaluate import _llama, evaluate, scored_label, task_accuracy, threads
+    from edge.evaluate import evaluate, scored_label, task_accuracy, threads
+    from edge.llamacpp import Model
     from edge.export import export_gguf
     from edge.fsutil import sha256_file
     from edge.models import resolve
     from edge.task import EVAL
-    from quantize.cli import expand_recipes, quantize_variants, report_markdown, write_reports
+    from quantize.cli import arm_repack, expand_recipes, quantize_variants, report_markdown, write_reports
     from quantize.imatrix import DEMO_TRAIN, build_imatrix, load_imatrix
 
     out = Path(args.out)
@@ -63,8 +72,8 @@ def main() -> None:
     if args.reuse and (out / "imatrix.gguf").is_file():
         im_summary = {"reused": str(out / "imatrix.gguf")}
     else:
-        im_summary = build_imatrix(str(model_dir), [str(DEMO_TRAIN)], out / "imatrix.gguf", max_tokens=4096,
-                                   chunk=256, force=True, progress=False)
+        im_summary = build_imatrix(str(model_dir), [args.calib or str(DEMO_TRAIN)], out / "imatrix.gguf",
+                                   max_tokens=4096, chunk=256, force=True, progress=False)
     t_imatrix = time.time() - t0
     im = load_imatrix(out / "imatrix.gguf")
 
@@ -101,7 +110,7 @@ def main() -> None:
     text_file = args.text or (str(EVAL) if args.merged else "")
     text = eval_text(text_file) if text_file else None
     scores = evaluate(ref, variants, text=text, n_tokens=args.eval_tokens,
-                      ctx=args.ctx, speed_tokens=64, progress=False)
+                      ctx=args.ctx, speed_tokens=args.speed_tokens, progress=False)
     t_eval = time.time() - t0
     fam = {m["path"]: m for m in made}
     rows = []
@@ -109,6 +118,7 @@ def main() -> None:
         r = s.as_dict()
         r["family"] = fam[s.path]["family"] if s.path in fam else "reference"
         r["quantize_seconds"] = fam[s.path]["seconds"] if s.path in fam else None
+        r["arm_repack"] = arm_repack(s.path)
         rows.append(r)
     for key, other in same_as.items():  # identical bytes: same scores, listed under both names
         src = next(r for r in rows if r["name"] == other)
@@ -118,22 +128,23 @@ def main() -> None:
 
     task = {}
     if args.merged:
-        chats = load_chats(EVAL)[: args.task_n]
+        chats = load_chats(args.text if args.text.endswith(".jsonl") else EVAL)[: args.task_n]
         for r in rows:
-            if r["name"] in ("reference", "Q4_K_XL", "Q4_K_XL+im", "Q4_K_M", "Q4_K_M+im"):
-                with _llama(r["path"], 512, False) as llm:
+            if r["name"] in ("reference", *args.task_recipes.split(",")):
+                with Model(r["path"]) as llm:
                     r["task_accuracy"] = task_accuracy(llm, chats)[0]
                 task[r["name"]] = r["task_accuracy"]
 
     title = f"bench/quantize.py on {'fine-tuned ' + model_dir.name if args.merged else 'the embedded Gemma 3 270M'}"
+    t_score = sum(r["score_seconds"] or 0 for r in rows if not r.get("note"))
     extra = {"timings_s": {"export": round(t_export, 1), "imatrix": round(t_imatrix, 1),
                            "quantize_plain": round(t_plain, 1), "quantize_imatrix": round(t_im, 1),
-                           "evaluate": round(t_eval, 1)},
+                           "evaluate": round(t_eval, 1), "score": round(t_score, 1)},
              "imatrix": im_summary, "loadavg_start": load0, "loadavg_end": os.getloadavg(),
              "threads": threads(), "eval_tokens": args.eval_tokens, "ctx": args.ctx, "task": task,
              "eval_text": text_file or "edge/data/general_eval.txt", "scored": scored_label(text)}
     paths = write_reports(rows, out, title, extra)
-    print(report_markdown(rows, paths["pareto"], title, extra["scored"]))
+    print(report_markdown(rows, paths["pareto"], title, extra["scored"], paths["warnings"]))
     print(json.dumps(extra, indent=1))
     print("quantize seconds per file:", {Path(m["path"]).parent.name + "/" + m["recipe"]: m["seconds"] for m in made})
 

@@ -203,82 +203,32 @@ def copy_private(serial: str, access: str, package: str, staged: str, folder: st
 
 
 # ---- Hugging Face (AnythingLLM without root) ----------------------------------------------
-GEMMA_NOTICE = ("Gemma is provided under and subject to the Gemma Terms of Use found at "
-                "https://ai.google.dev/gemma/terms")
-
-
-def model_card(local: Path, repo: str, report: dict | None = None) -> str:
-    """README.md for the Hugging Face repo: what it is, the quality/size table, the licence."""
-    rows = []
-    for v in (report or {}).get("variants", []):
-        if not isinstance(v, dict):
-            continue
-        size = v.get("size_bytes") or v.get("size")
-        rows.append("| {} | {} | {} | {} | {} |".format(
-            v.get("name", "?"), f"{size / 1e6:.0f} MB" if isinstance(size, (int, float)) else "?",
-            _fmt(v.get("bpw")), _fmt(v.get("kld_mean")), _fmt(v.get("task_accuracy", v.get("accuracy")))))
-    table = ("| variant | size | bits/weight | KLD mean | task accuracy |\n|---|---|---|---|---|\n" + "\n".join(rows)
-             if rows else f"| file | size |\n|---|---|\n| {local.name} | {local.stat().st_size / 1e6:.0f} MB |")
-    return f"""---
-license: gemma
-library_name: gguf
-tags: [gguf, gemma3, llama.cpp, on-device]
----
-
-# {repo.split('/')[-1]}
-
-A Gemma 3 model in GGUF format, made with the `edge` toolkit for phones
-(AnythingLLM: Models > "Add a model from Hugging Face", paste `{repo}`, pick `{local.name}`).
-
-## Quality and size
-
-{table}
-
-## Licence
-
-{GEMMA_NOTICE}. By using this model you agree to those terms, including the
-Gemma Prohibited Use Policy (https://ai.google.dev/gemma/prohibited_use_policy).
-"""
-
-
-def _fmt(x) -> str:
-    return f"{x:.4g}" if isinstance(x, (int, float)) else "?"
-
-
-def find_report(local: Path) -> dict | None:
-    """report.json of the run folder the GGUF came from (DIR/gguf/x.gguf -> DIR/report.json)."""
+def card_for(local: Path, repo: str) -> str:
+    """The model card to publish beside `local`: its run's README.md (`edge run` writes one), else
+    one for the file alone, with the quality row of its run's report if there is one."""
     import json
 
-    for d in (local.parent, local.parent.parent):
-        p = d / "report.json"
-        if p.is_file():
-            try:
-                return json.loads(p.read_text())
-            except ValueError:
-                return None
-    return None
+    from edge.card import CardFacts, render_card
+    from edge.ggufinfo import read_gguf
+    from edge.runfolder import run_of
 
-
-def hf_api():
-    """The Hugging Face client (a function so tests can hand in their own)."""
-    from huggingface_hub import HfApi
-
-    return HfApi()
+    run = run_of(local)
+    if run is not None and run.card() is not None and run.card().is_file():
+        return run.card().read_text(encoding="utf-8")
+    rows = []
+    if run is not None and run.report() is not None:
+        rows = [r for r in json.loads(run.report().read_text()).get("variants", [])
+                if Path(str(r.get("path", ""))).name == local.name]
+    meta = read_gguf(local).metadata
+    row = rows[0] if rows else {"name": local.name, "size_bytes": local.stat().st_size}
+    return render_card(CardFacts(title=local.stem, base_model=str(meta.get("general.base_model.0.name", "")),
+                                 variants=[{**row, "path": local.name}], repo=repo))
 
 
 def publish_hf(local: Path, repo: str, progress: Callable[[str], None] | None = None) -> str:
-    """Create (or reuse) the PUBLIC model repo `repo` and upload the GGUF and a model card."""
-    if repo.count("/") != 1 or not all(repo.split("/")):
-        raise EdgeError(f"--publish-hf {repo!r} must be a Hugging Face repo id like USER/NAME")
-    api = hf_api()
-    try:
-        api.create_repo(repo_id=repo, repo_type="model", private=False, exist_ok=True)
-        card = model_card(local, repo, find_report(local))
-        api.upload_file(path_or_fileobj=card.encode(), path_in_repo="README.md", repo_id=repo)
-        api.upload_file(path_or_fileobj=str(local), path_in_repo=local.name, repo_id=repo)
-    except EdgeError:
-        raise
-    except Exception as e:  # huggingface_hub raises several types for auth/network problems
-        raise EdgeError(f"publishing to Hugging Face repo {repo} failed: {e}; log in with "
-                        f"`huggingface-cli login` (a write token) and check the network") from e
+    """Create (or reuse) the PUBLIC model repo `repo` and upload the GGUF and its model card."""
+    from edge.publish import check_repo_id, publish
+
+    check_repo_id(repo, "--publish-hf")
+    publish(repo, [local], card_for(local, repo), private=False, say=progress or (lambda m: None))
     return repo

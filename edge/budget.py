@@ -1,6 +1,6 @@
 """Will this GGUF run on that phone? RAM, speed and heat, from the file's own metadata.
 
-Takes a GGUF (any Gemma 3 variant) and a device (a profile from profiles/*.toml, a live
+Takes a GGUF (any Gemma 3 variant) and a device (a profile from edge/profiles/*.toml, a live
 phone over adb, or this machine) and answers with numbers: bytes of RAM by part, the largest
 n_ctx that fits, decode tokens/s, what the phone can hold for minutes, and a verdict
 (fits / tight / does not fit) next to what PocketPal's and AnythingLLM's own rules say.
@@ -11,7 +11,7 @@ n_ctx that fits, decode tokens/s, what the phone can hold for minutes, and a ver
     python bench/budget.py                        # measured RSS vs ours vs the apps' rules
 
 Python API (what the TUI calls):
-    load_profiles() -> dict[str, Profile]         read + validate profiles/*.toml
+    load_profiles() -> dict[str, Profile]         read + validate edge/profiles/*.toml
     read_gguf(path) -> ModelInfo                  metadata and tensor sizes (header only)
     estimate(path, ctx=4096, ubatch=512, kv_type="f16", swa_full=True) -> Estimate
     verdict(path, device, ctx=..., ...) -> Verdict   device: Profile | DeviceState | name
@@ -48,7 +48,9 @@ from pathlib import Path
 from edge import gemma3
 from edge.errors import EdgeError
 
-PROFILES_DIR = Path(__file__).resolve().parent.parent / "profiles"
+DEFAULT_DEVICES = ("galaxy_a12", "pixel_7", "galaxy_s24_ultra")   # a budget, a mid and a flagship phone
+
+PROFILES_DIR = Path(__file__).resolve().parent / "profiles"    # package data: there in a wheel too
 GIB, MIB = 1 << 30, 1 << 20
 
 # ---- facts and calibration --------------------------------------------------------------
@@ -224,10 +226,7 @@ def read_gguf(path: str | Path) -> ModelInfo:
     """Read a GGUF's metadata and tensor table (not its data) into the numbers the budget needs."""
     from edge.ggufinfo import read_gguf as read_header
 
-    header = read_header(path)
-    if header.version < 3:
-        raise EdgeError(f"{path} is GGUF version {header.version}; only version 3 (llama.cpp since 2023) is "
-                        "read: re-convert it with a current llama.cpp")
+    header = read_header(path)     # refuses any version but ggufinfo.GGUF_VERSION
     kv = dict(header.metadata)
     if "tokenizer.ggml.tokens" in header.array_lengths:
         kv["tokenizer.ggml.tokens"] = header.array_lengths["tokenizer.ggml.tokens"]
@@ -471,7 +470,7 @@ PROFILE_FIELDS: dict[str, tuple[tuple[type, ...], bool]] = {
 
 @dataclass
 class Profile:
-    """One phone, from profiles/<key>.toml. Every value has its source in `sources`."""
+    """One phone, from edge/profiles/<key>.toml. Every value has its source in `sources`."""
 
     key: str
     name: str
@@ -541,7 +540,7 @@ def _load_profile(path: Path) -> Profile:
 
 
 def load_profiles(folder: str | Path | None = None) -> dict[str, Profile]:
-    """Read and validate every profiles/*.toml; key = file stem. Bad files raise EdgeError."""
+    """Read and validate every edge/profiles/*.toml; key = file stem. Bad files raise EdgeError."""
     folder = Path(folder) if folder else PROFILES_DIR
     files = sorted(folder.glob("*.toml"))
     if not files:
@@ -845,7 +844,7 @@ def _mb(b) -> str:
 
 
 def profiles_cmd(*, json: bool = False):
-    """List the bundled phone profiles (profiles/*.toml): RAM, SoC, bandwidth, CPU features, power.
+    """List the bundled phone profiles (edge/profiles/*.toml): RAM, SoC, bandwidth, CPU features, power.
 
     Every value in a profile carries its source; `--json` prints them all.
 
@@ -996,14 +995,23 @@ def _pick_devices(device: str, serial: str, host: bool) -> list:
 
 
 def _budget_folder(folder: Path, *, device, serial, host, ctx, ubatch, kv_type, swa_full, as_json):
-    """`edge budget RUN_DIR`: every variant of a run x the device(s), and a recommendation each."""
-    paths = sorted(folder.glob("gguf/*.gguf")) or sorted(folder.glob("*.gguf"))
-    if not paths:
-        raise EdgeError(f"no .gguf files in {folder} or {folder / 'gguf'}; give a GGUF file or a run folder")
-    report = folder / "report.json"
-    report = report if report.is_file() else None
+    """`edge budget RUN_DIR`: every variant of a run (from its run.json) x the device(s), and a
+    recommendation each; a plain folder: its *.gguf files, and report.json if it has one."""
+    from edge.runfolder import MANIFEST, Run
+
+    if (folder / MANIFEST).is_file():
+        run = Run.open(folder, create=False)
+        paths, report = run.variants(), run.report()
+        if not paths:
+            raise EdgeError(f"run {folder} has no quantized variants yet; finish it with `edge run` (or `edge demo`)")
+    else:
+        paths = sorted(folder.glob("*.gguf"))
+        if not paths:
+            raise EdgeError(f"no .gguf files in {folder}; give a GGUF file, a run folder or a folder of GGUFs")
+        report = folder / "report.json"
+        report = report if report.is_file() else None
     profiles = load_profiles()
-    devices = _pick_devices(device, serial, host) or [profiles[k] for k in DEMO_DEVICES if k in profiles]
+    devices = _pick_devices(device, serial, host) or [profiles[k] for k in DEFAULT_DEVICES if k in profiles]
     kw = dict(ctx=ctx, ubatch=ubatch, kv_type=kv_type, swa_full=swa_full)
     infos = [read_gguf(p) for p in paths]
     vs = matrix(infos, devices, **kw)
@@ -1017,44 +1025,3 @@ def _budget_folder(folder: Path, *, device, serial, host, ctx, ubatch, kv_type, 
         print(f"recommended on {r.device}: {r.choice or 'none'} ({r.reason})")
     return None
 
-
-# ---- demo stage -------------------------------------------------------------------------
-DEMO_DEVICES = ("galaxy_a12", "pixel_7", "galaxy_s24_ultra")   # budget, mid, flagship
-DEMO_CTX = 4096
-
-
-def demo_stage(ctx):
-    """`edge demo`: the budget matrix of the run's variants x a budget, a mid and a flagship phone."""
-    from edge.demo import StageResult
-    from edge.fsutil import write_text_atomic
-
-    t0 = time.time()
-    paths = [Path(p) for p in (ctx.artifacts.get("variants") or [])]
-    if not paths and ctx.artifacts.get("ref_gguf"):
-        paths = [Path(ctx.artifacts["ref_gguf"])]
-    if not paths:
-        from edge.models import embedded_gguf
-
-        paths = [embedded_gguf()]
-    profiles = load_profiles()
-    devices = [profiles[k] for k in DEMO_DEVICES if k in profiles]
-    infos = [read_gguf(p) for p in paths]
-    verdicts = matrix(infos, devices, ctx=DEMO_CTX)
-    report = ctx.artifacts.get("report_json")
-    recs = [recommend(infos, d, report=report if report and Path(report).is_file() else None, ctx=DEMO_CTX)
-            for d in devices]
-    out = ctx.run.path("budget.json")
-    data = {"ctx": DEMO_CTX, "devices": [asdict(d) for d in devices],
-            "verdicts": [asdict(v) for v in verdicts], "recommendations": [asdict(r) for r in recs]}
-    write_text_atomic(out, json.dumps(data, indent=2, default=str))
-    seconds = time.time() - t0
-    summary = {"variants": len(paths), "devices": [d.key for d in devices],
-               "fits": sum(v.verdict == "fits" for v in verdicts), "pairs": len(verdicts),
-               "recommendations": {r.device: r.choice for r in recs}}
-    ctx.run.record("budget", outputs=[out], inputs=paths, settings={"ctx": DEMO_CTX, "devices": list(DEMO_DEVICES)},
-                   seconds=seconds, summary=summary)
-    ctx.artifacts["budget_json"] = str(out)
-    table = _verdict_rows(verdicts, with_variant=True)
-    table += "\n" + "\n".join(f"recommended on {r.device}: {r.choice or 'none'} ({r.reason})" for r in recs)
-    return StageResult(f"{summary['fits']}/{len(verdicts)} (variant, phone) pairs fit at n_ctx {DEMO_CTX}; "
-                       f"budget.json", table)

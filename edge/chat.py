@@ -23,9 +23,9 @@ from edge.errors import EdgeError
 
 def load_llama(path, n_ctx: int = 2048, n_threads: int = 0, logits_all: bool = False):
     """Open a GGUF with llama-cpp-python after checking it is a complete GGUF."""
-    from edge.export import open_gguf
+    from edge.ggufinfo import read_gguf
 
-    open_gguf(path)  # a one-line error for non-GGUF / truncated files, before llama.cpp sees them
+    read_gguf(path)  # a one-line error for non-GGUF / truncated files, before llama.cpp sees them
     try:
         from llama_cpp import Llama
     except ImportError as e:

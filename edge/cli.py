@@ -20,7 +20,6 @@ import re
 import sys
 import typing
 from dataclasses import asdict, is_dataclass
-from pathlib import Path
 from typing import Callable
 
 from edge.errors import EdgeError
@@ -28,6 +27,7 @@ from edge.errors import EdgeError
 # command name -> (module, function). Modules are imported only when their command runs,
 # so `edge --help` and light commands start fast (torch takes seconds to import).
 COMMANDS: dict[str, tuple[str, str]] = {
+    "run": ("edge.pipeline", "run_cmd"),
     "demo": ("edge.demo", "demo"),
     "convert": ("edge.models", "convert_cmd"),
     "finetune": ("edge.finetune", "finetune_cmd"),
@@ -48,7 +48,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
 
 # One-line summaries for `edge --help`, kept here so help never imports torch.
 SUMMARIES: dict[str, str] = {
-    "demo": "run the whole pipeline on the embedded Gemma 3 270M and print a summary",
+    "run": "your chats -> fine-tune, GGUF variants, scores, phone budgets, a model card (resumable)",
+    "demo": "`edge run` on the bundled task with the embedded Gemma 3 270M, with a summary",
     "convert": "convert the embedded GGUF (or a spec) into a cached Hugging Face checkpoint",
     "finetune": "LoRA fine-tune a Gemma 3 model on chat JSONL",
     "merge": "merge a LoRA adapter into its base model (fp32, checked)",
@@ -74,8 +75,6 @@ def tui_cmd(*, run: str = "", folder: str = "") -> None:
         run: a run folder (from `edge demo --out`) whose variants to show.
         folder: a folder of GGUF files to show instead of a run.
     """
-    root = Path(__file__).resolve().parent.parent
-    sys.path.insert(0, str(root))
     try:
         import tui
     except ImportError as e:  # textual missing or tui.py not shipped
@@ -117,6 +116,9 @@ def _base_type(annotation):
     return None, annotation if annotation in (int, float, str, bool) else str
 
 
+ALIASES = {"--from-stage": ["--from"]}   # short spellings for flags whose names Python reserves
+
+
 def add_function(parser: argparse.ArgumentParser, fn: Callable) -> None:
     """Add one argument per parameter of `fn` to `parser`."""
     sig = inspect.signature(fn)
@@ -126,22 +128,49 @@ def add_function(parser: argparse.ArgumentParser, fn: Callable) -> None:
         container, typ = _base_type(hints.get(name, str))
         help_ = helps.get(name, "").replace("%", "%%")  # argparse formats help with %
         flag = "--" + name.replace("_", "-")
+        flags = [flag] + ALIASES.get(flag, [])
         if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD):
             kw = {"nargs": "?", "default": p.default} if p.default is not p.empty else {}
             parser.add_argument(name, type=typ, help=help_, metavar=name.upper(), **kw)
         elif typ is bool:  # off by default: a plain switch; on by default: --x / --no-x
             on = p.default is not p.empty and bool(p.default)
             action = argparse.BooleanOptionalAction if on else "store_true"
-            parser.add_argument(flag, dest=name, action=action, default=on, help=help_)
+            parser.add_argument(*flags, dest=name, action=action, default=on, help=help_)
         elif container is list:
-            parser.add_argument(flag, dest=name, type=typ, action="append",
+            parser.add_argument(*flags, dest=name, type=typ, action="append",
                                 default=None, help=help_ + " (repeatable)")
         else:
             required = p.default is p.empty
             default = None if required else p.default
             shown = "" if required or default in (None, "") else f" (default: {default})"
-            parser.add_argument(flag, dest=name, type=typ, required=required, default=default,
+            parser.add_argument(*flags, dest=name, type=typ, required=required, default=default,
                                 help=help_ + shown)
+
+
+def argv_for(command: str, fn: Callable, values: dict) -> list[str]:
+    """The command line that gives `fn` these `values`: `add_function` backwards (a launcher
+    that starts `edge` again, e.g. `edge finetune --gpus N` through torchrun, uses it)."""
+    sig = inspect.signature(fn)
+    hints = typing.get_type_hints(fn)
+    argv = [command]
+    for name, p in sig.parameters.items():
+        v = values.get(name, p.default)
+        if v is p.empty or v is None:
+            continue
+        container, typ = _base_type(hints.get(name, str))
+        flag = "--" + name.replace("_", "-")
+        if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD):
+            argv.append(str(v))
+        elif typ is bool:
+            on = p.default is not p.empty and bool(p.default)
+            if bool(v) != on:
+                argv.append(flag if v else "--no-" + name.replace("_", "-"))
+        elif container is list:
+            for item in v:
+                argv += [flag, str(item)]
+        elif v != p.default:
+            argv += [flag, str(v)]
+    return argv
 
 
 def load_command(name: str) -> Callable:

@@ -52,27 +52,33 @@ def parse_chat(obj, where: str) -> Chat:
     return Chat(tuple(msgs))
 
 
-def load_chats(path: str | Path, require_reply: bool = True) -> list[Chat]:
-    """Read a chat JSONL file; errors name the file and line number."""
-    path = Path(path)
-    if not path.is_file():
-        raise EdgeError(f"data file {path} not found; give a chat JSONL file")
+def read_chats(path: str | Path, require_reply: bool = True) -> tuple[list[Chat], str]:
+    """Chats from any supported file and format (edge/chatformats.py), and a line saying what
+    was detected; errors name the file, the line or record, and the field."""
+    from edge.chatformats import read_chat_records
+
+    records, detected = read_chat_records(path)
     chats = []
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise EdgeError(f"{path}:{n}: not valid JSON ({e.msg} at column {e.colno})") from None
-            chat = parse_chat(obj, f"{path}:{n}")
-            chats.append(Chat(chat.messages, n))
-    if not chats:
-        raise EdgeError(f"{path} has no examples; each line needs a {{\"messages\": [...]}} object")
+    for n, (where, obj) in enumerate(records, 1):
+        chat = parse_chat(obj, where)
+        line = where.rsplit(":", 1)[-1]
+        chats.append(Chat(chat.messages, int(line) if line.isdigit() else n))
     if require_reply and not any(c.has_reply for c in chats):
         raise EdgeError(f"{path} has no assistant/model turns to train on")
-    return chats
+    return chats, detected
+
+
+def load_chats(path: str | Path, require_reply: bool = True) -> list[Chat]:
+    """Read chat data (JSONL `messages`, or any format `read_chats` detects)."""
+    return read_chats(path, require_reply)[0]
+
+
+def write_chats(chats: list[Chat], path: str | Path) -> Path:
+    """Chats as `messages` JSONL, written atomically (the run folder's normalized data)."""
+    from edge.fsutil import write_text_atomic
+
+    lines = (json.dumps({"messages": list(c.messages)}, ensure_ascii=False) for c in chats)
+    return write_text_atomic(Path(path), "".join(line + "\n" for line in lines))
 
 
 def render_text(chat: Chat | list[dict], add_generation_prompt: bool = False) -> tuple[str, list[tuple[int, int]]]:

@@ -45,6 +45,7 @@ SHELL_TIMEOUT_S = 60.0
 # attacker, and SHA-1 is about twice as fast as SHA-256 on a CPU without SHA extensions (the
 # laptop side; a phone's ARMv8 crypto instructions do either at over 1 GB/s).
 HASH = "sha1"
+HASH_LABEL = "SHA-1"            # how messages name HASH
 HASH_HEX = hashlib.new(HASH).digest_size * 2
 
 

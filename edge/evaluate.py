@@ -1,4 +1,4 @@
-"""Score GGUF variants against their reference through llama.cpp (llama-cpp-python).
+"""Score GGUF variants against their reference through llama.cpp (llama-cpp-python's C bindings).
 
     from edge.evaluate import evaluate
     rows = evaluate("gguf/ref-F32.gguf", {"Q4_K_XL": "gguf/m-Q4_K_XL.gguf"}, text=held_out_text)
@@ -8,26 +8,31 @@ starts with `<bos>`, as llama-perplexity does), with the same tokens fed to both
 scored positions are every token of plain text; of chats (`edge.data.ChatText`, from a chat
 JSONL), the model's reply tokens only, as in fine-tuning: a fine-tune on replies can be
 confidently wrong about user text it was never trained to predict, and those positions would
-drown the ones its skill lives in.
+drown the ones its skill lives in. Several chunks go through one `llama_decode` as separate
+sequences, and only the scored positions go through the 262,144-row output head
+(edge/llamacpp.py: no private attribute of llama-cpp-python's `Llama`).
 
-- `kld_mean`, `kld_p99`: KL(P_ref || P_variant) of the next-token distributions over the
-  scored positions (natural log, nats); mean and 99th percentile.
-- `top1`: fraction of scored positions where the two argmax tokens agree.
+The statistics are those of `llama-perplexity --kl-divergence` (tools/perplexity/perplexity.cpp):
+- `kld_mean` ± `kld_err` (standard error: sqrt(var / (n - 1))), `kld_median`, `kld_p90`,
+  `kld_p95`, `kld_p99`, `kld_p999`, `kld_max`: KL(P_ref || P_variant) of the next-token
+  distributions over the scored positions, natural log (nats).
+- `top1` ± `top1_err`: "same top token", the fraction of positions where both argmax agree.
+- `n_scored`: how many positions these come from; below `FEW_TOKENS` the report warns.
 - `ppl`: the variant's perplexity on the scored tokens (the reference's on its own row).
 - `size_bytes`, `bpw`: file size, and bits per weight = 8 x tensor bytes / tensor elements.
-- `tok_s`: greedy decode speed on this CPU (tokens after a short prompt, all cores).
+- `tok_s`: greedy decode speed on this CPU (tokens after a short prompt).
 - `task_accuracy`: exact match of greedy replies on a chat eval set (the demo task), stopping
-  on `<end_of_turn>` or `<eos>`; None when no eval set is given.
+  on `<end_of_turn>` or `<eos>`, all chats decoded together as sequences of one batch;
+  None when no eval set is given.
+- `score_seconds`: the time spent scoring this file (KLD only: not the speed or task runs).
 
-The reference's log-probabilities are computed once and kept in memory (n_tokens x 262,144
-floats: 1 MiB per token), so keep the text to a few hundred tokens.
+The reference's log-probabilities are kept in memory (n_scored x 262,144 floats: 1 MiB per
+token), so keep the text to a few thousand tokens.
 """
 
 from __future__ import annotations
 
-import os
 import time
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -35,9 +40,13 @@ import numpy as np
 
 from edge import gemma3
 from edge.errors import EdgeError
+from edge.llamacpp import Model, threads  # noqa: F401 - threads is part of this module's API
 
 DATA = Path(__file__).resolve().parent / "data"
 GENERAL_EVAL = DATA / "general_eval.txt"
+FEW_TOKENS = 200          # below this, a mean KLD's standard error is a large part of it: say so
+N_SEQ = 4                 # chunks decoded together
+MAX_ROWS = 256            # logit rows per decode (1 MiB each on Gemma's 262,144 vocab)
 
 
 @dataclass
@@ -56,49 +65,18 @@ class VariantScore:
     tok_s: float | None
     task_accuracy: float | None = None
     imatrix: bool = False
+    n_scored: int = 0
+    kld_err: float | None = None
+    kld_median: float | None = None
+    kld_p90: float | None = None
+    kld_p95: float | None = None
+    kld_p999: float | None = None
+    kld_max: float | None = None
+    top1_err: float | None = None
+    score_seconds: float | None = None
 
     def as_dict(self) -> dict:
         return asdict(self)
-
-
-def threads() -> int:
-    """Threads for llama.cpp: the cores not already busy (at least 1).
-
-    llama.cpp's worker threads spin while they wait for each other; on a CPU shared with other
-    work that turns into a convoy (measured here at load 13 on 2 cores: 2 threads decoded
-    0.36 tok/s, 1 thread 4.1 tok/s). `EDGE_THREADS` overrides.
-    """
-    if os.environ.get("EDGE_THREADS"):
-        return max(1, int(os.environ["EDGE_THREADS"]))
-    n = os.cpu_count() or 1
-    try:
-        busy = round(os.getloadavg()[0])
-    except OSError:  # not available on this platform
-        busy = 0
-    return max(1, min(n, n - busy))
-
-
-@contextmanager
-def _llama(path: Path, n_ctx: int, logits_all: bool):
-    try:
-        from llama_cpp import Llama
-    except ImportError as e:  # pragma: no cover
-        raise EdgeError(f"llama-cpp-python is not importable ({e}); run the README's set-up") from None
-    path = Path(path)
-    if not path.is_file():
-        raise EdgeError(f"GGUF {path} not found")
-    from llama_cpp import _logger
-
-    _logger.set_verbose(False)  # llama.cpp's info/warning lines (e.g. the SWA cache notice) stay quiet
-    try:
-        llm = Llama(model_path=str(path), n_ctx=n_ctx, n_batch=n_ctx, n_ubatch=n_ctx, logits_all=logits_all,
-                    n_threads=threads(), n_threads_batch=threads(), verbose=False)
-    except ValueError as e:
-        raise EdgeError(f"llama.cpp cannot load {path}: {e}; is it a complete GGUF?") from None
-    try:
-        yield llm
-    finally:
-        llm.close()
 
 
 def gguf_stats(path: str | Path) -> tuple[int, float]:
@@ -111,29 +89,9 @@ def gguf_stats(path: str | Path) -> tuple[int, float]:
     return info.size_bytes, 8.0 * nbytes / max(1, nelem)
 
 
-def _decode(llm, tokens: list[int], n_past: int, rows: np.ndarray | None = None) -> np.ndarray:
-    """One llama_decode of `tokens` at position `n_past`: the logits at the positions in `rows`
-    (in order), or of the last token. Only those rows go through the output head, which on
-    Gemma 3 (262,144 x 640 for the 270M) costs as much per position as the rest of the model."""
-    batch = llm._batch
-    batch.set_batch(batch=tokens, n_past=n_past, logits_all=False)
-    if rows is not None:
-        batch.batch.logits[len(tokens) - 1] = False
-        for i in rows:
-            batch.batch.logits[int(i)] = True
-    llm._ctx.decode(batch)
-    n = 1 if rows is None else len(rows)
-    return np.ctypeslib.as_array(llm._ctx.get_logits(), shape=(n, llm.n_vocab()))
-
-
-def _clear(llm) -> None:
-    llm.reset()
-    llm._ctx.kv_cache_seq_rm(-1, 0, -1)
-
-
 @dataclass
 class Chunk:
-    """Tokens fed to both models in one llama_decode (the first is `<bos>`), and the logit rows
+    """Tokens fed to both models as one sequence (the first is `<bos>`), and the logit rows
     scored: row i predicts tokens[i + 1]."""
 
     tokens: list[int]
@@ -146,7 +104,8 @@ class Chunk:
 
 def _scored_tokens(llm, text: str) -> tuple[list[int], np.ndarray]:
     """Token ids of `text` and which of them are scored as targets: all of plain text; of a
-    `ChatText`, the model's replies (its chat markers tokenized as the special tokens)."""
+    `ChatText`, the model's replies (its chat markers tokenized as the special tokens).
+    `llm`: anything with tokenize(bytes, add_bos, special) and detokenize(ids, special)."""
     from edge.data import ChatText
 
     raw = text.encode("utf-8")
@@ -191,6 +150,14 @@ def chunk_tokens(llm, text: str, n_tokens: int, ctx: int) -> list[Chunk]:
     return out
 
 
+def few_tokens_warning(n_scored: int) -> str:
+    """The report's warning when the scores rest on few positions ('' when enough)."""
+    if n_scored >= FEW_TOKENS:
+        return ""
+    return (f"the KLD figures come from only {n_scored} scored tokens (fewer than {FEW_TOKENS}): their error "
+            "bars are wide and small differences between variants mean nothing; give a longer --text")
+
+
 def _log_softmax(x: np.ndarray) -> np.ndarray:
     x = x.astype(np.float32, copy=True)
     x -= x.max(axis=-1, keepdims=True)
@@ -198,17 +165,44 @@ def _log_softmax(x: np.ndarray) -> np.ndarray:
     return x
 
 
-def logprobs(llm, chunks: list[Chunk]) -> list[np.ndarray]:
-    """Log-softmax of the next-token logits at the scored positions of every chunk."""
-    out = []
-    for c in chunks:
-        _clear(llm)
-        out.append(_log_softmax(_decode(llm, c.tokens, 0, c.rows)))
+def _groups(chunks: list[Chunk], ctx: int) -> list[list[int]]:
+    """Chunk indices packed into decodes of at most N_SEQ sequences, N_SEQ x ctx tokens and
+    MAX_ROWS logit rows."""
+    out, cur, toks, rows = [], [], 0, 0
+    for i, c in enumerate(chunks):
+        if cur and (len(cur) == N_SEQ or toks + len(c.tokens) > N_SEQ * ctx or rows + len(c.rows) > MAX_ROWS):
+            out.append(cur)
+            cur, toks, rows = [], 0, 0
+        cur.append(i)
+        toks += len(c.tokens)
+        rows += len(c.rows)
+    return out + [cur] if cur else out
+
+
+def scoring_context(model: Model, chunks: list[Chunk], ctx: int):
+    """A llama.cpp context sized for `logprobs` of these chunks."""
+    return model.context(n_ctx=N_SEQ * ctx, n_seq=N_SEQ, n_batch=N_SEQ * ctx,
+                         n_outputs=max(1, min(MAX_ROWS, max(sum(len(chunks[i].rows) for i in g)
+                                                            for g in _groups(chunks, ctx)))))
+
+
+def logprobs(context, chunks: list[Chunk], ctx: int) -> list[np.ndarray]:
+    """Log-softmax of the next-token logits at the scored positions of every chunk; several
+    chunks per llama_decode, each its own sequence starting at position 0."""
+    out: list[np.ndarray | None] = [None] * len(chunks)
+    for group in _groups(chunks, ctx):
+        context.clear()
+        logits = context.decode([(s, chunks[i].tokens, chunks[i].rows) for s, i in enumerate(group)])
+        at = 0
+        for i in group:
+            k = len(chunks[i].rows)
+            out[i] = _log_softmax(logits[at:at + k])
+            at += k
     return out
 
 
 def compare(ref: list[np.ndarray], var: list[np.ndarray], chunks: list[Chunk]) -> dict:
-    """KLD(ref || var) mean and p99, top-1 agreement, variant perplexity."""
+    """llama-perplexity's KL-divergence statistics of var against ref, and var's perplexity."""
     klds, agree, nll = [], [], []
     for r, v, c in zip(ref, var, chunks):
         kl = (np.exp(r) * (r - v)).sum(axis=-1)
@@ -216,45 +210,73 @@ def compare(ref: list[np.ndarray], var: list[np.ndarray], chunks: list[Chunk]) -
         agree.append(r.argmax(-1) == v.argmax(-1))
         targets = c.targets
         nll.append(-v[np.arange(len(targets)), targets])
-    kld = np.concatenate(klds)
-    return {"kld_mean": float(kld.mean()), "kld_p99": float(np.percentile(kld, 99)),
-            "top1": float(np.concatenate(agree).mean()), "ppl": float(np.exp(np.concatenate(nll).mean()))}
+    kld = np.concatenate(klds).astype(np.float64)
+    same = np.concatenate(agree).astype(np.float64)
+    n = len(kld)
+    mean, top = float(kld.mean()), float(same.mean())
+    err = float(np.sqrt(max(0.0, (kld * kld).mean() - mean * mean) / (n - 1))) if n > 1 else None
+    top_err = float(np.sqrt(top * (1 - top) / (n - 1))) if n > 1 else None
+    pct = np.percentile(kld, [50, 90, 95, 99, 99.9])
+    return {"kld_mean": mean, "kld_err": err, "kld_median": float(pct[0]), "kld_p90": float(pct[1]),
+            "kld_p95": float(pct[2]), "kld_p99": float(pct[3]), "kld_p999": float(pct[4]),
+            "kld_max": float(kld.max()), "top1": top, "top1_err": top_err, "n_scored": n,
+            "ppl": float(np.exp(np.concatenate(nll).mean()))}
 
 
-def decode_speed(llm, n_tokens: int = 64, prompt: str = "The history of the") -> float:
-    """Greedy decode tokens per second after a short prompt."""
-    _clear(llm)
-    ids = llm.tokenize(prompt.encode(), add_bos=True)
-    tok = int(_decode(llm, ids, 0)[0].argmax())
-    n_past = len(ids)
-    t0 = time.perf_counter()
-    for _ in range(n_tokens):
-        tok = int(_decode(llm, [tok], n_past)[0].argmax())
-        n_past += 1
-    return n_tokens / (time.perf_counter() - t0)
+def decode_speed(model: Model, n_tokens: int = 64, prompt: str = "The history of the") -> float:
+    """Greedy decode tokens per second after a short prompt (one sequence, as a phone app runs)."""
+    ids = model.tokenize(prompt.encode(), add_bos=True)
+    with model.context(n_ctx=len(ids) + n_tokens + 8, n_seq=1, n_outputs=1) as c:
+        tok = int(c.decode([(0, ids, [len(ids) - 1])])[0].argmax())
+        n_past = len(ids)
+        t0 = time.perf_counter()
+        for _ in range(n_tokens):
+            tok = int(c.decode([(0, [tok], [0], n_past)])[0].argmax())
+            n_past += 1
+        return n_tokens / (time.perf_counter() - t0)
 
 
-def task_accuracy(llm, chats, max_new_tokens: int = 16) -> tuple[float, list[tuple[str, str]]]:
-    """Exact match of greedy llama.cpp replies on chat eval examples (the demo task's metric)."""
+def task_accuracy(model: Model, chats, max_new_tokens: int = 16, n_seq: int = 16) -> tuple[float, list[tuple[str, str]]]:
+    """Exact match of greedy llama.cpp replies on chat eval examples (the demo task's metric).
+
+    Up to `n_seq` chats decode together, each its own sequence: one llama_decode per generated
+    token for all of them (the output head is read once per step, not once per chat)."""
     from edge.data import load_chats, render_text
     from edge.task import split_prompt
 
     if not isinstance(chats, list):
         chats = load_chats(chats)
     stops = {gemma3.END_OF_TURN_ID, gemma3.EOS_ID}
-    pairs = []
+    prompts, refs = [], []
     for chat in chats:
         prompt, ref = split_prompt(chat)
         text, _ = render_text(prompt, add_generation_prompt=True)
-        ids = llm.tokenize(text.encode("utf-8"), add_bos=True, special=True)
-        _clear(llm)
-        tok = int(_decode(llm, ids, 0)[0].argmax())
-        n_past, out = len(ids), []
-        while tok not in stops and len(out) < max_new_tokens:
-            out.append(tok)
-            tok = int(_decode(llm, [tok], n_past)[0].argmax())
-            n_past += 1
-        pairs.append((llm.detokenize(out).decode("utf-8", "replace").strip(), ref))
+        prompts.append(model.tokenize(text.encode("utf-8"), add_bos=True, special=True))
+        refs.append(ref)
+    replies: list[list[int]] = [[] for _ in chats]
+    for start in range(0, len(chats), n_seq):
+        group = list(range(start, min(len(chats), start + n_seq)))
+        width = max(len(prompts[i]) for i in group) + max_new_tokens
+        n_batch = max(width, sum(len(prompts[i]) for i in group))
+        with model.context(n_ctx=len(group) * width, n_seq=len(group), n_batch=n_batch, n_outputs=len(group)) as c:
+            logits = c.decode([(s, prompts[i], [len(prompts[i]) - 1]) for s, i in enumerate(group)])
+            nxt = {s: int(logits[k].argmax()) for k, s in enumerate(range(len(group)))}
+            pos = {s: len(prompts[i]) for s, i in enumerate(group)}
+            while True:
+                live = [s for s, tok in nxt.items() if tok not in stops and len(replies[group[s]]) < max_new_tokens]
+                if not live:
+                    break
+                for s in live:
+                    replies[group[s]].append(nxt[s])
+                live = [s for s in live if len(replies[group[s]]) < max_new_tokens]
+                if not live:
+                    break
+                logits = c.decode([(s, [nxt[s]], [0], pos[s]) for s in live])
+                for k, s in enumerate(live):
+                    nxt[s] = int(logits[k].argmax())
+                    pos[s] += 1
+                nxt = {s: nxt[s] for s in live}
+    pairs = [(model.detokenize(r).decode("utf-8", "replace").strip(), ref) for r, ref in zip(replies, refs)]
     return sum(g == r for g, r in pairs) / max(1, len(pairs)), pairs
 
 
@@ -279,18 +301,22 @@ def evaluate(ref_gguf: str | Path, variants: dict, *, text: str | None = None, n
     for name, (path, recipe, imat) in bar:
         bar.set_postfix_str(name)
         size, bpw = gguf_stats(path)
-        with _llama(path, ctx, False) as llm:
+        with Model(path) as model:
+            t0 = time.perf_counter()
             if ref_lp is None:
-                chunks = chunk_tokens(llm, text, n_tokens, ctx)
-                ref_lp = logprobs(llm, chunks)
+                chunks = chunk_tokens(model, text, n_tokens, ctx)
+                with scoring_context(model, chunks, ctx) as c:
+                    ref_lp = logprobs(c, chunks, ctx)
                 metrics = compare(ref_lp, ref_lp, chunks)
             else:
-                metrics = compare(ref_lp, logprobs(llm, chunks), chunks)
-            tok_s = decode_speed(llm, speed_tokens) if speed_tokens else None
-            acc = task_accuracy(llm, chats)[0] if chats else None
+                with scoring_context(model, chunks, ctx) as c:
+                    metrics = compare(ref_lp, logprobs(c, chunks, ctx), chunks)
+            seconds = time.perf_counter() - t0
+            tok_s = decode_speed(model, speed_tokens) if speed_tokens else None
+            acc = task_accuracy(model, chats)[0] if chats else None
         rows.append(VariantScore(name=name, recipe=recipe, path=str(path), size_bytes=size, bpw=round(bpw, 3),
                                  tok_s=None if tok_s is None else round(tok_s, 1), task_accuracy=acc,
-                                 imatrix=imat, **metrics))
+                                 imatrix=imat, score_seconds=round(seconds, 2), **metrics))
     return rows
 
 

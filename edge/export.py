@@ -533,16 +533,22 @@ def _add_metadata(w, cfg: dict, vocab: Vocab, template: str, file_type, provenan
     w.add_name(name)
     w.add_file_type(int(file_type))
     w.add_quantization_version(g.GGML_QUANT_VERSION)
+    if provenance.get("basename"):
+        w.add_basename(str(provenance["basename"]))
+    if provenance.get("size_label"):
+        w.add_size_label(str(provenance["size_label"]))
     if provenance.get("base_model"):
         w.add_base_model_count(1)
         w.add_base_model_name(0, str(provenance["base_model"]))
+        if "/" in str(provenance["base_model"]):
+            w.add_base_model_repo_url(0, f"https://huggingface.co/{provenance['base_model']}")
     if provenance.get("dataset"):
         w.add_dataset_count(1)
         w.add_dataset_name(0, str(provenance["dataset"]))
     # toolkit-specific provenance: general.edge.* (GGUF allows any key; readers skip unknown ones)
     w.add_string("general.edge.toolkit_version", __version__)
     for key, value in provenance.items():
-        if key not in ("name", "base_model", "dataset") and value not in (None, ""):
+        if key not in ("name", "basename", "size_label", "base_model", "dataset") and value not in (None, ""):
             w.add_string(f"general.edge.{key}", str(value))
 
     w.add_context_length(cfg["max_position_embeddings"])
@@ -585,7 +591,10 @@ def _add_metadata(w, cfg: dict, vocab: Vocab, template: str, file_type, provenan
 
 
 def default_provenance(model_dir: Path, cfg: dict) -> dict:
-    """What we can say about where a checkpoint came from, from its own files."""
+    """What we can say about where a checkpoint came from, from its own files; public names
+    only (a hub id, a folder or file name), never a local path."""
+    from edge.models import public_identity
+
     prov: dict = {"name": model_dir.name}
 
     def read(path: Path) -> dict:
@@ -597,19 +606,25 @@ def default_provenance(model_dir: Path, cfg: dict) -> dict:
 
     src = read(model_dir / "edge_source.json")  # the embedded model's conversion record
     if src:
-        prov["base_model"] = f"{src.get('source')} ({src.get('gguf')}, dequantized to {src.get('dequantized_to')})"
+        prov["base_model"] = public_identity("embedded")["base_model"]
+        prov["base_model_source"] = f"{src.get('source')} ({src.get('gguf')}, dequantized to {src.get('dequantized_to')})"
     merge = read(model_dir / "edge_merge.json")  # written by `edge merge`
     if merge:
         base = merge.get("base")
-        prov["base_model"] = (base.get("path") if isinstance(base, dict) else base) or prov.get("base_model", "")
+        spec = base.get("spec") if isinstance(base, dict) else None
+        path = base.get("path") if isinstance(base, dict) else base
+        if spec or path:
+            prov["base_model"] = public_identity(spec or path, Path(path) if path else None)["base_model"]
         if merge.get("adapter"):
             adapter = Path(merge["adapter"])
-            prov["adapter"] = str(adapter)
+            prov["adapter"] = adapter.name
             data = read(adapter / "edge_adapter.json").get("data") or {}
             if isinstance(data, dict) and data.get("path"):
                 prov["dataset"] = Path(data["path"]).name
                 prov["dataset_sha256"] = data.get("sha256", "")
-    prov.setdefault("base_model", cfg.get("_name_or_path") or cfg.get("_model_name_or_path") or "")
+    if "base_model" not in prov:
+        name = cfg.get("_name_or_path") or cfg.get("_model_name_or_path") or ""
+        prov["base_model"] = public_identity(name, model_dir)["base_model"] if name else ""
     return prov
 
 
@@ -745,11 +760,6 @@ def modelfile_text(gguf_name: str) -> str:
     ])
 
 
-def open_gguf(path) -> GGUFInfo:
-    """A complete GGUF's header, or EdgeError saying what is wrong with the file."""
-    return read_gguf(path)
-
-
 def inspect_gguf(path) -> dict:
     info = read_gguf(path)
     g = _gguf()
@@ -778,8 +788,16 @@ def inspect_gguf(path) -> dict:
         "tensor_bytes": tensor_bytes,
         "bits_per_weight": round(tensor_bytes * 8 / n_params, 3) if n_params else None,
         "tensor_types": types,
+        "arm_repack": _arm_repack(info),
         "metadata": meta,
     }
+
+
+def _arm_repack(info) -> str:
+    """Which matrices llama.cpp repacks at load on an ARM CPU with dotprod/i8mm (quantize/repack.py)."""
+    from quantize.repack import label
+
+    return label([(t.name, t.type, tuple(int(d) for d in t.shape)) for t in info.tensors])
 
 
 def inspect_cmd(file: str, *, json: bool = False) -> dict:
@@ -798,6 +816,7 @@ def inspect_cmd(file: str, *, json: bool = False) -> dict:
     print("\ntensor type   tensors      params       MB")
     for name, e in sorted(info["tensor_types"].items(), key=lambda kv: -kv[1]["bytes"]):
         print(f"{name:<12} {e['tensors']:>8} {e['params']:>11,} {e['bytes'] / 1e6:>8.1f}")
+    print(f"\nARM phones: {info['arm_repack']}")
     print("\nmetadata")
     width = max(map(len, info["metadata"]), default=0)
     for k, v in info["metadata"].items():
@@ -847,43 +866,3 @@ def export_cmd(*, model: str, out: str, outtype: str = "f32", force: bool = Fals
         print(f"{len(result.f16_fallback)} tensor(s) kept in F16 (rows not a multiple of 32)")
     print(f"wrote {result.modelfile}; try: edge chat {result.path} --prompt 'Hello'")
     return None
-
-
-def demo_stage(ctx):
-    """Export the merged (or embedded) model to gguf/ref-F32.gguf and chat with it once."""
-    from edge.demo import StageResult
-    from edge.models import resolve
-
-    src = ctx.artifacts.get("merged_dir")
-    model_dir = Path(src) if src else resolve(ctx.model)
-    out = ctx.run.path("gguf", "ref-F32.gguf")
-    prov = {}
-    if ctx.artifacts.get("adapter_dir"):
-        prov["adapter"] = Path(ctx.artifacts["adapter_dir"]).name
-    for k in ("dataset", "dataset_sha256", "base_model"):
-        if ctx.artifacts.get(k):
-            prov[k] = ctx.artifacts[k]
-    res = export_gguf(model_dir, out, "f32", provenance=prov, force=True, progress=True)
-    ctx.artifacts["ref_gguf"] = str(out)
-    ctx.artifacts["export_dir"] = str(out.parent)
-    print(f"exported {model_dir.name} -> {out} ({res.size_bytes / 1e6:.0f} MB) in {res.seconds} s")
-
-    from edge.chat import complete
-
-    messages, expected = [{"role": "user", "content": "What is the capital of France?"}], None
-    if src:  # a fine-tuned model: ask it one held-out question of the demo task
-        from edge.data import load_chats
-        from edge.task import EVAL, split_prompt
-
-        messages, expected = split_prompt(load_chats(EVAL)[0])
-    reply = complete(out, messages, max_tokens=16, greedy=True)
-    prompt = messages[-1]["content"]
-    print(f"llama.cpp chat check (greedy): {prompt!r} -> {reply['text']!r}"
-          + (f" (expected {expected!r})" if expected is not None else "")
-          + f", {reply['tokens_per_s']:.1f} tok/s")
-    ctx.run.record("export", outputs=[out, Path(res.modelfile)], inputs=[],
-                   settings={"outtype": "f32", "model_dir": str(model_dir)}, seconds=res.seconds,
-                   summary={**asdict(res), "chat_prompt": prompt, "chat_reply": reply["text"],
-                            "chat_expected": expected})
-    return StageResult(summary=f"ref-F32.gguf {res.size_bytes / 1e6:.0f} MB in {res.seconds:.0f} s; "
-                               f"chats: {reply['text'][:40]!r}")

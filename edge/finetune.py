@@ -96,6 +96,14 @@ class LoraSettings:
             raise EdgeError(f"--targets {', '.join(bad) or '(none)'} not known; use some of {', '.join(DEFAULT_TARGETS)}")
 
 
+def _setting(name: str) -> str:
+    """How an error names a setting: its `edge finetune` flag, or else the TrainSettings field."""
+    import inspect
+
+    flag = name in inspect.signature(finetune_cmd).parameters
+    return f"--{name.replace('_', '-')}" if flag else f"TrainSettings.{name}"
+
+
 @dataclass
 class TrainSettings:
     """Optimisation settings; 0 or -1 means "pick from the other settings"."""
@@ -123,21 +131,24 @@ class TrainSettings:
     full: bool = False               # train every weight instead of a LoRA adapter (--full)
     memory: str = "auto"             # fast | lean | auto (by model size and free GPU memory) (--memory)
     epochs: float = 0.0              # > 0: train this many passes over the training chats instead of `steps`
+    micro_batch: int = 0             # chats per forward/backward pass in each process; 0: all of its share (--micro-batch)
 
     def __post_init__(self):
         for name in ("steps", "batch_size", "grad_accum", "chunk_rows", "keep"):
             if getattr(self, name) < 1:
-                raise EdgeError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+                raise EdgeError(f"{_setting(name)} must be >= 1, got {getattr(self, name)}")
         if not (self.lr > 0 and math.isfinite(self.lr)):
             raise EdgeError(f"--lr must be a positive number, got {self.lr}")
         if not 0.0 <= self.eval_fraction < 0.5:
             raise EdgeError(f"--eval-fraction must be in [0, 0.5), got {self.eval_fraction}")
+        if self.micro_batch < 0:
+            raise EdgeError(f"--micro-batch must be >= 0, got {self.micro_batch}")
         if self.max_len < 0:
             raise EdgeError(f"--max-len must be >= 0, got {self.max_len}")
         if self.memory_budget is not None and not 0.0 <= self.memory_budget <= 1.0:
             raise EdgeError(f"--memory-budget must be in [0, 1], got {self.memory_budget}")
         if not (self.loss_scale >= 1 and math.isfinite(self.loss_scale)):
-            raise EdgeError(f"--loss-scale must be a number >= 1, got {self.loss_scale}")
+            raise EdgeError(f"{_setting('loss_scale')} must be a number >= 1, got {self.loss_scale}")
         if self.memory not in MEMORY_MODES:
             raise EdgeError(f"--memory must be one of {', '.join(MEMORY_MODES)}, got {self.memory!r}")
         if not (self.epochs >= 0 and math.isfinite(self.epochs)):
@@ -774,10 +785,25 @@ def latest_checkpoint(out: Path) -> Path | None:
 def save_adapter(model, dest: Path, meta: dict) -> None:
     model.save_pretrained(dest, safe_serialization=True)
     (dest / META).write_text(json.dumps(meta, indent=2, default=str))
+    public_base_name(dest / "adapter_config.json", meta.get("base", {}))
+
+
+def public_base_name(config: Path, base: dict) -> None:
+    """peft records the base's local path in adapter_config.json; a shared adapter names it by
+    its public id instead (edge_adapter.json keeps the path and fingerprint for `edge merge`)."""
+    from edge.models import public_identity
+
+    if not config.is_file():
+        return
+    cfg = json.loads(config.read_text())
+    path = base.get("path")
+    cfg["base_model_name_or_path"] = public_identity(base.get("spec", ""), Path(path) if path else None)["base_model"]
+    config.write_text(json.dumps(cfg, indent=2, sort_keys=True))
 
 
 def save_checkpoint(out: Path, model, optimizer, scheduler, scaler, stream: BatchStream, step: int, meta: dict,
-                    keep: int, full: bool = False, masters: MasterWeights | None = None) -> Path:
+                    keep: int, extra: dict | None = None, full: bool = False,
+                    masters: MasterWeights | None = None) -> Path:
     """Write checkpoints/step-NNNNNN atomically; a failure leaves earlier checkpoints intact."""
     import torch
 
@@ -788,6 +814,7 @@ def save_checkpoint(out: Path, model, optimizer, scheduler, scaler, stream: Batc
         "scaler": scaler.state_dict(),  # {} unless fp16
         "rng_cpu": torch.get_rng_state(),
         "rng_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        **(extra or {}),  # several processes: each one's random state (edge.distributed)
     }
     try:
         with atomic_dir(dest, force=True) as tmp:
@@ -902,26 +929,30 @@ def plot_losses(log_file: Path, png: Path) -> None:
 
 
 class _StopFlag:
-    """Ctrl-C sets a flag checked at step boundaries; a second Ctrl-C interrupts at once."""
+    """Ctrl-C or SIGTERM sets a flag checked at step boundaries; a second one interrupts at once
+    (`hard`; off under a launcher, which passes the terminal's Ctrl-C on as a second signal)."""
 
-    def __init__(self):
-        self.set = False
-        self._old = None
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self, hard: bool = True):
+        self.set, self.hard = False, hard
+        self._old = {}
 
     def __enter__(self):
         if threading.current_thread() is threading.main_thread():
-            self._old = signal.getsignal(signal.SIGINT)
-            signal.signal(signal.SIGINT, self._handler)
+            for s in self.SIGNALS:
+                self._old[s] = signal.getsignal(s)
+                signal.signal(s, self._handler)
         return self
 
     def _handler(self, signum, frame):
-        if self.set:
+        if self.set and self.hard:
             raise KeyboardInterrupt
         self.set = True
 
     def __exit__(self, *exc):
-        if self._old is not None:
-            signal.signal(signal.SIGINT, self._old)
+        for s, old in self._old.items():
+            signal.signal(s, old)
 
 
 def train(*, model: str = "embedded", data: str | Path, out: str | Path, lora: LoraSettings | None = None,
@@ -934,11 +965,15 @@ def train(*, model: str = "embedded", data: str | Path, out: str | Path, lora: L
     import torch
     from tqdm import tqdm
 
+    from edge import distributed
     from edge.data import load_chats
     from edge.models import load
 
     lora, settings = lora or LoraSettings(), settings or TrainSettings()
     out = Path(out)
+    dist = distributed.current()  # one process, or one of several (torchrun): edge.distributed
+    if not dist.is_main:
+        say, progress = (lambda s: None), False
     base = base_identity(model)
     ckpt, state = None, None
     if resume:
@@ -958,12 +993,15 @@ def train(*, model: str = "embedded", data: str | Path, out: str | Path, lora: L
         settings = saved
         precision = meta.get("precision_asked", precision)
         state = torch.load(ckpt / STATE, weights_only=True)
+        note = dist.check_resume(state, ckpt, lora.dropout)  # another number of processes: edge.distributed
+        if note:
+            say(note)
         if state["step"] >= settings.steps:
             raise EdgeError(f"--resume: {ckpt} is already at step {state['step']} of {settings.steps}; "
                             "pass a larger --steps to train further")
     else:
         check_writable(out, force)
-        if out.exists() and force:
+        if out.exists() and force and dist.is_main:
             for name in (CHECKPOINTS,):
                 shutil.rmtree(out / name, ignore_errors=True)
             for name in (LOG, PLOT, META, "adapter_model.safetensors", "adapter_config.json") + FULL_FILES:
@@ -983,6 +1021,7 @@ def train(*, model: str = "embedded", data: str | Path, out: str | Path, lora: L
     train_set, eval_set = split_examples(examples, settings.eval_fraction, settings.seed)
     if not train_set:
         raise EdgeError(f"{data}: no training examples left after the held-out split; add data or lower --eval-fraction")
+    dist.check_settings(settings)
     if settings.epochs > 0 and state is None:
         settings.steps = settings.steps_for_epochs(len(train_set))
     per_step = settings.batch_size * settings.grad_accum
@@ -1009,6 +1048,7 @@ def train(*, model: str = "embedded", data: str | Path, out: str | Path, lora: L
         use_compile_cache()
         budget = settings.memory_budget
         compile_layers(net, auto_memory_budget(base_model) if budget is None else budget)
+    loss_fn = dist.wrap(net, reply_loss)  # several processes: DDP, gradients summed over them
     named_params = [(name, q) for name, q in net.named_parameters() if q.requires_grad]
     params = [q for _, q in named_params]
     masters = MasterWeights(params) if settings.full and p.dtype != torch.float32 else None
@@ -1047,6 +1087,7 @@ def train(*, model: str = "embedded", data: str | Path, out: str | Path, lora: L
         if state["rng_cuda"] and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state["rng_cuda"])
         stream = BatchStream(train_set, settings.batch_size, settings.seed, state["epoch"], state["index"])
+        dist.restore_rng(state)
         start = state["step"]
         say(f"resuming from {ckpt} (step {start})")
 
@@ -1054,8 +1095,9 @@ def train(*, model: str = "embedded", data: str | Path, out: str | Path, lora: L
             "train": asdict(settings), "precision": p.name,
             "precision_asked": precision, "data": {"path": str(Path(data).resolve()), "sha256": sha256_file(Path(data)),
                                                    "train": len(train_set), "eval": len(eval_set)}}
+    dist.barrier()  # every process has checked OUT before process 0, which alone writes there, starts
     out.mkdir(parents=True, exist_ok=True)
-    log_file = out / LOG
+    log_file = out / LOG if dist.is_main else Path(os.devnull)
     if state is None:
         log_file.write_text("")
     else:  # drop log lines past the checkpoint (written after it, before the interruption)
@@ -1067,20 +1109,21 @@ def train(*, model: str = "embedded", data: str | Path, out: str | Path, lora: L
     tokens_seen, t0, marks = 0, time.time(), []
     stopped, train_loss, eval_loss = "done", None, None
     bar = tqdm(total=settings.steps, initial=start, desc="fine-tune", unit="step", disable=not progress, dynamic_ncols=True)
-    with _StopFlag() as flag, open(log_file, "a", encoding="utf-8") as log:
+    with _StopFlag(hard=not dist.active) as flag, open(log_file, "a", encoding="utf-8") as log:
         step = start
         while step < settings.steps:
             opt.zero_grad(set_to_none=True)
-            micro = [stream.next() for _ in range(settings.grad_accum)]
-            n_label = sum(x != IGNORE for b in micro for e in b for x in e.labels[1:])
+            # this process's micro-batches of the global batch; n_label: label tokens of the global batch
+            micro, n_label = dist.step_batches(stream, settings)
             step_loss, step_tokens = 0.0, 0
-            for batch in micro:
+            for i, batch in enumerate(micro):
                 ids, att, lab, pos, n_real = make_batch(batch, dev, pad_multiple, settings.pack)
-                loss_sum, _ = reply_loss(net, ids, att, lab, chunk_rows, use_compile, position_ids=pos)
-                scaler.scale(loss_sum / n_label).backward()
+                with dist.accumulating(more=i < len(micro) - 1):  # gradients sync after the last
+                    loss_sum, _ = loss_fn(ids, att, lab, chunk_rows, use_compile, position_ids=pos)
+                    scaler.scale(loss_sum / n_label).backward()
                 step_loss += float(loss_sum.detach())
                 step_tokens += n_real  # real tokens only, never padding
-            step_loss /= n_label
+            step_loss, step_tokens = dist.sum_step(step_loss / n_label, step_tokens)  # over all processes
             missing = [name for name, q in named_params if q.grad is None]
             if missing:  # a broken autograd graph: the step would silently train nothing
                 bar.close()
@@ -1137,16 +1180,16 @@ def train(*, model: str = "embedded", data: str | Path, out: str | Path, lora: L
             bar.update(1)
             if callback is not None:
                 callback(step, net, record)
-            interrupted = flag.set
+            interrupted = dist.any(flag.set)  # a stop asked of any process stops all of them after this step
             if step % settings.save_interval == 0 or step == settings.steps or interrupted:
-                last_ckpt = save_checkpoint(out, net, opt, sched, scaler, stream, step, meta, settings.keep,
-                                            settings.full, masters)
+                last_ckpt = dist.save(save_checkpoint, out, net, opt, sched, scaler, stream, step, meta, settings.keep,
+                                      full=settings.full, masters=masters)
             if interrupted:
                 stopped = "interrupted"
                 break
     bar.close()
     seconds = time.time() - t0
-    if stopped == "done":
+    if stopped == "done" and dist.is_main:
         import tempfile
 
         tmp = Path(tempfile.mkdtemp(prefix=".final.", dir=out))  # write beside, then rename file by file
@@ -1160,9 +1203,11 @@ def train(*, model: str = "embedded", data: str | Path, out: str | Path, lora: L
                 os.replace(f, out / f.name)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
-    if use_compile and step - start >= 2:
+    if use_compile and step - start >= 2 and dist.is_main:
         remember_compiled(compile_key)
-    plot_losses(log_file, out / PLOT)
+    if dist.is_main:
+        plot_losses(log_file, out / PLOT)
+    dist.barrier()
     net.eval()
     return TrainResult(out=str(out), steps=step, start_step=start, train_loss=train_loss, eval_loss=eval_loss,
                        tokens_per_s=tokens_seen / seconds if seconds > 0 else 0.0, seconds=seconds, precision=p.name,
@@ -1184,7 +1229,7 @@ def finetune_cmd(*, data: str, out: str, model: str = "embedded", steps: int | N
                  targets: list[str] | None = None, max_len: int = 0, eval_fraction: float = 0.1, save_every: int = 0,
                  grad_checkpointing: bool = False, memory_budget: float | None = None, seed: int = 0,
                  json: bool = False, pack: bool = True, full: bool = False, epochs: float | None = None,
-                 memory: str = "auto", compile: str = "auto") -> dict:
+                 memory: str = "auto", compile: str = "auto", gpus: int = 0, micro_batch: int = 0) -> dict | None:
     """Fine-tune a Gemma 3 model on chat JSONL (LoRA, or every weight with --full); the loss is
     on the model's replies only.
 
@@ -1200,7 +1245,7 @@ def finetune_cmd(*, data: str, out: str, model: str = "embedded", steps: int | N
         precision: auto, bf16, fp16 or fp32 (`edge precision` shows what auto picks).
         resume: continue from the newest checkpoint in OUT (same model and data settings).
         force: overwrite an existing OUT that is not being resumed.
-        batch_size: chats per step.
+        batch_size: chats per step (the global batch: with several GPUs they split it).
         lr: peak learning rate (AdamW, linear warm-up then cosine decay); default 2e-4 for LoRA,
             5e-5 with --full (Google's Gemma full fine-tuning guide).
         rank: LoRA rank (default 16).
@@ -1227,7 +1272,14 @@ def finetune_cmd(*, data: str, out: str, model: str = "embedded", steps: int | N
         compile: torch.compile the layers on a GPU: on, off, or auto (on when this model compiled
             here before, so torch's caches are warm, or when the job is long enough to pay for a
             first compile; eager otherwise); the log says which and why.
+        gpus: train on N GPUs, one process each, started through torchrun (default: one; under
+            torchrun or accelerate launch: as many as they started). The result is the same.
+        micro_batch: chats per forward/backward pass on each GPU (default: its whole share of
+            --batch-size); smaller needs less memory and gives the same result (gradient accumulation).
     """
+    args = dict(locals())
+    from edge import distributed
+
     if compile not in ("auto", "on", "off"):
         raise EdgeError(f"--compile must be auto, on or off, got {compile!r}")
     if full:
@@ -1240,21 +1292,30 @@ def finetune_cmd(*, data: str, out: str, model: str = "embedded", steps: int | N
         raise EdgeError(f"give --steps ({steps}) or --epochs ({epochs}), not both")
     if epochs is not None and not epochs > 0:
         raise EdgeError(f"--epochs must be a number > 0, got {epochs}")
+    if distributed.needs_launch(gpus):  # --gpus N > 1 and no launcher yet: start torchrun, same flags
+        from edge.cli import argv_for
+
+        return distributed.launch(gpus, argv_for("finetune", finetune_cmd, args), out)
+    dist = distributed.current()
     lora = LoraSettings(r=16 if rank is None else rank, alpha=32 if alpha is None else alpha,
                         dropout=0.0 if dropout is None else dropout, targets=tuple(targets or DEFAULT_TARGETS))
     settings = TrainSettings(steps=200 if steps is None else steps, batch_size=batch_size,
                              lr=(FULL_LR if full else LORA_LR) if lr is None else lr, max_len=max_len,
                              eval_fraction=eval_fraction, save_every=save_every,
                              grad_checkpointing=grad_checkpointing, memory_budget=memory_budget, seed=seed,
-                             pack=pack, full=full, epochs=epochs or 0.0, memory=memory,
+                             pack=pack, micro_batch=micro_batch, full=full, epochs=epochs or 0.0, memory=memory,
                              compile={"auto": None, "on": True, "off": False}[compile])
-    say = (lambda s: None) if json else print
-    result = train(model=model, data=data, out=out, lora=lora, settings=settings, precision=precision,
-                   resume=resume, force=force, progress=not json, say=say)
-    if result.stopped == "interrupted":
-        print(f"interrupted at step {result.steps}; checkpoint {result.checkpoint}; continue with --resume",
-              file=sys.stderr)
-        raise KeyboardInterrupt
+    say = (lambda s: None) if json or not dist.is_main else print
+    with distributed.quiet_errors(dist):  # processes other than 0 leave the messages to it
+        result = train(model=model, data=data, out=out, lora=lora, settings=settings, precision=precision,
+                       resume=resume, force=force, progress=not json, say=say)
+        if result.stopped == "interrupted":
+            if dist.is_main:
+                print(f"interrupted at step {result.steps}; checkpoint {result.checkpoint}; continue with --resume",
+                      file=sys.stderr)
+            raise KeyboardInterrupt
+    if not dist.is_main:
+        return None
     summary = {k: v for k, v in asdict(result).items() if k not in ("model", "losses")}
     fmt = lambda v: "n/a" if v is None else f"{v:.4f}"
     nxt = (f"model: {out}  (log.jsonl, loss.png)  next: edge export --model {out} --out {str(out).rstrip('/')}-F32.gguf" if full else
@@ -1265,39 +1326,3 @@ def finetune_cmd(*, data: str, out: str, model: str = "embedded", steps: int | N
         + f", {result.precision}, memory mode {result.memory_mode}); train loss {fmt(result.train_loss)}, "
         f"eval loss {fmt(result.eval_loss)}\n{nxt}")
     return summary
-
-
-def demo_stage(ctx):
-    """Fine-tune the demo task (English date -> ISO date); accuracy before and after."""
-    import torch
-
-    from edge.demo import StageResult
-    from edge.models import load
-    from edge.task import EVAL, TRAIN, exact_match
-
-    p = resolve_precision(ctx.precision)
-    base_model, tok = load(ctx.model, dtype=p.dtype, device="cuda" if torch.cuda.is_available() else "cpu")
-    apply_precision_fixes(base_model, p)
-    t0 = time.time()
-    before, _ = exact_match(base_model, tok, EVAL, max_new_tokens=12)
-    print(f"task accuracy before: {before:.0%} (exact match on {EVAL.name}, {time.time() - t0:.0f} s)")
-    out = ctx.run.path("adapter")
-    settings = TrainSettings(steps=ctx.steps, batch_size=8, lr=1e-3, eval_fraction=0.1, eval_every=ctx.steps,
-                             save_every=ctx.steps, warmup=max(1, ctx.steps // 10))
-    result = train(model=ctx.model, data=TRAIN, out=out, settings=settings, precision=ctx.precision,
-                   force=True, loaded=(base_model, tok, p))
-    t1 = time.time()
-    after, pairs = exact_match(result.model, tok, EVAL, max_new_tokens=12)
-    wrong = [f"{got!r} (want {ref!r})" for got, ref in pairs if got != ref][:3]
-    print(f"task accuracy after:  {after:.0%} ({time.time() - t1:.0f} s)" + (f"; e.g. {', '.join(wrong)}" if wrong else ""))
-    ctx.artifacts["adapter_dir"] = str(out)
-    ctx.artifacts["task_accuracy"] = {"before": before, "after": after}
-    ctx.run.record("fine-tune", outputs=[out / "adapter_model.safetensors", out / "adapter_config.json", out / META,
-                                         out / LOG, out / PLOT],
-                   inputs=[TRAIN], settings={"steps": ctx.steps, "precision": p.name, "lr": settings.lr,
-                                             "batch_size": settings.batch_size, **asdict(LoraSettings())},
-                   seconds=result.seconds,
-                   summary={"task_accuracy": {"before": before, "after": after}, "train_loss": result.train_loss,
-                            "eval_loss": result.eval_loss, "tokens_per_s": result.tokens_per_s})
-    return StageResult(summary=f"task accuracy {before:.0%} -> {after:.0%} ({result.steps} steps, {p.name}, "
-                               f"{result.tokens_per_s:.0f} tok/s)")

@@ -8,8 +8,6 @@ transformers' `modeling_gemma3.py`.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 # Architectures we accept (HF `config.architectures[0]` / `config.model_type`).
 TEXT_ARCHITECTURES = ("Gemma3ForCausalLM",)
 MULTIMODAL_ARCHITECTURES = ("Gemma3ForConditionalGeneration",)
@@ -92,36 +90,6 @@ def is_global_layer(layer: int, pattern: int = SLIDING_WINDOW_PATTERN) -> bool:
 
 def layer_types(n_layers: int, pattern: int = SLIDING_WINDOW_PATTERN) -> list[str]:
     return ["full_attention" if is_global_layer(i, pattern) else "sliding_attention" for i in range(n_layers)]
-
-
-@dataclass(frozen=True)
-class Shape:
-    """The numbers every stage needs about one Gemma 3 text model."""
-
-    n_layers: int
-    hidden: int
-    ffn: int
-    n_heads: int
-    n_kv_heads: int
-    head_dim: int
-    vocab: int
-    sliding_window: int
-    context: int
-
-    @classmethod
-    def from_config(cls, cfg) -> "Shape":
-        cfg = getattr(cfg, "text_config", cfg)
-        return cls(
-            n_layers=cfg.num_hidden_layers,
-            hidden=cfg.hidden_size,
-            ffn=cfg.intermediate_size,
-            n_heads=cfg.num_attention_heads,
-            n_kv_heads=cfg.num_key_value_heads,
-            head_dim=cfg.head_dim,
-            vocab=cfg.vocab_size,
-            sliding_window=cfg.sliding_window,
-            context=cfg.max_position_embeddings,
-        )
 
 
 GLOBAL_ROPE_BASE = 1_000_000.0

@@ -24,6 +24,12 @@ import numpy as np
 from edge.errors import EdgeError
 
 GGUF_MAGIC = b"GGUF"
+GGUF_VERSION = 3  # the only version read: gguf-py's gguf.GGUF_VERSION, what llama.cpp writes since 2023
+
+
+def version_error(path, version: int) -> EdgeError:
+    return EdgeError(f"{path} is GGUF version {version}; only version {GGUF_VERSION} (llama.cpp since 2023) "
+                     "is read: re-convert it with a current llama.cpp")
 
 
 @dataclass
@@ -116,7 +122,9 @@ def read_gguf(path, full_arrays: bool = False, array_limit: int = 8) -> GGUFInfo
 
     try:
         version, n_tensors, n_kv = take("<I"), take("<Q"), take("<Q")
-        if version not in (2, 3) or n_tensors > 1 << 24 or n_kv > 1 << 24:
+        if version != GGUF_VERSION:
+            raise version_error(path, version)
+        if n_tensors > 1 << 24 or n_kv > 1 << 24:
             raise ValueError(f"implausible header (version {version})")
         meta = {}
         for _ in range(n_kv):

@@ -135,20 +135,3 @@ def merge_cmd(*, adapter: str, out: str, dtype: str = "bf16", model: str = "", f
     """
     result = merge(adapter, out, dtype=dtype, model=model, force=force, say=(lambda s: None) if json else print)
     return asdict(result)
-
-
-def demo_stage(ctx):
-    """Merge the demo adapter into the embedded 270M; fp32 so export gets a faithful reference."""
-    from edge.demo import StageResult
-
-    adapter = ctx.artifacts.get("adapter_dir")
-    if not adapter:
-        return StageResult(summary="skipped: no adapter (fine-tune stage did not run)")
-    out = ctx.run.path("merged")
-    result = merge(adapter, out, dtype="fp32", model=ctx.model, force=True)
-    ctx.artifacts["merged_dir"] = str(out)
-    files = sorted(p for p in Path(out).iterdir() if p.is_file())
-    ctx.run.record("merge", outputs=files, inputs=[Path(adapter) / "adapter_model.safetensors"],
-                   settings={"dtype": "fp32", "merged_in": "float32"}, seconds=result.seconds,
-                   summary={"parameters": result.parameters, "max_abs_weight": result.max_abs_weight})
-    return StageResult(summary=f"merged into {out.name}/ (fp32, {result.parameters / 1e6:.0f}M parameters, finite)")

@@ -215,3 +215,36 @@ def convert_cmd(*, model: str = EMBEDDED) -> str:
     t2 = time.time()
     n = sum(p.numel() for p in m.parameters())
     return f"{path}: {n / 1e6:.1f}M parameters; resolve {t1 - t0:.1f} s, load {t2 - t1:.1f} s"
+
+
+# Public names for what a spec is (model cards, GGUF general.* keys): never a local path.
+KNOWN_SIZES = {640: ("270M", "google/gemma-3-270m"), 1152: ("1B", "google/gemma-3-1b-pt")}
+
+
+def public_identity(spec: str, model_dir: Path | None = None) -> dict:
+    """{"base_model": a hub id (or a bare folder name), "size_label": "270M"/"1B"/..., "family"}.
+
+    'embedded' is google/gemma-3-270m (pretrained; shipped here as Q4_K_M, dequantized). A hub id
+    names itself. A local folder is named by its config's `_name_or_path` when that is a hub id,
+    else by its folder name; the size label comes from the hidden size."""
+    import re
+
+    cfg = {}
+    if model_dir is not None and (Path(model_dir) / "config.json").is_file():
+        try:
+            cfg = json.loads((Path(model_dir) / "config.json").read_text())
+        except (OSError, ValueError):
+            cfg = {}
+    size, guess = KNOWN_SIZES.get(cfg.get("hidden_size"), ("", ""))
+    hub = re.compile(r"[\w.-]+/[\w.-]+")
+    if spec in (None, "", EMBEDDED):
+        base = "google/gemma-3-270m"
+        size = "270M"
+    elif hub.fullmatch(str(spec)) and not Path(str(spec)).expanduser().exists():
+        base = str(spec)
+    elif hub.fullmatch(str(cfg.get("_name_or_path", ""))) and not str(cfg["_name_or_path"]).startswith("/"):
+        base = cfg["_name_or_path"]
+    else:
+        base = Path(str(spec)).name
+    family = "gemma-3-" + size.lower() if size else "gemma-3"
+    return {"base_model": base, "size_label": size, "family": family}

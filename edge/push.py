@@ -25,7 +25,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from edge import apps, device
+from edge import apps, device, ggufinfo
 from edge.device import Cancelled, Progress, q
 from edge.errors import EdgeError
 
@@ -49,6 +49,7 @@ class PushResult:
     resumed_at: list[int] = field(default_factory=list)
     retries: int = 0
     budget: str = ""               # fits | tight | does not fit | unknown
+    ctx: int = 4096                # the n_ctx the budget verdict was made at
     storage: dict = field(default_factory=dict)   # apps.storage_verdict: need, free, fits
     hf_repo: str = ""
     warnings: list[str] = field(default_factory=list)
@@ -56,7 +57,7 @@ class PushResult:
 
 
 def check_gguf(path: Path) -> None:
-    """A readable GGUF file (magic, version 2/3, at least one tensor), else EdgeError."""
+    """A readable GGUF file (magic, version 3 as `edge.ggufinfo` reads, a tensor), else EdgeError."""
     if not path.is_file():
         raise EdgeError(f"{path} is not a file; give the path of a .gguf (e.g. from `edge quantize`)")
     with open(path, "rb") as f:
@@ -64,20 +65,21 @@ def check_gguf(path: Path) -> None:
     if len(head) < 24 or head[:4] != GGUF_MAGIC:
         raise EdgeError(f"{path} is not a GGUF file (it starts with {head[:4]!r}); export one with `edge export`")
     version, n_tensors = struct.unpack("<IQ", head[4:16])
-    if version not in (2, 3) or n_tensors == 0:
-        raise EdgeError(f"{path} is GGUF version {version} with {n_tensors} tensors; "
-                        f"expected a model (version 2 or 3); re-export it")
+    if version != ggufinfo.GGUF_VERSION:
+        raise ggufinfo.version_error(path, version)
+    if n_tensors == 0:
+        raise EdgeError(f"{path} is a GGUF with no tensors, not a model; push a model file")
 
 
-def budget_verdict(path: Path, state) -> tuple[str, str]:
-    """(verdict, detail) from `edge.budget.verdict` when the budget module is there."""
+def budget_verdict(path: Path, state, ctx: int = 4096) -> tuple[str, str]:
+    """(verdict, detail) from `edge.budget.verdict` at n_ctx `ctx`, when the budget module is there."""
     try:
         from edge import budget
         fn = budget.verdict
     except (ImportError, AttributeError):
         return "unknown", "the budget estimator (edge.budget) is not available"
     try:
-        v = fn(path, state)
+        v = fn(path, state, ctx=ctx)
     except EdgeError as e:
         return "unknown", f"budget: {e}"
     except Exception as e:  # the estimator's bug must not block a push: report it as a warning
@@ -93,24 +95,27 @@ def budget_verdict(path: Path, state) -> tuple[str, str]:
 
 
 def push(file: str | Path, app: str, serial: str = "", *, dest: str = "", force: bool = False,
-         publish_hf: str = "", progress: Callable[[Progress], None] | None = None,
+         ctx: int = 4096, publish_hf: str = "", progress: Callable[[Progress], None] | None = None,
          cancel: threading.Event | None = None, segment_bytes: int = device.SEGMENT_BYTES,
          retries: int = 5) -> PushResult:
     """Push `file` for `app` (chatterui | pocketpal | anythingllm | llamacpp) to the phone `serial`.
 
+    The budget check is made at n_ctx `ctx` (the context the app will be set to).
     `progress(Progress)` is called from this thread with stage push/verify/retry/done and
     bytes done/total/speed/ETA; setting `cancel` stops the push and removes the partial file.
     """
     local = Path(file)
     route = apps.route(app)
     check_gguf(local)
+    if isinstance(ctx, bool) or not isinstance(ctx, int) or ctx < 1:
+        raise EdgeError(f"--ctx {ctx!r} must be a positive number of tokens, e.g. 4096")
     if publish_hf and app != "anythingllm":
         raise EdgeError("--publish-hf is only for --app anythingllm (the other apps import local files)")
     size = local.stat().st_size
     report = progress or (lambda p: None)
     t0 = time.monotonic()
     serial = device.pick_device(serial)
-    res = PushResult(file=str(local), app=app, serial=serial, size_bytes=size)
+    res = PushResult(file=str(local), app=app, serial=serial, size_bytes=size, ctx=ctx)
 
     # does it fit? (our budget, from the phone's live state)
     try:
@@ -119,7 +124,7 @@ def push(file: str | Path, app: str, serial: str = "", *, dest: str = "", force:
         state = None
         res.warnings.append(f"could not read the phone's state: {e}")
     if state is not None:
-        res.budget, detail = budget_verdict(local, state)
+        res.budget, detail = budget_verdict(local, state, ctx)
         if res.budget in ("does not fit", "no", "too big") and not force:
             raise EdgeError(f"{local.name} does not fit {state.model or serial} by our budget ({detail}); "
                             f"pick a smaller variant or pass --force to push anyway")
@@ -197,7 +202,7 @@ def _publish(local: Path, repo: str, res: PushResult, t0: float) -> PushResult:
 
 
 def push_cmd(file: str, *, app: str, serial: str = "", dest: str = "", force: bool = False,
-             publish_hf: str = "", json: bool = False):
+             ctx: int = 4096, publish_hf: str = "", json: bool = False):
     """Push a GGUF to a phone for ChatterUI, PocketPal, AnythingLLM or the llama.cpp tools.
 
     Checks that the file is a GGUF that our budget says fits the phone and that the phone has room
@@ -215,6 +220,7 @@ def push_cmd(file: str, *, app: str, serial: str = "", dest: str = "", force: bo
         serial: the phone's adb serial (see `edge devices`); optional with one phone connected.
         dest: another folder on the phone (AnythingLLM: a folder inside its data, e.g. files/models/gguf/me/x).
         force: push even if our budget says it does not fit or the storage looks too small, and replace a file of the same name.
+        ctx: the context length (n_ctx) the app will run the model at; the budget check uses it.
         publish_hf: AnythingLLM without root: upload to this PUBLIC Hugging Face repo (USER/NAME).
         json: print the result as JSON instead of text and a progress bar.
     """
@@ -234,7 +240,7 @@ def push_cmd(file: str, *, app: str, serial: str = "", dest: str = "", force: bo
             bar.set_postfix_str(p.message[:40])
 
     try:
-        res = push(file, app, serial, dest=dest, force=force, publish_hf=publish_hf, progress=progress)
+        res = push(file, app, serial, dest=dest, force=force, ctx=ctx, publish_hf=publish_hf, progress=progress)
     finally:
         if bar is not None:
             bar.close()
@@ -243,10 +249,10 @@ def push_cmd(file: str, *, app: str, serial: str = "", dest: str = "", force: bo
     where = f"https://huggingface.co/{res.hf_repo}" if res.hf_repo else f"{res.serial}:{res.remote_path}"
     print(f"pushed {Path(file).name} ({res.size_bytes / 1e6:.1f} MB) -> {where}")
     if res.route != "huggingface":
-        print(f"  {res.mb_per_s:.1f} MB/s, SHA-1 verified on the phone ({res.segments_verified} segments)"
+        print(f"  {res.mb_per_s:.1f} MB/s, {device.HASH_LABEL} verified on the phone ({res.segments_verified} segments)"
               + (f", resumed {len(res.resumed_at)}x" if res.resumed_at else ""))
     if res.budget:
-        print(f"  budget: {res.budget}")
+        print(f"  budget at n_ctx {res.ctx}: {res.budget}")
     for w in res.warnings:
         print(f"  warning: {w}")
     for s in res.next_steps:

@@ -16,6 +16,7 @@ An importance matrix is used when given (`--imatrix FILE`) or computed from `--c
 from __future__ import annotations
 
 import json as jsonlib
+import math
 import re
 import time
 from pathlib import Path
@@ -128,7 +129,10 @@ def quantize_variants(src: str | Path, recipes: list[R.Recipe], out_dir: str | P
     src, out_dir = Path(src), Path(out_dir)
     tensors, meta = read_tensors(src)
     name = model_name(src, meta)
-    plans = [R.resolve(r, tensors) for r in recipes]  # all recipe errors before any work
+    plans = [R.resolve(r, tensors, imatrix=imatrix is not None) for r in recipes]  # all recipe errors first
+    if imatrix is None and (need := [r.name for r in recipes if r.needs_imatrix]):
+        raise EdgeError(f"{', '.join(need)} need{'s' if len(need) == 1 else ''} an importance matrix (llama.cpp refuses "
+                        "its 2-bit types without one): give --calib YOUR_CHATS.jsonl --model MERGED_DIR or --imatrix FILE")
     warnings = snap_back_warnings(plans, base_grid_types(meta))
     values = None
     if imatrix is not None:
@@ -142,61 +146,138 @@ def quantize_variants(src: str | Path, recipes: list[R.Recipe], out_dir: str | P
     bar = tqdm(list(zip(recipes, plans, targets)), desc="quantize", unit="file", disable=not progress, leave=False)
     for recipe, plan, target in bar:
         bar.set_postfix_str(recipe.name)
-        res = quantize_file(src, target, ftype=recipe.ftype, overrides=plan.overrides() if recipe.rows else (),
+        ftype = R.file_type(plan, tensors) if recipe.rows else recipe.ftype   # general.file_type: what it mostly is
+        res = quantize_file(src, target, ftype=ftype, overrides=plan.overrides() if recipe.rows else (),
                             imatrix=values, nthread=nthread, allow_requantize=meta["quantized"], force=True)
         results.append({"recipe": recipe.name, "family": recipe.family, "path": str(target),
                         "size_bytes": res.size_bytes, "seconds": round(res.seconds, 2),
-                        "n_fallback": res.n_fallback, "imatrix": values is not None,
+                        "n_fallback": res.n_fallback, "imatrix": values is not None, "file_type": ftype.name,
                         "warning": warnings.get(recipe.name)})
     return results
 
 
 # --- the report ----------------------------------------------------------------------------------------
-def pareto_check(rows: list[dict]) -> list[dict]:
-    """For each dynamic variant: the standard variants at least as large with a mean KLD not higher.
+KLD_FLOOR = 1e-9  # log-KLD needs a positive value; a reference against itself scores 0
 
-    The goal (issue 6): every XL recipe has a lower mean KLD than every standard type of equal
-    or larger file size. `beaten_by` lists the standard files that break that rule; `dominated_by`
-    lists those that are also no larger (a plain Pareto loss).
+
+def standard_front(std: list[dict]) -> list[dict]:
+    """The standard variants no other standard variant beats (no larger and no worse, one of
+    them strictly), by size: the front an XL recipe is judged against."""
+    front = []
+    for s in std:
+        if not any(o is not s and o["size_bytes"] <= s["size_bytes"] and o["kld_mean"] <= s["kld_mean"]
+                   and (o["size_bytes"] < s["size_bytes"] or o["kld_mean"] < s["kld_mean"]) for o in std):
+            front.append(s)
+    return sorted(front, key=lambda s: s["size_bytes"])
+
+
+def front_kld(front: list[dict], size: float) -> tuple[float, list[str]]:
+    """The front's KLD at a file size, and the standard types it comes from: log-KLD linear in
+    size between the neighbouring front types; beyond either end, the end type's KLD (a file
+    larger than every standard one must beat the largest; one smaller than all, the smallest)."""
+    if size <= front[0]["size_bytes"]:
+        return front[0]["kld_mean"], [front[0]["name"]]
+    if size >= front[-1]["size_bytes"]:
+        return front[-1]["kld_mean"], [front[-1]["name"]]
+    for a, b in zip(front, front[1:]):
+        if a["size_bytes"] <= size <= b["size_bytes"]:
+            t = (size - a["size_bytes"]) / (b["size_bytes"] - a["size_bytes"])
+            la, lb = math.log(max(a["kld_mean"], KLD_FLOOR)), math.log(max(b["kld_mean"], KLD_FLOOR))
+            return float(math.exp(la + t * (lb - la))), [a["name"], b["name"]]
+    raise AssertionError("unreachable: front is sorted by size")
+
+
+def pareto_check(rows: list[dict]) -> list[dict]:
+    """The front criterion, per dynamic (XL) variant, against the standard variants made with
+    the same imatrix setting. An XL variant passes when
+      1. no standard variant is both no larger and no worse (`dominated_by` is empty), and
+      2. its mean KLD lies at or below the standard types' front: log-KLD interpolated linearly
+         in file size between the neighbouring standard types (`front_kld`, `against`).
+    `margin` = front KLD / its KLD (above 1: it wins by that factor; below 1: it loses);
+    `beaten_by` names the standard types that make it fail.
     """
-    std = [r for r in rows if r.get("family") == "llama.cpp" and r.get("kld_mean") is not None]
     out = []
     for r in rows:
         if r.get("family") != "dynamic" or r.get("kld_mean") is None:
             continue
-        beaten = [s["name"] for s in std if s["size_bytes"] >= r["size_bytes"] and s["kld_mean"] <= r["kld_mean"]
-                  and s.get("imatrix") == r.get("imatrix")]
-        dominated = [s["name"] for s in std if s["size_bytes"] <= r["size_bytes"] and s["kld_mean"] <= r["kld_mean"]
-                     and s.get("imatrix") == r.get("imatrix")]
-        out.append({"name": r["name"], "imatrix": r.get("imatrix"), "ok": not beaten,
-                    "beaten_by": beaten, "dominated_by": dominated})
+        std = [s for s in rows if s.get("family") == "llama.cpp" and s.get("kld_mean") is not None
+               and bool(s.get("imatrix")) == bool(r.get("imatrix"))]
+        if not std:
+            out.append({"name": r["name"], "imatrix": r.get("imatrix"), "ok": None, "against": [], "front_kld": None,
+                        "margin": None, "dominated_by": [], "beaten_by": [],
+                        "verdict": "not judged: no standard type scored with the same imatrix setting"})
+            continue
+        dominated = sorted((s for s in std if s["size_bytes"] <= r["size_bytes"] and s["kld_mean"] <= r["kld_mean"]),
+                           key=lambda s: s["kld_mean"])
+        front = standard_front(std)
+        fk, against = front_kld(front, r["size_bytes"])
+        margin = max(fk, KLD_FLOOR) / max(r["kld_mean"], KLD_FLOOR)
+        below = r["kld_mean"] <= fk
+        ok = below and not dominated
+        size = r["size_bytes"] / 1e6
+        where = (f"{against[0]}" if len(against) == 1 else f"the {against[0]}-{against[1]} front")
+        if dominated:
+            d = dominated[0]
+            verdict = (f"FAILS: {d['name']} is no larger ({d['size_bytes'] / 1e6:.1f} vs {size:.1f} MB) and "
+                       f"{r['kld_mean'] / max(d['kld_mean'], KLD_FLOOR):.2f}x lower in KLD "
+                       f"({d['kld_mean']:.4g} vs {r['kld_mean']:.4g})")
+        elif below:
+            verdict = (f"passes: {margin:.2f}x below {where} (KLD {r['kld_mean']:.4g} vs {fk:.4g} "
+                       f"at {size:.1f} MB)")
+        else:
+            verdict = (f"FAILS: {1 / margin:.2f}x above {where} (KLD {r['kld_mean']:.4g} vs {fk:.4g} "
+                       f"at {size:.1f} MB)")
+        out.append({"name": r["name"], "imatrix": r.get("imatrix"), "ok": ok,
+                    "against": [d["name"] for d in dominated[:1]] or against, "front_kld": fk, "margin": margin,
+                    "dominated_by": [d["name"] for d in dominated],
+                    "beaten_by": [d["name"] for d in dominated] or ([] if below else against), "verdict": verdict})
     return out
+
+
+front_check = pareto_check  # the criterion's name in issue 20
 
 
 def _fmt(v, spec: str) -> str:
     return "-" if v is None else format(v, spec)
 
 
+def _kld(r: dict) -> str:
+    if r.get("kld_mean") is None:
+        return "-"
+    return f"{r['kld_mean']:.5f}" + (f" ± {r['kld_err']:.5f}" if r.get("kld_err") else "")
+
+
 def report_markdown(rows: list[dict], checks: list[dict], title: str = "Quantized variants",
-                    scored: str = "held-out text") -> str:
+                    scored: str = "held-out text", warnings: list[str] | None = None) -> str:
     lines = [f"# {title}", "",
-             "| variant | family | imatrix | size MB | bpw | KLD mean | KLD p99 | top-1 | ppl | tok/s | task acc |",
-             "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "| variant | family | imatrix | size MB | bpw | KLD mean ± err | median | p90 | p99 | p99.9 | max | "
+             "same top | ppl | tok/s | task acc |",
+             "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in sorted(rows, key=lambda r: -r["size_bytes"]):
         lines.append(f"| {r['name']} | {r.get('family', '')} | {'yes' if r.get('imatrix') else 'no'} | "
-                     f"{r['size_bytes'] / 1e6:.1f} | {_fmt(r['bpw'], '.2f')} | {_fmt(r['kld_mean'], '.5f')} | "
-                     f"{_fmt(r['kld_p99'], '.4f')} | {_fmt(r['top1'], '.3f')} | {_fmt(r['ppl'], '.3f')} | "
+                     f"{r['size_bytes'] / 1e6:.1f} | {_fmt(r['bpw'], '.2f')} | {_kld(r)} | "
+                     f"{_fmt(r.get('kld_median'), '.5f')} | {_fmt(r.get('kld_p90'), '.4f')} | "
+                     f"{_fmt(r['kld_p99'], '.4f')} | {_fmt(r.get('kld_p999'), '.4f')} | {_fmt(r.get('kld_max'), '.3f')} | "
+                     f"{_fmt(r['top1'], '.3f')} | {_fmt(r['ppl'], '.3f')} | "
                      f"{_fmt(r['tok_s'], '.1f')} | {_fmt(r.get('task_accuracy'), '.3f')} |")
+    repack = [r for r in rows if r.get("arm_repack") and r.get("family") != "reference"]
+    if repack:
+        lines += ["", "On an ARM phone (llama.cpp's ggml-cpu repack code, CPUs with dotprod/i8mm):", ""]
+        lines += [f"- {r['name']}: {r['arm_repack']}" for r in sorted(repack, key=lambda r: -r["size_bytes"])]
     if checks:
-        lines += ["", "Pareto check: each dynamic (XL) variant must have a lower mean KLD than every llama.cpp "
-                      "type of equal or larger size (same imatrix setting).", ""]
+        lines += ["", "Front check: an XL variant passes when no llama.cpp type is both no larger and no worse, and "
+                      "its mean KLD lies at or below the llama.cpp types' front (log-KLD interpolated linearly in file "
+                      "size between neighbouring types; same imatrix setting).", ""]
         for c in checks:
-            verdict = "ok" if c["ok"] else f"FAILS against {', '.join(c['beaten_by'])}"
-            dom = f"; dominated by {', '.join(c['dominated_by'])}" if c["dominated_by"] else ""
-            lines.append(f"- {c['name']}{' (imatrix)' if c['imatrix'] else ''}: {verdict}{dom}")
-    lines += ["", f"KLD: KL(reference || variant) of next-token distributions on {scored}, nats; top-1 and ppl "
-                  f"on the same positions. "
-                  "tok/s: greedy decode on this CPU (llama.cpp, threads = idle cores)."]
+            lines.append(f"- {c['name']}{' (imatrix)' if c['imatrix'] else ''}: {c['verdict']}")
+    n = sorted({r.get("n_scored") for r in rows if r.get("n_scored")})
+    count = f"{n[0]} scored positions" if len(n) == 1 else ("scored positions: " + ", ".join(map(str, n)) if n else "")
+    lines += ["", f"KLD: KL(reference || variant) of next-token distributions on {scored}"
+                  f"{', ' + count if count else ''}, nats, with the statistics of llama-perplexity --kl-divergence "
+                  "(err: standard error of the mean); same top: both models' most likely token agree; ppl on the "
+                  "same positions. tok/s: greedy decode on this CPU (llama.cpp, threads = idle cores)."]
+    if warnings:
+        lines += ["", "Warnings:", ""] + [f"- {w}" for w in warnings]
     return "\n".join(lines) + "\n"
 
 
@@ -219,6 +300,13 @@ def pareto_png(rows: list[dict], path: str | Path, title: str = "size vs KLD") -
             for r in pts:
                 ax.annotate(r["name"], (r["size_bytes"] / 1e6, r["kld_mean"]), fontsize=7,
                             xytext=(4, 3), textcoords="offset points")
+    for imat in (False, True):  # the front each XL recipe is judged against
+        std = [r for r in rows if r.get("family") == "llama.cpp" and bool(r.get("imatrix")) == imat and r.get("kld_mean")]
+        if len(std) > 1:
+            front = standard_front(std)
+            ax.plot([r["size_bytes"] / 1e6 for r in front], [r["kld_mean"] for r in front], color="tab:blue",
+                    linestyle="-" if imat else "--", linewidth=0.8, alpha=0.6,
+                    label="llama.cpp front" + (" + imatrix" if imat else ""))
     ax.set_yscale("log")
     ax.set_xlabel("file size (MB)")
     ax.set_ylabel("mean KLD vs reference (nats, log scale)")
@@ -234,16 +322,30 @@ def pareto_png(rows: list[dict], path: str | Path, title: str = "size vs KLD") -
     return path
 
 
+def arm_repack(path: str | Path) -> str:
+    """Which of a GGUF's matrices llama.cpp repacks on an ARM phone CPU (quantize/repack.py)."""
+    from edge.export import read_gguf
+    from quantize.repack import label
+
+    return label([(t.name, t.type, tuple(int(d) for d in t.shape)) for t in read_gguf(path).tensors])
+
+
 def write_reports(rows: list[dict], out_dir: Path, title: str, extra: dict | None = None) -> dict:
+    from edge.evaluate import few_tokens_warning
+
     checks = pareto_check(rows)
     data = {"variants": rows, "pareto": checks, **(extra or {})}
+    n_scored = min((r["n_scored"] for r in rows if r.get("n_scored")), default=None)
+    if n_scored is not None:
+        data["n_scored"] = n_scored
+        if (few := few_tokens_warning(n_scored)) and few not in data.get("warnings", []):
+            data["warnings"] = [few, *data.get("warnings", [])]
     rj = write_text_atomic(out_dir / "report.json", jsonlib.dumps(data, indent=2))
-    md = report_markdown(rows, checks, title, data.get("scored", "held-out text"))
-    if data.get("warnings"):
-        md += "\nWarnings:\n\n" + "".join(f"- {w}\n" for w in data["warnings"])
+    md = report_markdown(rows, checks, title, data.get("scored", "held-out text"), data.get("warnings"))
     rm = write_text_atomic(out_dir / "report.md", md)
     png = pareto_png(rows, out_dir / "pareto.png", title)
-    return {"report_json": str(rj), "report_md": str(rm), "pareto_png": str(png), "pareto": checks}
+    return {"report_json": str(rj), "report_md": str(rm), "pareto_png": str(png), "pareto": checks,
+            "warnings": data.get("warnings", [])}
 
 
 def run_quantize(ref: str | Path, recipe_objs: list[R.Recipe], out_dir: Path, *, imatrix=None,
@@ -263,7 +365,8 @@ def score_variants(ref: str | Path, made: list[dict], out_dir: Path, *, eval_tex
                    eval_tokens: int = 512, ctx: int = 256, task_eval=None, speed_tokens: int = 64,
                    progress: bool = True, title: str = "", quantize_seconds: float | None = None) -> dict:
     """Score the variants `quantize_variants` made against `ref` and write report.json/.md and
-    pareto.png into `out_dir`."""
+    pareto.png into `out_dir`. `score_seconds_total` is the KLD scoring alone (what issue 20
+    compares with the quantizing time); `score_seconds` everything here (speed and task runs too)."""
     from edge.evaluate import evaluate, scored_label
 
     t0 = time.time()
@@ -278,13 +381,16 @@ def score_variants(ref: str | Path, made: list[dict], out_dir: Path, *, eval_tex
         m = by_path.get(s.path)
         row["family"] = m["family"] if m else "reference"
         row["quantize_seconds"] = m["seconds"] if m else None
+        row["arm_repack"] = arm_repack(s.path)
         rows.append(row)
     warnings = [m["warning"] for m in made if m.get("warning")]
-    extra = {"reference": str(ref), "quantize_seconds_total": round(t_quant, 1), "scored": scored_label(eval_text),
-             "eval_tokens": eval_tokens, "ctx": ctx, "warnings": warnings}
+    t_score = sum(r["score_seconds"] or 0 for r in rows)
+    extra = {"reference": str(ref), "quantize_seconds_total": round(t_quant, 1),
+             "score_seconds_total": round(t_score, 1), "scored": scored_label(eval_text),
+             "eval_tokens_asked": eval_tokens, "ctx": ctx, "warnings": warnings}
     paths = write_reports(rows, out_dir, title or f"Quantized variants of {Path(ref).name}", extra)
     return {"variants": rows, **paths, "quantize_seconds_total": round(t_quant, 1),
-            "score_seconds": round(time.time() - t0, 1), "warnings": warnings}
+            "score_seconds_total": round(t_score, 1), "score_seconds": round(time.time() - t0, 1)}
 
 
 def quantize_cmd(*, gguf: str, recipe: list[str], out: str, imatrix: str = "", calib: str = "", model: str = "",
@@ -362,52 +468,3 @@ def demo_table(rows: list[dict]) -> str:
                      f"{_fmt(r['kld_mean'], '.5f'):>8} {_fmt(r['kld_p99'], '.4f'):>7} {_fmt(r['top1'], '.3f'):>6} "
                      f"{_fmt(r['tok_s'], '.1f'):>6} {_fmt(r.get('task_accuracy'), '.2f'):>5}")
     return "\n".join(lines)
-
-
-def demo_stage(ctx):
-    """Quantize the exported reference to Q8_0, Q8_K_XL, Q4_K_M, Q4_K_XL with an imatrix, and score them."""
-    from edge.demo import StageResult
-    from edge.models import resolve
-    from quantize.imatrix import DEMO_TRAIN, build_imatrix, load_imatrix
-
-    ref = ctx.artifacts.get("ref_gguf")
-    if not ref or not Path(ref).is_file():
-        return StageResult(summary="skipped: no reference GGUF (the export stage made none)")
-    t0 = time.time()
-    merged = ctx.artifacts.get("merged_dir")
-    model_dir = str(merged) if merged else str(resolve(ctx.model))
-    im_path = ctx.run.path("imatrix.gguf")
-    build_imatrix(model_dir, [str(DEMO_TRAIN)], im_path, max_tokens=2048, chunk=256, force=True)
-    im = load_imatrix(im_path)
-    from edge.data import eval_text, load_chats
-    from edge.task import EVAL
-
-    # the task only means something after fine-tuning; then the KLD is scored on its held-out chats too
-    task_eval = load_chats(EVAL)[:20] if merged else None
-    result = run_quantize(ref, [R.get(n) for n in R.DEMO_NAMES], ctx.run.path("gguf"), imatrix=im,
-                          eval_text=eval_text(EVAL) if merged else None, eval_tokens=256, ctx=128,
-                          task_eval=task_eval, speed_tokens=32, force=True, title="edge demo: quantized variants")
-    # the report lives in the run root
-    for key in ("report_json", "report_md", "pareto_png"):
-        p = Path(result[key])
-        dest = ctx.run.path(p.name)
-        p.replace(dest)
-        result[key] = str(dest)
-    variants = [r["path"] for r in result["variants"] if r["name"] != "reference"]
-    ctx.artifacts["variants"] = variants
-    ctx.artifacts["report_json"] = result["report_json"]
-    seconds = time.time() - t0
-    ctx.run.record("quantize", outputs=[*variants, im_path, result["report_json"], result["report_md"],
-                                        result["pareto_png"]],
-                   inputs=[ref], seconds=round(seconds, 1),
-                   settings={"recipes": R.DEMO_NAMES, "imatrix_from": model_dir,
-                             "calibration": [DEMO_TRAIN.name, "general.txt"], "eval_tokens": 128},
-                   summary={"pareto": result["pareto"], "quantize_seconds": result["quantize_seconds_total"]})
-    q4 = next((r for r in result["variants"] if r["recipe"] == "Q4_K_XL"), None)
-    summary = f"{len(variants)} variants in {result['quantize_seconds_total']:.0f} s"
-    if q4:
-        summary += f"; Q4_K_XL {q4['size_bytes'] / 1e6:.0f} MB, KLD {q4['kld_mean']:.4f}"
-    if not merged:
-        summary += " (base model: no fine-tune to score)"
-    notes = "".join(f"\nwarning: {w}" for w in result["warnings"])
-    return StageResult(summary=summary, table=demo_table(result["variants"]) + notes)

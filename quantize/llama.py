@@ -25,7 +25,6 @@ from __future__ import annotations
 import ctypes
 import os
 import re
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,16 +33,14 @@ import numpy as np
 
 from edge.errors import EdgeError
 from edge.fsutil import atomic_path
+from edge.llamacpp import captured_log
 
-_LOG_LOCK = threading.Lock()
 
 
 def _llama():
-    try:
-        import llama_cpp
-    except ImportError as e:  # pragma: no cover - the set-up installs it
-        raise EdgeError(f"llama-cpp-python is not importable ({e}); run the README's set-up") from None
-    return llama_cpp
+    from edge.llamacpp import lib
+
+    return lib()
 
 
 @dataclass
@@ -55,39 +52,6 @@ class QuantizeResult:
     size_bytes: int
     n_fallback: int = 0
     log: list[str] = field(default_factory=list)
-
-
-class _CapturedLog:
-    """Route llama.cpp's log into a list while the block runs; restore the binding's logger after."""
-
-    def __init__(self):
-        self.lines: list[str] = []
-        llama_cpp = _llama()
-
-        @llama_cpp.llama_log_callback
-        def _cb(level, text, user_data):  # noqa: ARG001 - ctypes signature
-            self.lines.append(text.decode("utf-8", "replace"))
-
-        self._cb = _cb  # keep a reference: ctypes callbacks must outlive their use
-
-    def __enter__(self):
-        _LOG_LOCK.acquire()
-        _llama().llama_log_set(self._cb, ctypes.c_void_p(0))
-        return self
-
-    def __exit__(self, *exc):
-        llama_cpp = _llama()
-        try:
-            from llama_cpp import _logger
-
-            llama_cpp.llama_log_set(_logger.llama_log_callback, ctypes.c_void_p(0))
-        finally:
-            _LOG_LOCK.release()
-        return False
-
-    @property
-    def text(self) -> str:
-        return "".join(self.lines)
 
 
 def _override_array(overrides):
@@ -148,15 +112,15 @@ def quantize_file(src: str | Path, dst: str | Path, *, ftype: int, overrides=(),
         keep += k
         params.imatrix = ctypes.cast(im_arr, ctypes.POINTER(llama_cpp.llama_model_imatrix_data))
     t0 = time.perf_counter()
-    with atomic_path(dst, force=force) as tmp, _CapturedLog() as log:
+    with atomic_path(dst, force=force) as tmp, captured_log() as log:
         rc = llama_cpp.llama_model_quantize(str(src).encode(), str(tmp).encode(), ctypes.byref(params))
         if rc != 0:
-            lines = [ln.strip() for ln in log.text.splitlines() if ln.strip()]
+            lines = [ln.strip() for ln in "".join(log).splitlines() if ln.strip()]
             why = next((ln for ln in reversed(lines) if "error" in ln.lower() or "failed" in ln.lower()),
                        lines[-1] if lines else "no log")
             raise EdgeError(f"llama.cpp could not quantize {src.name} -> {dst.name} (code {rc}): {why}")
     seconds = time.perf_counter() - t0
     del keep, ov_arr, im_arr
-    m = re.search(r"(\d+) of (\d+) tensor\(s\) required fallback", log.text)
+    m = re.search(r"(\d+) of (\d+) tensor\(s\) required fallback", "".join(log))
     return QuantizeResult(path=dst, seconds=seconds, size_bytes=dst.stat().st_size,
-                          n_fallback=int(m.group(1)) if m else 0, log=log.lines)
+                          n_fallback=int(m.group(1)) if m else 0, log=log)

@@ -51,17 +51,32 @@ from gguf import GGML_QUANT_SIZES, GGMLQuantizationType as T, LlamaFileType as F
 
 from edge.errors import EdgeError
 
-# Types llama.cpp falls back to when a tensor's row length is not a multiple of the K-quant
-# block (llama-quant.cpp, "required fallback quantization"; REFERENCE.md).
-FALLBACK = {T.Q2_K: T.IQ4_NL, T.Q3_K: T.IQ4_NL, T.IQ4_XS: T.IQ4_NL, T.Q4_K: T.Q5_0, T.Q5_K: T.Q5_1,
-            T.Q6_K: T.Q8_0}
+# Types llama.cpp falls back to when a tensor's row length is not a multiple of the type's
+# 256-block (llama.cpp src/llama-quant.cpp `tensor_type_fallback`, as vendored by
+# llama-cpp-python 0.3.36: llama.cpp 0c1e570). Standard recipes resolve through it, by shape.
+FALLBACK = {T.IQ1_S: T.IQ4_NL, T.IQ1_M: T.IQ4_NL, T.IQ2_XXS: T.IQ4_NL, T.IQ2_XS: T.IQ4_NL, T.IQ2_S: T.IQ4_NL,
+            T.IQ3_XXS: T.IQ4_NL, T.IQ3_S: T.IQ4_NL, T.IQ4_XS: T.IQ4_NL,
+            T.Q2_K: T.Q4_0, T.Q3_K: T.Q4_0, T.Q4_K: T.Q5_0, T.Q5_K: T.Q5_1, T.Q6_K: T.Q8_0}
+
+# "What the file mostly is" (general.file_type, which apps show as the quantization) per type.
+FILE_TYPE = {T.F32: F.ALL_F32, T.F16: F.MOSTLY_F16, T.BF16: F.MOSTLY_BF16, T.Q8_0: F.MOSTLY_Q8_0,
+             T.Q5_1: F.MOSTLY_Q5_1, T.Q5_0: F.MOSTLY_Q5_0, T.Q4_1: F.MOSTLY_Q4_1, T.Q4_0: F.MOSTLY_Q4_0,
+             T.IQ4_NL: F.MOSTLY_IQ4_NL, T.IQ4_XS: F.MOSTLY_IQ4_XS, T.Q6_K: F.MOSTLY_Q6_K, T.Q5_K: F.MOSTLY_Q5_K_S,
+             T.Q4_K: F.MOSTLY_Q4_K_S, T.Q3_K: F.MOSTLY_Q3_K_S, T.Q2_K: F.MOSTLY_Q2_K, T.IQ3_S: F.MOSTLY_IQ3_S,
+             T.IQ3_XXS: F.MOSTLY_IQ3_XXS, T.IQ2_S: F.MOSTLY_IQ2_S, T.IQ2_XS: F.MOSTLY_IQ2_XS,
+             T.IQ2_XXS: F.MOSTLY_IQ2_XXS}
 
 
 @dataclass(frozen=True)
 class Row:
+    """Tensors matching `pattern` get `qtype`; where their rows do not hold its blocks, `alt`
+    (a recipe says so itself: nothing falls back silently)."""
+
     pattern: str
     qtype: T
     reason: str
+    alt: T | None = None
+    when: str = ""  # "imatrix" / "no imatrix": the row applies only then (llama.cpp's own rules)
 
 
 @dataclass(frozen=True)
@@ -75,18 +90,21 @@ class Recipe:
     expect: tuple[Row, ...] = ()  # standard types only: what llama.cpp gives on Gemma 3 shapes
     family: str = "dynamic"  # "llama.cpp" or "dynamic"
     wants_imatrix: bool = False  # measured much worse without one (docs/BENCHMARKS.md, Quantize)
+    needs_imatrix: bool = False  # llama.cpp refuses it without one (IQ2 types)
+    aliases: tuple[str, ...] = ()  # earlier names that still resolve
 
     @property
     def is_standard(self) -> bool:
         return self.family == "llama.cpp"
 
 
-def _std(name: str, ftype: F, summary: str, expect: list[tuple[str, T, str]]) -> Recipe:
-    return Recipe(name, ftype, summary, (), tuple(Row(*r) for r in expect), "llama.cpp")
+def _std(name: str, ftype: F, summary: str, expect: list[tuple], needs_imatrix: bool = False) -> Recipe:
+    return Recipe(name, ftype, summary, (), tuple(Row(*r) for r in expect), "llama.cpp", needs_imatrix=needs_imatrix)
 
 
-def _dyn(name: str, ftype: F, summary: str, rows: list[tuple[str, T, str]], wants_imatrix: bool = False) -> Recipe:
-    return Recipe(name, ftype, summary, tuple(Row(*r) for r in rows), (), "dynamic", wants_imatrix)
+def _dyn(name: str, ftype: F, summary: str, rows: list[tuple], wants_imatrix: bool = False,
+         aliases: tuple[str, ...] = ()) -> Recipe:
+    return Recipe(name, ftype, summary, tuple(Row(*r) for r in rows), (), "dynamic", wants_imatrix, aliases=aliases)
 
 
 EMB = r"^token_embd\.weight$"
@@ -94,92 +112,160 @@ Q, K, V, O = r"attn_q\.weight$", r"attn_k\.weight$", r"attn_v\.weight$", r"attn_
 GATE, UP, DOWN = r"ffn_gate\.weight$", r"ffn_up\.weight$", r"ffn_down\.weight$"
 ENDS = r"^blk\.{ends}\."
 
-# --- llama.cpp's standard types: what they become on 640/1152-wide rows -----------------------
+# --- llama.cpp's standard types --------------------------------------------------------------------
+# What llama.cpp's `llama_tensor_get_type` asks for each tensor (src/llama-quant.cpp, llama.cpp
+# 0c1e570). `resolve` applies its row-width fallback (FALLBACK) by shape, so on Gemma 3's 640- and
+# 1152-wide rows the K- and IQ-types become the 32-block types these tables then show. Gemma 3
+# has 4 query heads per KV head (n_gqa 4), which several rules test. The tied embedding is
+# quantized as the output head: Q6_K (-> Q8_0 on 640/1152 rows), Q5_K for the IQ1/IQ2 mixtures.
+HEAD_Q6_K = (EMB, T.Q6_K, "tied output head: Q6_K, which llama.cpp turns into Q8_0 on rows not 256-aligned")
 STANDARD = [
     _std("Q8_0", F.MOSTLY_Q8_0, "llama.cpp Q8_0: every matrix Q8_0 (32-blocks fit every row)", [
         (EMB, T.Q8_0, "tied output head: Q8_0 like everything else"),
         (r"\.weight$", T.Q8_0, "all matrices Q8_0"),
     ]),
-    _std("Q6_K", F.MOSTLY_Q6_K, "llama.cpp Q6_K: Q6_K where rows are 256-aligned, else falls back to Q8_0", [
-        (EMB, T.Q8_0, "output head Q6_K -> Q8_0 (row 640/1152 not 256-aligned)"),
-        (O, T.Q6_K, "1024-wide rows: real Q6_K"),
-        (DOWN, T.Q6_K, "2048/6912-wide rows: real Q6_K"),
-        (r"(attn_[qkv]|ffn_gate|ffn_up)\.weight$", T.Q8_0, "Q6_K falls back to Q8_0 on 640/1152 rows"),
+    _std("Q6_K", F.MOSTLY_Q6_K, "llama.cpp Q6_K: Q6_K where rows are 256-aligned, else Q8_0", [
+        HEAD_Q6_K,
+        (r"\.weight$", T.Q6_K, "Q6_K; Q8_0 on 640/1152-wide rows (all but attn_output and ffn_down)"),
     ]),
     _std("Q5_K_M", F.MOSTLY_Q5_K_M, "llama.cpp Q5_K_M: Q5_K falls back to Q5_1 on most tensors", [
-        (EMB, T.Q8_0, "output head Q6_K -> Q8_0"),
-        (r"^blk\.{more}\.attn_v\.weight$", T.Q8_0, "attn_v Q6_K on 'more bits' layers -> Q8_0"),
-        (V, T.Q5_1, "attn_v Q5_K -> Q5_1"),
+        HEAD_Q6_K,
+        (r"^blk\.{more}\.attn_v\.weight$", T.Q6_K, "attn_v Q6_K on 'more bits' layers"),
         (r"^blk\.{more}\.ffn_down\.weight$", T.Q6_K, "ffn_down Q6_K on 'more bits' layers"),
-        (DOWN, T.Q5_K, "ffn_down Q5_K (2048/6912 rows fit)"),
-        (O, T.Q5_K, "attn_output Q5_K (1024 rows fit)"),
-        (r"(attn_[qk]|ffn_gate|ffn_up)\.weight$", T.Q5_1, "Q5_K falls back to Q5_1 on 640/1152 rows"),
+        (r"\.weight$", T.Q5_K, "Q5_K; Q5_1 on 640/1152-wide rows"),
     ]),
     _std("Q4_K_M", F.MOSTLY_Q4_K_M, "llama.cpp Q4_K_M: Q4_K falls back to Q5_0 on most tensors", [
-        (EMB, T.Q8_0, "output head Q6_K -> Q8_0"),
-        (r"^blk\.{more}\.attn_v\.weight$", T.Q8_0, "attn_v Q6_K on 'more bits' layers -> Q8_0"),
-        (V, T.Q5_0, "attn_v Q4_K -> Q5_0"),
+        HEAD_Q6_K,
+        (r"^blk\.{more}\.attn_v\.weight$", T.Q6_K, "attn_v Q6_K on 'more bits' layers"),
         (r"^blk\.{more}\.ffn_down\.weight$", T.Q6_K, "ffn_down Q6_K on 'more bits' layers"),
-        (DOWN, T.Q4_K, "ffn_down Q4_K (rows fit)"),
-        (O, T.Q4_K, "attn_output Q4_K (1024 rows fit)"),
-        (r"(attn_[qk]|ffn_gate|ffn_up)\.weight$", T.Q5_0, "Q4_K falls back to Q5_0 on 640/1152 rows"),
+        (r"\.weight$", T.Q4_K, "Q4_K; Q5_0 on 640/1152-wide rows"),
+    ]),
+    _std("Q4_K_S", F.MOSTLY_Q4_K_S, "llama.cpp Q4_K_S: Q4_K (-> Q5_0 on most tensors), a few Q5_K", [
+        HEAD_Q6_K,
+        (r"^blk\.{first4}\.attn_v\.weight$", T.Q5_K, "attn_v of the first 4 layers Q5_K"),
+        (r"^blk\.{eighth}\.ffn_down\.weight$", T.Q5_K, "ffn_down of the first n/8 layers Q5_K"),
+        (r"\.weight$", T.Q4_K, "Q4_K; Q5_0 on 640/1152-wide rows"),
+    ]),
+    _std("Q3_K_M", F.MOSTLY_Q3_K_M, "llama.cpp Q3_K_M: Q3_K falls back to Q4_0 on most tensors", [
+        HEAD_Q6_K,
+        (r"^blk\.{first2}\.attn_v\.weight$", T.Q5_K, "attn_v of the first 2 layers Q5_K"),
+        (V, T.Q4_K, "attn_v Q4_K"),
+        (r"^blk\.{sixteenth}\.ffn_down\.weight$", T.Q5_K, "ffn_down of the first n/16 layers Q5_K"),
+        (r"(ffn_down|attn_output)\.weight$", T.Q4_K, "ffn_down and attn_output Q4_K"),
+        (r"\.weight$", T.Q3_K, "Q3_K; Q4_0 on 640/1152-wide rows"),
+    ]),
+    _std("Q2_K", F.MOSTLY_Q2_K, "llama.cpp Q2_K: Q2_K falls back to Q4_0 on most tensors", [
+        HEAD_Q6_K,
+        (V, T.Q4_K, "attn_v Q4_K (4 query heads per KV head)"),
+        (r"(ffn_down|attn_output)\.weight$", T.Q3_K, "ffn_down and attn_output Q3_K"),
+        (r"\.weight$", T.Q2_K, "Q2_K; Q4_0 on 640/1152-wide rows"),
     ]),
     _std("Q4_0", F.MOSTLY_Q4_0, "llama.cpp Q4_0: Q4_0 matrices, output head Q8_0", [
-        (EMB, T.Q8_0, "output head Q6_K -> Q8_0"),
+        HEAD_Q6_K,
+        (r"^blk\.{eighth}\.ffn_down\.weight$", T.Q4_1, "first n/8 layers' ffn_down Q4_1 (only with an imatrix)",
+         None, "imatrix"),
         (r"\.weight$", T.Q4_0, "all other matrices Q4_0"),
     ]),
     _std("IQ4_NL", F.MOSTLY_IQ4_NL, "llama.cpp IQ4_NL: non-linear 4-bit 32-blocks, output head Q8_0", [
-        (EMB, T.Q8_0, "output head Q6_K -> Q8_0"),
-        (V, T.Q5_1, "attn_v Q5_K (4 query heads per KV head) -> Q5_1"),
-        (r"^blk\.{eighth}\.ffn_down\.weight$", T.Q5_K, "first n/8 layers' ffn_down Q5_K (only without an imatrix)"),
+        HEAD_Q6_K,
+        (V, T.Q5_K, "attn_v Q5_K (4 query heads per KV head)"),
+        (r"^blk\.{eighth}\.ffn_down\.weight$", T.Q5_K, "first n/8 layers' ffn_down Q5_K (only without an imatrix)",
+         None, "no imatrix"),
         (r"\.weight$", T.IQ4_NL, "all other matrices IQ4_NL"),
     ]),
+    _std("IQ4_XS", F.MOSTLY_IQ4_XS, "llama.cpp IQ4_XS: 4.25-bit 256-blocks, IQ4_NL on 640/1152-wide rows", [
+        HEAD_Q6_K,
+        (V, T.Q5_K, "attn_v Q5_K (4 query heads per KV head)"),
+        (r"^blk\.{eighth}\.ffn_down\.weight$", T.Q5_K, "first n/8 layers' ffn_down Q5_K (only without an imatrix)",
+         None, "no imatrix"),
+        (r"\.weight$", T.IQ4_XS, "IQ4_XS; IQ4_NL on 640/1152-wide rows"),
+    ]),
+    _std("IQ3_M", F.MOSTLY_IQ3_M, "llama.cpp IQ3_M: IQ3_S falls back to IQ4_NL on most tensors", [
+        HEAD_Q6_K,
+        (V, T.Q4_K, "attn_v Q4_K"),
+        (r"^blk\.{eighth}\.ffn_down\.weight$", T.Q4_K, "first n/8 layers' ffn_down Q4_K"),
+        (O, T.Q4_K, "attn_output Q4_K"),
+        (r"\.weight$", T.IQ3_S, "IQ3_S; IQ4_NL on 640/1152-wide rows"),
+    ]),
+    _std("IQ2_M", F.MOSTLY_IQ2_M, "llama.cpp IQ2_M (needs an imatrix): IQ2_S falls back to IQ4_NL on most tensors", [
+        (EMB, T.Q5_K, "tied output head: Q5_K for the IQ2 mixtures, but Q8_0 where the rows do not hold the "
+                      "file type's 256-blocks (llama.cpp checks that first)", T.Q8_0),
+        (V, T.Q4_K, "attn_v Q4_K (4 query heads per KV head)"),
+        (r"^blk\.{eighth}\.ffn_down\.weight$", T.IQ3_S, "first n/8 layers' ffn_down IQ3_S"),
+        (O, T.IQ3_S, "attn_output IQ3_S"),
+        (r"\.weight$", T.IQ2_S, "IQ2_S; IQ4_NL on 640/1152-wide rows"),
+    ], needs_imatrix=True),
 ]
 
 # --- our dynamic recipes -----------------------------------------------------------------------
+# Named after what they hold: XL<body bpw>-<head type>. The body is every matrix but the tied
+# embedding/output head; its bits per weight are the same on the 270M and the 1B (same mix of
+# types per matrix). The whole file's bpw depends on the model (the head is 63% of the 270M's
+# weights, 30% of the 1B's) and is in every report's bpw column. `aliases`: the names before
+# issue 20 (Q4_K_XL held no Q4_K tensor at all).
 QK_MLP_Q5_1 = ("Q5_1 (6.0 bpw, asymmetric 32-blocks), not Q5_0: the embedded base was dequantized from Q5_0 "
                "here, and re-rounding a fine-tune to that grid snaps it back to the base")
 DYNAMIC = [
-    _dyn("Q8_K_XL", F.MOSTLY_Q8_0, "Q8_0 body, 16-bit output head and value projections", [
+    _dyn("XL8.7-F16", F.MOSTLY_Q8_0, "Q8_0 body, 16-bit output head and value projections", [
         (EMB, T.F16, "tied embedding = output head: its error hits every logit; F16 keeps it exact"),
         (V, T.F16, "attn_v feeds the residual stream directly; 1 KV head makes it tiny (0.16M/layer)"),
         (r"\.weight$", T.Q8_0, "everything else Q8_0: 32-blocks fit 640/1152 rows"),
-    ]),
-    _dyn("Q6_K_XL", F.MOSTLY_Q6_K, "Q8_0 head, attention out, ffn_down and first/last layers; Q5_1 elsewhere", [
+    ], aliases=("Q8_K_XL",)),
+    _dyn("XL7.4-Q8_0", F.MOSTLY_Q8_0, "Q8_0 head, attention out, ffn_down and first/last layers; Q5_1 elsewhere", [
         (EMB, T.Q8_0, "output head Q8_0: no 6-bit 32-block type, and below 8 bits it dominates the error"),
         (V, T.Q8_0, "attn_v: 0.16M weights/layer, errors go straight into the residual stream"),
         (O, T.Q8_0, "attn_output Q8_0, not a K-quant: K-quant matmuls round their input in 256-blocks (Q8_K)"),
         (DOWN, T.Q8_0, "ffn_down Q8_0: its GELU-gated input has the largest outliers; 256-block rounding hurts"),
         (ENDS + r"(attn_[qk]|ffn_gate|ffn_up)\.weight$", T.Q8_0, "first/last layers: Q8_0"),
         (r"(attn_[qk]|ffn_gate|ffn_up)\.weight$", T.Q5_1, QK_MLP_Q5_1),
-    ], wants_imatrix=True),
-    _dyn("Q5_K_XL", F.MOSTLY_Q5_K_M, "Q8_0 head, attn_v and ffn_down; Q5_1 elsewhere", [
+    ], wants_imatrix=True, aliases=("Q6_K_XL",)),
+    _dyn("XL6.7-Q8_0", F.MOSTLY_Q8_0, "Q8_0 head, attn_v and ffn_down; Q5_1 elsewhere", [
         (EMB, T.Q8_0, "output head Q8_0: 4-5 bit here costs more KLD than the whole body"),
         (V, T.Q8_0, "attn_v: 0.16M weights/layer, errors go straight into the residual stream"),
         (DOWN, T.Q8_0, "ffn_down Q8_0: largest input outliers; a K-quant would round them in 256-blocks"),
         (O, T.Q5_1, "attn_output Q5_1 (32-block): Q8_0-rounded input instead of a K-quant's Q8_K"),
         (r"(attn_[qk]|ffn_gate|ffn_up)\.weight$", T.Q5_1, QK_MLP_Q5_1),
-    ], wants_imatrix=True),
-    _dyn("Q4_K_XL", F.MOSTLY_Q4_K_M, "Q4_K_M's size class: Q8_0 head and attn_v, Q5_1 everywhere else", [
+    ], wants_imatrix=True, aliases=("Q5_K_XL",)),
+    _dyn("XL6.1-Q8_0", F.MOSTLY_Q8_0, "Q4_K_M's size class: Q8_0 head and attn_v, Q5_1 everywhere else", [
         (EMB, T.Q8_0, "output head Q8_0 (Q4_K_M does the same); below 8 bits it dominates KLD"),
         (V, T.Q8_0, "attn_v Q8_0 on every layer (Q4_K_M: only on 'more bits' layers): 0.16M/layer"),
         (r"(attn_output|ffn_down)\.weight$", T.Q5_1, "Q5_1, not Q4_K/Q6_K: 32-block input rounding (Q8_0, not Q8_K)"),
         (r"(attn_[qk]|ffn_gate|ffn_up)\.weight$", T.Q5_1, QK_MLP_Q5_1),
-    ], wants_imatrix=True),
-    _dyn("IQ4_K_XL", F.MOSTLY_IQ4_NL, "small and fast: IQ4_NL output head, 4-bit body, 6-bit ffn_down", [
+    ], wants_imatrix=True, aliases=("Q4_K_XL",)),
+    _dyn("XL5.3-IQ4_NL", F.MOSTLY_IQ4_NL, "small and fast: IQ4_NL output head, 4-bit body, 6-bit ffn_down", [
         (EMB, T.IQ4_NL, "IQ4_NL head halves the bytes read per token (the decode-speed lever)"),
         (V, T.Q8_0, "attn_v Q8_0: tiny, sensitive"),
         (DOWN, T.Q6_K, "ffn_down Q6_K: rows fit, outlier-prone"),
         (O, T.Q4_K, "1024-wide rows: real Q4_K"),
         (ENDS + r"(attn_[qk]|ffn_gate|ffn_up)\.weight$", T.Q5_0, "first/last layers Q5_0"),
         (r"(attn_[qk]|ffn_gate|ffn_up)\.weight$", T.IQ4_NL, "IQ4_NL: best 4.5-bit 32-block type with an imatrix"),
-    ]),
+    ], aliases=("IQ4_K_XL",)),
+    # the head-quantized family, for phones with 3-4 GB of RAM: the 262,144-row head in 4.5 bits
+    _dyn("XL5.4-Q4_0", F.MOSTLY_Q4_0, "Q4_0 head (repacked on ARM), Q5_1 body with 4.5-bit MLP in/out", [
+        (EMB, T.Q4_0, "head Q4_0 with the imatrix: 94 MB instead of Q8_0's 178 on the 270M; "
+                      "llama.cpp repacks it for dotprod/i8mm CPUs"),
+        (V, T.Q8_0, "attn_v Q8_0: tiny, sensitive"),
+        (r"(ffn_gate|ffn_up)\.weight$", T.IQ4_NL, "ffn_gate/up IQ4_NL: the largest body matrices, "
+                                                   "a grid the base never had"),
+        (r"(attn_[qk]|attn_output|ffn_down)\.weight$", T.Q5_1, QK_MLP_Q5_1),
+    ], wants_imatrix=True),
+    _dyn("XL5.4-IQ4_NL", F.MOSTLY_IQ4_NL, "IQ4_NL head, Q5_1 body with 4.5-bit MLP in/out", [
+        (EMB, T.IQ4_NL, "head IQ4_NL (non-linear 4-bit) with the imatrix: 94 MB on the 270M"),
+        (V, T.Q8_0, "attn_v Q8_0: tiny, sensitive"),
+        (r"(ffn_gate|ffn_up)\.weight$", T.IQ4_NL, "ffn_gate/up IQ4_NL: the largest body matrices"),
+        (r"(attn_[qk]|attn_output|ffn_down)\.weight$", T.Q5_1, QK_MLP_Q5_1),
+    ], wants_imatrix=True),
+    _dyn("XL6.1-Q4_0", F.MOSTLY_Q4_0, "Q4_0 head (repacked on ARM), XL6.1-Q8_0's body", [
+        (EMB, T.Q4_0, "head Q4_0 with the imatrix"),
+        (V, T.Q8_0, "attn_v Q8_0 on every layer"),
+        (r"(attn_[qk]|attn_output|ffn_gate|ffn_up|ffn_down)\.weight$", T.Q5_1, QK_MLP_Q5_1),
+    ], wants_imatrix=True),
 ]
 
 RECIPES: dict[str, Recipe] = {r.name: r for r in STANDARD + DYNAMIC}
 STANDARD_NAMES = [r.name for r in STANDARD]
 DYNAMIC_NAMES = [r.name for r in DYNAMIC]
-DEMO_NAMES = ["Q8_0", "Q8_K_XL", "Q4_K_M", "Q4_K_XL"]
+DEMO_NAMES = ["Q8_0", "XL8.7-F16", "Q4_K_M", "XL6.1-Q8_0"]
 
 
 # --- resolving a recipe against a model ------------------------------------------------------------
@@ -195,6 +281,13 @@ class TensorInfo:
     @property
     def quantizable(self) -> bool:
         return len(self.shape) >= 2 and self.name.endswith(".weight")
+
+    @property
+    def n_elements(self) -> int:
+        n = 1
+        for d in self.shape:
+            n *= d
+        return n
 
 
 @dataclass
@@ -229,7 +322,8 @@ def layer_sets(n_layers: int) -> dict[str, str]:
     ends = [i for i in range(n) if i < n // 8 or i >= 7 * n // 8]
     more = [i for i in range(n) if i < n // 8 or i >= 7 * n // 8 or (i - n // 8) % 3 == 2]
     eighth = [i for i in range(n) if i < n // 8]
-    return {"ends": alt(ends), "more": alt(more), "eighth": alt(eighth), "first": "0", "last": str(n - 1)}
+    return {"ends": alt(ends), "more": alt(more), "eighth": alt(eighth), "sixteenth": alt(range(n // 16)),
+            "first2": alt(range(min(2, n))), "first4": alt(range(min(4, n))), "first": "0", "last": str(n - 1)}
 
 
 def n_layers_of(tensors: list[TensorInfo]) -> int:
@@ -248,15 +342,19 @@ def _table(recipe: Recipe) -> tuple[Row, ...]:
     return recipe.rows if recipe.rows else recipe.expect
 
 
-def resolve(recipe: Recipe, tensors: list[TensorInfo], check_rows: bool = True) -> Plan:
-    """Give every quantizable tensor its type by the recipe's first matching row.
+def resolve(recipe: Recipe, tensors: list[TensorInfo], check_rows: bool = True, imatrix: bool = False) -> Plan:
+    """Give every quantizable tensor its type by the recipe's first matching row, by name and
+    shape: where the tensor's rows do not hold the type's blocks, the row's `alt` (ours) or
+    llama.cpp's own fallback (standard types, FALLBACK); the reason says so.
 
     For a standard recipe this is the *expected* result of llama.cpp's own mixture. Raises
     EdgeError when a row matches no tensor, or a dynamic row asks a block type the row length
-    cannot hold (llama.cpp would silently fall back).
+    cannot hold and names no `alt` (llama.cpp would silently fall back). `imatrix`: whether the
+    file is made with one (some of llama.cpp's rules depend on it).
     """
     n = n_layers_of(tensors)
-    rows = [(re.compile(expand(r.pattern, n)), r) for r in _table(recipe)]
+    table = [r for r in _table(recipe) if r.when in ("", "imatrix" if imatrix else "no imatrix")]
+    rows = [(re.compile(expand(r.pattern, n)), r) for r in table]
     used = [False] * len(rows)
     plan = Plan(recipe)
     for t in tensors:
@@ -265,14 +363,17 @@ def resolve(recipe: Recipe, tensors: list[TensorInfo], check_rows: bool = True) 
         for i, (rx, row) in enumerate(rows):
             if rx.search(t.name):
                 used[i] = True
-                block = GGML_QUANT_SIZES[row.qtype][0]
-                if t.row % block:
-                    if not recipe.is_standard:
-                        raise EdgeError(f"recipe {recipe.name}: row {row.pattern!r} asks {row.qtype.name} for "
-                                        f"{t.name}, whose rows ({t.row}) are not a multiple of {block}; "
-                                        "use a 32-block type (Q8_0, Q5_0, Q5_1, Q4_0, IQ4_NL) there")
-                plan.types[t.name] = row.qtype
-                plan.reasons[t.name] = row.reason
+                qtype, reason = row.qtype, row.reason
+                if t.row % GGML_QUANT_SIZES[qtype][0]:
+                    alt = row.alt or (FALLBACK.get(qtype) if recipe.is_standard else None)
+                    if alt is None:
+                        raise EdgeError(f"recipe {recipe.name}: row {row.pattern!r} asks {qtype.name} for "
+                                        f"{t.name}, whose rows ({t.row}) are not a multiple of "
+                                        f"{GGML_QUANT_SIZES[qtype][0]}; use a 32-block type (Q8_0, Q5_0, Q5_1, "
+                                        "Q4_0, IQ4_NL) there, or give the row an alternative")
+                    qtype, reason = alt, f"{reason} [{row.qtype.name} -> {alt.name}: rows of {t.row}]"
+                plan.types[t.name] = qtype
+                plan.reasons[t.name] = reason
                 break
     if check_rows and not recipe.is_standard:
         unused = [rows[i][1].pattern for i, u in enumerate(used) if not u]
@@ -281,6 +382,19 @@ def resolve(recipe: Recipe, tensors: list[TensorInfo], check_rows: bool = True) 
             raise EdgeError(f"recipe {recipe.name}: pattern {unused[0]!r} matches no tensor of this model "
                             f"(its matrices are: {', '.join(names)}); fix the pattern")
     return plan
+
+
+def file_type(plan: Plan, tensors: list[TensorInfo]) -> F:
+    """What the file mostly is, for `general.file_type`: the type holding the most weights.
+    A custom recipe that leaves tensors to llama.cpp keeps its declared ftype (it picks them)."""
+    quantizable = [t for t in tensors if t.quantizable]
+    if any(t.name not in plan.types for t in quantizable):
+        return plan.recipe.ftype
+    weights: dict[T, int] = {}
+    for t in quantizable:
+        weights[plan.types[t.name]] = weights.get(plan.types[t.name], 0) + t.n_elements
+    top = max(weights, key=weights.get)
+    return FILE_TYPE.get(top, plan.recipe.ftype)
 
 
 def load_recipe_file(path: str | Path) -> Recipe:
@@ -315,12 +429,22 @@ def load_recipe_file(path: str | Path) -> Recipe:
 
 
 def get(name: str) -> Recipe:
-    """A built-in recipe by name, or a custom one from a .json file."""
-    if name in RECIPES:
-        return RECIPES[name]
+    """A built-in recipe by name (any case; earlier names still resolve), or a custom one from a
+    .json file. An unknown name gets "did you mean"."""
+    import difflib
+
     if name.endswith(".json"):
         return load_recipe_file(name)
-    raise EdgeError(f"unknown recipe {name!r}; use one of {', '.join(RECIPES)} or a recipe .json file")
+    by = {k.upper(): r for k, r in RECIPES.items()}
+    label = {k.upper(): k for k in RECIPES}
+    for r in RECIPES.values():
+        for a in r.aliases:
+            by[a.upper()], label[a.upper()] = r, f"{a} (now {r.name})"
+    if name.upper() in by:
+        return by[name.upper()]
+    close = difflib.get_close_matches(name.upper(), list(by), n=3, cutoff=0.6)
+    hint = f"did you mean {' or '.join(dict.fromkeys(label[c] for c in close))}? " if close else ""
+    raise EdgeError(f"unknown recipe {name!r}; {hint}use one of {', '.join(RECIPES)} or a recipe .json file")
 
 
 def table_markdown(recipe: Recipe) -> str:

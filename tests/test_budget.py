@@ -111,6 +111,26 @@ def test_truncated_gguf_is_an_error(tmp_path, gguf_path):
         read_gguf(cut)
 
 
+
+@pytest.mark.parametrize("version", [2, 4])
+def test_every_gguf_reader_takes_version_3_only(tmp_path, version):
+    """The push's check, the budget and ggufinfo agree: version 3 is read by all three, any other
+    version is refused by each in the same one line."""
+    import struct
+
+    from edge import ggufinfo, push
+
+    path = _tiny_gguf(tmp_path / "v.gguf", layers=2)
+    push.check_gguf(path)
+    assert read_gguf(path).n_layers == 2 and ggufinfo.read_gguf(path).version == 3
+    data = bytearray(path.read_bytes())
+    data[4:8] = struct.pack("<I", version)
+    path.write_bytes(bytes(data))
+    for reader in (push.check_gguf, read_gguf, ggufinfo.read_gguf):
+        with pytest.raises(EdgeError, match=f"GGUF version {version}; only version 3 "):
+            reader(path)
+
+
 # ---- the estimate -----------------------------------------------------------------------
 def test_kv_cache_follows_the_5_to_1_pattern(info):
     per_cell = 1 * (256 + 256) * 2                       # n_head_kv x (k + v) x f16
@@ -288,15 +308,27 @@ def test_budget_cmd_json_and_errors(gguf_path, capsys):
     assert len(json.loads(capsys.readouterr().out)["profiles"]) >= 12
 
 
-def test_demo_stage_writes_budget_json(tmp_path, gguf_path):
-    from edge.demo import DemoContext
+def test_budget_of_a_run_reads_its_variants_from_run_json(tmp_path, gguf_path, capsys):
+    """`edge budget RUN_DIR`: the variants run.json records (by role), never other .gguf files there."""
+    import shutil
+
+    from edge.cli import main
     from edge.runfolder import Run
 
-    ctx = DemoContext(run=Run.open(tmp_path / "run"), artifacts={"variants": [str(gguf_path)]})
-    res = budget.demo_stage(ctx)
-    data = json.loads((tmp_path / "run" / "budget.json").read_text())
-    assert len(data["verdicts"]) == 3 and "galaxy_a12" in res.table
-    assert json.loads((tmp_path / "run" / "run.json").read_text())["stages"]["budget"]["outputs"]
+    run = Run.open(tmp_path / "run")
+    variant = run.path("gguf", "model-Q4_K_M.gguf")
+    variant.parent.mkdir()
+    shutil.copy(gguf_path, variant)
+    (run.path("gguf", "stray.gguf")).write_bytes(variant.read_bytes()[:4096])   # not recorded: never read
+    run.record("quantize", outputs={"variant": [variant]})
+    assert main(["budget", str(run.root), "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert {v["variant"] for v in data["verdicts"]} == {"model-Q4_K_M.gguf"}
+    assert [r["device"] for r in data["recommendations"]] == list(budget.DEFAULT_DEVICES)
+    empty = Run.open(tmp_path / "empty")
+    empty.save()
+    assert main(["budget", str(empty.root)]) == 2
+    assert "no quantized variants" in capsys.readouterr().err
 
 
 # ---- against measurement ----------------------------------------------------------------

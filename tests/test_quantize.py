@@ -10,6 +10,7 @@ well under a second. Files are read back with gguf.GGUFReader.
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -88,29 +89,69 @@ def readback(path) -> dict:
     return {t.name: t.tensor_type for t in gguf.GGUFReader(path).tensors if len(t.shape) > 1}
 
 
+@pytest.mark.slow
 def test_every_recipe_resolves_to_the_intended_types(shaped, tmp_path):
     """Our XL tables are applied exactly; llama.cpp's standard types give what `expect` says
-    (including its silent K-quant fallbacks on 640/1152-wide rows)."""
+    after its row-width fallbacks on 640/1152-wide rows; `general.file_type` of an XL file says
+    what the file mostly is. IQ2_M needs an imatrix, so every recipe is made with one here."""
     from quantize.cli import quantize_variants, read_tensors
+    from quantize.imatrix import Imatrix
 
     label, src = shaped
     tensors, _ = read_tensors(src)
+    im = Imatrix(datasets=["unit"], chunk_count=1, chunk_size=8)
+    for t in tensors:
+        if t.quantizable:
+            im.sums[t.name], im.counts[t.name] = np.ones(t.row, np.float32), 1.0
     recipes = [R.RECIPES[n] for n in R.RECIPES]
-    made = quantize_variants(src, recipes, tmp_path, force=True, progress=False)
+    made = quantize_variants(src, recipes, tmp_path, imatrix=im, force=True, progress=False)
     for m, recipe in zip(made, recipes):
-        plan = R.resolve(recipe, tensors)
+        plan = R.resolve(recipe, tensors, imatrix=True)
         got = readback(m["path"])
         assert set(got) == set(plan.types), recipe.name
         wrong = {n: (plan.types[n].name, got[n].name) for n in got if got[n] != plan.types[n]}
         assert not wrong, f"{label} {recipe.name}: {dict(list(wrong.items())[:4])}"
         if not recipe.is_standard:
             assert m["n_fallback"] == 0, recipe.name  # ours never ask a type the rows can't hold
+            weights = {}
+            for t in tensors:
+                if t.quantizable:
+                    weights[got[t.name]] = weights.get(got[t.name], 0) + t.n_elements
+            ft = gguf.GGUFReader(m["path"]).fields["general.file_type"].contents()
+            assert ft == R.FILE_TYPE[max(weights, key=weights.get)] == R.file_type(plan, tensors), recipe.name
     by = {m["recipe"]: m for m in made}
     assert by["Q4_K_M"]["n_fallback"] > 0  # the problem the XL recipes are designed around
-    q4 = readback(by["Q4_K_XL"]["path"])
+    q4 = readback(by["XL6.1-Q8_0"]["path"])
     assert q4["blk.0.ffn_down.weight"] == T.Q5_1 and q4["blk.5.attn_v.weight"] == T.Q8_0
     assert not any(t in (T.Q4_K, T.Q5_K, T.Q6_K) for t in q4.values())   # no Q8_K-rounded inputs
-    assert readback(by["Q8_K_XL"]["path"])["token_embd.weight"] == T.F16
+    assert readback(by["XL8.7-F16"]["path"])["token_embd.weight"] == T.F16
+    assert readback(by["IQ2_M"]["path"])["token_embd.weight"] == T.Q8_0   # not Q5_K: rows of 640/1152
+
+
+def test_recipe_names_are_case_insensitive_keep_their_old_names_and_suggest_on_a_typo():
+    assert R.get("q4_k_m") is R.RECIPES["Q4_K_M"] and R.get("xl6.1-q8_0") is R.RECIPES["XL6.1-Q8_0"]
+    assert R.get("Q4_K_XL") is R.RECIPES["XL6.1-Q8_0"]                     # the name before issue 20
+    with pytest.raises(EdgeError, match=r"did you mean Q4_K_M"):
+        R.get("Q4_KM")
+    with pytest.raises(EdgeError, match=r"did you mean Q4_K_XL \(now XL6.1-Q8_0\)"):
+        R.get("Q4_K_XXL")
+
+
+def test_xl_names_give_the_body_bits_per_weight_and_the_head_type(small):
+    """XL<body bpw>-<head type>: checked against the resolved 270M-shaped plan."""
+    from gguf import GGML_QUANT_SIZES
+
+    from edge.export import read_gguf
+    from edge.models import embedded_gguf
+
+    tensors = [R.TensorInfo(t.name, tuple(int(d) for d in t.shape)) for t in read_gguf(embedded_gguf()).tensors]
+    for r in R.DYNAMIC:
+        plan = R.resolve(r, tensors)
+        body = [t for t in tensors if t.quantizable and t.name != "token_embd.weight"]
+        bits = 8 * sum(t.n_elements // GGML_QUANT_SIZES[plan.types[t.name]][0] * GGML_QUANT_SIZES[plan.types[t.name]][1]
+                       for t in body) / sum(t.n_elements for t in body)
+        bpw, head = r.name[2:].split("-")
+        assert abs(float(bpw) - bits) < 0.05 and plan.types["token_embd.weight"].name == head, r.name
 
 
 def test_sizes_follow_the_plan(small, tmp_path):
@@ -118,7 +159,7 @@ def test_sizes_follow_the_plan(small, tmp_path):
 
     _, src = small
     tensors, _ = read_tensors(src)
-    made = quantize_variants(src, [R.RECIPES["Q4_K_XL"], R.RECIPES["Q8_0"]], tmp_path, force=True, progress=False)
+    made = quantize_variants(src, [R.RECIPES["XL6.1-Q8_0"], R.RECIPES["Q8_0"]], tmp_path, force=True, progress=False)
     for m in made:
         data_bytes = sum(int(t.n_bytes) for t in gguf.GGUFReader(m["path"]).tensors)
         assert data_bytes == R.resolve(R.RECIPES[m["recipe"]], tensors).size_bytes(tensors)
@@ -127,7 +168,7 @@ def test_sizes_follow_the_plan(small, tmp_path):
 def test_layer_sets_match_llama_cpp_rule():
     # llama.cpp use_more_bits: i < n/8 || i >= 7n/8 || (i - n/8) % 3 == 2 (integer division)
     sets = R.layer_sets(18)
-    assert sets["ends"] == "(?:0|1|15|16|17)"
+    assert sets["ends"] == "(?:0|1|15|16|17)" and sets["sixteenth"] == "(?:0)" and sets["first4"] == "(?:0|1|2|3)"
     assert sets["more"] == "(?:0|1|4|7|10|13|15|16|17)"
     assert R.layer_sets(26)["ends"] == "(?:0|1|2|22|23|24|25)"
 
@@ -225,8 +266,8 @@ def test_imatrix_file_roundtrip_and_use(small, tmp_path):
     assert back.datasets == ["unit"] and set(back.sums) == set(im.sums)
     for n in im.sums:
         np.testing.assert_allclose(back.values()[n], im.sums[n] / 8.0, rtol=1e-6)
-    a = quantize_variants(src, [R.RECIPES["IQ4_K_XL"]], tmp_path / "a", force=True, progress=False)[0]
-    b = quantize_variants(src, [R.RECIPES["IQ4_K_XL"]], tmp_path / "b", imatrix=back, force=True, progress=False)[0]
+    a = quantize_variants(src, [R.get("XL5.3-IQ4_NL")], tmp_path / "a", force=True, progress=False)[0]
+    b = quantize_variants(src, [R.get("XL5.3-IQ4_NL")], tmp_path / "b", imatrix=back, force=True, progress=False)[0]
     assert readback(a["path"]) == readback(b["path"])
     assert open(a["path"], "rb").read() != open(b["path"], "rb").read()  # the imatrix changed the rounding
 
@@ -289,7 +330,7 @@ def test_fine_tune_of_the_dequantized_base_warns_where_a_recipe_reuses_its_grid(
     (base / "edge_source.json").write_text(json.dumps({"gguf": embedded_gguf().name}))
     types = base_grid_types({"adapter": "/runs/x", "base_model": str(base)})
     assert types["blk.0.attn_q.weight"] == "Q5_0" and types["blk.5.ffn_down.weight"] == "Q4_K"
-    plans = [R.resolve(R.RECIPES[n], tensors) for n in ("Q4_K_M", "Q8_0", "Q4_K_XL", "Q5_K_XL", "Q6_K_XL")]
+    plans = [R.resolve(R.get(n), tensors) for n in ("Q4_K_M", "Q8_0", "Q4_K_XL", "Q5_K_XL", "Q6_K_XL")]
     warned = snap_back_warnings(plans, types)
     assert list(warned) == ["Q4_K_M"] and "erases much of the fine-tune" in warned["Q4_K_M"]
 
@@ -343,6 +384,24 @@ def test_chat_text_is_scored_on_the_replies_with_their_special_tokens(tmp_path):
 def test_recipes_made_for_an_imatrix_say_so_without_one():
     from quantize.cli import imatrix_note
 
-    assert imatrix_note([R.RECIPES["Q8_0"], R.RECIPES["Q8_K_XL"], R.RECIPES["Q4_K_M"]]) == ""
-    note = imatrix_note([R.RECIPES[n] for n in ("Q8_0", "Q4_K_XL", "Q6_K_XL")])
-    assert note.startswith("Q4_K_XL, Q6_K_XL are made for an importance matrix") and "--calib" in note
+    assert imatrix_note([R.RECIPES["Q8_0"], R.RECIPES["XL8.7-F16"], R.RECIPES["Q4_K_M"]]) == ""
+    note = imatrix_note([R.get(n) for n in ("Q8_0", "XL6.1-Q8_0", "XL7.4-Q8_0")])
+    assert note.startswith("XL6.1-Q8_0, XL7.4-Q8_0 are made for an importance matrix") and "--calib" in note
+
+
+def test_arm_repack_follows_llama_cpp_rules():
+    """quantize/repack.py mirrors ggml-cpu/repack.cpp's choice: Q4_0/Q8_0/IQ4_NL 4-row and
+    Q4_K/Q5_K/Q6_K 8-row interleaves with dotprod or i8mm; nothing for Q5_0/Q5_1/Q2_K; nothing
+    without the features; the tied head counts as the output head."""
+    from quantize.repack import kernel, label, repacked
+
+    assert kernel("Q4_0", 1024) == "Q4_0 4x8 (i8mm)" and kernel("Q4_0", 1024, {"dotprod"}) == "Q4_0 4x4 (dotprod)"
+    assert kernel("Q4_K", 1028) is None and kernel("Q4_K", 1024, {"dotprod"}) == "Q4_K 8x4 (dotprod)"
+    assert kernel("IQ4_NL", 640, {"i8mm"}) == "IQ4_NL 4x4 (dotprod)"          # i8mm cores have dotprod
+    assert all(kernel(t, 1024) is None for t in ("Q5_0", "Q5_1", "Q4_1", "Q2_K", "Q3_K", "IQ4_XS", "F16", "F32"))
+    assert kernel("Q8_0", 1024, set()) is None
+    tensors = [("token_embd.weight", "Q4_0", (640, 262144)), ("blk.0.attn_q.weight", "Q5_1", (640, 1024)),
+               ("blk.0.attn_v.weight", "Q8_0", (640, 256)), ("blk.0.attn_norm.weight", "F32", (640,))]
+    assert set(repacked(tensors)) == {"token_embd.weight", "blk.0.attn_v.weight"}
+    assert label(tensors).startswith("head + 1 of 2 other matrices repacked")
+    assert label(tensors, set()).startswith("nothing repacked")

@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from edge.errors import EdgeError  # noqa: E402
-from tests.test_tui_gguf import tiny_variants, write_sparse_gguf  # noqa: E402
+from tests.test_tui_gguf import ONE_B_KV2, tiny_variants, write_sparse_gguf  # noqa: E402
 from tui import EdgeApp  # noqa: E402
 from tui_screens import library  # noqa: E402
 from tui_screens.budget import fmt_ctx  # noqa: E402
@@ -108,14 +108,15 @@ async def test_variants_of_a_run_come_from_run_json(tmp_path, variants_dir):
     w.add_type("imatrix")
     w.add_tensor("blk.0.ffn_down.weight.in_sum2", np.ones(64, np.float32))
     w.write_header_to_file(); w.write_kv_data_to_file(); w.write_tensors_to_file(); w.close()
-    run.record("quantize", outputs=[kept, imatrix])
+    run.record("quantize", outputs={"variant": [kept]})
+    run.record("imatrix", outputs={"imatrix": imatrix})     # a GGUF, recorded as what it is: not a variant
     app = EdgeApp(run=run.root, live=False, host=False)
     async with app.run_test(size=SIZE) as pilot:
         await settle(app, pilot)
         rows = table_rows(app.screen.query_one("#variants-table"))
         assert [r[0] for r in rows] == ["tiny-F16"]
         source = str(app.screen.query_one("#variants-source").render())
-        assert source.startswith("run ") and "not listed: imatrix.gguf (not a model)" in source
+        assert source.startswith("run ") and "stray" not in source
 
 
 @async_test
@@ -339,12 +340,44 @@ async def test_push_from_the_tui_to_the_phone(phone, variants_dir):
         local = (variants_dir / "tiny-Q8_0.gguf").read_bytes()
         assert phone.phone.files("/sdcard/Download") == {"tiny-Q8_0.gguf": local}
         result = str(app.screen.query_one("#push-result").render())
-        assert "sha256 verified" in result and "Next steps" in result and "Import Model" in result
+        assert "SHA-1 verified on the phone" in result and "Next steps" in result and "Import Model" in result
         assert app.screen.query_one("#push-progress").progress == len(local)
         # the same again: the library refuses to overwrite; the error is shown, not raised
         await pilot.press("ctrl+s")
         await wait_until(pilot, lambda: status.has_class("-error"))
         assert "already exists" in str(status.render()) and app.is_running
+
+
+@needs_adb
+@async_test
+async def test_the_budget_screens_n_ctx_reaches_the_push(phone, tmp_path):
+    """Budget: `c` to n_ctx 32768, Enter on the phone's cell -> Push -> Ctrl+S: the push is
+    checked at 32768, where this 2 GB file does not fit (at the default 4096 it does)."""
+    folder = tmp_path / "one"
+    folder.mkdir()
+    write_sparse_gguf(folder / "one-b-F16.gguf", ONE_B_KV2)
+    app = EdgeApp(folder=folder, live=True, host=False)
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(app, pilot)
+        await pilot.press("b")
+        grid = app.screen.query_one("#budget-table")
+        await wait_until(pilot, lambda: grid.row_count > 0 and "phone" in str(grid.get_row_at(0)[0]))
+        assert "✓" in str(grid.get_row_at(0)[1])                # fits at n_ctx 4096
+        for _ in range(3):                                      # 4096 -> 8192 -> 16384 -> 32768
+            await pilot.press("c")
+            await settle(app, pilot)
+        await wait_until(pilot, lambda: app.screen.result.ctx == 32768 and grid.row_count > 0)
+        assert "✗" in str(grid.get_row_at(0)[1])
+        await pilot.press("enter")                              # the cursor is on the phone's cell
+        await wait_until(pilot, lambda: app.current_mode == "push")
+        assert app.chosen_ctx == 32768
+        device = app.screen.query_one("#push-device")
+        await wait_until(pilot, lambda: device.value == phone.serial)
+        await pilot.press("ctrl+s")
+        status = app.screen.query_one("#push-status")
+        await wait_until(pilot, lambda: status.has_class("-error"))
+        assert "does not fit Pixel 7" in str(status.render()) and "n_ctx 32768" in str(status.render())
+    assert not phone.phone.files("/sdcard/Download")
 
 
 @needs_adb
@@ -374,8 +407,8 @@ async def test_cancel_a_push(phone, tmp_path):
 # ---- Pipeline ----------------------------------------------------------------------------------
 @async_test
 async def test_pipeline_shows_stages_and_follows_the_loss_log(tmp_path, variants_dir):
-    """run.json stages; the loss plot follows the adapter's log.jsonl as `edge finetune` appends
-    to it; Start runs the real `edge finetune`, whose refusal of bad input is shown."""
+    """run.json stages; the loss plot follows the adapter's log.jsonl as the fine-tune appends
+    to it; Start runs the real `edge run`, whose refusal of bad input is shown."""
     from edge.finetune import LOG
     from edge.runfolder import Run
 
@@ -398,11 +431,14 @@ async def test_pipeline_shows_stages_and_follows_the_loss_log(tmp_path, variants
             f.write("".join(json.dumps(r) + "\n" for r in lines[5:]))
         await wait_until(pilot, lambda: len(spark.data) == 8, timeout=20)
         assert "step 8" in str(app.screen.query_one("#pipeline-loss-label").render())
-        app.screen.query_one("#pipeline-steps").value = "0"
-        await pilot.press("ctrl+t")                   # bad input: edge finetune refuses, exit 2
+        app.screen.query_one("#pipeline-data").value = str(tmp_path / "no-such-chats.jsonl")
+        await pilot.press("ctrl+t")                   # bad input: edge run refuses, exit 2
         status = app.screen.query_one("#pipeline-status")
         await wait_until(pilot, lambda: status.has_class("-error"), timeout=60)
-        assert "--steps" in str(status.render()) and "exit 2" in str(status.render())
+        assert "no such file" in str(status.render()) and "exit 2" in str(status.render())
+        rows = {r[0]: r for r in table_rows(app.screen.query_one("#pipeline-table"))}
+        assert rows["fine-tune"][1] == "not run" and rows["export"][1] == "done"   # nothing lost or redone
+        assert (run.root / "ref.gguf").is_file() and log.is_file()
 
 
 def test_screenshot_is_made_by_the_app(variants_dir, tmp_path):

@@ -181,7 +181,7 @@ class BudgetScreen(Screen):
             return
         path = next(v.path for v in self.app.variants if v.path.name == variant)
         serial = device_key.removeprefix("adb:") if device_key.startswith("adb:") else None
-        self.app.push_this(file=path, serial=serial)
+        self.app.push_this(file=path, serial=serial, ctx=r.ctx)
 
     def _detail(self, device_key: str, variant: str) -> None:
         r = self.result

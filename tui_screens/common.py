@@ -52,7 +52,7 @@ class StatusLine(Static):
     DEFAULT_CLASSES = "status"
 
     def show(self, text: str, kind: str = "info") -> None:
-        """kind: info, busy, warn or error (styled in tui.tcss)."""
+        """kind: info, busy, warn or error (styled in tui_screens/tui.tcss)."""
         for k in ("info", "busy", "warn", "error"):
             self.set_class(k == kind, f"-{k}")
         self.update(text)

@@ -20,7 +20,7 @@ Everything here calls the `edge` library: the numbers are the ones `edge budget`
 | `2` `d` | **Devices** | phones connected over adb (RAM free, thermal status, battery temperature; refreshed every few seconds) and the bundled phone profiles |
 | `3` `b` | **Budget** | every variant × every device: fits / tight / does not fit, largest n_ctx, predicted speed, heat; ★ = recommended |
 | `4` `p` | **Push** | pick a file, a phone and an app, push with progress; `Esc` cancels |
-| `5` | **Pipeline** | the run's stages (run.json); start `edge finetune` into the run (`Ctrl+T`, `Esc` stops with a checkpoint) and watch its loss |
+| `5` | **Pipeline** | `edge run` into the run folder (`Ctrl+T`; `Esc` stops, Start again resumes): every stage's state from run.json, live progress, the fine-tune's loss |
 | `c` | Budget | change n_ctx (2k, 4k, 8k, 16k, 32k) |
 | `Ctrl+S` `Esc` | Push | start / cancel the push |
 | `r` | any | refresh the current screen |

@@ -50,14 +50,15 @@ def _gguf_files(root: Path) -> list[Path]:
 
 
 def _run_files(run_dir: Path) -> list[Path]:
+    """The run's variants and its reference, as run.json records them (by role, not by name);
+    a folder without run.json: every *.gguf in it."""
     from edge.runfolder import MANIFEST, Run
 
-    files: list[Path] = []
-    if (run_dir / MANIFEST).is_file():
-        run = Run.open(run_dir)
-        for stage in run.data.get("stages", {}):
-            files += [p for p in run.outputs(stage) if p.suffix == ".gguf" and p.is_file()]
-    return list(dict.fromkeys(files)) or _gguf_files(run_dir)
+    if not (run_dir / MANIFEST).is_file():
+        return _gguf_files(run_dir)
+    run = Run.open(run_dir, create=False)
+    ref = run.reference()
+    return run.variants() + ([ref] if ref is not None and ref.is_file() else [])
 
 
 def variants(run_dir: Path | None, folder: Path | None) -> tuple[str, list[Variant], Path | None]:
@@ -156,11 +157,11 @@ def push_apps() -> list[tuple[str, str]]:
     return [(key, r.title) for key, r in APPS.items()]
 
 
-def push(path: Path, app: str, serial: str, *, force: bool, progress, cancel):
-    """`edge.push.push`: checks, upload with sha256 verification, the app's route."""
+def push(path: Path, app: str, serial: str, *, force: bool, ctx: int, progress, cancel):
+    """`edge.push.push`: checks, upload verified with SHA-1 computed on the phone, the app's route."""
     from edge.push import push as push_file
 
-    return push_file(path, app, serial, force=force, progress=progress, cancel=cancel)
+    return push_file(path, app, serial, force=force, ctx=ctx, progress=progress, cancel=cancel)
 
 
 # ---- budget (edge.budget, edge.readings) ----------------------------------------------------------

@@ -1,10 +1,12 @@
-"""Pipeline: the stages of a run (its run.json), and a fine-tune started from here with a live
-loss plot.
+"""Pipeline: `edge run` driven from here, every stage's state from the run's run.json, and the
+fine-tune's live loss plot.
 
-The fine-tune is the `edge finetune` command itself, run as a child process (torch stays out
-of the TUI), writing into `<run>/adapter`; the plot follows the `log.jsonl` it appends one
-line to per step (the same file `loss.png` is drawn from). Stop sends Ctrl-C: `edge finetune`
-saves a checkpoint and a later start with "resume" continues from it.
+`edge run` runs as a child process (torch stays out of the TUI), writing into the run folder;
+the stage table follows run.json (each stage "running" while it works, "done" with its time
+and summary), the status line shows the child's latest progress line (its tqdm bars: fine-tune
+steps, quantize files, scored variants), and the plot follows adapter/log.jsonl, the file
+`loss.png` is drawn from. Stop sends Ctrl-C: the fine-tune saves a checkpoint, every other file
+is written under a temporary name; Start again resumes (finished stages are skipped).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import json
 import signal
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 from textual import on, work
@@ -29,23 +32,32 @@ STAGE_COLUMNS = [("stage", "stage"), ("status", "status"), ("outputs", "outputs"
 EDGE = [sys.executable, "-c", "import sys; from edge.cli import main; sys.exit(main())"]
 
 
-def stage_rows(run_dir: Path | None) -> list[list[str]]:
-    """One row per stage of `edge demo`, from the run's run.json (read only)."""
-    from edge.demo import STAGES
+def stage_rows(run_dir: Path | None, active: bool = False) -> list[list[str]]:
+    """One row per stage of `edge run`, from the run's run.json (read only). A stage left
+    "running" by a process that is gone reads "interrupted" (the next run resumes it)."""
+    from edge.pipeline import STAGE_NAMES
     from edge.runfolder import MANIFEST
 
     stages = {}
     if run_dir is not None and (run_dir / MANIFEST).is_file():
-        stages = json.loads((run_dir / MANIFEST).read_text()).get("stages", {})
+        try:
+            stages = json.loads((run_dir / MANIFEST).read_text()).get("stages", {})
+        except (json.JSONDecodeError, OSError, AttributeError):
+            stages = {}
     rows = []
-    for name in [s[0] for s in STAGES] + [s for s in stages if s not in {x[0] for x in STAGES}]:
+    for name in list(STAGE_NAMES) + [s for s in stages if s not in STAGE_NAMES]:
         e = stages.get(name)
-        if e is None:
+        if not isinstance(e, dict):
             rows.append([name, "not run", "", "", "", ""])
+            continue
+        state = e.get("state", "done")
+        if state == "running":
+            rows.append([name, "running" if active else "interrupted", "", "", str(e.get("started", "")), ""])
             continue
         summary = ", ".join(f"{k}={v}" for k, v in (e.get("summary") or {}).items() if not isinstance(v, (dict, list)))
         secs = e.get("seconds")
-        rows.append([name, "done", str(len(e.get("outputs", []))), "" if secs is None else f"{secs:.0f} s",
+        rows.append([name, state, str(len(e.get("outputs", []))),
+                     "" if not isinstance(secs, (int, float)) else f"{secs:.0f} s",
                      str(e.get("finished", "")), summary[:80]])
     return rows
 
@@ -64,27 +76,27 @@ def read_log(log: Path) -> list[dict]:
 
 
 class PipelineScreen(Screen):
-    """run.json stages, a fine-tune form, the live loss plot."""
+    """`edge run` into the run folder: the stages (run.json), a form, live progress, the loss plot."""
 
     BINDINGS = [Binding("r", "refresh", "Refresh"),
-                Binding("ctrl+t", "train", "Fine-tune"),
+                Binding("ctrl+t", "start", "Run"),
                 Binding("escape", "stop", "Stop")]
 
     def compose(self) -> ComposeResult:
         yield Header()
-        yield Static("Pipeline: the run's stages (run.json)", classes="title")
+        yield Static("Pipeline: edge run into the run folder (stages from run.json)", classes="title")
         yield row_table("pipeline-table", STAGE_COLUMNS)
-        yield Static("Fine-tune (edge finetune) into the run's adapter/ folder", classes="title")
         with Horizontal(classes="pipeline-form"):
-            yield Label("model")
-            yield Input("embedded", id="pipeline-model")
             yield Label("data")
             yield Input(id="pipeline-data")
+            yield Label("model")
+            yield Input("embedded", id="pipeline-model")
         with Horizontal(classes="pipeline-form"):
             yield Label("steps")
             yield Input("60", id="pipeline-steps", type="integer")
-            yield Checkbox("resume", id="pipeline-resume")
-            yield Checkbox("replace", id="pipeline-force")
+            yield Label("recipes")
+            yield Input("", id="pipeline-recipes", placeholder="default")
+            yield Checkbox("redo all", id="pipeline-force")
             yield Button("Start", id="pipeline-start", variant="primary")
             yield Button("Stop", id="pipeline-stop", variant="error", disabled=True)
         yield Static("", id="pipeline-loss-label")
@@ -96,102 +108,122 @@ class PipelineScreen(Screen):
         from edge.task import TRAIN
 
         self.proc: subprocess.Popen | None = None
-        self._steps = "60"
+        self._latest = ""
+        self._lock = threading.Lock()
         self.query_one("#pipeline-data", Input).value = str(TRAIN)
         self.query_one(StatusLine).show(
-            f"run folder: {self.adapter_dir.parent}" if self.app.run_dir else
-            f"no --run given: fine-tunes go to {self.adapter_dir}", "info")
+            f"run folder: {self.run_dir}" if self.app.run_dir else
+            f"no --run given: edge run writes into {self.run_dir}", "info")
         self.action_refresh()
         self.set_interval(1.0, self.action_refresh)
 
     @property
+    def run_dir(self) -> Path:
+        return self.app.run_dir or Path("runs") / "tui"
+
+    @property
     def adapter_dir(self) -> Path:
-        return (self.app.run_dir or Path("runs") / "tui") / "adapter"
+        return self.run_dir / "adapter"
 
     def action_refresh(self) -> None:
         """Re-read run.json and log.jsonl (small files: read here, no worker needed)."""
         from edge.finetune import LOG
 
         table = self.query_one("#pipeline-table", DataTable)
-        rows = stage_rows(self.app.run_dir)
+        rows = stage_rows(self.run_dir, active=self.proc is not None)
         if [list(map(str, table.get_row_at(i))) for i in range(table.row_count)] != rows:
             table.clear()
             for r in rows:
                 table.add_row(*r, key=r[0])
         records = read_log(self.adapter_dir / LOG)
-        losses = [r["loss"] for r in records if "loss" in r]
+        losses = [r["loss"] for r in records if isinstance(r.get("loss"), (int, float))]
         self.query_one(Sparkline).data = losses
         label = self.query_one("#pipeline-loss-label", Static)
-        if records:
+        if records and losses:
             last = records[-1]
             evals = [r["eval_loss"] for r in records if "eval_loss" in r]
-            label.update(f"loss by step (log.jsonl): step {last['step']} · loss {last['loss']:.4f}"
+            label.update(f"fine-tune loss by step (log.jsonl): step {last.get('step')} · loss {losses[-1]:.4f}"
                          + (f" · eval {evals[-1]:.4f}" if evals else "")
                          + f" · {last.get('tok_s', 0):.0f} tok/s · {last.get('elapsed', 0):.0f} s"
-                         + (f"   [dim](plot from {min(losses):.4f} to {max(losses):.4f})[/dim]" if losses else ""))
-            if self.proc is not None:
-                self.query_one(StatusLine).show(f"edge finetune → {self.adapter_dir}: step {last['step']} of "
-                                                f"{self._steps} · Esc stops with a checkpoint", "busy")
+                         + f"   [dim](plot from {min(losses):.4f} to {max(losses):.4f})[/dim]")
         else:
-            label.update(f"loss by step: no {LOG} in {self.adapter_dir} yet")
+            label.update(f"fine-tune loss by step: no {LOG} in {self.adapter_dir} yet")
+        if self.proc is not None:
+            running = next((r[0] for r in rows if r[1] == "running"), "starting")
+            with self._lock:
+                latest = self._latest
+            self.query_one(StatusLine).show(f"edge run → {self.run_dir}: {running} · {latest[-90:]} · Esc stops",
+                                            "busy")
 
-    def action_train(self) -> None:
+    def argv(self) -> list[str]:
+        value = lambda key: self.query_one(f"#pipeline-{key}", Input).value.strip()
+        argv = EDGE + ["run", "--data", value("data"), "--out", str(self.run_dir),
+                       "--model", value("model") or "embedded", "--steps", value("steps") or "60"]
+        if value("recipes"):
+            argv += ["--recipes", value("recipes")]
+        if self.query_one("#pipeline-force", Checkbox).value:
+            argv += ["--from", "data"]
+        return argv
+
+    def action_start(self) -> None:
         if self.proc is not None:
             return
-        steps = self.query_one("#pipeline-steps", Input).value.strip() or "60"
-        self._steps = steps
-        argv = EDGE + ["finetune", "--model", self.query_one("#pipeline-model", Input).value.strip() or "embedded",
-                       "--data", self.query_one("#pipeline-data", Input).value.strip(),
-                       "--out", str(self.adapter_dir), "--steps", steps, "--json"]
-        if self.query_one("#pipeline-resume", Checkbox).value:
-            argv.append("--resume")
-        if self.query_one("#pipeline-force", Checkbox).value:
-            argv.append("--force")
         self.query_one("#pipeline-start", Button).disabled = True
         self.query_one("#pipeline-stop", Button).disabled = False
-        self.query_one(StatusLine).show(f"edge finetune → {self.adapter_dir} (starting; loading the model)…", "busy")
-        self.run_finetune(argv)
+        self.query_one(StatusLine).show(f"edge run → {self.run_dir} (starting; loading the model)…", "busy")
+        self.run_pipeline(self.argv())
 
     @work(thread=True, exclusive=True, group="pipeline", exit_on_error=False)
-    def run_finetune(self, argv: list[str]) -> None:
-        app = self.app
+    def run_pipeline(self, argv: list[str]) -> None:
+        app, tail = self.app, []
         try:
-            self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-            out, err = self.proc.communicate()
-            rc = self.proc.returncode
+            self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                         bufsize=1, errors="replace")
+            piece = ""
+            while True:          # tqdm redraws with \r: keep the latest piece as the live progress
+                ch = self.proc.stdout.read(1)
+                if not ch:
+                    break
+                if ch in "\r\n":
+                    if piece.strip():
+                        with self._lock:
+                            self._latest = piece.strip()
+                        if ch == "\n":
+                            tail = (tail + [piece.strip()])[-20:]
+                    piece = ""
+                else:
+                    piece += ch
+            rc = self.proc.wait()
         except OSError as e:
-            out, err, rc = "", str(e), 1
+            tail, rc = [str(e)], 1
         finally:
             self.proc = None
-        app.call_from_thread(self._finished, rc, out, err)
+        app.call_from_thread(self._finished, rc, tail)
 
-    def _finished(self, rc: int, out: str, err: str) -> None:
+    def _finished(self, rc: int, tail: list[str]) -> None:
         self.query_one("#pipeline-start", Button).disabled = False
         self.query_one("#pipeline-stop", Button).disabled = True
         status = self.query_one(StatusLine)
-        lines = [ln.strip() for ln in err.strip().splitlines() if ln.strip()]
-        last = next((ln for ln in reversed(lines) if "checkpoint" in ln), lines[-1] if lines else "")
+        last = tail[-1] if tail else ""
         if rc == 0:
-            try:
-                r = json.loads(out)
-                status.show(f"fine-tuned to step {r['steps']} in {r['seconds']:.0f} s · train loss "
-                            f"{r['train_loss']:.4f} · adapter {r['out']} · next: edge merge --adapter {r['out']}", "info")
-            except (json.JSONDecodeError, KeyError, TypeError):
-                status.show(f"edge finetune finished: {out.strip()[-200:]}", "info")
+            recs = [ln for ln in tail if ln.startswith("recommended on")]
+            status.show(f"edge run finished · {'; '.join(recs)[:160] or last}", "info")
         elif rc in (130, -signal.SIGINT):
-            status.show(f"stopped: {last or 'interrupted'}", "warn")
+            status.show("stopped: Start resumes (finished stages are skipped; the fine-tune continues from its "
+                        "checkpoint)", "warn")
         else:
-            status.show(f"edge finetune failed (exit {rc}): {last or 'no message'}", "error")
+            err = next((ln for ln in reversed(tail) if "error" in ln), last)
+            status.show(f"edge run failed (exit {rc}): {err or 'no message'}", "error")
         self.action_refresh()
 
     def action_stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGINT)     # edge finetune saves a checkpoint and exits
-            self.query_one(StatusLine).show("stopping: edge finetune saves a checkpoint first…", "busy")
+            self.proc.send_signal(signal.SIGINT)     # the fine-tune saves a checkpoint; files are atomic
+            self.query_one(StatusLine).show("stopping: edge run saves a checkpoint first…", "busy")
 
     @on(Button.Pressed, "#pipeline-start")
     def _start(self) -> None:
-        self.action_train()
+        self.action_start()
 
     @on(Button.Pressed, "#pipeline-stop")
     def _stop(self) -> None:

@@ -19,6 +19,7 @@ from textual.message import Message
 from textual.screen import Screen
 from textual.widgets import Button, Checkbox, Footer, Header, Label, ProgressBar, Select, Static
 
+from edge.device import HASH_LABEL
 from tui_screens import library
 from tui_screens.common import StatusLine, describe_error, fmt_bytes
 
@@ -61,11 +62,11 @@ def result_text(r) -> str:
     lines = [f"[b]pushed[/b] {Path(r.file).name} ({fmt_bytes(r.size_bytes)}) → {where}"]
     if r.route != "huggingface":
         lines.append(f"{r.mb_per_s:.1f} MB/s · {r.seconds:.1f} s · "
-                     + (f"sha256 verified on the phone ({r.segments_verified} segment(s))" if r.verified
+                     + (f"{HASH_LABEL} verified on the phone ({r.segments_verified} segment(s))" if r.verified
                         else "[yellow]not verified[/yellow]")
                      + (f" · resumed {len(r.resumed_at)}x" if r.resumed_at else ""))
     if r.budget:
-        lines.append(f"budget on this phone: {r.budget}")
+        lines.append(f"budget on this phone at n_ctx {r.ctx}: {r.budget}")
     lines += [f"[yellow]warning:[/yellow] {w}" for w in r.warnings]
     if r.next_steps:
         lines.append("")
@@ -77,8 +78,8 @@ def result_text(r) -> str:
 HINT = """Pick a file, a phone and an app, then [b]Ctrl+S[/b] (or Push). [b]Esc[/b] cancels a push.
 
 The copy is `edge push`: it checks that the file is a GGUF and that our budget says it fits
-the phone (tick [i]force[/i] to push anyway), copies it under a temporary name, has the phone
-compute sha256 of every part, resumes after a dropped link, then renames it. The app's next
+the phone at the Budget screen's n_ctx (tick [i]force[/i] to push anyway), copies it under a temporary name, has the phone
+compute a SHA-1 of every part, resumes after a dropped link, then renames it. The app's next
 steps are shown here when it is done."""
 
 
@@ -201,14 +202,16 @@ class PushScreen(Screen):
         self.query_one("#push-result", Static).update("")
         self.query_one("#push-go", Button).disabled = True
         self.query_one("#push-cancel", Button).disabled = False
-        self.query_one(StatusLine).show(f"pushing {path.name} to {values['device']}…", "busy")
+        ctx = self.app.chosen_ctx
+        self.query_one(StatusLine).show(f"pushing {path.name} to {values['device']} (budget at n_ctx {ctx})…", "busy")
         self.run_push(path, values["device"], values["app"], self.query_one("#push-force", Checkbox).value,
-                      self._cancel)
+                      ctx, self._cancel)
 
     @work(thread=True, exclusive=True, group="push", exit_on_error=False)
-    def run_push(self, path: Path, serial: str, app_key: str, force: bool, cancel: threading.Event) -> None:
+    def run_push(self, path: Path, serial: str, app_key: str, force: bool, ctx: int,
+                 cancel: threading.Event) -> None:
         try:
-            result = library.push(path, app_key, serial, force=force,
+            result = library.push(path, app_key, serial, force=force, ctx=ctx,
                                   progress=lambda p: self.post_message(PushProgress(p)), cancel=cancel)
         except BaseException as e:  # shown in the app; a cancel arrives here too
             self.post_message(PushDone(error=e))
