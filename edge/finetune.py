@@ -2,6 +2,7 @@
 
     edge finetune --data train.jsonl --out runs/ft --steps 200            # embedded 270M
     edge finetune --model DIR --data train.jsonl --out runs/ft --resume   # continue exactly
+    edge finetune --gpus 2 --data train.jsonl --out runs/ft               # 2 GPUs (torchrun, DDP): edge.distributed
 
 Takes a model spec (`edge.models.load`), a chat JSONL file (`edge.data`) and a precision
 (`edge.precision`). Writes into OUT/:
@@ -17,7 +18,7 @@ output head runs in chunks whose float32 logits are freed right away; the gradie
 chunk is computed in the same pass (the head is frozen, so only d(hidden) is needed), so the
 backward pass neither keeps nor recomputes logits. Batches are length-bucketed. On a GPU each
 decoder layer is compiled (fp16-fixed ones too). fp16 trains with dynamic loss scaling. Ctrl-C
-saves a checkpoint at the next step boundary; a non-finite loss or gradient stops before the
+or SIGTERM saves a checkpoint at the next step boundary; a non-finite loss or gradient stops before the
 bad update, keeping the last good checkpoint (an fp16 step whose gradients overflow at the
 current loss scale is skipped, as loss scaling does, and is no failure). A step in which some
 adapter weight got no gradient, or every adapter weight got an all-zero one, stops training:
