@@ -212,7 +212,7 @@ def main(argv=None):
                     "(overhead, scaling efficiency; bench/finetune_gpus.py says how)")
     ap.add_argument("--cpu", action="store_true", help="with --gpus: processes on the CPU (gloo)")
     ap.add_argument("--model", default="embedded", help="with --gpus: the model spec, or random:270m / random:1b")
-    ap.add_argument("--finetune-args", default="", help="with --gpus: more edge finetune flags, e.g. \"--full\"")
+    ap.add_argument("--finetune-args", default="", help="with --gpus: more edge finetune flags, e.g. --finetune-args=--full (with the =)")
     ap.add_argument("--data", default="", help="with --gpus: chat JSONL (default: the demo task's chats)")
     ap.add_argument("--precision", default="auto", help="with --gpus: edge finetune --precision")
     ap.add_argument("--skip", type=int, default=5, help="with --gpus: steps left out of tokens/s (warm-up)")

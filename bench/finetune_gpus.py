@@ -20,7 +20,7 @@ that wait on each other at OpenMP barriers distort the comparison, so use 1 ther
 
 `--model random:270m` or `random:1b`: random weights in Gemma 3's exact configuration
 (edge.gemma3.CONFIG_*) with the embedded model's tokenizer, written to a temporary folder (a GPU
-machine that cannot download the 1B). `--finetune-args "--full"` passes flags on to every run.
+machine that cannot download the 1B). `--finetune-args=--full` passes flags on to every run.
 """
 
 from __future__ import annotations

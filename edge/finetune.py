@@ -3,6 +3,7 @@
     edge finetune --data train.jsonl --out runs/ft --steps 200            # embedded 270M, LoRA
     edge finetune --model DIR --data train.jsonl --out runs/ft --resume   # continue exactly
     edge finetune --data train.jsonl --out runs/full --full --epochs 2    # every weight; then edge export
+    edge finetune --gpus 2 --data train.jsonl --out runs/ft               # 2 GPUs (torchrun, DDP): edge.distributed
 
 Takes a model spec (`edge.models.load`), a chat JSONL file (`edge.data`) and a precision
 (`edge.precision`). Writes into OUT/:
@@ -24,11 +25,11 @@ Batches are length-bucketed. On a GPU the decoder layers are compiled when that 
 (`decide_compile`: the model compiled on this machine before, or a long job), and the memory
 mode (`memory_mode`: fast, or lean = every compiled layer checkpointed) follows the free
 memory; the log names both. fp16 trains with dynamic loss scaling; --full in bf16/fp16 keeps
-float32 master weights (`MasterWeights`). Ctrl-C saves a checkpoint at the next step
+float32 master weights (`MasterWeights`). Ctrl-C or SIGTERM saves a checkpoint at the next step
 boundary; a non-finite loss or gradient stops before the bad update, keeping the last good
-checkpoint (an fp16 step whose gradients overflow at the current loss scale is skipped, as
-loss scaling does, and is no failure). A step in which some trained weight got no gradient,
-or every one got an all-zero one, stops training: it would train nothing.
+checkpoint (an fp16 step whose gradients overflow at the current loss scale is skipped, as loss
+scaling does, and is no failure). A step in which some trained weight got no gradient, or every
+one got an all-zero one, stops training: it would train nothing.
 """
 
 from __future__ import annotations

@@ -249,7 +249,7 @@ def stage_finetune(c: Ctx) -> Outcome:
     if chats:
         facts["task_accuracy"] = {"before": before, "after": after}
     head = f"task accuracy {before:.0%} -> {after:.0%} " if chats else f"loss {result.train_loss:.3g}, "
-    return Outcome(head + f"({result.steps} steps, {epochs:.1f} epochs, {result.precision}, "
+    return Outcome(head + f"({result.steps} steps, {epochs:.3g} epochs, {result.precision}, "
                    f"{result.tokens_per_s:.0f} tok/s)",
                    outputs={role: out, "file": files, "log": [out / LOG, out / PLOT]}, inputs=[train_file], facts=facts)
 
