@@ -55,6 +55,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
+START = time.time()
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 LR = 2e-4
 FULL_LR = 5e-5
@@ -170,6 +171,7 @@ def _padded_loop(a, model, params, examples, loss_fn, device):
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warm) * 0.5 * (1 + math.cos(math.pi * s / total)))
     scaler = torch.amp.GradScaler(device, enabled=a.precision == "fp16" and device == "cuda")
     marks, t0, loss = [], time.time(), None
+    print(f"loop starts {time.time() - START:.1f} s after the process began", flush=True)
     for b in batches:
         chats = [examples[i] for i in b]
         opt.zero_grad(set_to_none=True)
@@ -187,6 +189,8 @@ def _padded_loop(a, model, params, examples, loss_fn, device):
         scaler.update()
         sched.step()
         marks.append((time.time() - t0, sum(len(e.ids) for e in chats)))
+        if len(marks) % 10 == 1:  # the log shows how far a contestant got when it is stopped
+            print(f"step {len(marks)}/{total} at {marks[-1][0]:.1f} s of the loop", flush=True)
     return marks, lv
 
 
@@ -419,7 +423,7 @@ def table(rows) -> str:
         st = r.get("steady") or 0
         fx = lambda x: f"{x:.2f}x"
         out.append(
-            f"| {r['size']} | {r['precision']} | {r['contestant']} | {r['e2e_s']:.0f} | {st:,.0f} | "
+            f"| {r['size']} | {r['precision']} | {r['contestant']} | {r['e2e_s']:.0f} | {f'{st:,.0f}' if st else '-'} | "
             f"{(r.get('overall') or 0):,.0f} | {r['peak_gib']:.2f} | "
             f"{fx(st / u['steady']) if u else '-'} | {fx(u['e2e_s'] / r['e2e_s']) if u else '-'} | "
             f"{fx(r['peak_gib'] / u['peak_gib']) if u else '-'} | {fx(st / h['steady']) if h else '-'} | "
