@@ -82,6 +82,8 @@ def main() -> None:
     def run(sub, imatrix):
         existing, todo = [], []
         for r in recipes:
+            if imatrix is None and r.needs_imatrix:
+                continue      # llama.cpp refuses it without one (IQ2_M)
             f = next((out / sub).glob(f"*-{r.name}.gguf"), None) if args.reuse and (out / sub).is_dir() else None
             if f is not None:
                 existing.append({"recipe": r.name, "family": r.family, "path": str(f), "size_bytes": f.stat().st_size,

@@ -135,7 +135,8 @@ class Model:
             c.close()
         self._contexts = []
         if self.model:
-            lib().llama_model_free(self.model)
+            with captured_log():
+                lib().llama_model_free(self.model)
             self.model = None
 
     def __enter__(self):
@@ -213,8 +214,9 @@ class Context:
     def close(self) -> None:
         L = lib()
         if self.ctx:
-            L.llama_batch_free(self.batch)
-            L.llama_free(self.ctx)
+            with captured_log():   # llama.cpp logs its buffer sizes when a context is freed
+                L.llama_batch_free(self.batch)
+                L.llama_free(self.ctx)
             self.ctx = None
 
     def __enter__(self):
