@@ -118,6 +118,7 @@ def test_every_recipe_resolves_to_the_intended_types(shaped, tmp_path):
                 if t.quantizable:
                     weights[got[t.name]] = weights.get(got[t.name], 0) + t.n_elements
             ft = gguf.GGUFReader(m["path"]).fields["general.file_type"].contents()
+            weights = {k: v for k, v in weights.items() if k not in (T.F16, T.BF16, T.F32)}
             assert ft == R.FILE_TYPE[max(weights, key=weights.get)] == R.file_type(plan, tensors), recipe.name
     by = {m["recipe"]: m for m in made}
     assert by["Q4_K_M"]["n_fallback"] > 0  # the problem the XL recipes are designed around
@@ -396,6 +397,8 @@ def test_recipes_resolve_on_gemma3_1b_shapes_exported_and_quantized(tmp_path):
     model, exported with edge.export, quantized by llama.cpp; every tensor's type read back
     equals the plan's. No K-quant lands on a 1,152-wide row, our recipes need no fallback, and
     K-quants do land where the rows hold them (attn_output 1024, ffn_down 6912)."""
+    from gguf import GGML_QUANT_SIZES
+
     from edge.export import export_gguf
     from quantize.cli import quantize_variants, read_tensors
     from tests.tiny import save_tiny
@@ -408,7 +411,10 @@ def test_recipes_resolve_on_gemma3_1b_shapes_exported_and_quantized(tmp_path):
     rows = {t.name: t.row for t in tensors if t.quantizable}
     assert rows["blk.0.attn_q.weight"] == 1152 and rows["blk.0.ffn_down.weight"] == 6912
     assert rows["blk.0.attn_output.weight"] == 1024 and rows["token_embd.weight"] == 1152
-    recipes = [R.RECIPES[n] for n in ("Q4_K_M", "Q3_K_M", "IQ4_XS", *R.DYNAMIC_NAMES)]
+    for recipe in R.RECIPES.values():     # every recipe resolves on these shapes, without a silent fallback
+        plan = R.resolve(recipe, tensors, imatrix=recipe.needs_imatrix)
+        assert not [n for n, t in plan.types.items() if rows[n] % GGML_QUANT_SIZES[t][0]], recipe.name
+    recipes = [R.RECIPES[n] for n in ("Q4_K_M", "Q3_K_M", "XL8.7-F16", "XL6.1-Q8_0", "XL5.4-Q4_0")]
     out = tmp_path / "q"
     for recipe in recipes:   # one at a time: each 1B-wide file is 300-600 MB
         [m] = quantize_variants(ref, [recipe], out, force=True, progress=False)
@@ -440,3 +446,17 @@ def test_arm_repack_follows_llama_cpp_rules():
     assert set(repacked(tensors)) == {"token_embd.weight", "blk.0.attn_v.weight"}
     assert label(tensors).startswith("head + 1 of 2 other matrices repacked")
     assert label(tensors, set()).startswith("nothing repacked")
+
+
+def test_a_recipe_mostly_in_f16_still_gets_its_quantized_tensors(small, tmp_path):
+    """llama.cpp applies per-tensor types only under a quantized file type: a recipe whose most
+    weights are F16 must not hand it MOSTLY_F16 (that made a whole XL8.7-F16 file F16, 543 MB)."""
+    from quantize.cli import quantize_cmd
+
+    _, src = small
+    f = tmp_path / "f16.json"
+    f.write_text(json.dumps({"name": "MOSTLY16", "rows": [["attn_q\\.weight$", "Q8_0", "q"], ["\\.weight$", "F16", "rest"]]}))
+    res = quantize_cmd(gguf=str(src), recipe=[str(f)], out=str(tmp_path / "o"), no_eval=True, json=True)
+    got = readback(res["variants"][0]["path"])
+    assert {t for n, t in got.items() if "attn_q." in n} == {T.Q8_0} and got["blk.0.ffn_up.weight"] == T.F16
+    assert res["variants"][0]["file_type"] == "MOSTLY_Q8_0"
