@@ -38,6 +38,9 @@ def main() -> None:
                     "general text for the base model, the demo task's eval chats for --merged")
     ap.add_argument("--ctx", type=int, default=256)
     ap.add_argument("--speed-tokens", type=int, default=64, help="greedy tokens timed per file (0: skip)")
+    ap.add_argument("--imatrix-tokens", type=int, default=4096, help="calibration tokens for the imatrix")
+    ap.add_argument("--settings", default="both", choices=["both", "plain", "imatrix"],
+                    help="quantize without the imatrix, with it, or both")
     ap.add_argument("--task-n", type=int, default=50, help="demo-task eval chats (fine-tuned model only)")
     ap.add_argument("--task-recipes", default="XL6.1-Q8_0,XL6.1-Q8_0+im,Q4_K_M,Q4_K_M+im",
                     help="variants whose task exact match is measured (fine-tuned model only; +im: with the imatrix)")
@@ -73,7 +76,7 @@ def main() -> None:
         im_summary = {"reused": str(out / "imatrix.gguf")}
     else:
         im_summary = build_imatrix(str(model_dir), [args.calib or str(DEMO_TRAIN)], out / "imatrix.gguf",
-                                   max_tokens=4096, chunk=256, force=True, progress=False)
+                                   max_tokens=args.imatrix_tokens, chunk=256, force=True, progress=False)
     t_imatrix = time.time() - t0
     im = load_imatrix(out / "imatrix.gguf")
 
@@ -82,6 +85,8 @@ def main() -> None:
     def run(sub, imatrix):
         existing, todo = [], []
         for r in recipes:
+            if imatrix is None and r.needs_imatrix:
+                continue      # llama.cpp refuses it without one (IQ2_M)
             f = next((out / sub).glob(f"*-{r.name}.gguf"), None) if args.reuse and (out / sub).is_dir() else None
             if f is not None:
                 existing.append({"recipe": r.name, "family": r.family, "path": str(f), "size_bytes": f.stat().st_size,
@@ -92,8 +97,8 @@ def main() -> None:
         made = quantize_variants(ref, todo, out / sub, imatrix=imatrix, force=True, progress=False) if todo else []
         return existing + made, time.time() - t0
 
-    plain, t_plain = run("plain", None)
-    withim, t_im = run("imatrix", im)
+    plain, t_plain = run("plain", None) if args.settings in ("both", "plain") else ([], 0.0)
+    withim, t_im = run("imatrix", im) if args.settings in ("both", "imatrix") else ([], 0.0)
 
     made = plain + withim
     sha = {m["path"]: sha256_file(m["path"]) for m in made}

@@ -1,14 +1,15 @@
 """`edge quantize`: a reference GGUF -> standard and dynamic variants, scored, with a report.
 
-    edge quantize --gguf runs/demo/gguf/ref-F32.gguf --recipe Q4_K_M --recipe Q4_K_XL --out runs/q
+    edge quantize --gguf runs/demo/gguf/ref-F32.gguf --recipe Q4_K_M --recipe XL6.1-Q8_0 --out runs/q
     edge quantize --gguf ref-F32.gguf --recipe all --calib my_chats.jsonl --model runs/demo/merged --out q/
     edge quantize --gguf ref-F32.gguf --recipe dynamic --imatrix imatrix.gguf --out q/ --json
 
 Takes an F32/BF16/F16 GGUF (from `edge export`) and recipe names (quantize/recipes.py; `all`,
 `standard` and `dynamic` name groups; a .json file is a custom recipe). Writes into OUT:
 `<name>-<RECIPE>.gguf` per recipe, `report.json` (one row per variant: name, recipe, path,
-size_bytes, bpw, kld_mean, kld_p99, top1, ppl, tok_s, task_accuracy), `report.md` (the
-table, plus the Pareto check) and `pareto.png` (size vs mean KLD, our recipes and llama.cpp's).
+size_bytes, bpw, kld_mean ± kld_err, kld_median/p90/p95/p99/p999/max, top1, n_scored, ppl,
+tok_s, task_accuracy, arm_repack), `report.md` (the table, the front check per XL variant, what
+runs repacked on ARM) and `pareto.png` (size vs mean KLD, our recipes, llama.cpp's and their front).
 An importance matrix is used when given (`--imatrix FILE`) or computed from `--calib` data on
 `--model` (the Hugging Face model the GGUF came from). `edge demo` runs `demo_stage`.
 """
@@ -113,7 +114,7 @@ def expand_recipes(names: list[str]) -> list[R.Recipe]:
                 if r.name not in [x.name for x in out]:
                     out.append(r)
     if not out:
-        raise EdgeError("no recipe given; use --recipe NAME (e.g. Q4_K_XL), 'all', 'standard' or 'dynamic'")
+        raise EdgeError("no recipe given; use --recipe NAME (e.g. XL6.1-Q8_0), 'all', 'standard' or 'dynamic'")
     return out
 
 
@@ -398,9 +399,10 @@ def quantize_cmd(*, gguf: str, recipe: list[str], out: str, imatrix: str = "", c
                  json: bool = False) -> dict:
     """Quantize a reference GGUF to llama.cpp's standard types and our dynamic XL recipes, with a report.
 
-    Recipes: Q8_0 Q6_K Q5_K_M Q4_K_M Q4_0 IQ4_NL (llama.cpp's own mixtures) and Q8_K_XL Q6_K_XL
-    Q5_K_XL Q4_K_XL IQ4_K_XL (ours, per-tensor tables in quantize/recipes.py); 'all', 'standard',
-    'dynamic' name groups. Writes OUT/<name>-<RECIPE>.gguf, report.json, report.md, pareto.png.
+    Recipes (any case): Q8_0 Q6_K Q5_K_M Q4_K_M Q4_K_S Q3_K_M Q2_K Q4_0 IQ4_NL IQ4_XS IQ3_M IQ2_M
+    (llama.cpp's own mixtures) and ours, named XL<body bpw>-<head type> (per-tensor tables in
+    quantize/recipes.py); 'all', 'standard', 'dynamic' name groups. Writes
+    OUT/<name>-<RECIPE>.gguf, report.json, report.md, pareto.png.
 
     Args:
         gguf: the reference GGUF (F32/BF16/F16, from `edge export`).

@@ -385,7 +385,7 @@ def resolve(recipe: Recipe, tensors: list[TensorInfo], check_rows: bool = True, 
 
 
 def file_type(plan: Plan, tensors: list[TensorInfo]) -> F:
-    """What the file mostly is, for `general.file_type`: the type holding the most weights.
+    """What the file mostly is, for `general.file_type`: the quantized type holding the most weights.
     A custom recipe that leaves tensors to llama.cpp keeps its declared ftype (it picks them)."""
     quantizable = [t for t in tensors if t.quantizable]
     if any(t.name not in plan.types for t in quantizable):
@@ -393,7 +393,11 @@ def file_type(plan: Plan, tensors: list[TensorInfo]) -> F:
     weights: dict[T, int] = {}
     for t in quantizable:
         weights[plan.types[t.name]] = weights.get(plan.types[t.name], 0) + t.n_elements
-    top = max(weights, key=weights.get)
+    # llama.cpp applies per-tensor types only under a quantized file type (llama-quant.cpp: the
+    # overrides sit inside `if (ggml_is_quantized(default_type))`): with F16 the most common type,
+    # MOSTLY_F16 would turn the whole file F16, so the most common quantized type names it
+    quantized = {k: v for k, v in weights.items() if k not in (T.F32, T.F16, T.BF16)} or weights
+    top = max(quantized, key=quantized.get)
     return FILE_TYPE.get(top, plan.recipe.ftype)
 
 

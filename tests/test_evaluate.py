@@ -75,18 +75,27 @@ def test_logits_of_chosen_rows_equal_those_of_a_full_decode(tiny_pair):
         llm.close()
 
 
-def test_batched_task_accuracy_equals_one_chat_at_a_time(tiny_pair):
-    from edge.data import Chat
-    from edge.evaluate import task_accuracy
+def test_task_accuracy_by_teacher_forcing_equals_greedy_decoding(tiny_pair):
+    """Chats whose expected reply is what greedy decoding says are settled by the one
+    teacher-forced pass, the rest are decoded; either way the pairs equal plain greedy
+    decoding of every chat, batched or one at a time."""
+    from edge.data import Chat, render_text
+    from edge.evaluate import _greedy, task_accuracy
     from edge.llamacpp import Model
 
     ref, _ = tiny_pair
-    chats = [Chat(({"role": "user", "content": f"ISO date for {d} July 1999?"},
-                   {"role": "model", "content": f"1999-07-{d:02d}"})) for d in (2, 13, 24)]
+    asks = [f"ISO date for {d} July 1999?" for d in (2, 13, 24, 5)]
     with Model(ref) as m:
-        together = task_accuracy(m, chats, max_new_tokens=6, n_seq=3)
+        prompts = [m.tokenize(render_text([{"role": "user", "content": a}], add_generation_prompt=True)[0].encode(),
+                              add_bos=True, special=True) for a in asks]
+        said = [m.detokenize(r).decode("utf-8", "replace").strip() for r in _greedy(m, prompts, 6, n_seq=1)]
+        chats = [Chat(({"role": "user", "content": a}, {"role": "model", "content": s if i % 2 else "1999-07-02"}))
+                 for i, (a, s) in enumerate(zip(asks, said))]
+        together = task_accuracy(m, chats, max_new_tokens=6, n_seq=4)
         alone = task_accuracy(m, chats, max_new_tokens=6, n_seq=1)
-    assert together == alone and len(together[1]) == 3
+    assert together == alone
+    assert [g for g, _ in together[1]] == said                       # what greedy decoding says, every chat
+    assert together[0] == sum(s == c.messages[1]["content"] for s, c in zip(said, chats)) / 4 >= 0.5
 
 
 def test_compare_matches_hand_computed_kld():

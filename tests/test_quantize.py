@@ -118,6 +118,7 @@ def test_every_recipe_resolves_to_the_intended_types(shaped, tmp_path):
                 if t.quantizable:
                     weights[got[t.name]] = weights.get(got[t.name], 0) + t.n_elements
             ft = gguf.GGUFReader(m["path"]).fields["general.file_type"].contents()
+            weights = {k: v for k, v in weights.items() if k not in (T.F16, T.BF16, T.F32)}
             assert ft == R.FILE_TYPE[max(weights, key=weights.get)] == R.file_type(plan, tensors), recipe.name
     by = {m["recipe"]: m for m in made}
     assert by["Q4_K_M"]["n_fallback"] > 0  # the problem the XL recipes are designed around
@@ -405,3 +406,17 @@ def test_arm_repack_follows_llama_cpp_rules():
     assert set(repacked(tensors)) == {"token_embd.weight", "blk.0.attn_v.weight"}
     assert label(tensors).startswith("head + 1 of 2 other matrices repacked")
     assert label(tensors, set()).startswith("nothing repacked")
+
+
+def test_a_recipe_mostly_in_f16_still_gets_its_quantized_tensors(small, tmp_path):
+    """llama.cpp applies per-tensor types only under a quantized file type: a recipe whose most
+    weights are F16 must not hand it MOSTLY_F16 (that made a whole XL8.7-F16 file F16, 543 MB)."""
+    from quantize.cli import quantize_cmd
+
+    _, src = small
+    f = tmp_path / "f16.json"
+    f.write_text(json.dumps({"name": "MOSTLY16", "rows": [["attn_q\\.weight$", "Q8_0", "q"], ["\\.weight$", "F16", "rest"]]}))
+    res = quantize_cmd(gguf=str(src), recipe=[str(f)], out=str(tmp_path / "o"), no_eval=True, json=True)
+    got = readback(res["variants"][0]["path"])
+    assert {t for n, t in got.items() if "attn_q." in n} == {T.Q8_0} and got["blk.0.ffn_up.weight"] == T.F16
+    assert res["variants"][0]["file_type"] == "MOSTLY_Q8_0"
