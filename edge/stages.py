@@ -166,17 +166,16 @@ def stage_data(c: Ctx) -> Outcome:
                    outputs={"train": train_file, "eval": eval_file}, facts=facts)
 
 
-def _train_chats(c: Ctx) -> int:
-    return int(c.run.entry("data")["summary"]["train_chats"])
+def train_settings(s: RunSettings):
+    """The fine-tune's TrainSettings: --steps as given (warm-up a tenth, one eval at the end, as the
+    demo has always trained), else --epochs (default 3), which the fine-tune turns into steps
+    over its training chats and reports in one line."""
+    from edge.finetune import TrainSettings
 
-
-def plan_steps(s: RunSettings, n_chats: int) -> tuple[int, float]:
-    """(steps, epochs) from --steps or --epochs; one epoch = every training chat once."""
-    per_epoch = max(1, math.ceil(n_chats / s.batch_size))
+    common = dict(batch_size=s.batch_size, lr=s.lr, eval_fraction=0.1, seed=s.seed, full=s.full)
     if s.steps:
-        return s.steps, s.steps / per_epoch
-    epochs = s.epochs_or_default
-    return max(1, math.ceil(epochs * per_epoch)), epochs
+        return TrainSettings(steps=s.steps, eval_every=s.steps, warmup=max(1, s.steps // 10), **common)
+    return TrainSettings(epochs=s.epochs_or_default, **common)
 
 
 def _eval_chats(c: Ctx):
@@ -197,25 +196,14 @@ def _accuracy(c: Ctx, model, tok, chats) -> float:
 def stage_finetune(c: Ctx) -> Outcome:
     import torch
 
-    from edge.finetune import (TrainSettings, apply_precision_fixes, latest_checkpoint, resolve_precision,
-                               train)
+    from edge.finetune import apply_precision_fixes, latest_checkpoint, resolve_precision, train
     from edge.models import load
 
     s = c.s
     train_file = c.run.output("data", "train")
-    steps, epochs = plan_steps(s, _train_chats(c))
-    c.say(f"fine-tune: {steps} steps of {s.batch_size} chats = {epochs:.2f} epochs of {_train_chats(c)} chats"
-          + ("" if s.steps else " (--steps N to choose the length)"))
-    out = c.run.path("adapter")
+    out = c.run.path("model" if s.full else "adapter")
     resume = (c.prev.get("state") == "running" and c.prev.get("key") == c.keys["fine-tune"]
               and latest_checkpoint(out) is not None)
-    kw = {}
-    if s.full:
-        import inspect
-
-        if "full" not in inspect.signature(train).parameters:
-            raise EdgeError("--full: full fine-tuning is not available in this version; leave it out for LoRA")
-        kw["full"] = True
     p = resolve_precision(s.precision)
     chats = _eval_chats(c) if s.accuracy else []
     before = after = None
@@ -227,23 +215,24 @@ def stage_finetune(c: Ctx) -> Outcome:
         before = _accuracy(c, base_model, tok, chats)
         c.say(f"task accuracy before: {before:.0%} (exact match on {len(chats)} eval chats, {time.time() - t0:.0f} s)")
         loaded = (base_model, tok, p)
-    settings = TrainSettings(steps=steps, batch_size=s.batch_size, lr=s.lr, eval_fraction=0.1, seed=s.seed,
-                             eval_every=steps, warmup=max(1, steps // 10))   # checkpoints: 4 per run
+    settings = train_settings(s)     # checkpoints: 4 per run
     if resume:
         c.say(f"fine-tune: resuming the interrupted fine-tune from {latest_checkpoint(out)}")
     result = train(model=s.model, data=train_file, out=out, settings=settings, precision=s.precision,
-                   force=not resume, resume=resume, loaded=loaded, say=c.say, **kw)
+                   force=not resume, resume=resume, loaded=loaded, say=c.say)
     if result.stopped != "done":
         raise KeyboardInterrupt
     if chats:
         t1 = time.time()
         after = _accuracy(c, result.model, loaded[1], chats)
         c.say(f"task accuracy after:  {after:.0%} ({time.time() - t1:.0f} s)")
-    from edge.finetune import LOG, META, PLOT
+    from edge.finetune import LOG, META, PLOT, read_meta
 
     role = "model" if s.full else "adapter"
-    files = sorted(f for f in out.iterdir() if f.is_file()) if s.full else \
+    files = sorted(f for f in out.iterdir() if f.is_file() and f.name not in (LOG, PLOT)) if s.full else \
         [out / "adapter_model.safetensors", out / "adapter_config.json", out / META]
+    n_train = read_meta(out).get("data", {}).get("train") or 1
+    epochs = result.steps * s.batch_size / n_train
     facts = {"steps": result.steps, "epochs": round(epochs, 3), "train_loss": result.train_loss,
              "eval_loss": result.eval_loss, "tokens_per_s": result.tokens_per_s, "precision": result.precision}
     if chats:

@@ -21,7 +21,7 @@ from edge.cli import main
 from edge.data import read_chats, render_text
 from edge.errors import EdgeError
 from edge.pipeline import RunSettings, STAGE_NAMES, build_settings, run_pipeline
-from edge.stages import plan_steps
+from edge.stages import train_settings
 from edge.runfolder import Run
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -120,11 +120,12 @@ def test_invalid_utf8_is_one_line(tmp_path):
         read_chats(f)
 
 
-def test_epochs_and_steps():
-    s = RunSettings(data="x", out="y", batch_size=8)
-    assert plan_steps(s, 20) == (9, 3.0)                  # default: 3 epochs of ceil(20 / 8) = 3 steps
-    assert plan_steps(RunSettings(data="x", out="y", steps=200), 20) == (200, 200 / 3)   # what 200 steps mean
-    assert plan_steps(RunSettings(data="x", out="y", epochs=0.5), 400) == (25, 0.5)
+def test_steps_or_epochs_reach_the_fine_tune():
+    ts = train_settings(RunSettings(data="x", out="y", batch_size=8))
+    assert (ts.epochs, ts.warmup, ts.full) == (3.0, -1, False)     # default: 3 epochs, train() counts the steps
+    ts = train_settings(RunSettings(data="x", out="y", steps=30, lr=1e-3, full=True))
+    assert (ts.steps, ts.epochs, ts.warmup, ts.eval_every, ts.lr, ts.full) == (30, 0.0, 3, 30, 1e-3, True)
+    assert ts.steps_for_epochs(20) == 1 and train_settings(RunSettings(data="x", out="y", epochs=0.5)).epochs == 0.5
 
 
 def test_config_file_and_flags(tmp_path):
@@ -369,6 +370,15 @@ def test_edge_run_on_the_embedded_model_with_sharegpt_chats(tmp_path, capsys):
     assert 0 <= q8["kld_mean"] < 0.05
     card = run.card().read_text()
     assert "base_model: google/gemma-3-270m" in card and "gemma-3-270m-mine-Q8_0.gguf" in card
+
+
+def test_full_fine_tuning_has_nothing_to_merge(tiny_dir, tmp_path):
+    lines = []
+    run_pipeline(_settings(tiny_dir, tmp_path / "f", full=True, steps=2), say=lines.append)
+    run = Run.open(tmp_path / "f", create=False)
+    assert "merge" not in _rows(lines) and run.model_dir() == tmp_path / "f" / "model"
+    assert run.adapter() is None and [p.name for p in run.variants()] == ["gemma-3-t-Q8_0.gguf"]
+    assert "full" in (tmp_path / "f" / "README.md").read_text()
 
 
 def test_push_sends_the_recommended_file_and_its_card(tiny_run, tiny_dir, sim):
