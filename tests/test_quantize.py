@@ -390,6 +390,46 @@ def test_recipes_made_for_an_imatrix_say_so_without_one():
     assert note.startswith("XL6.1-Q8_0, XL7.4-Q8_0 are made for an importance matrix") and "--calib" in note
 
 
+@pytest.mark.real
+def test_recipes_resolve_on_gemma3_1b_shapes_exported_and_quantized(tmp_path):
+    """Gemma 3 1B's real widths (hidden 1152, ffn 6912, 4 heads of 256 = 1024, one KV head,
+    the 262,144-token vocabulary), random weights, 2 layers instead of 26: saved as a Hugging Face
+    model, exported with edge.export, quantized by llama.cpp; every tensor's type read back
+    equals the plan's. No K-quant lands on a 1,152-wide row, our recipes need no fallback, and
+    K-quants do land where the rows hold them (attn_output 1024, ffn_down 6912)."""
+    from gguf import GGML_QUANT_SIZES
+
+    from edge.export import export_gguf
+    from quantize.cli import quantize_variants, read_tensors
+    from tests.tiny import save_tiny
+
+    hf = save_tiny(tmp_path / "hf", n_layers=2, hidden=1152, ffn=6912, n_heads=4, n_kv_heads=1, head_dim=256,
+                   sliding_window=512)
+    ref = tmp_path / "gemma-1b-shape-F16.gguf"
+    export_gguf(hf, ref, "f16")
+    tensors, _ = read_tensors(ref)
+    rows = {t.name: t.row for t in tensors if t.quantizable}
+    assert rows["blk.0.attn_q.weight"] == 1152 and rows["blk.0.ffn_down.weight"] == 6912
+    assert rows["blk.0.attn_output.weight"] == 1024 and rows["token_embd.weight"] == 1152
+    for recipe in R.RECIPES.values():     # every recipe resolves on these shapes, without a silent fallback
+        plan = R.resolve(recipe, tensors, imatrix=recipe.needs_imatrix)
+        assert not [n for n, t in plan.types.items() if rows[n] % GGML_QUANT_SIZES[t][0]], recipe.name
+    recipes = [R.RECIPES[n] for n in ("Q4_K_M", "Q3_K_M", "XL8.7-F16", "XL6.1-Q8_0", "XL5.4-Q4_0")]
+    out = tmp_path / "q"
+    for recipe in recipes:   # one at a time: each 1B-wide file is 300-600 MB
+        [m] = quantize_variants(ref, [recipe], out, force=True, progress=False)
+        plan = R.resolve(recipe, tensors)
+        got = readback(m["path"])
+        assert got == plan.types, recipe.name
+        k_quants = {T.Q2_K, T.Q3_K, T.Q4_K, T.Q5_K, T.Q6_K, T.IQ4_XS, T.IQ3_S, T.IQ2_S}
+        assert not [n for n, t in got.items() if t in k_quants and rows[n] % 256], recipe.name
+        if recipe.is_standard:
+            assert m["n_fallback"] > 0 and any(t in k_quants for t in got.values()), recipe.name
+        else:
+            assert m["n_fallback"] == 0, recipe.name
+        Path(m["path"]).unlink()
+
+
 def test_arm_repack_follows_llama_cpp_rules():
     """quantize/repack.py mirrors ggml-cpu/repack.cpp's choice: Q4_0/Q8_0/IQ4_NL 4-row and
     Q4_K/Q5_K/Q6_K 8-row interleaves with dotprod or i8mm; nothing for Q5_0/Q5_1/Q2_K; nothing
