@@ -252,14 +252,7 @@ def test_batch_size_must_split_over_processes():
         TrainSettings(micro_batch=-1)
 
 
-def _has_full() -> bool:
-    from edge.finetune import TrainSettings
-
-    return "full" in TrainSettings.__dataclass_fields__
-
-
 @pytest.mark.slow
-@pytest.mark.skipif(not _has_full(), reason="edge finetune --full is not in this checkout yet")
 def test_two_process_full_finetune_equals_one_and_exports(tiny_dir, data, tmp_path):
     """--full on two processes (DDP: every weight replicated, gradients summed): the same losses
     as one process, and OUT is a model folder that loads and exports to GGUF."""
