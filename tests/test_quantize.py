@@ -331,7 +331,7 @@ def test_fine_tune_of_the_dequantized_base_warns_where_a_recipe_reuses_its_grid(
     (base / "edge_source.json").write_text(json.dumps({"gguf": embedded_gguf().name}))
     types = base_grid_types({"adapter": "/runs/x", "base_model": str(base)})
     assert types["blk.0.attn_q.weight"] == "Q5_0" and types["blk.5.ffn_down.weight"] == "Q4_K"
-    plans = [R.resolve(R.get(n), tensors) for n in ("Q4_K_M", "Q8_0", "Q4_K_XL", "Q5_K_XL", "Q6_K_XL")]
+    plans = [R.resolve(R.get(n), tensors) for n in ("Q4_K_M", "Q8_0", "Q4_K_XL", "XL5.4-IQ4_NL", "XL6.1-Q4_0")]
     warned = snap_back_warnings(plans, types)
     assert list(warned) == ["Q4_K_M"] and "erases much of the fine-tune" in warned["Q4_K_M"]
 
@@ -386,8 +386,8 @@ def test_recipes_made_for_an_imatrix_say_so_without_one():
     from quantize.cli import imatrix_note
 
     assert imatrix_note([R.RECIPES["Q8_0"], R.RECIPES["XL8.7-F16"], R.RECIPES["Q4_K_M"]]) == ""
-    note = imatrix_note([R.get(n) for n in ("Q8_0", "XL6.1-Q8_0", "XL7.4-Q8_0")])
-    assert note.startswith("XL6.1-Q8_0, XL7.4-Q8_0 are made for an importance matrix") and "--calib" in note
+    note = imatrix_note([R.get(n) for n in ("Q8_0", "XL6.1-Q8_0", "XL5.4-Q4_0")])
+    assert note.startswith("XL6.1-Q8_0, XL5.4-Q4_0 are made for an importance matrix") and "--calib" in note
 
 
 @pytest.mark.real
