@@ -46,7 +46,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from edge import gemma3
-from edge.errors import EdgeError
+from edge.errors import EdgeError, printable
 
 DEFAULT_DEVICES = ("galaxy_a12", "pixel_7", "galaxy_s24_ultra")   # a budget, a mid and a flagship phone
 
@@ -233,18 +233,64 @@ def read_gguf(path: str | Path) -> ModelInfo:
     return _model_info(Path(path), kv, header.tensors)
 
 
+# Bounds on the counts a model file declares: far above any model llama.cpp runs on a phone,
+# low enough that a hostile file cannot make the estimate loop or allocate without end.
+_LIMITS = {"block_count": (1, 4096), "embedding_length": (1, 1 << 20), "feed_forward_length": (0, 1 << 22),
+           "attention.head_count": (1, 4096), "attention.head_count_kv": (0, 4096),
+           "attention.key_length": (1, 1 << 16), "attention.value_length": (1, 1 << 16),
+           "context_length": (0, 1 << 26), "attention.sliding_window": (0, 1 << 26),
+           "attention.sliding_window_pattern": (0, 4096)}
+
+
+def _check_counts(path: Path, arch: str, kv: dict, n_tensors: int) -> None:
+    """Every count the estimate uses: an integer (or a list of them, per layer) within sane
+    bounds, and no more layers than the file has tensors; else EdgeError."""
+    for key, (lo, hi) in _LIMITS.items():
+        v = kv.get(f"{arch}.{key}")
+        if v is None:
+            continue
+        values = v if isinstance(v, list) and key in ("feed_forward_length", "attention.head_count",
+                                                       "attention.head_count_kv") else [v]
+        if not values or not all(isinstance(x, int) and not isinstance(x, bool) and lo <= x <= hi for x in values):
+            raise EdgeError(f"{path}: {arch}.{key} = {printable(v, 60)} is not a count in [{lo}, {hi:,}]; "
+                            "the file is damaged or not a llama.cpp model: re-export it")
+    if kv[f"{arch}.block_count"] > n_tensors:
+        raise EdgeError(f"{path}: {arch}.block_count {kv[f'{arch}.block_count']:,} is more than its "
+                        f"{n_tensors} tensors; the file is damaged: re-export it")
+    tokens = kv.get("tokenizer.ggml.tokens")
+    if tokens is not None and not (isinstance(tokens, int) and 0 <= tokens <= 1 << 24):
+        raise EdgeError(f"{path}: tokenizer.ggml.tokens is not a vocabulary; the file is damaged: re-export it")
+
+
+def read_models(paths) -> tuple[list[ModelInfo], list[str]]:
+    """The language models among `paths`, and one line per file skipped (an importance matrix,
+    a projector, a damaged file): a folder's other GGUFs never stop the ones that are models."""
+    infos, skipped = [], []
+    for p in paths:
+        try:
+            infos.append(read_gguf(p))
+        except EdgeError as e:
+            reason = str(e)
+            if "is not a language model GGUF" in reason:
+                reason = f"{Path(p).name}: not a language model ({'an importance matrix' if 'imatrix' in reason else 'no model tensors'})"
+            skipped.append(reason)
+    return infos, skipped
+
+
 def _model_info(path: Path, kv: dict, tensors: list) -> ModelInfo:
     arch = kv.get("general.architecture", "")
+    arch = arch if isinstance(arch, str) else ""
     gtype = kv.get("general.type", "model")
     a = lambda k, d=None: kv.get(f"{arch}.{k}", d)   # noqa: E731
     names = {t.name for t in tensors}
     if gtype != "model" or arch in ("clip", "") or a("block_count") is None or "token_embd.weight" not in names:
-        raise EdgeError(f"{path} is not a language model GGUF (architecture {arch or '?'!r}, type "
-                        f"{gtype!r}); give the model file, not a projector/adapter/vocab file")
+        raise EdgeError(f"{path} is not a language model GGUF (architecture {printable(arch, 40) or '?'!r}, type "
+                        f"{printable(gtype, 40)!r}); give the model file, not a projector/adapter/vocab file")
     for key in ("embedding_length", "attention.head_count"):
         if not a(key):
             raise EdgeError(f"{path} has no {arch}.{key} in its metadata; it is not a complete llama.cpp "
                             "model file: re-export it")
+    _check_counts(path, arch, kv, len(tensors))
     total = embd = out = 0
     embd_type = ""
     types: dict[str, int] = {}
@@ -272,8 +318,8 @@ def _model_info(path: Path, kv: dict, tensors: list) -> ModelInfo:
     if not isinstance(pattern, int) or pattern <= 0:
         pattern = gemma3.SLIDING_WINDOW_PATTERN if arch.startswith("gemma3") else 1
     info = ModelInfo(
-        path=str(path), file_bytes=path.stat().st_size, arch=arch, name=kv.get("general.name", path.stem),
-        file_type=kv.get("general.file_type"), n_layers=a("block_count"), n_embd=n_embd,
+        path=str(path), file_bytes=path.stat().st_size, arch=arch, name=printable(kv.get("general.name") or path.stem, 80),
+        file_type=ft if isinstance(ft := kv.get("general.file_type"), int) else None, n_layers=a("block_count"), n_embd=n_embd,
         n_ff=a("feed_forward_length", 0) if not isinstance(a("feed_forward_length"), list) else max(a("feed_forward_length")),
         n_head=n_head, n_head_kv=n_head_kv,
         key_length=a("attention.key_length", n_embd // n_head),
@@ -1010,15 +1056,20 @@ def _budget_folder(folder: Path, *, device, serial, host, ctx, ubatch, kv_type, 
             raise EdgeError(f"no .gguf files in {folder}; give a GGUF file, a run folder or a folder of GGUFs")
         report = folder / "report.json"
         report = report if report.is_file() else None
+    infos, skipped = read_models(paths)   # an imatrix.gguf or a damaged file is skipped, and said
+    if not infos:
+        raise EdgeError(f"no language model GGUF in {folder} ({'; '.join(skipped)}); give a folder of model files")
+    paths = [Path(i.path) for i in infos]
     profiles = load_profiles()
     devices = _pick_devices(device, serial, host) or [profiles[k] for k in DEFAULT_DEVICES if k in profiles]
     kw = dict(ctx=ctx, ubatch=ubatch, kv_type=kv_type, swa_full=swa_full)
-    infos = [read_gguf(p) for p in paths]
     vs = matrix(infos, devices, **kw)
     recs = [recommend(infos, d, report=report, **kw) for d in devices]
     if as_json:
-        return {"folder": str(folder), "settings": kw, "report": str(report) if report else None,
+        return {"folder": str(folder), "settings": kw, "report": str(report) if report else None, "skipped": skipped,
                 "verdicts": [asdict(v) for v in vs], "recommendations": [asdict(r) for r in recs]}
+    for line in skipped:
+        print(f"skipped {line}")
     print(f"{folder}: {len(paths)} variants, n_ctx {ctx:,}" + (f", quality from {report}" if report else ""))
     print(_verdict_rows(vs, with_variant=True))
     for r in recs:

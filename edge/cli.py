@@ -16,13 +16,15 @@ import argparse
 import importlib
 import inspect
 import json
+import os
 import re
 import sys
 import typing
+import warnings
 from dataclasses import asdict, is_dataclass
 from typing import Callable
 
-from edge.errors import EdgeError
+from edge.errors import EdgeError, environment_error, printable
 
 # command name -> (module, function). Modules are imported only when their command runs,
 # so `edge --help` and light commands start fast (torch takes seconds to import).
@@ -178,8 +180,15 @@ def load_command(name: str) -> Callable:
     return getattr(importlib.import_module(module), attr)
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, with a usage error as one line (like every other bad input) and exit code 2."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {printable(message)} (see `{self.prog} --help`)\n")
+
+
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="edge",
         description="Fine-tune, shrink, profile and push small Gemma 3 models to phones.",
         epilog="Run `edge COMMAND --help` for a command's flags. Bad input exits with code 2.",
@@ -205,6 +214,25 @@ def _print_result(result, as_json: bool) -> None:
         print(result)
 
 
+def quiet_libraries() -> None:
+    """Our own progress bars stay; transformers' and huggingface_hub's loading bars, their
+    info lines and known FutureWarnings do not reach a user of the CLI."""
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    warnings.filterwarnings("ignore", category=FutureWarning, module=r"(transformers|peft|torch)\b")
+    warnings.filterwarnings("ignore", message=r".*is_gradient_checkpointing.*")
+
+
+def _quiet_pipe() -> None:
+    """stdout's reader went away (`edge inspect F | head`): stop writing, without a traceback."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):  # not a real file (a test's capture)
+        pass
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     command = next((a for a in argv if not a.startswith("-")), None)
@@ -215,16 +243,27 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 0
+    quiet_libraries()
     kwargs = {k: v for k, v in vars(args).items() if k != "command"}
     try:
         result = load_command(args.command)(**kwargs)
+        _print_result(result, kwargs.get("json", False))
+        sys.stdout.flush()
     except EdgeError as e:
-        print(f"edge {args.command}: error: {e}", file=sys.stderr)
+        print(f"edge {args.command}: error: {printable(e)}", file=sys.stderr)
         return e.exit_code
     except KeyboardInterrupt:
         print(f"edge {args.command}: interrupted", file=sys.stderr)
         return 130
-    _print_result(result, kwargs.get("json", False))
+    except BrokenPipeError:
+        _quiet_pipe()
+        return 141  # 128 + SIGPIPE, what a shell shows for a writer whose reader left
+    except Exception as e:
+        msg = environment_error(e)
+        if msg is None:
+            raise  # our bug: keep the traceback
+        print(f"edge {args.command}: error: {msg}", file=sys.stderr)
+        return EdgeError.exit_code
     return 0
 
 

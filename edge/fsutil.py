@@ -1,20 +1,27 @@
-"""Small file helpers: write under a temporary name and rename when complete.
+"""Small file helpers: write under a temporary name and rename when complete; read a
+user's JSON; keep names from a file or a user inside the folder they belong to.
 
 A killed process never leaves a half-written file under the final name, and a
-user's file is never overwritten unless `force` is set.
+user's file is never overwritten unless `force` is set. Temporary names carry the
+writer's process id (`.NAME.PID.XXXX.part`), so the next write of the same file removes
+what a killed run left behind, and never a running writer's file.
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
 from typing import Iterator
 
-from edge.errors import EdgeError
+from edge.errors import EdgeError, printable
+
+SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,127}")
 
 
 def check_writable(path: Path, force: bool) -> None:
@@ -26,13 +33,113 @@ def check_writable(path: Path, force: bool) -> None:
         raise EdgeError(f"{path} already exists; pass --force to overwrite it or choose another path")
 
 
+def check_not_input(out: Path, *inputs: Path) -> None:
+    """Refuse an output that is one of the inputs, or a folder holding one (even with --force:
+    the input would be destroyed before or while it is read)."""
+    o = Path(out).resolve()
+    for i in inputs:
+        r = Path(i).resolve()
+        if o == r or o in r.parents:
+            raise EdgeError(f"the output {out} would overwrite the input {i}; choose another output path")
+
+
+def safe_name(name: str, what: str) -> str:
+    """A name that becomes part of a file name: letters, digits and . _ + - only, no leading dot."""
+    if not isinstance(name, str) or not SAFE_NAME.fullmatch(name) or ".." in name:
+        raise EdgeError(f"{what} {printable(name, 60)!r} cannot be part of a file name; use letters, digits "
+                        "and . _ + - (at most 128 characters, not starting with a dot)")
+    return name
+
+
+def child(folder: Path, name: str) -> Path:
+    """folder/name, checked to lie inside folder after resolving links and `..`."""
+    folder = Path(folder)
+    path = folder / name
+    if folder.resolve() not in path.resolve().parents:
+        raise EdgeError(f"{printable(name, 60)!r} would be written outside {folder}; give a plain file name")
+    return path
+
+
+def need_file(path, what: str, hint: str) -> Path:
+    """An existing regular file, else EdgeError saying whether it is missing or a folder."""
+    path = Path(path)
+    if path.is_dir():
+        raise EdgeError(f"{what} {path} is a folder, not a file; {hint}")
+    if not path.is_file():
+        raise EdgeError(f"{what} {path} not found; {hint}")
+    return path
+
+
+def read_json(path, what: str, expect: type = dict, hint: str = "fix or re-create it"):
+    """A JSON file a user or an earlier run wrote: unreadable, not UTF-8, invalid, nested too
+    deep, or of the wrong top-level type -> one EdgeError naming the file."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_bytes().decode("utf-8"))
+    except FileNotFoundError:
+        raise EdgeError(f"{what} {path} not found; {hint}") from None
+    except IsADirectoryError:
+        raise EdgeError(f"{what} {path} is a folder, not a file; {hint}") from None
+    except OSError as e:
+        raise EdgeError(f"cannot read {what} {path} ({e.strerror or e}); {hint}") from None
+    except UnicodeDecodeError as e:
+        raise EdgeError(f"{what} {path} is not UTF-8 text (byte {e.start}); {hint}") from None
+    except json.JSONDecodeError as e:
+        raise EdgeError(f"{what} {path} is not valid JSON ({e.msg} at line {e.lineno}); {hint}") from None
+    except RecursionError:
+        raise EdgeError(f"{what} {path} is nested too deeply to be a real {what}; {hint}") from None
+    if expect is not None and not isinstance(data, expect):
+        words = {dict: "an object", list: "a list"}
+        want = " or ".join(words.get(t, t.__name__) for t in (expect if isinstance(expect, tuple) else (expect,)))
+        raise EdgeError(f"{what} {path} holds a JSON {type(data).__name__}, not {want}; {hint}")
+    return data
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError, ValueError):
+        return True  # another user's process, or not a pid we can test: leave it alone
+    return True
+
+
+def clean_stale(path: Path) -> list[Path]:
+    """Remove `.NAME.PID.*.part` siblings of `path` left by a writer that is no longer running."""
+    path = Path(path)
+    removed = []
+    pattern = re.compile(re.escape(f".{path.name}.") + r"(\d+)\.[^/]*\.part")
+    try:
+        entries = list(path.parent.iterdir())
+    except OSError:
+        return removed
+    for p in entries:
+        m = pattern.fullmatch(p.name)
+        if not m or _pid_alive(int(m.group(1))):
+            continue
+        try:
+            shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
+            removed.append(p)
+        except OSError:
+            pass
+    return removed
+
+
+def _prefix(path: Path) -> str:
+    return f".{path.name}.{os.getpid()}."
+
+
 @contextlib.contextmanager
 def atomic_path(path: Path, force: bool = True) -> Iterator[Path]:
     """Yield a temporary sibling path; rename it onto `path` only if the block succeeds."""
     path = Path(path)
     check_writable(path, force)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
+    clean_stale(path)
+    fd, tmp = tempfile.mkstemp(prefix=_prefix(path), suffix=".part", dir=path.parent)
     os.close(fd)
     tmp_path = Path(tmp)
     os.chmod(tmp_path, 0o666 & ~_umask())  # mkstemp makes 0600; outputs get the usual mode
@@ -50,7 +157,9 @@ def atomic_dir(path: Path, force: bool = True) -> Iterator[Path]:
     path = Path(path)
     check_writable(path, force)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent))
+    clean_stale(path)
+    tmp = Path(tempfile.mkdtemp(prefix=_prefix(path), suffix=".part", dir=path.parent))
+    os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700; a finished folder gets the user's umask
     try:
         yield tmp
         if path.exists():

@@ -7,6 +7,11 @@ tokens on a busy 2-core machine); this walks the same layout (ggml/docs/gguf.md)
 `array_limit` are summarized as "[N items]" (their length is in `array_lengths`) and long
 string arrays are skipped without decoding.
 
+A hostile or damaged file cannot make it hang or allocate: every count read from the file
+(key/value and tensor counts, string and array lengths, dimensions) is checked against the
+bytes left in the file before it is used, arrays nest at most `MAX_NESTING` deep, the
+alignment must be a power of two, and any failure is one `EdgeError`.
+
     from edge.ggufinfo import read_gguf
     info = read_gguf("model.gguf"); info.metadata["general.architecture"]; info.tensors[0].type
 """
@@ -21,10 +26,13 @@ from pathlib import Path
 
 import numpy as np
 
-from edge.errors import EdgeError
+from edge.errors import EdgeError, printable
 
 GGUF_MAGIC = b"GGUF"
 GGUF_VERSION = 3  # the only version read: gguf-py's gguf.GGUF_VERSION, what llama.cpp writes since 2023
+MAX_NESTING = 2          # an array of arrays is the deepest llama.cpp writes (none in practice)
+MAX_DIMS = 4             # GGML_MAX_DIMS (ggml.h)
+MAX_ALIGNMENT = 1 << 16  # llama.cpp writes 32; a power of two, bounded
 
 
 def version_error(path, version: int) -> EdgeError:
@@ -57,14 +65,19 @@ def read_gguf(path, full_arrays: bool = False, array_limit: int = 8) -> GGUFInfo
     import gguf as g
 
     path = Path(path)
+    if path.is_dir():
+        raise EdgeError(f"{path} is a folder; give the path of a .gguf file")
     if not path.is_file():
         raise EdgeError(f"GGUF file {path} not found; give the path of a .gguf file")
-    size = path.stat().st_size
-    with open(path, "rb") as f:
-        magic = f.read(4)
-        if magic != GGUF_MAGIC:
-            raise EdgeError(f"{path} is not a GGUF file (it starts with {magic!r}); give a .gguf file")
-        mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            magic = f.read(4)
+            if magic != GGUF_MAGIC:
+                raise EdgeError(f"{path} is not a GGUF file (it starts with {magic!r}); give a .gguf file")
+            mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+    except OSError as e:
+        raise EdgeError(f"cannot read {path}: {e.strerror or e}") from None
     V = g.GGUFValueType
     scalar = {V.UINT8: "<B", V.INT8: "<b", V.UINT16: "<H", V.INT16: "<h", V.UINT32: "<I", V.INT32: "<i",
               V.FLOAT32: "<f", V.BOOL: "<?", V.UINT64: "<Q", V.INT64: "<q", V.FLOAT64: "<d"}
@@ -79,16 +92,28 @@ def read_gguf(path, full_arrays: bool = False, array_limit: int = 8) -> GGUFInfo
         pos += struct.calcsize(fmt)
         return v
 
+    def count(n: int, min_bytes: int, what: str) -> int:
+        """A count read from the file: each item takes at least `min_bytes`, so it cannot
+        exceed what is left of the file."""
+        if n * min_bytes > size - pos:
+            raise ValueError(f"{what} {n:,} cannot fit in the {size - pos:,} bytes left")
+        return n
+
     def string() -> str:
         nonlocal pos
-        n = take("<Q")
-        if pos + n > size:
-            raise ValueError("string past the end")
+        n = count(take("<Q"), 1, "string length")
         v = mm[pos:pos + n].decode("utf-8", errors="replace")
         pos += n
         return v
 
-    def value(vtype, key: str = ""):
+    def value_type() -> "g.GGUFValueType":
+        t = take("<I")
+        try:
+            return V(t)
+        except ValueError:
+            raise ValueError(f"unknown value type {t}") from None
+
+    def value(vtype, key: str = "", depth: int = 0):
         nonlocal pos
         if vtype == V.STRING:
             return string()
@@ -96,59 +121,72 @@ def read_gguf(path, full_arrays: bool = False, array_limit: int = 8) -> GGUFInfo
             return float(f"{take('<f'):.7g}")  # 0.95, not 0.949999988079071
         if vtype in scalar:
             return take(scalar[vtype])
-        if vtype != V.ARRAY:
-            raise ValueError(f"unknown value type {vtype}")
-        sub, n = V(take("<I")), take("<Q")
+        if depth >= MAX_NESTING:
+            raise ValueError(f"arrays nested more than {MAX_NESTING} deep")
+        sub, n = value_type(), take("<Q")
         if key:
             lengths[key] = n
         keep = full_arrays or n <= array_limit
         if sub in np_types:
             width = np.dtype(np_types[sub]).itemsize
-            if pos + n * width > size:
-                raise ValueError("array past the end")
+            count(n, width, "array length")
             out = np.frombuffer(mm, dtype=np_types[sub], count=n, offset=pos).tolist() if keep else f"[{n} items]"
             pos += n * width
             return out
+        count(n, 8 if sub == V.STRING else 12, "array length")  # a string: its 8-byte length at least
         if sub == V.STRING and not keep:  # the vocabulary: skip without decoding (a tight loop:
             length, p = struct.Struct("<Q").unpack_from, pos   # 262,144 strings in Gemma 3)
             for _ in range(n):
                 p += 8 + length(mm, p)[0]
-            if p > size:
-                raise ValueError("string past the end")
+                if p > size:
+                    raise ValueError("string past the end")
             pos = p
             return f"[{n} items]"
-        items = [value(sub) for _ in range(n)]
+        items = [value(sub, depth=depth + 1) for _ in range(n)]
         return items if keep else f"[{n} items]"
 
     try:
         version, n_tensors, n_kv = take("<I"), take("<Q"), take("<Q")
         if version != GGUF_VERSION:
             raise version_error(path, version)
-        if n_tensors > 1 << 24 or n_kv > 1 << 24:
-            raise ValueError(f"implausible header (version {version})")
+        count(n_kv, 8 + 4 + 1, "key/value count")          # key length, type, one byte of value
+        count(n_tensors, 8 + 4 + 4 + 8, "tensor count")      # name length, dims, type, offset
         meta = {}
         for _ in range(n_kv):
             key = string()
-            meta[key] = value(V(take("<I")), key)
+            meta[key] = value(value_type(), key)
         raw = []
         for _ in range(n_tensors):
             name = string()
             dims = take("<I")
+            if dims > MAX_DIMS:
+                raise ValueError(f"tensor {name!r} has {dims} dimensions (at most {MAX_DIMS})")
             shape = tuple(take("<Q") for _ in range(dims))
-            raw.append((name, shape, g.GGMLQuantizationType(take("<I")), take("<Q")))
-        align = int(meta.get("general.alignment", g.GGUF_DEFAULT_ALIGNMENT))
+            t = take("<I")
+            try:
+                qtype = g.GGMLQuantizationType(t)
+            except ValueError:
+                raise ValueError(f"tensor {name!r} has unknown type {t}") from None
+            raw.append((name, shape, qtype, take("<Q")))
+        align = meta.get("general.alignment", g.GGUF_DEFAULT_ALIGNMENT)
+        if not isinstance(align, int) or isinstance(align, bool) or not 0 < align <= MAX_ALIGNMENT \
+                or align & (align - 1):
+            raise ValueError(f"general.alignment {printable(align, 40)} is not a power of two up to {MAX_ALIGNMENT}")
         data_start = (pos + align - 1) // align * align
         tensors = []
         for name, shape, qtype, off in raw:
             block, type_size = g.GGML_QUANT_SIZES[qtype]
             n = math.prod(shape)
+            if shape and shape[0] % block:
+                raise ValueError(f"tensor {name!r}: rows of {shape[0]} are not whole {qtype.name} blocks")
             nbytes = n // block * type_size
             if data_start + off + nbytes > size:
-                raise EdgeError(f"{path} is truncated (tensor {name} runs past the end of the "
+                raise EdgeError(f"{path} is truncated (tensor {printable(name, 80)} runs past the end of the "
                                 f"{size:,}-byte file); re-export or re-copy it")
             tensors.append(GGUFTensor(name, shape, qtype.name, n, nbytes, data_start + off))
-    except (struct.error, ValueError, IndexError, KeyError, OverflowError, MemoryError) as e:
-        raise EdgeError(f"{path} is not a readable GGUF: damaged or truncated ({e}); re-export or re-copy it") from None
+    except (struct.error, ValueError, IndexError, KeyError, OverflowError, MemoryError, TypeError) as e:
+        raise EdgeError(f"{path} is not a readable GGUF: damaged or truncated ({printable(e, 200)}); "
+                        "re-export or re-copy it") from None
     finally:
         mm.close()
     return GGUFInfo(str(path), version, meta, tensors, size, lengths)
