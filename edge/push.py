@@ -17,8 +17,8 @@ The TUI calls `push(file, app, serial, progress=callback, cancel=event) -> PushR
 
 from __future__ import annotations
 
+import contextlib
 import posixpath
-import struct
 import threading
 import time
 from dataclasses import asdict, dataclass, field
@@ -27,7 +27,7 @@ from typing import Callable
 
 from edge import apps, device, ggufinfo
 from edge.device import Cancelled, Progress, q
-from edge.errors import EdgeError
+from edge.errors import EdgeError, printable
 
 GGUF_MAGIC = b"GGUF"
 
@@ -57,18 +57,44 @@ class PushResult:
 
 
 def check_gguf(path: Path) -> None:
-    """A readable GGUF file (magic, version 3 as `edge.ggufinfo` reads, a tensor), else EdgeError."""
+    """A complete, readable GGUF model file (the bounded header walk of `edge.ggufinfo`: every
+    count checked against the file, every tensor inside it), else EdgeError: a truncated or
+    damaged file is refused, not pushed with a warning."""
+    path = Path(path)
+    try:
+        path.name.encode("utf-8")
+    except UnicodeEncodeError:
+        raise EdgeError(f"the file name {printable(path.name)!r} is not valid UTF-8, which the phone's "
+                        "file system needs; rename the file") from None
     if not path.is_file():
-        raise EdgeError(f"{path} is not a file; give the path of a .gguf (e.g. from `edge quantize`)")
-    with open(path, "rb") as f:
-        head = f.read(24)
-    if len(head) < 24 or head[:4] != GGUF_MAGIC:
-        raise EdgeError(f"{path} is not a GGUF file (it starts with {head[:4]!r}); export one with `edge export`")
-    version, n_tensors = struct.unpack("<IQ", head[4:16])
-    if version != ggufinfo.GGUF_VERSION:
-        raise ggufinfo.version_error(path, version)
-    if n_tensors == 0:
+        raise EdgeError(f"{path} is {'a folder' if path.is_dir() else 'not a file'}; give the path of a "
+                        ".gguf (e.g. from `edge quantize`)")
+    info = ggufinfo.read_gguf(path)
+    if not info.tensors:
         raise EdgeError(f"{path} is a GGUF with no tensors, not a model; push a model file")
+
+
+@contextlib.contextmanager
+def _push_lock(serial: str, remote: str):
+    """One push at a time to one phone path (on this machine): a second one is refused at once."""
+    import hashlib
+
+    from filelock import FileLock, Timeout
+
+    from edge.models import cache_dir
+
+    folder = cache_dir() / "locks"
+    folder.mkdir(parents=True, exist_ok=True)
+    key = hashlib.sha1(f"{serial}\0{remote}".encode("utf-8", "surrogateescape")).hexdigest()[:16]
+    lock = FileLock(str(folder / f"push-{key}.lock"))
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        raise EdgeError(f"another `edge push` to {serial}:{remote} is running; wait for it to finish") from None
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 def budget_verdict(path: Path, state, ctx: int = 4096) -> tuple[str, str]:
@@ -168,11 +194,9 @@ def push(file: str | Path, app: str, serial: str = "", *, dest: str = "", force:
         raise EdgeError(f"{posixpath.join(folder, local.name)} already exists in {route.title}'s data; "
                         f"pass --force to replace it")
 
-    try:
+    with _push_lock(serial, remote):
         st = device.upload(serial, local, remote, progress=report, cancel=cancel,
                            segment_bytes=segment_bytes, retries=retries)
-    except Cancelled:
-        raise
     res.verified = True
     res.segments_verified, res.resumed_at, res.retries = st.segments_verified, st.resumed_at, st.retries
     res.remote_path = remote
