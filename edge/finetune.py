@@ -37,6 +37,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shlex
 import shutil
 import signal
 import sys
@@ -47,8 +48,8 @@ from pathlib import Path
 from typing import Callable
 
 from edge import gemma3
-from edge.errors import EdgeError
-from edge.fsutil import atomic_dir, atomic_path, check_writable, sha256_file
+from edge.errors import EdgeError, environment_error
+from edge.fsutil import atomic_dir, atomic_path, check_writable, read_json, sha256_file
 
 IGNORE = -100
 DEFAULT_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -138,6 +139,9 @@ class TrainSettings:
         for name in ("steps", "batch_size", "grad_accum", "chunk_rows", "keep"):
             if getattr(self, name) < 1:
                 raise EdgeError(f"{_setting(name)} must be >= 1, got {getattr(self, name)}")
+        for name in ("save_every", "eval_every"):  # 0: four per run
+            if getattr(self, name) < 0:
+                raise EdgeError(f"{_setting(name)} must be >= 0 (0: four per run), got {getattr(self, name)}")
         if not (self.lr > 0 and math.isfinite(self.lr)):
             raise EdgeError(f"--lr must be a positive number, got {self.lr}")
         if not 0.0 <= self.eval_fraction < 0.5:
@@ -824,9 +828,12 @@ def save_checkpoint(out: Path, model, optimizer, scheduler, scaler, stream: Batc
             else:
                 save_adapter(model, tmp, {**meta, "step": step})
             torch.save(state, tmp / STATE)
-    except OSError as e:
+    except Exception as e:  # OSError, or safetensors' SafetensorError / torch's RuntimeError around one
+        why = environment_error(e)
+        if why is None and not isinstance(e, OSError):
+            raise
         last = latest_checkpoint(out)
-        raise EdgeError(f"cannot write checkpoint {dest} ({e.strerror or e}); "
+        raise EdgeError(f"cannot write checkpoint {dest} ({why or e.strerror or e}); "
                         f"earlier checkpoints are intact (latest: {last or 'none'}); free disk space and --resume") from None
     for old in _checkpoints(out)[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
@@ -838,10 +845,13 @@ def read_meta(directory: Path) -> dict:
     if not f.is_file():
         raise EdgeError(f"{directory} is not an edge adapter or checkpoint (no {META}); "
                         "give the --out folder of `edge finetune`")
-    try:
-        return json.loads(f.read_text())
-    except json.JSONDecodeError as e:
-        raise EdgeError(f"{f} is not valid JSON ({e.msg}); the adapter folder is damaged") from None
+    meta = read_json(f, "adapter record", hint="the adapter folder is damaged: re-run `edge finetune`")
+    base = meta.get("base")
+    if not (isinstance(base, dict) and all(isinstance(base.get(k), str) for k in ("spec", "path", "fingerprint"))
+            and isinstance(meta.get("lora", {}), dict) and isinstance(meta.get("train", {}), dict)):
+        raise EdgeError(f"{f} lacks its base model record (base.spec/path/fingerprint); the adapter folder is "
+                        "damaged: re-run `edge finetune`")
+    return meta
 
 
 def check_same_base(recorded: dict, actual: dict, what: str) -> None:
@@ -1002,6 +1012,7 @@ def train(*, model: str = "embedded", data: str | Path, out: str | Path, lora: L
                             "pass a larger --steps to train further")
     else:
         check_writable(out, force)
+        load_chats(data)  # a bad data file must not cost the old adapter (--force deletes it next)
         if out.exists() and force and dist.is_main:
             for name in (CHECKPOINTS,):
                 shutil.rmtree(out / name, ignore_errors=True)
@@ -1013,6 +1024,7 @@ def train(*, model: str = "embedded", data: str | Path, out: str | Path, lora: L
         base_model, tok, p = loaded
     else:
         p = resolve_precision(precision)
+        say(f"loading the base model ({model}) ...")
         base_model, tok = load(model, dtype=p.dtype, device="cuda" if torch.cuda.is_available() else "cpu")
         apply_precision_fixes(base_model, p)
     say(f"precision: {p.name} ({p.reason})")
@@ -1047,6 +1059,7 @@ def train(*, model: str = "embedded", data: str | Path, out: str | Path, lora: L
     pad_multiple = 64 if use_compile else 1
     if use_compile:
         use_compile_cache()
+        say("compiling the layers with torch.compile (the first step waits for it) ...")
         budget = settings.memory_budget
         compile_layers(net, auto_memory_budget(base_model) if budget is None else budget)
     loss_fn = dist.wrap(net, reply_loss)  # several processes: DDP, gradients summed over them
@@ -1110,6 +1123,7 @@ def train(*, model: str = "embedded", data: str | Path, out: str | Path, lora: L
     tokens_seen, t0, marks = 0, time.time(), []
     stopped, train_loss, eval_loss = "done", None, None
     bar = tqdm(total=settings.steps, initial=start, desc="fine-tune", unit="step", disable=not progress, dynamic_ncols=True)
+    bar.set_postfix_str("first step: the slowest (warm-up" + (", compiling)" if use_compile else ")"))
     with _StopFlag(hard=not dist.active) as flag, open(log_file, "a", encoding="utf-8") as log:
         step = start
         while step < settings.steps:
@@ -1224,6 +1238,16 @@ FULL_LR = 5e-5  # --full's default: Google's Gemma full fine-tuning guide (ai.go
 LORA_LR = 2e-4
 
 
+def next_step(out: Path, full: bool = False) -> str:
+    """The command printed after a fine-tune; it runs as printed (a LoRA adapter is merged
+    beside its folder; a full fine-tune is exported beside it)."""
+    out = Path(out)
+    if full:
+        return f"edge export --model {shlex.quote(str(out))} --out {shlex.quote(str(out) + '-F32.gguf')}"
+    merged = out.with_name(out.name + "-merged")
+    return f"edge merge --adapter {shlex.quote(str(out))} --out {shlex.quote(str(merged))}"
+
+
 def finetune_cmd(*, data: str, out: str, model: str = "embedded", steps: int | None = None, precision: str = "auto",
                  resume: bool = False, force: bool = False, batch_size: int = 8, lr: float | None = None,
                  rank: int | None = None, alpha: int | None = None, dropout: float | None = None,
@@ -1280,6 +1304,14 @@ def finetune_cmd(*, data: str, out: str, model: str = "embedded", steps: int | N
     """
     args = dict(locals())
     from edge import distributed
+    from edge.data import load_chats
+
+    # the inputs are checked before torch is imported (seconds) or processes start: a bad file answers at once
+    load_chats(data)
+    if Path(out).exists() and not Path(out).is_dir():
+        raise EdgeError(f"--out {out} is a file; give a folder for the adapter")
+    if not resume:
+        check_writable(Path(out), force)
 
     if compile not in ("auto", "on", "off"):
         raise EdgeError(f"--compile must be auto, on or off, got {compile!r}")
@@ -1319,8 +1351,7 @@ def finetune_cmd(*, data: str, out: str, model: str = "embedded", steps: int | N
         return None
     summary = {k: v for k, v in asdict(result).items() if k not in ("model", "losses")}
     fmt = lambda v: "n/a" if v is None else f"{v:.4f}"
-    nxt = (f"model: {out}  (log.jsonl, loss.png)  next: edge export --model {out} --out {str(out).rstrip('/')}-F32.gguf" if full else
-           f"adapter: {out}  (log.jsonl, loss.png)  next: edge merge --adapter {out} --out DIR")
+    nxt = f"{'model' if full else 'adapter'}: {out}  (log.jsonl, loss.png)\nnext: {next_step(Path(out), full)}"
     say(f"trained steps {result.start_step}->{result.steps} in {result.seconds:.0f} s "
         f"({result.tokens_per_s:.0f} tok/s overall with warm-up"
         + (f", {result.steady_tokens_per_s:.0f} steady (second half)" if result.steady_tokens_per_s else "")
