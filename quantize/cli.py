@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 
 from edge.errors import EdgeError
-from edge.fsutil import check_writable, write_text_atomic
+from edge.fsutil import check_not_input, check_writable, child, safe_name, write_text_atomic
 from quantize import recipes as R
 
 QUANTIZED_SOURCE_NOTE = ("the source GGUF is already quantized: requantizing compounds errors; "
@@ -139,8 +139,9 @@ def quantize_variants(src: str | Path, recipes: list[R.Recipe], out_dir: str | P
     if imatrix is not None:
         check_against(imatrix, tensors)
         values = imatrix.values()
-    targets = [out_dir / f"{name}-{r.name}.gguf" for r in recipes]
+    targets = [child(out_dir, f"{name}-{safe_name(r.name, 'recipe name')}.gguf") for r in recipes]
     for t in targets:
+        check_not_input(t, src)
         check_writable(t, force)
     out_dir.mkdir(parents=True, exist_ok=True)
     results = []
@@ -416,7 +417,7 @@ def quantize_cmd(*, gguf: str, recipe: list[str], out: str, imatrix: str = "", c
             default: general English text (edge/data/general_eval.txt).
         task: a chat JSONL eval set (e.g. edge/data/demo_eval.jsonl) for exact-match accuracy.
         no_eval: only quantize; skip the scores and the report.
-        force: overwrite existing variant files.
+        force: overwrite existing variant files, report.json, report.md, pareto.png and imatrix.gguf in OUT.
         json: print the result as JSON.
     """
     from quantize.imatrix import build_imatrix, load_imatrix
@@ -436,6 +437,26 @@ def quantize_cmd(*, gguf: str, recipe: list[str], out: str, imatrix: str = "", c
         print(f"note: {QUANTIZED_SOURCE_NOTE}")
     if not (imatrix or calib) and not json and (note := imatrix_note(recipe_objs)):
         print(f"note: {note}")
+    if out_dir.exists() and not out_dir.is_dir():
+        raise EdgeError(f"--out {out_dir} is a file; give a folder for the variants and the report")
+    # every file this run writes besides the variants (checked in quantize_variants): never
+    # overwritten without --force, and checked before any work
+    outputs = ([] if no_eval else ["report.json", "report.md", "pareto.png"]) + (["imatrix.gguf"] if calib else [])
+    for f in outputs:
+        check_not_input(out_dir / f, ref)
+        check_writable(out_dir / f, force)
+    if calib:
+        from quantize.imatrix import check_calibration
+
+        check_calibration([calib])
+    if text:
+        from edge.fsutil import need_file
+
+        need_file(text, "--text file", "give a .txt or a chat .jsonl to score on")
+    if task:
+        from edge.data import load_chats
+
+        load_chats(task)
     im = None
     if imatrix:
         im = load_imatrix(imatrix)

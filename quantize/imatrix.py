@@ -76,6 +76,19 @@ def calibration_token_stream(tokenizer, calib: list[str | Path], general: bool =
     return ids, names
 
 
+def check_calibration(calib: list[str | Path]) -> None:
+    """Each calibration file exists, is a file, and (chat JSONL) parses; else EdgeError."""
+    from edge.data import load_chats
+    from edge.fsutil import need_file
+
+    for c in calib:
+        if not c:
+            continue
+        src = need_file(c, "calibration file", "give chat JSONL or a .txt file")
+        if src.suffix == ".jsonl":
+            load_chats(src, require_reply=False)
+
+
 def chunks_of(ids: list[int], chunk: int, max_tokens: int) -> list[list[int]]:
     """`<bos>` + chunk-1 tokens per chunk, up to max_tokens tokens; sources are interleaved
     by taking evenly spaced chunks when the stream is longer than max_tokens."""
@@ -169,10 +182,15 @@ def load_imatrix(path: str | Path) -> Imatrix:
     """Read and validate an imatrix GGUF; anything malformed is an EdgeError naming the file."""
     import gguf
 
-    path = Path(path)
-    if not path.is_file():
-        raise EdgeError(f"imatrix file {path} not found; make one with `edge imatrix`")
+    from edge.fsutil import need_file
+    from edge.ggufinfo import read_gguf
+
+    path = need_file(path, "imatrix file", "make one with `edge imatrix`")
     bad = f"imatrix file {path} is not a valid llama.cpp GGUF imatrix"
+    try:
+        read_gguf(path)  # the bounded header walk first: gguf-py trusts the counts a file declares
+    except EdgeError as e:
+        raise EdgeError(f"{bad}: {e}; recompute it with `edge imatrix`") from None
     try:
         reader = gguf.GGUFReader(path)
     except Exception as e:  # gguf-py raises ValueError/struct.error/IndexError on garbage
@@ -184,10 +202,13 @@ def load_imatrix(path: str | Path) -> Imatrix:
 
     if field_value("general.type") != "imatrix":
         raise EdgeError(f"{bad} (general.type is {field_value('general.type')!r}, not 'imatrix')")
-    tensors = {t.name: np.array(t.data, dtype=np.float32).reshape(-1) for t in reader.tensors}
-    im = Imatrix(datasets=list(field_value(gguf.Keys.IMatrix.DATASETS) or []),
-                 chunk_count=int(field_value(gguf.Keys.IMatrix.CHUNK_COUNT) or 0),
-                 chunk_size=int(field_value(gguf.Keys.IMatrix.CHUNK_SIZE) or 0))
+    try:
+        tensors = {t.name: np.array(t.data, dtype=np.float32).reshape(-1) for t in reader.tensors}
+        im = Imatrix(datasets=[str(d) for d in (field_value(gguf.Keys.IMatrix.DATASETS) or [])],
+                     chunk_count=int(field_value(gguf.Keys.IMatrix.CHUNK_COUNT) or 0),
+                     chunk_size=int(field_value(gguf.Keys.IMatrix.CHUNK_SIZE) or 0))
+    except (TypeError, ValueError, OverflowError) as e:
+        raise EdgeError(f"{bad} ({type(e).__name__}: {e}); recompute it with `edge imatrix`") from None
     for name, data in tensors.items():
         if not name.endswith(".in_sum2"):
             continue
@@ -224,6 +245,7 @@ def build_imatrix(model_spec: str, calib: list[str], out: str | Path, *, general
 
     out = Path(out)
     check_writable(out, force)
+    check_calibration(calib)  # a bad file is reported before the model loads (seconds of torch)
     t0 = time.time()
     model, tok = load(model_spec or "embedded", dtype="fp32")
     ids, names = calibration_token_stream(tok, calib, general)

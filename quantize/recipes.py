@@ -392,14 +392,14 @@ def file_type(plan: Plan, tensors: list[TensorInfo]) -> F:
 
 def load_recipe_file(path: str | Path) -> Recipe:
     """A custom recipe from JSON: {"name": ..., "ftype": "Q4_K_M", "rows": [[pattern, type, reason], ...]}."""
+    from edge.fsutil import read_json, safe_name
+
     path = Path(path)
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as e:
-        raise EdgeError(f"cannot read recipe file {path}: {e}") from None
-    if not isinstance(data, dict) or not isinstance(data.get("rows"), list) or not data["rows"]:
+    data = read_json(path, "recipe file", hint='give {"name": ..., "ftype": ..., "rows": [[pattern, type, reason]]}')
+    if not isinstance(data.get("rows"), list) or not data["rows"]:
         raise EdgeError(f"recipe file {path} needs a \"rows\" list of [pattern, type, reason]")
-    name = str(data.get("name") or path.stem)
+    # the name becomes part of the variant's file name (<model>-<name>.gguf): no paths, no tricks
+    name = safe_name(data.get("name") or path.stem, f"recipe file {path}: name")
     ftype_name = str(data.get("ftype", "Q8_0"))
     try:
         ftype = F["MOSTLY_" + ftype_name]
@@ -407,8 +407,8 @@ def load_recipe_file(path: str | Path) -> Recipe:
         raise EdgeError(f"recipe file {path}: unknown ftype {ftype_name!r}; use e.g. Q8_0, Q4_K_M") from None
     rows = []
     for i, r in enumerate(data["rows"]):
-        if not (isinstance(r, list) and len(r) in (2, 3)):
-            raise EdgeError(f"recipe file {path}: row {i} must be [pattern, type, reason]")
+        if not (isinstance(r, list) and len(r) in (2, 3) and all(isinstance(x, str) for x in r)):
+            raise EdgeError(f"recipe file {path}: row {i} must be [pattern, type, reason], all strings")
         try:
             qtype = T[str(r[1])]
             re.compile(r[0])
