@@ -144,6 +144,8 @@ def eval_text(path: str | Path) -> str:
     path = Path(path)
     if path.suffix == ".jsonl":
         return ChatText.of(load_chats(path))
+    if path.is_dir():
+        raise EdgeError(f"evaluation text {path} is a folder; give a .txt or chat .jsonl file")
     try:
         return path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as e:

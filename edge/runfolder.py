@@ -74,7 +74,7 @@ class Run:
         if manifest.is_file():
             try:
                 data = json.loads(manifest.read_text(encoding="utf-8"))
-            except (json.JSONDecodeError, UnicodeDecodeError, OSError) as e:
+            except (json.JSONDecodeError, UnicodeDecodeError, OSError, RecursionError) as e:
                 raise EdgeError(f"{manifest} is damaged ({e}); move it away to start the run afresh") from None
             if not isinstance(data, dict) or not isinstance(data.get("stages", {}), dict):
                 raise EdgeError(f"{manifest} is not a run manifest; move it away to start the run afresh")
