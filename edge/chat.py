@@ -21,6 +21,17 @@ from edge import gemma3
 from edge.errors import EdgeError
 
 
+MAX_N_CTX = 1 << 20  # far above Gemma 3's 32k (270M) / 128k contexts
+
+
+def check_lengths(max_tokens: int, n_ctx: int) -> None:
+    """--max-tokens and --n-ctx: positive, and a context llama.cpp can allocate."""
+    if max_tokens < 1:
+        raise EdgeError(f"--max-tokens {max_tokens} must be at least 1")
+    if not 16 <= n_ctx <= MAX_N_CTX:
+        raise EdgeError(f"--n-ctx {n_ctx} must be between 16 and {MAX_N_CTX:,} tokens, e.g. 2048")
+
+
 def load_llama(path, n_ctx: int = 2048, n_threads: int = 0, logits_all: bool = False):
     """Open a GGUF with llama-cpp-python after checking it is a complete GGUF."""
     from edge.ggufinfo import read_gguf
@@ -64,7 +75,10 @@ def sampling_settings(llm) -> dict:
 
     def get(key, default, cast):
         v = meta.get(f"general.sampling.{key}")
-        return cast(v) if v not in (None, "") else default
+        try:
+            return cast(v) if v not in (None, "") else default
+        except (TypeError, ValueError, OverflowError):  # a damaged or hostile value: the recommendation
+            return default
 
     return {"temperature": get("temp", s["temperature"], float), "top_k": get("top_k", s["top_k"], int),
             "top_p": get("top_p", s["top_p"], float), "min_p": get("min_p", s["min_p"], float),
@@ -76,7 +90,7 @@ def prompt_tokens(llm, messages: list[dict]) -> list[int]:
     from edge.export import render_chat
 
     template = (getattr(llm, "metadata", {}) or {}).get("tokenizer.chat_template") or gemma3.GGUF_CHAT_TEMPLATE
-    text = render_chat(template, messages, add_generation_prompt=True)
+    text = render_chat(template, messages, add_generation_prompt=True, source="the file's chat template")
     starts_with_bos = text.startswith(gemma3.BOS)
     ids = llm.tokenize(text.encode("utf-8"), add_bos=not starts_with_bos, special=True)
     if ids[:2] == [gemma3.BOS_ID, gemma3.BOS_ID]:  # never two
@@ -87,6 +101,7 @@ def prompt_tokens(llm, messages: list[dict]) -> list[int]:
 def complete(path_or_llm, messages: list[dict], max_tokens: int = 256, greedy: bool = False,
              seed: int = -1, stream=None, n_ctx: int = 2048) -> dict:
     """One model reply to `messages`. `stream(text)` is called for each piece as it comes."""
+    check_lengths(max_tokens, n_ctx)
     llm = path_or_llm if hasattr(path_or_llm, "tokenize") else load_llama(path_or_llm, n_ctx=n_ctx)
     settings = sampling_settings(llm)
     if greedy:
@@ -124,6 +139,7 @@ def chat_cmd(file: str, *, prompt: str = "", system: str = "", max_tokens: int =
         seed: sampling seed (-1: random).
         json: with --prompt, print the reply and timings as JSON instead of streaming.
     """
+    check_lengths(max_tokens, n_ctx)
     llm = load_llama(file, n_ctx=n_ctx)
     messages: list[dict] = [{"role": "system", "content": system}] if system else []
 

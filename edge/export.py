@@ -20,10 +20,13 @@ truncated safetensors file) leaves nothing behind.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
 import re
+import shlex
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -31,8 +34,8 @@ from pathlib import Path
 import numpy as np
 
 from edge import __version__, gemma3
-from edge.errors import EdgeError
-from edge.fsutil import atomic_path, check_writable, write_text_atomic
+from edge.errors import EdgeError, printable
+from edge.fsutil import atomic_path, check_not_input, check_writable, child, read_json, write_text_atomic
 from edge.ggufinfo import GGUF_MAGIC, GGUFInfo, GGUFTensor, read_gguf  # noqa: F401 (re-exported)
 CHUNK_BYTES = 64 << 20  # rows are read, converted and written this many source bytes at a time
 
@@ -85,11 +88,9 @@ def read_config(model_dir: Path) -> dict:
         raise EdgeError(f"model directory {model_dir} does not exist; give a Hugging Face model directory")
     if not cfg_file.is_file():
         raise EdgeError(f"{model_dir} has no config.json; give a Hugging Face model directory")
-    try:
-        cfg = json.loads(cfg_file.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise EdgeError(f"{cfg_file} is not valid JSON ({e}); re-save the model") from None
-    arch = (cfg.get("architectures") or [None])[0]
+    cfg = read_json(cfg_file, "model config", hint="re-save the model with transformers")
+    archs = cfg.get("architectures")
+    arch = archs[0] if isinstance(archs, list) and archs and isinstance(archs[0], str) else None
     if arch in gemma3.MULTIMODAL_ARCHITECTURES:
         raise EdgeError(f"{model_dir} holds {arch} (vision + text); export its text model "
                         f"({gemma3.TEXT_ARCHITECTURES[0]}) instead")
@@ -100,12 +101,22 @@ def read_config(model_dir: Path) -> dict:
     missing = [k for k in need if k not in cfg]
     if missing:
         raise EdgeError(f"{cfg_file} lacks {', '.join(missing)}; re-save the model with transformers")
+    for k in need + ["num_key_value_heads", "head_dim", "sliding_window", "max_position_embeddings"]:
+        v = cfg.get(k)
+        if k in need or v is not None:
+            if not isinstance(v, int) or isinstance(v, bool) or not 0 < v <= 1 << 26:
+                raise EdgeError(f"{cfg_file}: {k} = {printable(v, 40)} is not a positive whole number; "
+                                "re-save the model with transformers")
     cfg.setdefault("num_key_value_heads", cfg["num_attention_heads"])
     cfg.setdefault("head_dim", 256)
     cfg.setdefault("rms_norm_eps", 1e-6)
     cfg.setdefault("max_position_embeddings", 131072)
     cfg.setdefault("tie_word_embeddings", True)
-    _check_llama_cpp_can_run(cfg, cfg_file)
+    try:
+        _check_llama_cpp_can_run(cfg, cfg_file)
+    except (TypeError, ValueError, AttributeError, KeyError) as e:  # a value of the wrong type in config.json
+        raise EdgeError(f"{cfg_file} holds a value of the wrong type ({type(e).__name__}: {printable(e, 120)}); "
+                        "re-save the model with transformers") from None
     return cfg
 
 
@@ -165,11 +176,10 @@ def read_safetensors(model_dir: Path) -> dict[str, _SrcTensor]:
     little-endian header length, JSON header, raw data; huggingface/safetensors README)."""
     index = model_dir / "model.safetensors.index.json"
     if index.is_file():
-        try:
-            names = sorted(set(json.loads(index.read_text())["weight_map"].values()))
-        except (json.JSONDecodeError, KeyError, UnicodeDecodeError):
-            raise EdgeError(f"{index} is corrupt; re-save the model") from None
-        files = [model_dir / n for n in names]
+        wmap = read_json(index, "safetensors index", hint="re-save the model").get("weight_map")
+        if not isinstance(wmap, dict) or not all(isinstance(n, str) for n in wmap.values()):
+            raise EdgeError(f"{index} is corrupt (no weight_map of file names); re-save the model")
+        files = [child(model_dir, n) for n in sorted(set(wmap.values()))]
         for f in files:
             if not f.is_file():
                 raise EdgeError(f"{f} is listed in {index.name} but missing; copy the complete model")
@@ -191,16 +201,21 @@ def read_safetensors(model_dir: Path) -> dict[str, _SrcTensor]:
                 raise EdgeError(f"{bad} (header length {n} for a {size}-byte file); re-save or re-copy it")
             try:
                 header = json.loads(fh.read(n))
-            except (json.JSONDecodeError, UnicodeDecodeError):
+            except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):
                 raise EdgeError(f"{bad} (its JSON header is corrupt); re-save or re-copy it") from None
+        if not isinstance(header, dict):
+            raise EdgeError(f"{bad} (its JSON header is not an object); re-save or re-copy it")
         base = 8 + n
         for name, info in header.items():
             if name == "__metadata__":
                 continue
             try:
                 dtype, shape, (a, b) = info["dtype"], tuple(info["shape"]), info["data_offsets"]
+                if not all(isinstance(x, int) and not isinstance(x, bool) and x >= 0 for x in (*shape, a, b)) \
+                        or a > b or len(shape) > 8 or not isinstance(dtype, str):
+                    raise ValueError
             except (KeyError, TypeError, ValueError):
-                raise EdgeError(f"{bad} (entry {name!r} is malformed)") from None
+                raise EdgeError(f"{bad} (entry {printable(name, 80)!r} is malformed)") from None
             if dtype not in _ST_DTYPES:
                 raise EdgeError(f"{f}: tensor {name} has dtype {dtype}; export needs F32, F16 or BF16 weights")
             if b - a != math.prod(shape) * _ST_DTYPES[dtype].itemsize or base + b > size:
@@ -380,11 +395,14 @@ def chat_template(model_dir: Path) -> tuple[str, str]:
     """
     text = None
     if (model_dir / "chat_template.jinja").is_file():
-        text = (model_dir / "chat_template.jinja").read_text(encoding="utf-8")
+        try:
+            text = (model_dir / "chat_template.jinja").read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError):
+            text = None
     elif (model_dir / "tokenizer_config.json").is_file():
         try:
             text = json.loads((model_dir / "tokenizer_config.json").read_text()).get("chat_template")
-        except (json.JSONDecodeError, UnicodeDecodeError):
+        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError, OSError, AttributeError):
             text = None
     if not isinstance(text, str) or not text.strip():
         return gemma3.GGUF_CHAT_TEMPLATE, "edge.gemma3 (the model has none)"
@@ -393,7 +411,7 @@ def chat_template(model_dir: Path) -> tuple[str, str]:
     try:
         rendered = render_chat(text, [{"role": "user", "content": "hi"}, {"role": "model", "content": "yo"},
                                       {"role": "user", "content": "ok"}])
-    except Exception:  # jinja raises many types; a template we cannot render is replaced
+    except EdgeError:  # a template we cannot render (or that runs away) is replaced
         return gemma3.GGUF_CHAT_TEMPLATE, "edge.gemma3 (the model's template does not render)"
     if gemma3.START_OF_TURN not in rendered:
         return gemma3.GGUF_CHAT_TEMPLATE, "edge.gemma3 (the model's template is not Gemma's format)"
@@ -405,13 +423,133 @@ def chat_template(model_dir: Path) -> tuple[str, str]:
     return gemma3.GGUF_CHAT_TEMPLATE, f"edge.gemma3 (the model's template renders {n_bos} <bos>)"
 
 
-def render_chat(template: str, messages: list[dict], add_generation_prompt: bool = True) -> str:
-    """Render a chat template the way engines do (jinja2, bos/eos variables defined)."""
+RENDER_SECONDS = 2.0        # a chat template renders in about a millisecond; a runaway one stops here
+RENDER_CHARS = 1 << 20      # longest rendered prompt, and longest string a template may build
+
+
+class _RenderLimit(Exception):
+    pass
+
+
+def _bounded_env():
+    """jinja2's immutable sandbox (no attribute tricks, no mutation), plus bounds on what a
+    hostile template can make it do: strings and lists built by `*`, `+`, `%`, filters and
+    method calls stay under RENDER_CHARS, `**` under 1024-bit exponents, and integer
+    arguments (`center(10**10)`) under RENDER_CHARS."""
     from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
-    return env.from_string(template).render(messages=messages, add_generation_prompt=add_generation_prompt,
-                                            bos_token=gemma3.BOS, eos_token=gemma3.EOS)
+    def check_args(args, kwargs):
+        for a in (*args, *kwargs.values()):
+            if isinstance(a, int) and not isinstance(a, bool) and abs(a) > RENDER_CHARS:
+                raise _RenderLimit(f"the number {a} is too large for a chat template")
+
+    def check_format(fmt):  # "{:>1000000000}".format(1), "%0999999999d" % 1: widths a template may not ask
+        if isinstance(fmt, str) and ("%" in fmt or "{" in fmt) and re.search(r"\d{7,}", fmt):
+            raise _RenderLimit("a format width is too large for a chat template")
+
+    def check_result(v):
+        if isinstance(v, (str, list, tuple, bytes)) and len(v) > RENDER_CHARS:
+            raise _RenderLimit(f"the template built a value of {len(v):,} items")
+        return v
+
+    def bounded(fn):
+        def wrapper(*args, **kwargs):
+            check_args(args[1:], kwargs)
+            for a in args[:2]:
+                check_format(a)
+            return check_result(fn(*args, **kwargs))
+        for attr in ("jinja_pass_arg", "__name__"):
+            if hasattr(fn, attr):
+                setattr(wrapper, attr, getattr(fn, attr))
+        return wrapper
+
+    class Env(ImmutableSandboxedEnvironment):
+        intercepted_binops = frozenset({"*", "**", "+", "%"})
+
+        def call_binop(self, context, operator, left, right):
+            sized = (str, list, tuple, bytes)
+            if operator == "*":
+                n, seq = (right, left) if isinstance(left, sized) else (left, right)
+                if isinstance(seq, sized) and isinstance(n, int) and len(seq) * n > RENDER_CHARS:
+                    raise _RenderLimit(f"a {len(seq)}-item value repeated {n} times")
+            elif operator == "**":
+                if isinstance(right, (int, float)) and isinstance(left, int) and abs(left) > 1 \
+                        and abs(left).bit_length() * abs(right) > 1 << 16:
+                    raise _RenderLimit("a power too large for a chat template")
+            elif operator == "+":
+                if isinstance(left, sized) and isinstance(right, sized) and len(left) + len(right) > RENDER_CHARS:
+                    raise _RenderLimit("a concatenation is too long")
+            elif operator == "%" and isinstance(left, str):
+                check_format(left)
+                check_args(right if isinstance(right, tuple) else (right,), {})
+            return check_result(super().call_binop(context, operator, left, right))
+
+        def wrap_str_format(self, value):
+            check_format(getattr(value, "__self__", None))
+            return super().wrap_str_format(value)
+
+        def call(__self, __context, __obj, *args, **kwargs):  # noqa: N805 (jinja's signature)
+            check_args(args, kwargs)
+            return check_result(super().call(__context, __obj, *args, **kwargs))
+
+    env = Env(trim_blocks=True, lstrip_blocks=True)
+    env.filters = {k: bounded(f) for k, f in env.filters.items()}
+    return env
+
+
+@contextlib.contextmanager
+def _deadline(seconds: float):
+    """Stop a template's own code (loops included) after `seconds`: a line trace on the
+    compiled template's frames only, restored afterwards."""
+    end = time.monotonic() + seconds
+    old = sys.gettrace()
+
+    def local(frame, event, arg):
+        if time.monotonic() > end:
+            raise _RenderLimit(f"rendering took longer than {seconds:g} s")
+        return local
+
+    def trace(frame, event, arg):
+        return local if frame.f_code.co_filename == "<template>" else None
+
+    sys.settrace(trace)
+    try:
+        yield
+    finally:
+        sys.settrace(old)
+
+
+def render_chat(template: str, messages: list[dict], add_generation_prompt: bool = True,
+                source: str = "the chat template") -> str:
+    """Render a chat template the way engines do (jinja2, bos/eos variables defined).
+
+    A template comes from a user's file: it runs in jinja2's sandbox with bounded time
+    (RENDER_SECONDS), output and value sizes (RENDER_CHARS); a syntax error, an undefined
+    name, a blocked operation or a bound reached is one EdgeError naming `source`."""
+    from jinja2 import TemplateError
+
+    try:
+        env = _bounded_env()
+        with _deadline(RENDER_SECONDS):
+            parts, n = [], 0
+            for piece in env.from_string(template).generate(
+                    messages=messages, add_generation_prompt=add_generation_prompt,
+                    bos_token=gemma3.BOS, eos_token=gemma3.EOS):
+                n += len(piece)
+                if n > RENDER_CHARS:
+                    raise _RenderLimit(f"the output passed {RENDER_CHARS:,} characters")
+                parts.append(piece)
+        return "".join(parts)
+    except _RenderLimit as e:
+        raise EdgeError(f"{source} was stopped: {e}; use a plain chat template (e.g. re-export the "
+                        "model, which writes Gemma 3's)") from None
+    except TemplateError as e:
+        raise EdgeError(f"{source} cannot be rendered ({type(e).__name__}: {printable(e, 160)}); "
+                        "re-export the model to get Gemma 3's template") from None
+    except (TypeError, ValueError, ArithmeticError, LookupError, AttributeError, RecursionError,
+            MemoryError) as e:
+        raise EdgeError(f"{source} fails ({type(e).__name__}: {printable(e, 160)}); "
+                        "re-export the model to get Gemma 3's template") from None
 
 
 # --------------------------------------------------------------------------------------
@@ -647,6 +785,7 @@ def export_gguf(model_dir, out_path, outtype: str = "f32", provenance: dict | No
     mf_path = modelfile_path(out_path)
     if out_path.is_dir():
         raise EdgeError(f"output {out_path} is a directory; give a file name ending in .gguf")
+    modelfile_text(out_path.name)  # a name the Modelfile can hold, checked before any work
     check_writable(out_path, force)
     check_writable(mf_path, force)
 
@@ -744,7 +883,13 @@ def modelfile_path(gguf_path: Path) -> Path:
 
 
 def modelfile_text(gguf_name: str) -> str:
-    """An Ollama Modelfile: the GGUF beside it, Gemma 3's template, stop token, sampling."""
+    """An Ollama Modelfile: the GGUF beside it, Gemma 3's template, stop token, sampling.
+
+    The file name goes into a `FROM` line: a name with a newline or another control
+    character would add lines (ADAPTER, SYSTEM) to the Modelfile, so it is refused."""
+    if printable(gguf_name) != gguf_name or '"""' in gguf_name:
+        raise EdgeError(f"the file name {printable(gguf_name)!r} holds control characters; rename the "
+                        "GGUF to a plain name before writing a Modelfile for it")
     s = gemma3.SAMPLING
     return "\n".join([
         f"# Ollama Modelfile written by edge {__version__}: `ollama create NAME -f {Path(gguf_name).stem}.Modelfile`",
@@ -810,7 +955,8 @@ def inspect_cmd(file: str, *, json: bool = False) -> dict:
     info = inspect_gguf(file)
     if json:
         return info
-    print(f"{info['path']}: {info['architecture']} '{info['name']}', {info['file_type']}, "
+    print(f"{printable(info['path'])}: {printable(info['architecture'], 40)} '{printable(info['name'], 80)}', "
+          f"{printable(info['file_type'], 40)}, "
           f"{info['size_bytes'] / 1e6:.1f} MB, {info['n_params'] / 1e6:.1f}M parameters, "
           f"{info['bits_per_weight']} bits/weight, {info['n_tensors']} tensors")
     print("\ntensor type   tensors      params       MB")
@@ -818,10 +964,10 @@ def inspect_cmd(file: str, *, json: bool = False) -> dict:
         print(f"{name:<12} {e['tensors']:>8} {e['params']:>11,} {e['bytes'] / 1e6:>8.1f}")
     print(f"\nARM phones: {info['arm_repack']}")
     print("\nmetadata")
-    width = max(map(len, info["metadata"]), default=0)
-    for k, v in info["metadata"].items():
-        text = str(v).replace("\n", "\\n")
-        print(f"  {k:<{width}}  {text[:100] + ('...' if len(text) > 100 else '')}")
+    keys = {k: printable(k, 60) for k in info["metadata"]}
+    width = max(map(len, keys.values()), default=0)
+    for k, v in info["metadata"].items():  # escapes and newlines from the file are shown, not obeyed
+        print(f"  {keys[k]:<{width}}  {printable(v, 100)}")
     return info
 
 
@@ -835,12 +981,21 @@ def modelfile_cmd(file: str, *, out: str = "", force: bool = False) -> str:
     """
     arch = read_gguf(file).metadata.get("general.architecture")
     if arch != "gemma3":
-        raise EdgeError(f"{file} is a {arch!r} model; this Modelfile is for Gemma 3 (gemma3)")
+        raise EdgeError(f"{file} is a {printable(arch, 40)!r} model; this Modelfile is for Gemma 3 (gemma3)")
     path = Path(out) if out else modelfile_path(Path(file))
+    check_not_input(path, Path(file))
+    if path.is_dir():
+        raise EdgeError(f"--out {path} is a folder; give the Modelfile's file name")
     check_writable(path, force)
-    write_text_atomic(path, modelfile_text(Path(file).name), force=True)
+    text = modelfile_text(Path(file).name)
+    write_text_atomic(path, text, force=True)
     print(f"wrote {path}; run: ollama create NAME -f {path}")
     return str(path)
+
+
+def next_step(gguf: str | Path) -> str:
+    """The command printed after an export; it runs as printed."""
+    return f"edge chat {shlex.quote(str(gguf))} --prompt 'Hello'"
 
 
 def export_cmd(*, model: str, out: str, outtype: str = "f32", force: bool = False, json: bool = False):
@@ -864,5 +1019,5 @@ def export_cmd(*, model: str, out: str, outtype: str = "f32", force: bool = Fals
     print(f"tokenizer from {result.tokenizer_source}; chat template from {result.chat_template_source}")
     if result.f16_fallback:
         print(f"{len(result.f16_fallback)} tensor(s) kept in F16 (rows not a multiple of 32)")
-    print(f"wrote {result.modelfile}; try: edge chat {result.path} --prompt 'Hello'")
+    print(f"wrote {result.modelfile}; try: {next_step(result.path)}")
     return None

@@ -14,13 +14,14 @@ Gemma 3 chat template and a generation config carrying the recommended sampling 
 from __future__ import annotations
 
 import json
+import shlex
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from edge import gemma3
 from edge.errors import EdgeError
-from edge.fsutil import atomic_dir, check_writable
+from edge.fsutil import atomic_dir, check_not_input, check_writable
 
 DTYPES = ("bf16", "fp16", "fp32")
 MERGE_META = "edge_merge.json"
@@ -55,12 +56,17 @@ def generation_config(model):
     return cfg
 
 
-def merge(adapter: str | Path, out: str | Path, dtype: str = "bf16", model: str = "", force: bool = False,
+def next_step(merged: Path) -> str:
+    """The command printed after a merge; it runs as printed (the exported GGUF goes beside
+    the merged folder)."""
+    merged = Path(merged)
+    gguf = merged.with_name(merged.name + "-F32.gguf")
+    return f"edge export --model {shlex.quote(str(merged))} --out {shlex.quote(str(gguf))}"
+
+
+def merge(adapter: str | Path, out: str | Path, dtype: str = "fp32", model: str = "", force: bool = False,
           say=print) -> MergeResult:
     """Merge `adapter` into its base (or `model`, which must be the same weights); save to `out`."""
-    import torch
-    from peft import PeftModel
-
     from edge.finetune import base_identity, check_same_base, read_meta
     from edge.models import _torch_dtype, load
 
@@ -74,6 +80,9 @@ def merge(adapter: str | Path, out: str | Path, dtype: str = "bf16", model: str 
         raise EdgeError(f"{adapter} holds no finished adapter (adapter_model.safetensors); give the --out "
                         "folder of a finished `edge finetune`, or one of its checkpoints/step-*")
     meta = read_meta(adapter)
+    check_not_input(out, adapter)
+    if out.exists() and not out.is_dir():
+        raise EdgeError(f"--out {out} is a file; give a folder for the merged model")
     check_writable(out, force)
     recorded = meta["base"]
     spec = model or recorded["spec"]
@@ -81,6 +90,9 @@ def merge(adapter: str | Path, out: str | Path, dtype: str = "bf16", model: str 
         spec = recorded["path"]
     actual = base_identity(spec)
     check_same_base(recorded, actual, f"adapter {adapter}")
+    check_not_input(out, Path(actual["path"]))
+
+    from peft import PeftModel  # torch and peft after every check: seconds to import
 
     say(f"merging {adapter} into {actual['path']} in float32")
     base, tok = load(spec, dtype="fp32")
@@ -113,11 +125,11 @@ def merge(adapter: str | Path, out: str | Path, dtype: str = "bf16", model: str 
     result = MergeResult(out=str(out), dtype=dtype, base=actual["path"], adapter=str(adapter), parameters=n,
                          max_abs_weight=max_abs, seconds=time.time() - t0)
     say(f"merged {n / 1e6:.1f}M parameters into {out} ({dtype}, {result.seconds:.0f} s); "
-        f"next: edge export --model {out}")
+        f"next: {next_step(out)}")
     return result
 
 
-def merge_cmd(*, adapter: str, out: str, dtype: str = "bf16", model: str = "", force: bool = False,
+def merge_cmd(*, adapter: str, out: str, dtype: str = "fp32", model: str = "", force: bool = False,
               json: bool = False) -> dict:
     """Merge a LoRA adapter into its base model in float32 (checked) and save safetensors.
 
@@ -128,7 +140,8 @@ def merge_cmd(*, adapter: str, out: str, dtype: str = "bf16", model: str = "", f
     Args:
         adapter: the --out folder of `edge finetune` (or one of its checkpoints/step-*).
         out: folder to write the merged model into.
-        dtype: bf16, fp16 or fp32 for the saved weights (merging is always float32).
+        dtype: fp32, bf16 or fp16 for the saved weights (merging is always float32); fp32 keeps the
+            merge exact for `edge export` (the README's pipeline), bf16 halves the folder.
         model: base model (default: the one recorded in the adapter; must be the same weights).
         force: overwrite an existing OUT.
         json: print the result as JSON.

@@ -18,13 +18,19 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sys
 import time
 from pathlib import Path
 
 from edge import gemma3
-from edge.errors import EdgeError
+from edge.errors import EdgeError, environment_error, printable
 
 EMBEDDED = "embedded"
+EMBEDDED_NOTE = ("the embedded model is the pretrained (not instruction-tuned) Gemma 3 270M, dequantized to "
+                 "float32 from its Q4_K_M GGUF: it carries Q4_K_M's rounding (its weights sit on the Q4_K_M grid), "
+                 "so it is a little weaker than Google's bf16 weights, and it continues text rather than "
+                 "following instructions until you fine-tune it; for the original weights use "
+                 "--model google/gemma-3-270m (or -it) from the Hugging Face cache")
 EMBEDDED_DIR_NAME = "gemma-3-270m-embedded"
 
 
@@ -80,7 +86,9 @@ def ensure_embedded(verbose: bool = False) -> Path:
         t0 = time.time()
         gguf = embedded_gguf()
         if verbose:
-            print(f"converting the embedded Gemma 3 270M ({gguf.name}) into {target} (once, about a minute)")
+            print(f"converting the embedded Gemma 3 270M ({gguf.name}) into {target} (once; 3-4 minutes on a "
+                  "2-core laptop, see the README)")
+            print(f"note: {EMBEDDED_NOTE}")
         tmp = target.with_name(target.name + ".part")
         shutil.rmtree(tmp, ignore_errors=True)
         _convert_gguf(gguf, tmp)
@@ -134,9 +142,11 @@ def resolve(spec: str = EMBEDDED, verbose: bool = False) -> Path:
                             "(config.json + safetensors + tokenizer) or 'embedded'")
         check_hf_dir(path)
         return path
-    if spec.count("/") == 1 and not spec.startswith((".", "/", "~")):
+    if spec.count("/") == 1 and not spec.startswith((".", "/", "~")) and not spec.endswith("/") \
+            and not Path(spec.split("/")[0]).is_dir():  # `models/x` with ./models here: a mistyped path
         return _hub_snapshot(spec)
-    raise EdgeError(f"unknown model spec {spec!r}; use 'embedded', a local model directory or a hub id")
+    raise EdgeError(f"model {printable(spec, 120)!r} not found: no such local directory (and not 'embedded' or a "
+                    "hub id like google/gemma-3-270m); check the path")
 
 
 def _hub_snapshot(repo_id: str) -> Path:
@@ -148,29 +158,34 @@ def _hub_snapshot(repo_id: str) -> Path:
         return check_hf_dir(Path(snapshot_download(repo_id, allow_patterns=patterns, local_files_only=True)))
     except LocalEntryNotFoundError:
         pass
+    how = (f"download it once with `hf download {repo_id}` (Gemma models are gated: accept the licence "
+           f"on https://huggingface.co/{repo_id} and `hf auth login` first), or pass a local directory or 'embedded'")
     if os.environ.get("HF_HUB_OFFLINE") == "1":
-        raise EdgeError(f"hub model {repo_id!r} is not in the local Hugging Face cache and HF_HUB_OFFLINE=1; "
-                        "download it where there is network, or pass a local directory")
+        raise EdgeError(f"hub model {repo_id!r} is not in the local Hugging Face cache and HF_HUB_OFFLINE=1; {how}")
+    print(f"{repo_id} is not in the Hugging Face cache: downloading it (safetensors, tokenizer, config) ...",
+          file=sys.stderr)
     try:
         return check_hf_dir(Path(snapshot_download(repo_id, allow_patterns=patterns, etag_timeout=5)))
+    except EdgeError:
+        raise
     except Exception as e:  # network errors come in many types from requests/httpx
         raise EdgeError(f"hub model {repo_id!r} is not cached and could not be downloaded "
-                        f"({type(e).__name__}); pass a local directory or 'embedded'") from None
+                        f"({type(e).__name__}); {how}") from None
 
 
 def check_hf_dir(path: Path) -> Path:
     """A Gemma 3 text checkpoint: config.json with a Gemma 3 architecture and weights."""
+    from edge.fsutil import read_json
+
     cfg_file = path / "config.json"
     if not cfg_file.is_file():
         raise EdgeError(f"{path} has no config.json; give a Hugging Face model directory")
-    try:
-        cfg = json.loads(cfg_file.read_text())
-    except json.JSONDecodeError as e:
-        raise EdgeError(f"{cfg_file} is not valid JSON ({e.msg})") from None
-    arch = (cfg.get("architectures") or [None])[0]
-    model_type = cfg.get("model_type")
+    cfg = read_json(cfg_file, "model config", hint="re-save the model with transformers")
+    archs = cfg.get("architectures")
+    arch = archs[0] if isinstance(archs, list) and archs and isinstance(archs[0], str) else None
+    model_type = cfg.get("model_type") if isinstance(cfg.get("model_type"), str) else None
     if arch not in gemma3.TEXT_ARCHITECTURES + gemma3.MULTIMODAL_ARCHITECTURES and model_type not in gemma3.MODEL_TYPES:
-        raise EdgeError(f"{path} holds a {arch or model_type!r} model; only Gemma 3 "
+        raise EdgeError(f"{path} holds a {printable(arch or model_type, 60)!r} model; only Gemma 3 "
                         f"({', '.join(gemma3.TEXT_ARCHITECTURES)}) is supported")
     if not any(path.glob("*.safetensors")) and not any(path.glob("*.bin")):
         raise EdgeError(f"{path} has no weights (*.safetensors); give a complete model directory")
@@ -195,8 +210,12 @@ def load(spec: str = EMBEDDED, dtype="fp32", device: str = "cpu", verbose: bool 
     try:
         model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype)
         tok = AutoTokenizer.from_pretrained(path)
-    except (OSError, ValueError) as e:
-        raise EdgeError(f"cannot load model from {path}: {str(e).splitlines()[0]}") from None
+    except Exception as e:  # a damaged checkpoint: broken safetensors header, config values, tokenizer
+        if not isinstance(e, (OSError, ValueError, TypeError, KeyError, AttributeError)) \
+                and type(e).__name__ != "SafetensorError":
+            raise
+        msg = environment_error(e) or f"{type(e).__name__}: {printable(str(e).splitlines()[0] if str(e) else '', 200)}"
+        raise EdgeError(f"cannot load model from {path} ({msg}); re-save or re-copy the model") from None
     attach_chat_template(tok)
     model.to(device).eval()
     return model, tok

@@ -62,7 +62,13 @@ def _device_type(device) -> str:
 
     if device is None:
         return "cuda" if torch.cuda.is_available() else "cpu"
-    return torch.device(device).type
+    try:
+        kind = torch.device(device).type
+    except (RuntimeError, TypeError, ValueError):
+        kind = str(device)
+    if kind not in ("cpu", "cuda"):
+        raise EdgeError(f"--device {device!r} is not supported; use cpu or cuda")
+    return kind
 
 
 def resolve(precision: str = "auto", device=None) -> Precision:

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from edge.budget import read_gguf
-from edge.errors import EdgeError
+from edge.errors import EdgeError, printable
 
 REPORT = "report.json"
 REPORT_FIELDS = ("recipe", "bpw", "kld_mean", "kld_p99", "top1", "ppl", "tok_s", "task_accuracy")
@@ -38,7 +38,9 @@ class Variant:
 
 
 def _report_entries(report: Path) -> list[dict]:
-    data = json.loads(report.read_text())
+    from edge.fsutil import read_json
+
+    data = read_json(report, "quality report", expect=(dict, list), hint="re-run `edge quantize`")
     entries = data.get("variants", []) if isinstance(data, dict) else data
     if not isinstance(entries, list):
         raise EdgeError(f"{report}: expected a list of variants, got {type(entries).__name__}")
@@ -110,10 +112,15 @@ def variants(run_dir: Path | None, folder: Path | None) -> tuple[str, list[Varia
     out = []
     for f in files:
         entry = by_name.get(f.name, {})
-        v = Variant(name=entry.get("name") or f.stem, path=f, size_bytes=f.stat().st_size)
-        for k in REPORT_FIELDS:
-            if entry.get(k) is not None:
-                setattr(v, k, entry[k])
+        name = entry.get("name")
+        v = Variant(name=printable(name, 60) if isinstance(name, str) and name else f.stem, path=f,
+                    size_bytes=f.stat().st_size)
+        for k in REPORT_FIELDS:  # a value of the wrong type (`"bpw": "abc"`) is left out, never shown
+            x = entry.get(k)
+            if k == "recipe" and isinstance(x, str):
+                setattr(v, k, printable(x, 40))
+            elif k != "recipe" and isinstance(x, (int, float)) and not isinstance(x, bool):
+                setattr(v, k, x)
         out.append(v)
     out.sort(key=lambda v: v.size_bytes)
     return where, out, report
@@ -230,8 +237,9 @@ def budget(paths: list[Path], devices: list[Column], *, ctx: int, report: Path |
     """edge.budget.matrix over every (variant, device), and edge.budget.recommend per device."""
     from edge import budget as b
 
-    infos = [b.read_gguf(p) for p in paths]
-    names = [Path(p).name for p in paths]
+    infos, skipped = b.read_models(paths)   # one damaged file must not blank the whole grid
+    notes = [*notes, *(f"skipped {s}" for s in skipped)]
+    names = [Path(i.path).name for i in infos]
     grid = b.matrix(infos, [c.device for c in devices], ctx=ctx)
     verdicts = {(c.key, names[i]): grid[i * len(devices) + j]
                 for i in range(len(infos)) for j, c in enumerate(devices)}
