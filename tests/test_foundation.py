@@ -51,7 +51,7 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path):
     assert out.returncode == 2
     assert "Traceback" not in out.stderr
     assert len(out.stderr.strip().splitlines()) == 1
-    assert "unknown model spec" in out.stderr
+    assert "no such local directory" in out.stderr
 
 
 # --- models ------------------------------------------------------------------------------
