@@ -829,11 +829,11 @@ def save_checkpoint(out: Path, model, optimizer, scheduler, scaler, stream: Batc
                 save_adapter(model, tmp, {**meta, "step": step})
             torch.save(state, tmp / STATE)
     except Exception as e:  # OSError, or safetensors' SafetensorError / torch's RuntimeError around one
-        why = environment_error(e)
-        if why is None and not isinstance(e, OSError):
+        if not isinstance(e, OSError) and environment_error(e) is None:
             raise
+        why = e.strerror if isinstance(e, OSError) and e.strerror else environment_error(e) or e
         last = latest_checkpoint(out)
-        raise EdgeError(f"cannot write checkpoint {dest} ({why or e.strerror or e}); "
+        raise EdgeError(f"cannot write checkpoint {dest} ({why}); "
                         f"earlier checkpoints are intact (latest: {last or 'none'}); free disk space and --resume") from None
     for old in _checkpoints(out)[:-keep]:
         shutil.rmtree(old, ignore_errors=True)

@@ -424,6 +424,8 @@ def quantize_cmd(*, gguf: str, recipe: list[str], out: str, imatrix: str = "", c
 
     ref = Path(gguf)
     out_dir = Path(out)
+    if eval_tokens < 16 and not no_eval:
+        raise EdgeError(f"--eval-tokens {eval_tokens} is too few to score on; give at least 16 (default 512)")
     recipe_objs = expand_recipes(recipe or [])
     tensors, meta = read_tensors(ref)
     for r in recipe_objs:

@@ -29,7 +29,7 @@ import numpy as np
 
 from edge import gemma3
 from edge.errors import EdgeError
-from edge.fsutil import atomic_path, check_writable
+from edge.fsutil import atomic_path, check_not_input, check_writable
 
 DATA = Path(__file__).resolve().parent.parent / "edge" / "data"
 GENERAL = DATA / "general.txt"
@@ -244,6 +244,7 @@ def build_imatrix(model_spec: str, calib: list[str], out: str | Path, *, general
     from edge.models import load
 
     out = Path(out)
+    check_not_input(out, *[c for c in calib if c])
     check_writable(out, force)
     check_calibration(calib)  # a bad file is reported before the model loads (seconds of torch)
     t0 = time.time()

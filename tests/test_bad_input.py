@@ -685,3 +685,14 @@ def test_tui_budget_grid_survives_a_corrupt_gguf(tmp_path):
     cols = [library.Column("pixel_7", "Pixel 7", get_profile("pixel_7"))]
     res = library.budget([good, bad], cols, ctx=2048, report=None)
     assert res.variants == ["good.gguf"] and any("bad.gguf" in n for n in res.notes)
+
+
+def test_quantize_negative_eval_tokens(d, capsys):
+    ref = write(d / "ref-F32.gguf", G.model_gguf())
+    check_bad(capsys, d, ["quantize", "--gguf", ref, "--recipe", "Q8_0", "--out", "q", "--eval-tokens", "-5"],
+              "eval-tokens")
+
+
+def test_imatrix_out_equal_to_calibration(d, capsys):
+    write(d / "c.jsonl", CHAT)
+    check_bad(capsys, d, ["imatrix", "--out", "c.jsonl", "--calib", "c.jsonl", "--force"], "overwrite the input")
