@@ -848,7 +848,7 @@ def read_meta(directory: Path) -> dict:
     meta = read_json(f, "adapter record", hint="the adapter folder is damaged: re-run `edge finetune`")
     base = meta.get("base")
     if not (isinstance(base, dict) and all(isinstance(base.get(k), str) for k in ("spec", "path", "fingerprint"))
-            and isinstance(meta.get("lora", {}), dict) and isinstance(meta.get("train", {}), dict)):
+            and isinstance(meta.get("lora") or {}, dict) and isinstance(meta.get("train") or {}, dict)):
         raise EdgeError(f"{f} lacks its base model record (base.spec/path/fingerprint); the adapter folder is "
                         "damaged: re-run `edge finetune`")
     return meta
