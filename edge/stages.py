@@ -83,15 +83,18 @@ class RunSettings:
             check_repo_id(self.publish)
             if self.private is None:
                 raise EdgeError("--publish needs --private or --public: say who may see the repo")
-        if self.name and not safe_name(self.name):
-            raise EdgeError(f"--name {self.name!r}: use letters, digits, '.', '_' and '-' only")
+        if self.name:
+            from edge.fsutil import safe_name
+
+            safe_name(self.name, "--name")
 
     @property
     def epochs_or_default(self) -> float:
         return self.epochs or (0.0 if self.steps else DEFAULT_EPOCHS)
 
 
-def safe_name(s: str) -> str:
+def slug(s: str) -> str:
+    """A run folder's name as part of a file name (spaces and other characters become '-')."""
     import re
 
     cleaned = re.sub(r"[^A-Za-z0-9._-]+", "-", s).strip("-.")
@@ -112,7 +115,7 @@ class Ctx:
     @property
     def label(self) -> str:
         """File stem of this run's GGUFs: <family>-<run name>, e.g. gemma-3-270m-mine."""
-        return f"{self.base['family']}-{safe_name(self.s.name or self.run.name) or 'run'}"
+        return f"{self.base['family']}-{slug(self.s.name or self.run.name) or 'run'}"
 
 
 @dataclass
@@ -261,7 +264,9 @@ def stage_export(c: Ctx) -> Outcome:
     from edge.task import split_prompt
 
     model_dir = c.run.model_dir()
-    out = c.run.path("gguf", f"{c.label}-F32.gguf")
+    from edge.fsutil import child
+
+    out = child(c.run.path("gguf"), f"{c.label}-F32.gguf")
     data = c.run.entry("data")["summary"]
     prov = {"name": c.label, "basename": c.label, "size_label": c.base["size_label"],
             "base_model": c.base["base_model"], "dataset": data.get("name"),

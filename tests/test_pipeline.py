@@ -393,3 +393,11 @@ def test_push_sends_the_recommended_file_and_its_card(tiny_run, tiny_dir, sim):
     assert files["gemma-3-t-Q8_0.gguf"] == (out / "gguf" / "gemma-3-t-Q8_0.gguf").read_bytes()
     assert files["gemma-3-t-Q8_0.README.md"] == (out / "README.md").read_bytes()
     assert any("Import Model" in ln for ln in lines)
+
+
+def test_names_that_become_file_names_are_checked():
+    with pytest.raises(EdgeError, match="cannot be part of a file name"):
+        RunSettings(data="x", out="y", name="../../etc/x")
+    from edge.stages import slug
+
+    assert slug("My Chats (v2)") == "My-Chats-v2" and slug("../..") == ""
