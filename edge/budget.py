@@ -924,7 +924,7 @@ def _table(rows: list[tuple]) -> str:
     return "\n".join(lines)
 
 
-def _verdict_rows(vs: list[Verdict], with_variant: bool) -> str:
+def verdict_table(vs: list[Verdict], with_variant: bool) -> str:
     head = (("variant",) if with_variant else ()) + ("device", "verdict", "needs", "usable", "max n_ctx",
                                                     "tok/s", "sustained", "PocketPal", "AnythingLLM")
     rows = [head]
@@ -1015,7 +1015,7 @@ def budget_cmd(file: str, *, device: str = "", serial: str = "", host: bool = Fa
         print(f"  (phones: + {_mb(PHONE_APP_RUNTIME_BYTES)} app runtime; 'needs' below is the peak with a "
               "full context, the verdict compares it with what one app can use)")
     print()
-    print(_verdict_rows(vs, with_variant=False))
+    print(verdict_table(vs, with_variant=False))
     if len(vs) == 1:
         print(f"\nheat: {vs[0].thermal}")
         for line in _apps_lines(vs[0]):
@@ -1071,7 +1071,7 @@ def _budget_folder(folder: Path, *, device, serial, host, ctx, ubatch, kv_type, 
     for line in skipped:
         print(f"skipped {line}")
     print(f"{folder}: {len(paths)} variants, n_ctx {ctx:,}" + (f", quality from {report}" if report else ""))
-    print(_verdict_rows(vs, with_variant=True))
+    print(verdict_table(vs, with_variant=True))
     for r in recs:
         print(f"recommended on {r.device}: {r.choice or 'none'} ({r.reason})")
     return None

@@ -118,11 +118,8 @@ class RunResult:
 
 
 def run_pipeline(s: RunSettings, *, from_stage: str = "", say: Callable[[str], None] = print,
-                 on_stage: Callable[[str, str], None] | None = None, title: str = "edge run") -> RunResult:
-    """Run every stage that is not already finished with the same inputs and settings.
-
-    `on_stage(name, state)` is called with state "start", "skip", "done" or "failed" (the TUI
-    follows it)."""
+                 title: str = "edge run") -> RunResult:
+    """Run every stage that is not already finished with the same inputs and settings."""
     if from_stage and from_stage not in STAGE_NAMES:
         raise EdgeError(f"--from {from_stage!r}: use one of {', '.join(STAGE_NAMES)}")
     _check_inputs(s)
@@ -138,7 +135,6 @@ def run_pipeline(s: RunSettings, *, from_stage: str = "", say: Callable[[str], N
     model_dir = resolve(s.model)
     base = {**public_identity(s.model, model_dir), "fingerprint": model_fingerprint(model_dir)}
     c = Ctx(run=run, s=s, say=say, base=base, cache={"chats": chats})
-    notify = on_stage or (lambda name, state: None)
     rows, forced, t_all = [], False, time.time()
     say(f"{title}: writing into {run.root}")
     for st in STAGES:
@@ -150,27 +146,20 @@ def run_pipeline(s: RunSettings, *, from_stage: str = "", say: Callable[[str], N
         forced = forced or st.name == from_stage
         if not forced and run.finished(st.name, key):
             rows.append((st.name, "up to date (skipped)", ""))
-            notify(st.name, "skip")
             continue
         for dep in st.files_from:    # a reference dropped after scoring is made again when needed
             if run.missing_outputs(dep) and dep in c.keys:
                 say(f"\n== {dep} (again: {st.name} needs its files)")
                 _run_stage(c, next(x for x in STAGES if x.name == dep), c.keys[dep])
         say(f"\n== {st.name}")
-        notify(st.name, "start")
         t0 = time.time()
-        try:
-            out = _run_stage(c, st, key)
-        except BaseException:
-            notify(st.name, "failed")
-            raise
+        out = _run_stage(c, st, key)
         forced = True   # what follows a stage that ran reads its new outputs
         rows.append((st.name, out.summary, f"{time.time() - t0:.0f} s"))
-        notify(st.name, "done")
         if out.table:
             say(out.table)
         if st.name == "evaluate" and not s.keep_reference:
-            gone = run.drop("export", "reference")
+            gone = run.drop("export", "reference") + run.drop("export", "modelfile")
             if gone:
                 say(f"dropped {gone[0].name} (scored; --keep-reference keeps it)")
     total = time.time() - t_all

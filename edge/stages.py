@@ -310,10 +310,16 @@ def stage_quantize(c: Ctx) -> Outcome:
     ref = c.run.reference()
     made = quantize_variants(ref, expand_recipes(recipe_names(c.s)), c.run.path("gguf"),
                              imatrix=load_imatrix(c.run.imatrix()), force=True)
+    from edge.export import modelfile_path, modelfile_text
+    from edge.fsutil import write_text_atomic
+
+    # an Ollama Modelfile beside each file people run (`ollama create NAME -f X.Modelfile`)
+    modelfiles = [write_text_atomic(modelfile_path(Path(m["path"])), modelfile_text(Path(m["path"]).name))
+                  for m in made]
     rel = [{**m, "path": Path(m["path"]).name} for m in made]
     total = sum(m["seconds"] for m in made)
     return Outcome(f"{len(made)} variants in {total:.0f} s",
-                   outputs={"variant": [Path(m["path"]) for m in made]}, inputs=[],
+                   outputs={"variant": [Path(m["path"]) for m in made], "modelfile": modelfiles}, inputs=[],
                    facts={"made": rel, "quantize_seconds": round(total, 1)},
                    table="\n".join(f"warning: {m['warning']}" for m in made if m.get("warning")))
 
@@ -345,7 +351,7 @@ def stage_evaluate(c: Ctx) -> Outcome:
 def stage_budget(c: Ctx) -> Outcome:
     import json
 
-    from edge.budget import _verdict_rows, get_profile, matrix, read_gguf, recommend
+    from edge.budget import verdict_table, get_profile, matrix, read_gguf, recommend
     from edge.fsutil import write_text_atomic
 
     paths = c.run.variants()
@@ -359,7 +365,7 @@ def stage_budget(c: Ctx) -> Outcome:
             "verdicts": [asdict(v) for v in verdicts], "recommendations": [asdict(r) for r in recs]}
     write_text_atomic(out, json.dumps(data, indent=2, default=str))
     fits = sum(v.verdict == "fits" for v in verdicts)
-    table = _verdict_rows(verdicts, with_variant=True) + "\n" + "\n".join(
+    table = verdict_table(verdicts, with_variant=True) + "\n" + "\n".join(
         f"recommended on {r.device}: {r.choice or 'none'} ({r.reason})" for r in recs)
     return Outcome(f"{fits}/{len(verdicts)} (variant, phone) pairs fit at n_ctx {c.s.ctx}; budget.json",
                    outputs={"budget": out}, inputs=paths,

@@ -176,7 +176,9 @@ def test_a_run_records_every_output_by_role(tiny_run):
     assert all(run.entry(s)["state"] == "done" and run.entry(s)["key"] for s in _rows(lines))
     # the F32 reference was dropped once scored, and run.json says so
     assert run.reference() is not None and not run.reference().exists()
-    assert run.missing_outputs("export") == [run.reference()]
+    assert run.missing_outputs("export") == [run.reference(), run.reference().with_suffix(".Modelfile")]
+    mf = out / "gguf" / "gemma-3-t-Q8_0.Modelfile"          # Ollama's file beside the file people run
+    assert run.outputs("quantize", "modelfile") == [mf] and "FROM ./gemma-3-t-Q8_0.gguf" in mf.read_text()
     assert "dropped gemma-3-t-F32.gguf" in "\n".join(lines)
 
 
