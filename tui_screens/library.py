@@ -9,7 +9,6 @@ or `edge.export.inspect_gguf`.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
