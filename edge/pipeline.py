@@ -30,7 +30,7 @@ from typing import Callable
 
 from edge.errors import EdgeError
 from edge.runfolder import Run, digest
-from edge.stages import (RunSettings, Ctx, Outcome, recipe_names, source_checksum, stage_budget,
+from edge.stages import (RunSettings, Ctx, Outcome, recipe_names, stage_budget,
                          stage_card, stage_data, stage_evaluate, stage_export, stage_finetune, stage_imatrix,
                          stage_merge, stage_publish, stage_push, stage_quantize)
 
@@ -50,11 +50,8 @@ class Stage:
 
 def _data_key(c: Ctx) -> dict:
     s = c.s
-    sums = c.cache.setdefault("checksums", {})
-    for src in filter(None, (s.data, s.eval)):
-        if src not in sums:
-            sums[src] = source_checksum(src)
-    return {"data": sums[s.data], "eval": sums.get(s.eval, ""), "eval_fraction": s.eval_fraction, "seed": s.seed}
+    return {"data": c.checksum(s.data), "eval": c.checksum(s.eval) if s.eval else "",
+            "eval_fraction": s.eval_fraction, "seed": s.seed}
 
 
 STAGES: tuple[Stage, ...] = (

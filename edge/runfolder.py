@@ -122,10 +122,6 @@ class Run:
         }
         self.save()
 
-    def forget(self, stage: str) -> None:
-        if self.data["stages"].pop(stage, None) is not None:
-            self.save()
-
     def save(self) -> None:
         write_text_atomic(self.root / MANIFEST, json.dumps(self.data, indent=2, default=str))
 

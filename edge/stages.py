@@ -112,6 +112,13 @@ class Ctx:
     base: dict = field(default_factory=dict)       # public identity of the base model
     cache: dict = field(default_factory=dict)      # loaded objects shared between stages in one process
 
+    def checksum(self, source: str) -> str:
+        """source_checksum, once per source in this run (the data stage's key and record share it)."""
+        sums = self.cache.setdefault("checksums", {})
+        if source not in sums:
+            sums[source] = source_checksum(source)
+        return sums[source]
+
     @property
     def label(self) -> str:
         """File stem of this run's GGUFs: <family>-<run name>, e.g. gemma-3-270m-mine."""
@@ -164,7 +171,7 @@ def stage_data(c: Ctx) -> Outcome:
     train_file = write_chats(train, c.run.path("data", "train.jsonl"))
     eval_file = write_chats(held, c.run.path("data", "eval.jsonl")) if held else None
     facts = {"detected": detected, "train_chats": len(train), "eval_chats": len(held), "split": split,
-             "name": Path(c.s.data).name, "sha256": source_checksum(c.s.data)}
+             "name": Path(c.s.data).name, "sha256": c.checksum(c.s.data)}
     return Outcome(f"{len(train)} train + {len(held)} eval chats ({detected.split(':')[0]})",
                    outputs={"train": train_file, "eval": eval_file}, facts=facts)
 
