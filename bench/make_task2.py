@@ -2,7 +2,7 @@
 
     python bench/make_task2.py /tmp/task2      # writes train.jsonl (400) and eval.jsonl (100)
 
-The demo task (edge/data/demo_*.jsonl) answers with a 10-character date; this one answers with
+The demo task (edge/textdata/demo_*.jsonl) answers with a 10-character date; this one answers with
 a templated sentence of 20-30 tokens, so a fine-tune learns a different skill (data-to-text,
 word choice, units) and its eval replies give several times more scored tokens per chat.
 Deterministic (seeded). Used by docs/BENCHMARKS.md "Quantize" so the recipes are not tuned to

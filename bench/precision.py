@@ -249,7 +249,7 @@ def _real_batches(tok, batch: int, seq: int, n: int):
 
     from edge.data import load_chats, render
 
-    chats = load_chats(ROOT / "edge" / "data" / "demo_train.jsonl")
+    chats = load_chats(ROOT / "edge" / "textdata" / "demo_train.jsonl")
     rows = []
     for chat in chats:
         ids, _ = render(tok, chat)

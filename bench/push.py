@@ -4,7 +4,7 @@
     .venv/bin/python bench/push.py                 # the embedded 270M GGUF (253 MB), 3 link speeds
     .venv/bin/python bench/push.py --mb 64 --reps 1
 
-The simulated phone (tests/adbsim.py) runs in its own process, one per link speed, as a phone is
+The simulated phone (edge/adbsim/) runs in its own process, one per link speed, as a phone is
 its own machine (in this process its threads would share our upload's GIL). It hashes with
 Python's hashlib on this machine's CPU;
 a phone hashes with its ARMv8 SHA-2 instructions (about 1 GB/s or more), so the unthrottled
@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from edge import device  # noqa: E402
 from edge.push import push  # noqa: E402
-from tests.adbsim import AdbServer  # noqa: E402
+from edge.adbsim import AdbServer  # noqa: E402
 
 
 def source_file(mb: int) -> Path:
@@ -98,9 +98,9 @@ def main() -> None:
 
 @contextlib.contextmanager
 def phone_process(server: AdbServer, rate_mb_s: float):
-    """`python -m tests.adbsim` in its own process, attached to `server`; yields its serial."""
+    """`python -m edge.adbsim` in its own process, attached to `server`; yields its serial."""
     root = Path(__file__).resolve().parent.parent
-    proc = subprocess.Popen([sys.executable, "-m", "tests.adbsim", "pixel_7", "--throttle", str(rate_mb_s),
+    proc = subprocess.Popen([sys.executable, "-m", "edge.adbsim", "pixel_7", "--throttle", str(rate_mb_s),
                              "--capacity-gb", "64"], cwd=root, stdout=subprocess.PIPE, text=True)
     try:
         yield server.connect(proc.stdout.readline().split(" on ")[1].split(";")[0])

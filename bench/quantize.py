@@ -4,10 +4,10 @@
     .venv/bin/python bench/quantize.py --merged runs/demo/merged --out /tmp/bench-q-ft   # fine-tuned model
 
 Steps: export the model (embedded 270M, or --merged DIR) to F32 GGUF with `edge.export`;
-compute an imatrix from --calib (default edge/data/demo_train.jsonl) + edge/data/general.txt; quantize every
+compute an imatrix from --calib (default edge/textdata/demo_train.jsonl) + edge/textdata/general.txt; quantize every
 recipe (llama.cpp standard + ours) without and with it, timing the quantization; score each
 file on held-out text (llama-perplexity's KLD statistics, same top token, ppl, decode tok/s):
-edge/data/general_eval.txt for the base model, the demo task's held-out chats (or --text) for
+edge/textdata/general_eval.txt for the base model, the demo task's held-out chats (or --text) for
 a fine-tune, and then the task's exact match for --task-recipes. Files that come out
 byte-identical with and without the imatrix (types that ignore it, like Q8_0) are scored once.
 Prints the table and the front check (quantize.cli.pareto_check: each XL variant against the
@@ -147,7 +147,7 @@ def main() -> None:
                            "evaluate": round(t_eval, 1), "score": round(t_score, 1)},
              "imatrix": im_summary, "loadavg_start": load0, "loadavg_end": os.getloadavg(),
              "threads": threads(), "eval_tokens": args.eval_tokens, "ctx": args.ctx, "task": task,
-             "eval_text": text_file or "edge/data/general_eval.txt", "scored": scored_label(text)}
+             "eval_text": text_file or "edge/textdata/general_eval.txt", "scored": scored_label(text)}
     paths = write_reports(rows, out, title, extra)
     print(report_markdown(rows, paths["pareto"], title, extra["scored"], paths["warnings"]))
     print(json.dumps(extra, indent=1))

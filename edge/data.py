@@ -18,6 +18,8 @@ from pathlib import Path
 from edge import gemma3
 from edge.errors import EdgeError
 
+TEXTDATA = Path(__file__).resolve().parent / "textdata"   # bundled data files (edge/textdata/)
+
 ROLES = ("user", "system", "assistant", "model")
 
 

@@ -3,7 +3,7 @@
     edge demo --out runs/demo
 
 The same stages as `edge run` (edge/pipeline.py), with the bundled training and eval chats
-(edge/data/demo_*.jsonl), a short fine-tune, exact-match task accuracy before and after, and
+(edge/textdata/demo_*.jsonl), a short fine-tune, exact-match task accuracy before and after, and
 scoring settings sized for a quick run. Rerunning it skips what is already done.
 """
 

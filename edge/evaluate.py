@@ -40,11 +40,11 @@ from pathlib import Path
 import numpy as np
 
 from edge import gemma3
+from edge.data import TEXTDATA
 from edge.errors import EdgeError
 from edge.llamacpp import Model, threads  # noqa: F401 - threads is part of this module's API
 
-DATA = Path(__file__).resolve().parent / "data"
-GENERAL_EVAL = DATA / "general_eval.txt"
+GENERAL_EVAL = TEXTDATA / "general_eval.txt"
 FEW_TOKENS = 200          # below this, a mean KLD's standard error is a large part of it: say so
 N_SEQ = 1                 # chunks per decode: 4 gave no speed here and moved the KLD by up to 7% (attention
                           # over a 4x larger unified cache); 1 keeps today's numbers to the last digit

@@ -11,7 +11,7 @@ thermal zones the shell may not read, commands that are missing ("inaccessible o
     state = parse_state({name: run_on_phone(cmd) for name, cmd in COMMANDS.items()})
     host_state()   # this laptop, through psutil
 
-Fixtures in the real formats: tests/fixtures/android/<phone>/<command>.txt.
+Fixtures in the real formats: edge/adbsim/fixtures/<phone>/<command>.txt.
 """
 
 from __future__ import annotations

@@ -414,8 +414,8 @@ def quantize_cmd(*, gguf: str, recipe: list[str], out: str, imatrix: str = "", c
         model: the Hugging Face model the GGUF was exported from ('embedded' or a merged directory).
         eval_tokens: held-out tokens for the KLD / top-1 / perplexity scores.
         text: held-out text to score on: a .txt, or a chat JSONL (e.g. your fine-tune's eval split);
-            default: general English text (edge/data/general_eval.txt).
-        task: a chat JSONL eval set (e.g. edge/data/demo_eval.jsonl) for exact-match accuracy.
+            default: general English text (edge/textdata/general_eval.txt).
+        task: a chat JSONL eval set (e.g. edge/textdata/demo_eval.jsonl) for exact-match accuracy.
         no_eval: only quantize; skip the scores and the report.
         force: overwrite existing variant files, report.json, report.md, pareto.png and imatrix.gguf in OUT.
         json: print the result as JSON.

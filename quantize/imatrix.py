@@ -5,7 +5,7 @@
 
 Computed in torch with forward pre-hooks on the (merged) Hugging Face model, over calibration
 tokens: by default the user's fine-tune data (chat JSONL, rendered with the Gemma 3 chat
-template) plus a general text sample bundled as `edge/data/general.txt`, packed into chunks of
+template) plus a general text sample bundled as `edge/textdata/general.txt`, packed into chunks of
 `chunk` tokens, each starting with `<bos>` (llama-imatrix's habit). This is llama-imatrix's
 definition (REFERENCE.md): for each linear layer, sum of x^2 per input column over all tokens,
 divided by the token count.
@@ -28,12 +28,12 @@ from pathlib import Path
 import numpy as np
 
 from edge import gemma3
+from edge.data import TEXTDATA
 from edge.errors import EdgeError
 from edge.fsutil import atomic_path, check_not_input, check_writable
 
-DATA = Path(__file__).resolve().parent.parent / "edge" / "data"
-GENERAL = DATA / "general.txt"
-DEMO_TRAIN = DATA / "demo_train.jsonl"
+GENERAL = TEXTDATA / "general.txt"
+DEMO_TRAIN = TEXTDATA / "demo_train.jsonl"
 
 
 @dataclass
@@ -266,7 +266,7 @@ def imatrix_cmd(*, out: str, model: str = "embedded", calib: list[str] | None = 
         out: the imatrix file to write (e.g. imatrix.gguf).
         model: the model to run: 'embedded', or a merged model directory from `edge merge`.
         calib: calibration data: chat JSONL (your fine-tune data) or a .txt file.
-        general: also use the bundled general text sample (edge/data/general.txt).
+        general: also use the bundled general text sample (edge/textdata/general.txt).
         chunk: tokens per forward pass (each chunk starts with <bos>).
         max_tokens: at most this many calibration tokens in all.
         force: overwrite an existing output file.

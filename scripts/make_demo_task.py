@@ -1,6 +1,6 @@
 """Generate the demo task: rewrite an English date as ISO 8601 (YYYY-MM-DD).
 
-    python scripts/make_demo_task.py        # writes edge/data/demo_{train,eval}.jsonl
+    python scripts/make_demo_task.py        # writes edge/textdata/demo_{train,eval}.jsonl
 
 Why this task: the pretrained 270M has never seen Gemma's chat turns and answers a request
 with free text, so exact match before fine-tuning is near 0%; the skill itself (month names
@@ -40,7 +40,7 @@ def example(rng: random.Random) -> dict:
     ]}
 
 
-def main(out: Path = Path(__file__).resolve().parent.parent / "edge" / "data",
+def main(out: Path = Path(__file__).resolve().parent.parent / "edge" / "textdata",
          n_train: int = 400, n_eval: int = 50, seed: int = 0) -> None:
     rng = random.Random(seed)
     seen, rows = set(), []

@@ -37,7 +37,7 @@ def tiny_dir(tmp_path_factory):
 @pytest.fixture(scope="module")
 def adb_server():
     """A real adb server on a private port (ANDROID_ADB_SERVER_PORT), stopped after the module."""
-    from tests.adbsim import AdbServer
+    from edge.adbsim import AdbServer
 
     server = AdbServer()
     yield server
@@ -47,7 +47,7 @@ def adb_server():
 @pytest.fixture
 def sim(adb_server):
     """A simulated Pixel 7 speaking adb's device protocol, attached with `adb connect`."""
-    from tests.adbsim import AdbSim, Phone
+    from edge.adbsim import AdbSim, Phone
 
     phone = AdbSim(Phone(fixture="pixel_7"))
     adb_server.attach(phone)

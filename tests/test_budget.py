@@ -347,11 +347,11 @@ def test_estimate_within_10_percent_of_measured_rss(gguf_path):
     assert grown == pytest.approx(24576 * 18 * 1024, rel=0.05)
 
 
-# ---- a live phone over the real adb (simulated phone: tests/adbsim.py) ---------------------
+# ---- a live phone over the real adb (simulated phone: edge/adbsim/) ---------------------
 @pytest.mark.skipif(__import__("shutil").which("adb") is None, reason="adb not installed (scripts/setup.sh)")
 def test_budget_live_phone_through_real_adb(gguf_path, capsys):
     from edge.cli import main
-    from tests.adbsim import AdbServer, AdbSim, Phone
+    from edge.adbsim import AdbServer, AdbSim, Phone
 
     server = AdbServer()
     sim = AdbSim(Phone(fixture="galaxy_s23"))

@@ -1,4 +1,4 @@
-"""edge.device against the simulated phone (tests/adbsim.py) through a REAL adb server.
+"""edge.device against the simulated phone (edge/adbsim/) through a REAL adb server.
 
 Needs the `adb` binary (scripts/setup.sh installs it); each test session runs its own adb
 adb server on a free port (ANDROID_ADB_SERVER_PORT) and kills it afterwards.
@@ -14,7 +14,7 @@ import pytest
 from edge import device
 from edge.cli import main
 from edge.errors import EdgeError
-from tests.adbsim import AdbSim, Phone, Shell
+from edge.adbsim import AdbSim, Phone, Shell
 
 pytestmark = pytest.mark.skipif(shutil.which("adb") is None, reason="adb not installed (scripts/setup.sh)")
 

@@ -17,7 +17,7 @@ from edge import apps, device, push as push_mod
 from edge.cli import main
 from edge.errors import EdgeError
 from edge.push import push
-from tests.adbsim import AdbSim, Phone
+from edge.adbsim import AdbSim, Phone
 from tests.test_device import NASTY
 from tests.test_tui_gguf import ONE_B_KV2, write_sparse_gguf
 

@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
+from edge.adbsim.phone import FIXTURES
 from edge.errors import EdgeError
 from edge.readings import (COMMANDS, DeviceState, host_state, parse_battery, parse_dumpsys_meminfo,
                            parse_getprop, parse_proc_meminfo, parse_state, parse_thermal_zones,
                            parse_thermalservice)
 
-FIXTURES = Path(__file__).parent / "fixtures" / "android"
 
 
 def outputs(phone: str) -> dict[str, str]:

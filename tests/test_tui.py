@@ -1,6 +1,6 @@
 """The Textual app (`tui.py`): each screen's main flow driven with Pilot (`App.run_test`),
 against tiny GGUF files (tests/test_tui_gguf.py) and the adb device simulator
-(tests/adbsim.py, through the real adb server), plus a smoke test that starts `edge tui` in a
+(edge/adbsim/, through the real adb server), plus a smoke test that starts `edge tui` in a
 real terminal (tmux) and reads the screen back.
 
     .venv/bin/pytest tests/test_tui.py tests/test_tui_snapshots.py

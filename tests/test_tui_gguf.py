@@ -18,7 +18,7 @@ N_LAYERS, WIDTH, FFN, VOCAB, HEADS, KV_HEADS, HEAD_DIM = 2, 64, 128, 512, 2, 1, 
 # The shape of a Gemma 3 4B (public config.json of google/gemma-3-4b-pt) for a sparse "big" file.
 BIG = dict(n_layers=34, width=2560, ffn=10240, vocab=262144, heads=8, kv_heads=4, head_dim=256)
 # A Gemma 3 1B (google/gemma-3-1b-pt's config.json) with 2 KV heads instead of 1: in F16 (2 GB)
-# it fits the simulated Pixel 7 (tests/fixtures/android/pixel_7) at n_ctx 4096, not at 32768.
+# it fits the simulated Pixel 7 (edge/adbsim/fixtures/pixel_7) at n_ctx 4096, not at 32768.
 ONE_B_KV2 = dict(n_layers=26, width=1152, ffn=6912, vocab=262144, heads=4, kv_heads=2, head_dim=256)
 
 
