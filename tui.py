@@ -129,6 +129,16 @@ def main(run: str | None = None, folder: str | None = None) -> None:
     EdgeApp(run=run, folder=folder).run()
 
 
+def tui_cmd(*, run: str = "", folder: str = "") -> None:
+    """Open the terminal UI.
+
+    Args:
+        run: a run folder (from `edge demo --out`) whose variants to show.
+        folder: a folder of GGUF files to show instead of a run.
+    """
+    main(run=run or None, folder=folder or None)
+
+
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(prog="python tui.py", description=__doc__.split("\n\n")[0])
     parser.add_argument("--run", default=None, help="a run folder (from `edge demo --out`)")

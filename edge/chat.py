@@ -87,7 +87,7 @@ def sampling_settings(llm) -> dict:
 
 def prompt_tokens(llm, messages: list[dict]) -> list[int]:
     """Render with the file's template and tokenize with exactly one `<bos>`."""
-    from edge.export import render_chat
+    from edge.template import render_chat
 
     template = (getattr(llm, "metadata", {}) or {}).get("tokenizer.chat_template") or gemma3.GGUF_CHAT_TEMPLATE
     text = render_chat(template, messages, add_generation_prompt=True, source="the file's chat template")

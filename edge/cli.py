@@ -35,8 +35,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "finetune": ("edge.finetune", "finetune_cmd"),
     "merge": ("edge.merge", "merge_cmd"),
     "export": ("edge.export", "export_cmd"),
-    "inspect": ("edge.export", "inspect_cmd"),
-    "modelfile": ("edge.export", "modelfile_cmd"),
+    "inspect": ("edge.ggufinfo", "inspect_cmd"),
+    "modelfile": ("edge.modelfile", "modelfile_cmd"),
     "chat": ("edge.chat", "chat_cmd"),
     "quantize": ("quantize.cli", "quantize_cmd"),
     "imatrix": ("quantize.imatrix", "imatrix_cmd"),
@@ -45,7 +45,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "devices": ("edge.device", "devices_cmd"),
     "push": ("edge.push", "push_cmd"),
     "precision": ("edge.precision", "precision_cmd"),
-    "tui": ("edge.cli", "tui_cmd"),
+    "tui": ("tui", "tui_cmd"),
 }
 
 # One-line summaries for `edge --help`, kept here so help never imports torch.
@@ -68,20 +68,6 @@ SUMMARIES: dict[str, str] = {
     "precision": "show which precision `auto` picks on this machine, and why",
     "tui": "open the terminal UI (variants, devices, budget, push)",
 }
-
-
-def tui_cmd(*, run: str = "", folder: str = "") -> None:
-    """Open the terminal UI.
-
-    Args:
-        run: a run folder (from `edge demo --out`) whose variants to show.
-        folder: a folder of GGUF files to show instead of a run.
-    """
-    try:
-        import tui
-    except ImportError as e:  # textual missing or tui.py not shipped
-        raise EdgeError(f"cannot start the TUI: {e}; install the toolkit with the README's set-up") from e
-    tui.main(run=run or None, folder=folder or None)
 
 
 def _param_help(doc: str) -> dict[str, str]:
@@ -176,8 +162,15 @@ def argv_for(command: str, fn: Callable, values: dict) -> list[str]:
 
 
 def load_command(name: str) -> Callable:
+    """The function behind `edge NAME`; a module that cannot import for want of a package
+    (textual for `edge tui`) is the install's fault: one EdgeError, not a traceback."""
     module, attr = COMMANDS[name]
-    return getattr(importlib.import_module(module), attr)
+    try:
+        return getattr(importlib.import_module(module), attr)
+    except ModuleNotFoundError as e:
+        if e.name and e.name.split(".")[0] in ("edge", "quantize"):
+            raise  # our own module missing: a broken checkout, keep the traceback
+        raise EdgeError(f"cannot start `edge {name}`: {e}; install the toolkit with the README's set-up") from None
 
 
 class _Parser(argparse.ArgumentParser):
@@ -238,7 +231,11 @@ def main(argv: list[str] | None = None) -> int:
     command = next((a for a in argv if not a.startswith("-")), None)
     if command not in COMMANDS:
         command = None
-    parser = build_parser(command)
+    try:
+        parser = build_parser(command)
+    except EdgeError as e:
+        print(f"edge {command}: error: {printable(e)}", file=sys.stderr)
+        return e.exit_code
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help()

@@ -83,7 +83,7 @@ class VariantScore:
 
 def gguf_stats(path: str | Path) -> tuple[int, float]:
     """(file size in bytes, bits per weight over all tensors) from the GGUF header."""
-    from edge.export import read_gguf  # a struct walk: gguf-py's reader takes minutes on a 262k vocab
+    from edge.ggufinfo import read_gguf  # a struct walk: gguf-py's reader takes minutes on a 262k vocab
 
     info = read_gguf(path)
     nbytes = sum(t.n_bytes for t in info.tensors)
@@ -356,7 +356,7 @@ def evaluate(ref_gguf: str | Path, variants: dict, *, text: str | None = None, n
 
 
 def _label(path: Path) -> str:
-    from edge.export import read_gguf
+    from edge.ggufinfo import read_gguf
 
     types = {t.type for t in read_gguf(path).tensors if len(t.shape) > 1}
     return "+".join(sorted(types)) if types else "F32"

@@ -5,7 +5,7 @@ writes `OUT.gguf` in F32, F16, BF16 or Q8_0 plus an Ollama Modelfile beside it
 (`OUT.Modelfile`). Names and keys come from gguf-py's own tables (`gguf.MODEL_ARCH.GEMMA3`,
 `gguf.get_tensor_name_map`, `gguf.Keys` through `GGUFWriter`); the Gemma 3 facts (norm +1,
 tied embeddings, sliding window, rope bases, chat template, sampling defaults) come from
-`edge.gemma3`, and the conversion follows llama.cpp's `convert_hf_to_gguf.py` (Gemma3Model).
+`edge.gemma3`, the vocabulary from `edge.vocab`, the chat template from `edge.template`, and the conversion follows llama.cpp's `convert_hf_to_gguf.py` (Gemma3Model).
 
 Tensors are streamed: each is read from the safetensors file in row chunks, converted and
 written, so peak RAM stays near one chunk plus the tokenizer, not a model copy. The file is
@@ -13,20 +13,16 @@ written under a temporary name and renamed when complete; a failure (NaN in a we
 truncated safetensors file) leaves nothing behind.
 
     edge export --model DIR --out model-F32.gguf [--outtype f16|bf16|q8_0] [--force]
-    edge inspect model-F32.gguf [--json]
-    edge modelfile model-F32.gguf
     python -c "from edge.export import export_gguf; print(export_gguf('DIR', 'm.gguf'))"
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import os
 import re
 import shlex
-import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -35,22 +31,18 @@ import numpy as np
 
 from edge import __version__, gemma3
 from edge.errors import EdgeError, printable
-from edge.fsutil import atomic_path, check_not_input, check_writable, child, read_json, write_text_atomic
-from edge.ggufinfo import GGUF_MAGIC, GGUFInfo, GGUFTensor, read_gguf  # noqa: F401 (re-exported)
+from edge.fsutil import atomic_path, check_writable, child, read_json, write_text_atomic
+from edge.ggufinfo import gguf_py
+from edge.modelfile import modelfile_path, modelfile_text
+from edge.template import chat_template
+from edge.vocab import Vocab, build_vocab
+
 CHUNK_BYTES = 64 << 20  # rows are read, converted and written this many source bytes at a time
-
-
-def _gguf():
-    try:
-        import gguf
-    except ImportError as e:  # pragma: no cover - a broken install
-        raise EdgeError("the gguf package is missing; run the README's set-up (pip install gguf)") from e
-    return gguf
 
 
 def outtypes() -> dict[str, tuple]:
     """--outtype name -> (general.file_type, tensor type for 2-D weights)."""
-    g = _gguf()
+    g = gguf_py()
     Q, F = g.GGMLQuantizationType, g.LlamaFileType
     return {
         "f32": (F.ALL_F32, Q.F32),
@@ -78,7 +70,7 @@ class ExportResult:
 
 
 # --------------------------------------------------------------------------------------
-# Reading the checkpoint: config, safetensors headers (no weights loaded), tokenizer
+# Reading the checkpoint: config, safetensors headers (no weights loaded)
 # --------------------------------------------------------------------------------------
 
 def read_config(model_dir: Path) -> dict:
@@ -239,319 +231,6 @@ def _read_rows(t: _SrcTensor, fh, r0: int, r1: int) -> np.ndarray:
     return out.reshape(r1 - r0, row)
 
 
-# --- tokenizer -------------------------------------------------------------------------
-
-@dataclass
-class Vocab:
-    tokens: list[str]
-    scores: list[float]
-    types: list[int]
-    source: str  # "tokenizer.model" or "tokenizer.json"
-
-
-_BYTE_TOKEN = re.compile(r"<0x[0-9A-Fa-f]{2}>")
-SPECIAL_SCORE = -1000.0  # what the real Gemma 3 GGUF stores for control / user-defined tokens
-
-
-def build_vocab(model_dir: Path, n_vocab: int) -> Vocab:
-    """Tokens, scores and token types for llama.cpp's SentencePiece tokenizer ("llama").
-
-    From `tokenizer.model` when present (piece scores and types read from the protobuf,
-    as llama.cpp's converter does), else rebuilt from `tokenizer.json`, which has BPE merges
-    but no scores: a piece's score is minus the rank of the first merge that produces it, so
-    llama.cpp merges in the same order as the Hugging Face tokenizer.
-    """
-    if (model_dir / "tokenizer.model").is_file():
-        vocab = _vocab_from_sentencepiece(model_dir)
-    elif (model_dir / "tokenizer.json").is_file():
-        vocab = _vocab_from_tokenizer_json_cached(model_dir / "tokenizer.json")
-    else:
-        raise EdgeError(f"{model_dir} has no tokenizer (tokenizer.model or tokenizer.json); "
-                        "copy the tokenizer files from the base model into it")
-    T = _gguf().TokenType
-    if len(vocab.tokens) > n_vocab:
-        raise EdgeError(f"the tokenizer has {len(vocab.tokens)} tokens but config.json says vocab_size "
-                        f"{n_vocab}; the tokenizer belongs to another model")
-    for i in range(len(vocab.tokens), n_vocab):  # llama.cpp's converter pads the same way
-        vocab.tokens.append(f"[PAD{i}]")
-        vocab.scores.append(SPECIAL_SCORE)
-        vocab.types.append(int(T.UNUSED))
-    expected = {gemma3.PAD_ID: "<pad>", gemma3.EOS_ID: gemma3.EOS, gemma3.BOS_ID: gemma3.BOS,
-                gemma3.END_OF_TURN_ID: gemma3.END_OF_TURN}
-    wrong = {i: vocab.tokens[i] for i, t in expected.items() if i >= len(vocab.tokens) or vocab.tokens[i] != t}
-    if wrong:
-        raise EdgeError(f"{model_dir}: the tokenizer is not Gemma 3's (token ids {wrong}); "
-                        "copy the base model's tokenizer files")
-    return vocab
-
-
-_VOCAB_MEMO: dict[str, Vocab] = {}
-
-
-def _vocab_from_tokenizer_json_cached(path: Path) -> Vocab:
-    """Rebuilding Gemma's 262k-token vocabulary takes seconds; a process exporting several
-    files from the same tokenizer (tests, demo) does it once per distinct file content."""
-    from edge.fsutil import sha256_file
-
-    key = sha256_file(path)
-    if key not in _VOCAB_MEMO:
-        _VOCAB_MEMO.clear()  # keep one: it is tens of MB
-        _VOCAB_MEMO[key] = _vocab_from_tokenizer_json(path)
-    v = _VOCAB_MEMO[key]
-    return Vocab(list(v.tokens), list(v.scores), list(v.types), v.source)
-
-
-def _vocab_from_tokenizer_json(path: Path) -> Vocab:
-    T = _gguf().TokenType
-    try:
-        tj = json.loads(path.read_text(encoding="utf-8"))
-        model = tj["model"]
-    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError):
-        raise EdgeError(f"{path} is not a valid tokenizer.json; copy it again from the base model") from None
-    if model.get("type") != "BPE":
-        raise EdgeError(f"{path} is a {model.get('type')} tokenizer; Gemma 3's is BPE")
-    piece_to_id: dict[str, int] = model["vocab"]
-    added = {a["id"]: a for a in tj.get("added_tokens", [])}
-    n = max([*piece_to_id.values(), *added]) + 1
-    tokens: list[str | None] = [None] * n
-    for piece, i in piece_to_id.items():
-        tokens[i] = piece
-    first_rank: dict[int, int] = {}
-    for rank, m in enumerate(model.get("merges", [])):
-        a, b = m if isinstance(m, list) else m.split(" ", 1)
-        tid = piece_to_id.get(a + b)
-        if tid is not None and tid not in first_rank:
-            first_rank[tid] = rank
-    n_merges = len(model.get("merges", []))
-    scores, types = [], []
-    for i in range(n):
-        piece = tokens[i]
-        if i in added:
-            tokens[i] = added[i]["content"]
-            types.append(int(T.CONTROL if added[i].get("special") else T.USER_DEFINED))
-            scores.append(SPECIAL_SCORE)
-        elif piece is None:
-            tokens[i] = f"[PAD{i}]"
-            types.append(int(T.UNUSED))
-            scores.append(SPECIAL_SCORE)
-        elif piece.startswith("<0x") and _BYTE_TOKEN.fullmatch(piece):
-            types.append(int(T.BYTE))
-            scores.append(0.0)
-        elif len(piece) > 1 and set(piece) == {"\u2581"}:
-            # Gemma's whitespace runs are user-defined pieces matched on raw text ("  "):
-            # tokenizer.json keeps them as plain vocab entries written with U+2581.
-            tokens[i] = piece.replace("\u2581", " ")
-            types.append(int(T.USER_DEFINED))
-            scores.append(SPECIAL_SCORE)
-        else:
-            types.append(int(T.NORMAL))
-            # pieces no merge makes (single characters) are never merged into: any lower score works
-            scores.append(-float(first_rank.get(i, n_merges + i)))
-    return Vocab(tokens, scores, types, "tokenizer.json")  # type: ignore[arg-type]
-
-
-def _vocab_from_sentencepiece(model_dir: Path) -> Vocab:
-    T = _gguf().TokenType
-    path = model_dir / "tokenizer.model"
-    try:
-        from sentencepiece import sentencepiece_model_pb2 as pb
-
-        proto = pb.ModelProto()
-        proto.ParseFromString(path.read_bytes())
-    except Exception as e:  # protobuf raises DecodeError and others for a corrupt file
-        raise EdgeError(f"{path} is not a valid SentencePiece model ({type(e).__name__}); copy it again") from None
-    if not proto.pieces:
-        raise EdgeError(f"{path} has no pieces; copy it again from the base model")
-    tokens, scores, types = [], [], []
-    for p in proto.pieces:  # the protobuf's type numbers are gguf.TokenType's (NORMAL=1 .. BYTE=6)
-        t = int(p.type)
-        tokens.append(p.piece.replace("\u2581", " ") if t == T.USER_DEFINED else p.piece)
-        scores.append(float(p.score))
-        types.append(t)
-    # Added tokens listed in tokenizer_config.json override (llama.cpp's converter does the same).
-    tc = model_dir / "tokenizer_config.json"
-    if tc.is_file():
-        try:
-            decoder = json.loads(tc.read_text()).get("added_tokens_decoder", {}) or {}
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            raise EdgeError(f"{tc} is not valid JSON; copy it again from the base model") from None
-        for sid, data in decoder.items():
-            i = int(sid)
-            if i >= len(tokens):
-                continue
-            if data.get("special"):
-                tokens[i], types[i] = data["content"], int(T.CONTROL)
-            else:
-                tokens[i], types[i] = data["content"].replace("\u2581", " "), int(T.USER_DEFINED)
-    return Vocab(tokens, scores, types, "tokenizer.model")
-
-
-def chat_template(model_dir: Path) -> tuple[str, str]:
-    """(template, source) for `tokenizer.chat_template`: it must render exactly one `<bos>`,
-    at the start (see gemma3.GGUF_CHAT_TEMPLATE for why engines then send exactly one).
-
-    The model's own template is kept when it is Gemma's format; one that renders no `<bos>`
-    gets `{{ bos_token }}` in front; anything else is replaced by the toolkit's template.
-    """
-    text = None
-    if (model_dir / "chat_template.jinja").is_file():
-        try:
-            text = (model_dir / "chat_template.jinja").read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError):
-            text = None
-    elif (model_dir / "tokenizer_config.json").is_file():
-        try:
-            text = json.loads((model_dir / "tokenizer_config.json").read_text()).get("chat_template")
-        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError, OSError, AttributeError):
-            text = None
-    if not isinstance(text, str) or not text.strip():
-        return gemma3.GGUF_CHAT_TEMPLATE, "edge.gemma3 (the model has none)"
-    if text == gemma3.CHAT_TEMPLATE:
-        return gemma3.GGUF_CHAT_TEMPLATE, "edge.gemma3 (the model's, with {{ bos_token }} for engines)"
-    try:
-        rendered = render_chat(text, [{"role": "user", "content": "hi"}, {"role": "model", "content": "yo"},
-                                      {"role": "user", "content": "ok"}])
-    except EdgeError:  # a template we cannot render (or that runs away) is replaced
-        return gemma3.GGUF_CHAT_TEMPLATE, "edge.gemma3 (the model's template does not render)"
-    if gemma3.START_OF_TURN not in rendered:
-        return gemma3.GGUF_CHAT_TEMPLATE, "edge.gemma3 (the model's template is not Gemma's format)"
-    n_bos = rendered.count(gemma3.BOS)
-    if n_bos == 0:
-        return "{{ bos_token }}" + text, "model (with {{ bos_token }} for engines)"
-    if n_bos == 1 and rendered.startswith(gemma3.BOS):
-        return text, "model"
-    return gemma3.GGUF_CHAT_TEMPLATE, f"edge.gemma3 (the model's template renders {n_bos} <bos>)"
-
-
-RENDER_SECONDS = 2.0        # a chat template renders in about a millisecond; a runaway one stops here
-RENDER_CHARS = 1 << 20      # longest rendered prompt, and longest string a template may build
-
-
-class _RenderLimit(Exception):
-    pass
-
-
-def _bounded_env():
-    """jinja2's immutable sandbox (no attribute tricks, no mutation), plus bounds on what a
-    hostile template can make it do: strings and lists built by `*`, `+`, `%`, filters and
-    method calls stay under RENDER_CHARS, `**` under 1024-bit exponents, and integer
-    arguments (`center(10**10)`) under RENDER_CHARS."""
-    from jinja2.sandbox import ImmutableSandboxedEnvironment
-
-    def check_args(args, kwargs):
-        for a in (*args, *kwargs.values()):
-            if isinstance(a, int) and not isinstance(a, bool) and abs(a) > RENDER_CHARS:
-                raise _RenderLimit(f"the number {a} is too large for a chat template")
-
-    def check_format(fmt):  # "{:>1000000000}".format(1), "%0999999999d" % 1: widths a template may not ask
-        if isinstance(fmt, str) and ("%" in fmt or "{" in fmt) and re.search(r"\d{7,}", fmt):
-            raise _RenderLimit("a format width is too large for a chat template")
-
-    def check_result(v):
-        if isinstance(v, (str, list, tuple, bytes)) and len(v) > RENDER_CHARS:
-            raise _RenderLimit(f"the template built a value of {len(v):,} items")
-        return v
-
-    def bounded(fn):
-        def wrapper(*args, **kwargs):
-            check_args(args[1:], kwargs)
-            for a in args[:2]:
-                check_format(a)
-            return check_result(fn(*args, **kwargs))
-        for attr in ("jinja_pass_arg", "__name__"):
-            if hasattr(fn, attr):
-                setattr(wrapper, attr, getattr(fn, attr))
-        return wrapper
-
-    class Env(ImmutableSandboxedEnvironment):
-        intercepted_binops = frozenset({"*", "**", "+", "%"})
-
-        def call_binop(self, context, operator, left, right):
-            sized = (str, list, tuple, bytes)
-            if operator == "*":
-                n, seq = (right, left) if isinstance(left, sized) else (left, right)
-                if isinstance(seq, sized) and isinstance(n, int) and len(seq) * n > RENDER_CHARS:
-                    raise _RenderLimit(f"a {len(seq)}-item value repeated {n} times")
-            elif operator == "**":
-                if isinstance(right, (int, float)) and isinstance(left, int) and abs(left) > 1 \
-                        and abs(left).bit_length() * abs(right) > 1 << 16:
-                    raise _RenderLimit("a power too large for a chat template")
-            elif operator == "+":
-                if isinstance(left, sized) and isinstance(right, sized) and len(left) + len(right) > RENDER_CHARS:
-                    raise _RenderLimit("a concatenation is too long")
-            elif operator == "%" and isinstance(left, str):
-                check_format(left)
-                check_args(right if isinstance(right, tuple) else (right,), {})
-            return check_result(super().call_binop(context, operator, left, right))
-
-        def wrap_str_format(self, value):
-            check_format(getattr(value, "__self__", None))
-            return super().wrap_str_format(value)
-
-        def call(__self, __context, __obj, *args, **kwargs):  # noqa: N805 (jinja's signature)
-            check_args(args, kwargs)
-            return check_result(super().call(__context, __obj, *args, **kwargs))
-
-    env = Env(trim_blocks=True, lstrip_blocks=True)
-    env.filters = {k: bounded(f) for k, f in env.filters.items()}
-    return env
-
-
-@contextlib.contextmanager
-def _deadline(seconds: float):
-    """Stop a template's own code (loops included) after `seconds`: a line trace on the
-    compiled template's frames only, restored afterwards."""
-    end = time.monotonic() + seconds
-    old = sys.gettrace()
-
-    def local(frame, event, arg):
-        if time.monotonic() > end:
-            raise _RenderLimit(f"rendering took longer than {seconds:g} s")
-        return local
-
-    def trace(frame, event, arg):
-        return local if frame.f_code.co_filename == "<template>" else None
-
-    sys.settrace(trace)
-    try:
-        yield
-    finally:
-        sys.settrace(old)
-
-
-def render_chat(template: str, messages: list[dict], add_generation_prompt: bool = True,
-                source: str = "the chat template") -> str:
-    """Render a chat template the way engines do (jinja2, bos/eos variables defined).
-
-    A template comes from a user's file: it runs in jinja2's sandbox with bounded time
-    (RENDER_SECONDS), output and value sizes (RENDER_CHARS); a syntax error, an undefined
-    name, a blocked operation or a bound reached is one EdgeError naming `source`."""
-    from jinja2 import TemplateError
-
-    try:
-        env = _bounded_env()
-        with _deadline(RENDER_SECONDS):
-            parts, n = [], 0
-            for piece in env.from_string(template).generate(
-                    messages=messages, add_generation_prompt=add_generation_prompt,
-                    bos_token=gemma3.BOS, eos_token=gemma3.EOS):
-                n += len(piece)
-                if n > RENDER_CHARS:
-                    raise _RenderLimit(f"the output passed {RENDER_CHARS:,} characters")
-                parts.append(piece)
-        return "".join(parts)
-    except _RenderLimit as e:
-        raise EdgeError(f"{source} was stopped: {e}; use a plain chat template (e.g. re-export the "
-                        "model, which writes Gemma 3's)") from None
-    except TemplateError as e:
-        raise EdgeError(f"{source} cannot be rendered ({type(e).__name__}: {printable(e, 160)}); "
-                        "re-export the model to get Gemma 3's template") from None
-    except (TypeError, ValueError, ArithmeticError, LookupError, AttributeError, RecursionError,
-            MemoryError) as e:
-        raise EdgeError(f"{source} fails ({type(e).__name__}: {printable(e, 160)}); "
-                        "re-export the model to get Gemma 3's template") from None
-
-
 # --------------------------------------------------------------------------------------
 # Writing
 # --------------------------------------------------------------------------------------
@@ -568,7 +247,7 @@ class _Planned:
 
 def plan_tensors(cfg: dict, src: dict[str, _SrcTensor], qtype) -> tuple[list[_Planned], list[str]]:
     """Map HF names to GGUF names with gguf-py's table; choose each tensor's type."""
-    g = _gguf()
+    g = gguf_py()
     Q = g.GGMLQuantizationType
     n_layers = cfg["num_hidden_layers"]
     arch = g.MODEL_ARCH.GEMMA3
@@ -613,7 +292,7 @@ def _tensor_order(hf_name: str):
 
 
 def _expected_names(cfg: dict) -> set[str]:
-    g = _gguf()
+    g = gguf_py()
     arch = g.MODEL_ARCH.GEMMA3
     names = set()
     for t in g.MODEL_TENSORS[arch]:
@@ -628,7 +307,7 @@ def _expected_names(cfg: dict) -> set[str]:
 
 
 def _convert_chunk(x: np.ndarray, qtype, what: str) -> np.ndarray:
-    g = _gguf()
+    g = gguf_py()
     Q = g.GGMLQuantizationType
     if qtype == Q.F32:
         return x
@@ -645,7 +324,7 @@ def _writer_class():
     by one through struct (about 20 s for Gemma's 3 x 262,144 items on a busy 2-core box)."""
     import struct
 
-    g = _gguf()
+    g = gguf_py()
     V = g.GGUFValueType
     bulk = {V.FLOAT32: "<f4", V.INT32: "<i4", V.UINT32: "<u4"}
 
@@ -664,7 +343,7 @@ def _writer_class():
 
 
 def _add_metadata(w, cfg: dict, vocab: Vocab, template: str, file_type, provenance: dict) -> None:
-    g = _gguf()
+    g = gguf_py()
     K = g.Keys
     name = str(provenance.get("name") or "gemma-3")
     w.add_type(g.GGUFType.MODEL)
@@ -800,7 +479,7 @@ def export_gguf(model_dir, out_path, outtype: str = "f32", provenance: dict | No
     template, template_src = chat_template(model_dir)
     prov = {**default_provenance(model_dir, cfg), **(provenance or {})}
 
-    g = _gguf()
+    g = gguf_py()
     total = sum(p.nbytes for p in planned)
     bar = None
     if progress:
@@ -872,125 +551,6 @@ def _stream_tensor(p: _Planned, fh, fout, bar) -> None:
             bar.update(y.nbytes)
     if written != p.nbytes:  # our bug, not the user's: keep the traceback
         raise RuntimeError(f"{p.name}: wrote {written} bytes, planned {p.nbytes}")
-
-
-# --------------------------------------------------------------------------------------
-# Modelfile, inspect
-# --------------------------------------------------------------------------------------
-
-def modelfile_path(gguf_path: Path) -> Path:
-    return Path(gguf_path).with_suffix(".Modelfile")
-
-
-def modelfile_text(gguf_name: str) -> str:
-    """An Ollama Modelfile: the GGUF beside it, Gemma 3's template, stop token, sampling.
-
-    The file name goes into a `FROM` line: a name with a newline or another control
-    character would add lines (ADAPTER, SYSTEM) to the Modelfile, so it is refused."""
-    if printable(gguf_name) != gguf_name or '"""' in gguf_name:
-        raise EdgeError(f"the file name {printable(gguf_name)!r} holds control characters; rename the "
-                        "GGUF to a plain name before writing a Modelfile for it")
-    s = gemma3.SAMPLING
-    return "\n".join([
-        f"# Ollama Modelfile written by edge {__version__}: `ollama create NAME -f {Path(gguf_name).stem}.Modelfile`",
-        f"FROM ./{gguf_name}",
-        f'TEMPLATE """{gemma3.OLLAMA_TEMPLATE}"""',
-        f'PARAMETER stop "{gemma3.END_OF_TURN}"',
-        f"PARAMETER temperature {s['temperature']}",
-        f"PARAMETER top_k {s['top_k']}",
-        f"PARAMETER top_p {s['top_p']}",
-        f"PARAMETER min_p {s['min_p']}",
-        f"PARAMETER repeat_penalty {s['repetition_penalty']}",
-        "",
-    ])
-
-
-def inspect_gguf(path) -> dict:
-    info = read_gguf(path)
-    g = _gguf()
-    types: dict[str, dict] = {}
-    for t in info.tensors:
-        e = types.setdefault(t.type, {"tensors": 0, "params": 0, "bytes": 0})
-        e["tensors"] += 1
-        e["params"] += t.n_elements
-        e["bytes"] += t.n_bytes
-    n_params = sum(t.n_elements for t in info.tensors)
-    tensor_bytes = sum(t.n_bytes for t in info.tensors)
-    meta = info.metadata
-    ft = meta.get("general.file_type")
-    try:
-        ft_name = g.LlamaFileType(int(ft)).name if ft is not None else None
-    except (ValueError, TypeError):
-        ft_name = str(ft)
-    return {
-        "path": info.path,
-        "size_bytes": info.size_bytes,
-        "architecture": meta.get("general.architecture"),
-        "name": meta.get("general.name"),
-        "file_type": ft_name,
-        "n_tensors": len(info.tensors),
-        "n_params": n_params,
-        "tensor_bytes": tensor_bytes,
-        "bits_per_weight": round(tensor_bytes * 8 / n_params, 3) if n_params else None,
-        "tensor_types": types,
-        "arm_repack": _arm_repack(info),
-        "metadata": meta,
-    }
-
-
-def _arm_repack(info) -> str:
-    """Which matrices llama.cpp repacks at load on an ARM CPU with dotprod/i8mm (quantize/repack.py)."""
-    from quantize.repack import label
-
-    return label([(t.name, t.type, tuple(int(d) for d in t.shape)) for t in info.tensors])
-
-
-def inspect_cmd(file: str, *, json: bool = False) -> dict:
-    """Show a GGUF file's metadata, tensor types, size and bits per weight.
-
-    Args:
-        file: the .gguf file to read.
-        json: print the result as JSON instead of a table.
-    """
-    info = inspect_gguf(file)
-    if json:
-        return info
-    print(f"{printable(info['path'])}: {printable(info['architecture'], 40)} '{printable(info['name'], 80)}', "
-          f"{printable(info['file_type'], 40)}, "
-          f"{info['size_bytes'] / 1e6:.1f} MB, {info['n_params'] / 1e6:.1f}M parameters, "
-          f"{info['bits_per_weight']} bits/weight, {info['n_tensors']} tensors")
-    print("\ntensor type   tensors      params       MB")
-    for name, e in sorted(info["tensor_types"].items(), key=lambda kv: -kv[1]["bytes"]):
-        print(f"{name:<12} {e['tensors']:>8} {e['params']:>11,} {e['bytes'] / 1e6:>8.1f}")
-    print(f"\nARM phones: {info['arm_repack']}")
-    print("\nmetadata")
-    keys = {k: printable(k, 60) for k in info["metadata"]}
-    width = max(map(len, keys.values()), default=0)
-    for k, v in info["metadata"].items():  # escapes and newlines from the file are shown, not obeyed
-        print(f"  {keys[k]:<{width}}  {printable(v, 100)}")
-    return info
-
-
-def modelfile_cmd(file: str, *, out: str = "", force: bool = False) -> str:
-    """Write an Ollama Modelfile for a GGUF (Gemma 3 template, stop token, recommended sampling).
-
-    Args:
-        file: the .gguf file the Modelfile points at (FROM ./FILE, so keep them side by side).
-        out: where to write the Modelfile (default: FILE with the suffix .Modelfile).
-        force: overwrite an existing Modelfile.
-    """
-    arch = read_gguf(file).metadata.get("general.architecture")
-    if arch != "gemma3":
-        raise EdgeError(f"{file} is a {printable(arch, 40)!r} model; this Modelfile is for Gemma 3 (gemma3)")
-    path = Path(out) if out else modelfile_path(Path(file))
-    check_not_input(path, Path(file))
-    if path.is_dir():
-        raise EdgeError(f"--out {path} is a folder; give the Modelfile's file name")
-    check_writable(path, force)
-    text = modelfile_text(Path(file).name)
-    write_text_atomic(path, text, force=True)
-    print(f"wrote {path}; run: ollama create NAME -f {path}")
-    return str(path)
 
 
 def next_step(gguf: str | Path) -> str:

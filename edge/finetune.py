@@ -589,15 +589,10 @@ def save_full(model, dest: Path, meta: dict, masters: MasterWeights | None = Non
     finally:
         model.config.dtype = old
     if tokenizer is not None:
-        from edge.merge import generation_config
-        from edge.models import attach_chat_template
+        from edge.models import generation_config, save_tokenizer
 
         generation_config(model).save_pretrained(dest)
-        attach_chat_template(tokenizer)
-        tokenizer.save_pretrained(dest)
-        if not (dest / "chat_template.jinja").exists() and "chat_template" not in json.loads(
-                (dest / "tokenizer_config.json").read_text()):
-            (dest / "chat_template.jinja").write_text(gemma3.CHAT_TEMPLATE)
+        save_tokenizer(tokenizer, dest)
     (dest / META).write_text(json.dumps(meta, indent=2, default=str))
 
 

@@ -12,6 +12,10 @@ A hostile or damaged file cannot make it hang or allocate: every count read from
 bytes left in the file before it is used, arrays nest at most `MAX_NESTING` deep, the
 alignment must be a power of two, and any failure is one `EdgeError`.
 
+`inspect_gguf` / `edge inspect` summarize a file from that header: tensor types, bits per
+weight, which matrices an ARM phone repacks, and the metadata.
+
+    edge inspect model.gguf [--json]
     from edge.ggufinfo import read_gguf
     info = read_gguf("model.gguf"); info.metadata["general.architecture"]; info.tensors[0].type
 """
@@ -33,6 +37,15 @@ GGUF_VERSION = 3  # the only version read: gguf-py's gguf.GGUF_VERSION, what lla
 MAX_NESTING = 2          # an array of arrays is the deepest llama.cpp writes (none in practice)
 MAX_DIMS = 4             # GGML_MAX_DIMS (ggml.h)
 MAX_ALIGNMENT = 1 << 16  # llama.cpp writes 32; a power of two, bounded
+
+
+def gguf_py():
+    """gguf-py (llama.cpp's own Python package): its tables name every type, key and token kind."""
+    try:
+        import gguf
+    except ImportError as e:  # pragma: no cover - a broken install
+        raise EdgeError("the gguf package is missing; run the README's set-up (pip install gguf)") from e
+    return gguf
 
 
 def version_error(path, version: int) -> EdgeError:
@@ -190,3 +203,69 @@ def read_gguf(path, full_arrays: bool = False, array_limit: int = 8) -> GGUFInfo
     finally:
         mm.close()
     return GGUFInfo(str(path), version, meta, tensors, size, lengths)
+
+
+def inspect_gguf(path) -> dict:
+    info = read_gguf(path)
+    g = gguf_py()
+    types: dict[str, dict] = {}
+    for t in info.tensors:
+        e = types.setdefault(t.type, {"tensors": 0, "params": 0, "bytes": 0})
+        e["tensors"] += 1
+        e["params"] += t.n_elements
+        e["bytes"] += t.n_bytes
+    n_params = sum(t.n_elements for t in info.tensors)
+    tensor_bytes = sum(t.n_bytes for t in info.tensors)
+    meta = info.metadata
+    ft = meta.get("general.file_type")
+    try:
+        ft_name = g.LlamaFileType(int(ft)).name if ft is not None else None
+    except (ValueError, TypeError):
+        ft_name = str(ft)
+    return {
+        "path": info.path,
+        "size_bytes": info.size_bytes,
+        "architecture": meta.get("general.architecture"),
+        "name": meta.get("general.name"),
+        "file_type": ft_name,
+        "n_tensors": len(info.tensors),
+        "n_params": n_params,
+        "tensor_bytes": tensor_bytes,
+        "bits_per_weight": round(tensor_bytes * 8 / n_params, 3) if n_params else None,
+        "tensor_types": types,
+        "arm_repack": _arm_repack(info),
+        "metadata": meta,
+    }
+
+
+def _arm_repack(info) -> str:
+    """Which matrices llama.cpp repacks at load on an ARM CPU with dotprod/i8mm (quantize/repack.py)."""
+    from quantize.repack import label
+
+    return label([(t.name, t.type, tuple(int(d) for d in t.shape)) for t in info.tensors])
+
+
+def inspect_cmd(file: str, *, json: bool = False) -> dict:
+    """Show a GGUF file's metadata, tensor types, size and bits per weight.
+
+    Args:
+        file: the .gguf file to read.
+        json: print the result as JSON instead of a table.
+    """
+    info = inspect_gguf(file)
+    if json:
+        return info
+    print(f"{printable(info['path'])}: {printable(info['architecture'], 40)} '{printable(info['name'], 80)}', "
+          f"{printable(info['file_type'], 40)}, "
+          f"{info['size_bytes'] / 1e6:.1f} MB, {info['n_params'] / 1e6:.1f}M parameters, "
+          f"{info['bits_per_weight']} bits/weight, {info['n_tensors']} tensors")
+    print("\ntensor type   tensors      params       MB")
+    for name, e in sorted(info["tensor_types"].items(), key=lambda kv: -kv[1]["bytes"]):
+        print(f"{name:<12} {e['tensors']:>8} {e['params']:>11,} {e['bytes'] / 1e6:>8.1f}")
+    print(f"\nARM phones: {info['arm_repack']}")
+    print("\nmetadata")
+    keys = {k: printable(k, 60) for k in info["metadata"]}
+    width = max(map(len, keys.values()), default=0)
+    for k, v in info["metadata"].items():  # escapes and newlines from the file are shown, not obeyed
+        print(f"  {keys[k]:<{width}}  {printable(v, 100)}")
+    return info

@@ -44,18 +44,6 @@ def _non_finite(model) -> list[str]:
     return [n for n, p in model.state_dict().items() if p.is_floating_point() and not torch.isfinite(p).all()]
 
 
-def generation_config(model):
-    """The model's generation config with Gemma 3's recommended sampling and stop tokens."""
-    from transformers import GenerationConfig
-
-    cfg = GenerationConfig.from_model_config(model.config)
-    cfg.update(do_sample=True, **gemma3.SAMPLING)
-    cfg.bos_token_id = gemma3.BOS_ID
-    cfg.pad_token_id = gemma3.PAD_ID
-    cfg.eos_token_id = [gemma3.EOS_ID, gemma3.END_OF_TURN_ID]
-    return cfg
-
-
 def next_step(merged: Path) -> str:
     """The command printed after a merge; it runs as printed (the exported GGUF goes beside
     the merged folder)."""
@@ -108,17 +96,13 @@ def merge(adapter: str | Path, out: str | Path, dtype: str = "fp32", model: str 
         raise EdgeError(f"casting to {dtype} overflows in {len(bad)} tensors (first: {bad[0]}, max |w| {max_abs:.4g}); "
                         "use --dtype bf16 or fp32")
     merged.config.architectures = list(gemma3.TEXT_ARCHITECTURES)
-    merged.generation_config = generation_config(merged)
-    from edge.models import attach_chat_template
+    from edge.models import generation_config, save_tokenizer
 
-    attach_chat_template(tok)
+    merged.generation_config = generation_config(merged)
     n = sum(p.numel() for p in merged.parameters())
     with atomic_dir(out, force=True) as tmp:
         merged.save_pretrained(tmp, safe_serialization=True)
-        tok.save_pretrained(tmp)
-        if not (tmp / "chat_template.jinja").exists() and "chat_template" not in json.loads(
-                (tmp / "tokenizer_config.json").read_text()):
-            (tmp / "chat_template.jinja").write_text(gemma3.CHAT_TEMPLATE)
+        save_tokenizer(tok, tmp)
         (tmp / MERGE_META).write_text(json.dumps({
             "base": actual, "adapter": str(adapter.resolve()), "adapter_step": meta.get("step"),
             "lora": meta.get("lora"), "dtype": dtype, "merged_in": "float32"}, indent=2))

@@ -131,6 +131,28 @@ def attach_chat_template(tokenizer) -> None:
         tokenizer.pad_token_id = gemma3.PAD_ID
 
 
+def save_tokenizer(tokenizer, dest: Path) -> None:
+    """Save the tokenizer into a checkpoint folder with Gemma 3's chat template attached, and
+    the template as `chat_template.jinja` when transformers kept it nowhere else."""
+    attach_chat_template(tokenizer)
+    tokenizer.save_pretrained(dest)
+    if not (dest / "chat_template.jinja").exists() and "chat_template" not in json.loads(
+            (dest / "tokenizer_config.json").read_text()):
+        (dest / "chat_template.jinja").write_text(gemma3.CHAT_TEMPLATE)
+
+
+def generation_config(model):
+    """The model's generation config with Gemma 3's recommended sampling and stop tokens."""
+    from transformers import GenerationConfig
+
+    cfg = GenerationConfig.from_model_config(model.config)
+    cfg.update(do_sample=True, **gemma3.SAMPLING)
+    cfg.bos_token_id = gemma3.BOS_ID
+    cfg.pad_token_id = gemma3.PAD_ID
+    cfg.eos_token_id = [gemma3.EOS_ID, gemma3.END_OF_TURN_ID]
+    return cfg
+
+
 def resolve(spec: str = EMBEDDED, verbose: bool = False) -> Path:
     """Turn a spec into a local HF directory, or raise EdgeError saying what to do."""
     if spec in (None, "", EMBEDDED):

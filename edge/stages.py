@@ -317,7 +317,7 @@ def stage_quantize(c: Ctx) -> Outcome:
     ref = c.run.reference()
     made = quantize_variants(ref, expand_recipes(recipe_names(c.s)), c.run.path("gguf"),
                              imatrix=load_imatrix(c.run.imatrix()), force=True)
-    from edge.export import modelfile_path, modelfile_text
+    from edge.modelfile import modelfile_path, modelfile_text
     from edge.fsutil import write_text_atomic
 
     # an Ollama Modelfile beside each file people run (`ollama create NAME -f X.Modelfile`)

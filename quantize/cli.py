@@ -42,7 +42,7 @@ def imatrix_note(recipe_objs: list[R.Recipe]) -> str:
 # --- reading the source -----------------------------------------------------------------------------
 def read_tensors(path: str | Path) -> tuple[list[R.TensorInfo], dict]:
     """Tensor names and shapes (ne[0] first) plus a few metadata values, from the GGUF header."""
-    from edge.export import read_gguf  # fast: gguf-py's reader takes minutes on Gemma's 262k vocab
+    from edge.ggufinfo import read_gguf  # fast: gguf-py's reader takes minutes on Gemma's 262k vocab
 
     path = Path(path)
     if not path.is_file():
@@ -68,7 +68,7 @@ def base_grid_types(meta: dict) -> dict[str, str]:
         src = jsonlib.loads((Path(meta["base_model"]) / "edge_source.json").read_text())
     except (OSError, ValueError):
         return {}
-    from edge.export import read_gguf
+    from edge.ggufinfo import read_gguf
     from edge.models import embedded_gguf
 
     try:
@@ -326,7 +326,7 @@ def pareto_png(rows: list[dict], path: str | Path, title: str = "size vs KLD") -
 
 def arm_repack(path: str | Path) -> str:
     """Which of a GGUF's matrices llama.cpp repacks on an ARM phone CPU (quantize/repack.py)."""
-    from edge.export import read_gguf
+    from edge.ggufinfo import read_gguf
     from quantize.repack import label
 
     return label([(t.name, t.type, tuple(int(d) for d in t.shape)) for t in read_gguf(path).tensors])

@@ -552,19 +552,19 @@ def test_usage_error_is_one_line(d, capsys):
     ("{% macro f(n) %}{{ f(n+1) }}{% endmacro %}{{ f(0) }}", "RecursionError"),
 ])
 def test_hostile_chat_template_is_bounded(template, match, monkeypatch):
-    import edge.export
+    import edge.template
     from edge.errors import EdgeError
 
-    monkeypatch.setattr(edge.export, "RENDER_SECONDS", 0.5)
+    monkeypatch.setattr(edge.template, "RENDER_SECONDS", 0.5)
     t0 = time.monotonic()
     with pytest.raises(EdgeError, match=match) as e:
-        edge.export.render_chat(template, [{"role": "user", "content": "hi"}], source="the file's chat template")
+        edge.template.render_chat(template, [{"role": "user", "content": "hi"}], source="the file's chat template")
     assert time.monotonic() - t0 < 5 and "\n" not in str(e.value)
 
 
 def test_gemma_template_still_renders():
     from edge import gemma3
-    from edge.export import render_chat
+    from edge.template import render_chat
 
     text = render_chat(gemma3.GGUF_CHAT_TEMPLATE, [{"role": "user", "content": "hi"}])
     assert text == "<bos><start_of_turn>user\nhi<end_of_turn>\n<start_of_turn>model\n"

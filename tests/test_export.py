@@ -26,7 +26,11 @@ import pytest
 
 from edge import gemma3
 from edge.errors import EdgeError
-from edge.export import build_vocab, export_gguf, inspect_gguf, modelfile_cmd, read_gguf, render_chat
+from edge.export import export_gguf
+from edge.ggufinfo import inspect_gguf, read_gguf
+from edge.modelfile import modelfile_cmd
+from edge.template import render_chat
+from edge.vocab import build_vocab
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -135,7 +135,7 @@ def test_the_unmutated_file_is_read(folder):
 @given(data=mutated_gguf() | hostile_metadata())
 def test_gguf_readers_on_mutated_headers(data, folder):
     from edge import budget
-    from edge.export import inspect_gguf
+    from edge.ggufinfo import inspect_gguf
     from edge.ggufinfo import read_gguf
     from edge.push import check_gguf
 
@@ -235,10 +235,10 @@ template_parts = st.sampled_from([
 @settings(max_examples=150, deadline=None, derandomize=True, database=None)
 @given(parts=st.lists(template_parts, max_size=8))
 def test_chat_template_renderer(parts):
-    import edge.export
-    from edge.export import RENDER_CHARS, render_chat
+    import edge.template
+    from edge.template import RENDER_CHARS, render_chat
 
-    saved, edge.export.RENDER_SECONDS = edge.export.RENDER_SECONDS, 0.2  # runaway loops stop sooner here
+    saved, edge.template.RENDER_SECONDS = edge.template.RENDER_SECONDS, 0.2  # runaway loops stop sooner here
     try:
         with bounded("render_chat"):
             try:
@@ -246,5 +246,5 @@ def test_chat_template_renderer(parts):
             except EdgeError:
                 return
     finally:
-        edge.export.RENDER_SECONDS = saved
+        edge.template.RENDER_SECONDS = saved
     assert len(out) <= RENDER_CHARS

@@ -142,7 +142,7 @@ def test_xl_names_give_the_body_bits_per_weight_and_the_head_type(small):
     """XL<body bpw>-<head type>: checked against the resolved 270M-shaped plan."""
     from gguf import GGML_QUANT_SIZES
 
-    from edge.export import read_gguf
+    from edge.ggufinfo import read_gguf
     from edge.models import embedded_gguf
 
     tensors = [R.TensorInfo(t.name, tuple(int(d) for d in t.shape)) for t in read_gguf(embedded_gguf()).tensors]

@@ -4,7 +4,7 @@ Only glue lives here: which files (run.json, else the folder's *.gguf that `edge
 reads as a model), which report entry goes with which file, and thin calls into
 `edge.budget`, `edge.readings`, `edge.device`, `edge.push` and `edge.apps`. Every number
 comes from those modules, the quantize report (`report.json`, written by `edge quantize`)
-or `edge.export.inspect_gguf`.
+or `edge.ggufinfo.inspect_gguf`.
 """
 
 from __future__ import annotations
@@ -128,7 +128,7 @@ def variants(run_dir: Path | None, folder: Path | None) -> tuple[str, list[Varia
 def bits_per_weight(path: Path) -> float:
     """Bits per weight over all tensors, as `edge inspect` reports it (a damaged or
     truncated file is an EdgeError, shown on the Variants screen)."""
-    from edge.export import inspect_gguf
+    from edge.ggufinfo import inspect_gguf
 
     bpw = inspect_gguf(path)["bits_per_weight"]
     if bpw is None:
