@@ -369,6 +369,33 @@ def gpu_count() -> int:
     return torch.cuda.device_count() if torch.cuda.is_available() else 0
 
 
+def visible_gpus() -> int:
+    """The CUDA GPUs a process started from here would see, without importing torch (the TUI
+    asks): `nvidia-smi -L`'s list, narrowed by CUDA_VISIBLE_DEVICES; 0 without NVIDIA's driver."""
+    import shutil
+    import subprocess
+
+    smi = shutil.which("nvidia-smi")
+    if smi is None:
+        return 0
+    try:
+        listed = subprocess.run([smi, "-L"], capture_output=True, text=True, timeout=10).stdout
+    except (OSError, subprocess.SubprocessError):
+        return 0
+    n = sum(line.startswith("GPU ") for line in listed.splitlines())
+    mask = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if mask is None:
+        return n
+    # CUDA stops at the first entry that is not a device: "0,1" -> 2, "" -> 0, "0,-1,1" -> 1
+    shown = 0
+    for entry in mask.split(","):
+        entry = entry.strip()
+        if not entry or entry.startswith("-"):
+            break
+        shown += 1
+    return min(n, shown)
+
+
 def needs_launch(gpus: int) -> bool:
     """True when `--gpus N` (N > 1) asks for processes that no launcher started yet. Under a
     launcher, `--gpus` must agree with the number of processes it started."""
@@ -388,14 +415,15 @@ def needs_launch(gpus: int) -> bool:
     return gpus > 1
 
 
-def torchrun_command(gpus: int, argv: list[str]) -> list[str]:
+def torchrun_command(gpus: int, argv: list[str], module: str = "edge.cli") -> list[str]:
     """The `torchrun` command line that `launch` runs (printed so that it can be reused)."""
-    return ["torchrun", "--standalone", f"--nproc-per-node={gpus}", "-m", "edge.cli", *argv]
+    return ["torchrun", "--standalone", f"--nproc-per-node={gpus}", "-m", module, *argv]
 
 
-def launch(gpus: int, argv: list[str], out: str | Path | None = None) -> None:
-    """Run `edge <argv>` in `gpus` processes, one per GPU, through torchrun's launcher, and
-    wait. A process that dies stops the others and ends here in one line naming its rank."""
+def launch(gpus: int, argv: list[str], out: str | Path | None = None, module: str = "edge.cli") -> None:
+    """Run `python -m MODULE <argv>` (by default `edge <argv>`) in `gpus` processes, one per GPU,
+    through torchrun's launcher, and wait. A process that dies stops the others and ends here in
+    one line naming its rank."""
     import logging
     import uuid
 
@@ -403,7 +431,7 @@ def launch(gpus: int, argv: list[str], out: str | Path | None = None) -> None:
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
-    print(f"edge: starting {gpus} processes, one per GPU, with torchrun: {' '.join(torchrun_command(gpus, argv))}",
+    print(f"edge: starting {gpus} processes, one per GPU, with torchrun: {' '.join(torchrun_command(gpus, argv, module))}",
           file=sys.stderr, flush=True)
     logging.getLogger("torch.distributed.elastic").setLevel(logging.CRITICAL)  # we say what failed, below
     import dataclasses
@@ -413,7 +441,7 @@ def launch(gpus: int, argv: list[str], out: str | Path | None = None) -> None:
                           rdzv_backend="c10d", rdzv_endpoint="localhost:0", max_restarts=0, monitor_interval=0.5,
                           **extra)
     try:
-        elastic_launch(config, sys.executable)("-m", "edge.cli", *argv)
+        elastic_launch(config, sys.executable)("-m", module, *argv)
     except SignalException:  # Ctrl-C or SIGTERM here: the processes got it too and saved a checkpoint
         raise KeyboardInterrupt from None
     except ChildFailedError as e:

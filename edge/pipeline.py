@@ -98,6 +98,13 @@ def _check_inputs(s: RunSettings) -> None:
         from quantize.cli import expand_recipes
 
         expand_recipes(list(s.recipes))
+    if s.gpus:    # N GPUs must be there now (and this process must not be one of several already)
+        from edge import distributed
+
+        if distributed.launched():
+            raise EdgeError("edge run starts its own processes for the fine-tune: run it once, with --gpus N, "
+                            "not under torchrun or accelerate launch")
+        distributed.needs_launch(s.gpus)
     if s.push:    # a phone must be there now, not after an hour of work
         from edge.apps import route
         from edge.device import pick_device
@@ -238,8 +245,8 @@ def run_cmd(*, data: str = "", out: str = "", eval: str = "", model: str | None 
             lr: float | None = None, precision: str | None = None, recipes: list[str] | None = None,
             device: list[str] | None = None, ctx: int | None = None, push: str = "", serial: str = "",
             publish: str = "", private: bool = False, public: bool = False, accuracy: bool = False,
-            keep_reference: bool = False, name: str = "", config: str = "", from_stage: str = "",
-            json: bool = False):
+            keep_reference: bool = False, name: str = "", gpus: int | None = None, config: str = "",
+            from_stage: str = "", json: bool = False):
     """From your chats to phone-ready GGUF files, a model card and a recommendation, in one resumable command.
 
     Stages: data -> fine-tune -> merge -> export -> imatrix -> quantize -> evaluate -> budget -> card
@@ -269,6 +276,7 @@ def run_cmd(*, data: str = "", out: str = "", eval: str = "", model: str | None 
         accuracy: also measure exact-match accuracy of greedy replies on the eval chats (short reference answers).
         keep_reference: keep the F32 reference GGUF after scoring (it is about 1 GB; dropped by default).
         name: the name in file names, <family>-<name>-<RECIPE>.gguf (default: the run folder's name).
+        gpus: fine-tune on N GPUs, one process each, through torchrun (default: one); the result is the same, so a run resumes on any number.
         config: a run.toml with any of these settings; flags given here override it.
         from_stage: redo this stage and every later one (data, fine-tune, merge, export, imatrix, quantize, evaluate, budget, card, push, publish).
         json: print the result as JSON at the end.
@@ -276,7 +284,7 @@ def run_cmd(*, data: str = "", out: str = "", eval: str = "", model: str | None 
     given = {"data": data, "out": out, "eval": eval, "model": model, "steps": steps, "epochs": epochs,
              "batch_size": batch_size, "lr": lr, "precision": precision, "recipes": _split(recipes),
              "devices": _split(device), "ctx": ctx, "push": push, "serial": serial, "publish": publish,
-             "name": name, "full": full, "accuracy": accuracy, "keep_reference": keep_reference}
+             "name": name, "gpus": gpus, "full": full, "accuracy": accuracy, "keep_reference": keep_reference}
     settings = build_settings(config, given, private=private, public=public)
     say = (lambda m: None) if json else print
     result = run_pipeline(settings, from_stage=from_stage, say=say)

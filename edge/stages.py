@@ -53,6 +53,7 @@ class RunSettings:
     eval_ctx: int = 256
     keep_reference: bool = False   # keep the F32 reference GGUF after scoring (about 1 GB for the 270M)
     name: str = ""                 # files are named <family>-<name>-<RECIPE>.gguf (default: the run folder's name)
+    gpus: int = 0                  # fine-tune on N GPUs, one process each (torchrun); in no stage's key: same result
 
     def __post_init__(self):
         self.recipes = tuple(self.recipes or ())
@@ -63,7 +64,7 @@ class RunSettings:
             raise EdgeError("--out is required: the run folder (e.g. runs/mine)")
         for flag, value, lo in (("--steps", self.steps, 0), ("--epochs", self.epochs, 0), ("--batch-size", self.batch_size, 1),
                                 ("--ctx", self.ctx, 1), ("--eval-tokens", self.eval_tokens, 1),
-                                ("--eval-ctx", self.eval_ctx, 16)):
+                                ("--eval-ctx", self.eval_ctx, 16), ("--gpus", self.gpus, 0)):
             if not isinstance(value, (int, float)) or isinstance(value, bool) or value < lo or not math.isfinite(value):
                 raise EdgeError(f"{flag} {value!r} must be a number >= {lo}")
         if not (isinstance(self.lr, (int, float)) and 0 < self.lr < 1):
@@ -203,6 +204,12 @@ def _accuracy(c: Ctx, model, tok, chats) -> float:
     return acc
 
 
+def finetune_out(run: Run, full: bool) -> Path:
+    """The fine-tune's folder in a run: the adapter, or with --full the whole model (log.jsonl
+    and loss.png beside it)."""
+    return run.path("model" if full else "adapter")
+
+
 def stage_finetune(c: Ctx) -> Outcome:
     import torch
 
@@ -211,7 +218,7 @@ def stage_finetune(c: Ctx) -> Outcome:
 
     s = c.s
     train_file = c.run.output("data", "train")
-    out = c.run.path("model" if s.full else "adapter")
+    out = finetune_out(c.run, s.full)
     resume = (c.prev.get("state") == "running" and c.prev.get("key") == c.keys["fine-tune"]
               and latest_checkpoint(out) is not None)
     p = resolve_precision(s.precision)
@@ -228,13 +235,18 @@ def stage_finetune(c: Ctx) -> Outcome:
     settings = train_settings(s)     # checkpoints: 4 per run
     if resume:
         c.say(f"fine-tune: resuming the interrupted fine-tune from {latest_checkpoint(out)}")
-    result = train(model=s.model, data=train_file, out=out, settings=settings, precision=s.precision,
-                   force=not resume, resume=resume, loaded=loaded, say=c.say)
+    job = dict(model=s.model, data=train_file, out=out, settings=settings, precision=s.precision,
+               force=not resume, resume=resume)
+    if s.gpus > 1:
+        result = _train_on_gpus(c, job, loaded)
+    else:
+        result = train(**job, loaded=loaded, say=c.say)
     if result.stopped != "done":
         raise KeyboardInterrupt
     if chats:
         t1 = time.time()
-        after = _accuracy(c, result.model, loaded[1], chats)
+        after = _accuracy(c, result.model if result.model is not None else _trained(loaded, out, s.full), loaded[1],
+                          chats)
         c.say(f"task accuracy after:  {after:.0%} ({time.time() - t1:.0f} s)")
     from edge.finetune import LOG, META, PLOT, read_meta
 
@@ -251,6 +263,38 @@ def stage_finetune(c: Ctx) -> Outcome:
     return Outcome(head + f"({result.steps} steps, {epochs:.3g} epochs, {result.precision}, "
                    f"{result.tokens_per_s:.0f} tok/s)",
                    outputs={role: out, "file": files, "log": [out / LOG, out / PLOT]}, inputs=[train_file], facts=facts)
+
+
+def _train_on_gpus(c: Ctx, job: dict, loaded):
+    """The fine-tune in `s.gpus` processes, one per GPU (torchrun, edge.distributed): the same
+    settings and the same result as one process. A base model loaded here for the accuracy
+    waits on the CPU meanwhile."""
+    from edge import distributed, trainjob
+
+    spec = trainjob.write_job(c.run.path("fine-tune-job.json"), **job)
+    device = None
+    if loaded is not None:
+        device = next(loaded[0].parameters()).device
+        loaded[0].to("cpu")
+    distributed.launch(c.s.gpus, [str(spec)], job["out"], module="edge.trainjob")
+    result = trainjob.read_result(spec)
+    for f in (spec, trainjob.result_path(spec)):
+        f.unlink(missing_ok=True)
+    if loaded is not None:
+        loaded[0].to(device)
+    return result
+
+
+def _trained(loaded, out: Path, full: bool):
+    """The fine-tuned model that other processes wrote into `out`, for the accuracy after."""
+    base, tok, p = loaded
+    if full:
+        from edge.models import load
+
+        return load(str(out), dtype=p.dtype, device=next(base.parameters()).device)[0]
+    from peft import PeftModel
+
+    return PeftModel.from_pretrained(base, str(out)).eval()
 
 
 def stage_merge(c: Ctx) -> Outcome:

@@ -296,3 +296,21 @@ def test_accelerate_launch_works_with_no_other_change(tiny_dir, data, tmp_path):
                  precision="fp32", steps=3, save_every=100, json=True)
     for a, b in zip(_log(tmp_path / "one"), _log(tmp_path / "acc")):
         assert b["loss"] == pytest.approx(a["loss"], rel=1e-5), a["step"]
+
+
+def test_visible_gpus_reads_nvidia_smi_and_the_mask(tmp_path, monkeypatch):
+    """The TUI's GPU count, without torch: `nvidia-smi -L` (here a stand-in printing its format)
+    narrowed by CUDA_VISIBLE_DEVICES as CUDA reads it."""
+    from edge.distributed import visible_gpus
+
+    smi = tmp_path / "nvidia-smi"
+    smi.write_text("#!/bin/sh\n" + "".join(f"echo 'GPU {i}: NVIDIA H200 (UUID: GPU-{i}abc)'\n" for i in range(4)))
+    smi.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    assert visible_gpus() == 4
+    for mask, n in (("0,1", 2), ("", 0), ("2", 1), ("0,-1,1", 1), ("0,1,2,3,4,5", 4)):
+        monkeypatch.setenv("CUDA_VISIBLE_DEVICES", mask)
+        assert visible_gpus() == n, mask
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    assert visible_gpus() == 0

@@ -295,9 +295,13 @@ def _snapshot(folder: Path) -> dict:
 
 
 @pytest.mark.parametrize("case", ["unknown format", "missing field", "empty", "no phone", "no visibility",
-                                  "bad recipe", "bad device", "from what"])
-def test_bad_input_is_one_line_and_keeps_the_run(case, tiny_run, tiny_dir, tmp_path, capsys, adb_server):
+                                  "bad recipe", "bad device", "from what", "two gpus", "under torchrun"])
+def test_bad_input_is_one_line_and_keeps_the_run(case, tiny_run, tiny_dir, tmp_path, capsys, adb_server,
+                                                monkeypatch):
     out, _ = tiny_run
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")       # this machine's GPUs, if any, do not count
+    if case == "under torchrun":
+        monkeypatch.setenv("WORLD_SIZE", "2")
     before = _snapshot(out)
     data = tmp_path / "d.jsonl"
     data.write_text({"unknown format": '{"q": "x", "a": "y"}\n',
@@ -307,14 +311,56 @@ def test_bad_input_is_one_line_and_keeps_the_run(case, tiny_run, tiny_dir, tmp_p
                                               '{"role": "assistant", "content": "y"}]}\n'))
     extra = {"no phone": ["--push", "chatterui"], "no visibility": ["--publish", "me/x"],
              "bad recipe": ["--recipes", "Q4_K_XXL"], "bad device": ["--device", "nokia_3310"],
-             "from what": ["--from", "deploy"]}.get(case, [])
+             "from what": ["--from", "deploy"], "two gpus": ["--gpus", "2"],
+             "under torchrun": ["--gpus", "2"]}.get(case, [])
     code = main(["run", "--data", str(data), "--out", str(out), "--model", str(tiny_dir), *extra])
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1 and "Traceback" not in err, err
     assert {"unknown format": "d.jsonl:1: unknown chat format", "missing field": "d.jsonl:2: message 0 has no string",
             "empty": "has no examples", "no phone": "no phone connected", "no visibility": "--private or --public",
-            "bad recipe": "Q4_K_XXL", "bad device": "nokia_3310", "from what": "deploy"}[case] in err
+            "bad recipe": "Q4_K_XXL", "bad device": "nokia_3310", "from what": "deploy",
+            "two gpus": "--gpus 2: this machine has 0 CUDA GPUs", "under torchrun": "not under torchrun"}[case] in err
     assert _snapshot(out) == before
+
+
+# ---- several GPUs (here two CPU processes: the GPU count is pretended) --------------------------------
+@pytest.mark.slow
+def test_a_fine_tune_on_two_gpus_trains_what_one_does(tiny_run, tiny_dir, tmp_path, monkeypatch, capsys):
+    """`edge run --gpus 2` fine-tunes in two processes (torchrun) to the adapter one process
+    trains; the number of GPUs is in no stage's key, so a finished run stays up to date."""
+    import shutil
+
+    from safetensors.torch import load_file
+
+    from edge import distributed
+
+    out1, _ = tiny_run
+    monkeypatch.setattr(distributed, "gpu_count", lambda: 2)
+    for k, v in {"PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}.items():
+        monkeypatch.setenv(k, v)
+    out2 = tmp_path / "two"
+    shutil.copytree(out1 / "data", out2 / "data")
+    shutil.copy(out1 / "run.json", out2 / "run.json")      # data done: the next stage is the fine-tune
+    run = Run.open(out2, create=False)
+    for stage in [s for s in run.data["stages"] if s != "data"]:
+        del run.data["stages"][stage]
+    run.save()
+    lines = []
+    run_pipeline(_settings(tiny_dir, out2, gpus=2, accuracy=True), say=lines.append)
+    assert "up to date" in _rows(lines)["data"] and "up to date" not in _rows(lines)["fine-tune"]
+    assert "starting 2 processes, one per GPU, with torchrun" in capsys.readouterr().err
+    assert any(ln.startswith("task accuracy after:") for ln in lines)  # the adapter the processes wrote, loaded
+    one, two = (load_file(o / "adapter" / "adapter_model.safetensors") for o in (out1, out2))
+    assert one.keys() == two.keys()
+    for k in one:
+        assert (one[k] - two[k]).abs().max() < 1e-4, k
+    log1, log2 = ([json.loads(x)["loss"] for x in (o / "adapter" / "log.jsonl").read_text().splitlines()
+                   if "loss" in json.loads(x)] for o in (out1, out2))
+    assert log1 == pytest.approx(log2, rel=1e-4)
+    assert not list(out2.glob("fine-tune-job*"))             # the job file and its result are gone
+    lines = []
+    run_pipeline(_settings(tiny_dir, out2, accuracy=True), say=lines.append)  # the same run on one device
+    assert all("up to date" in r for r in _rows(lines).values())
 
 
 # ---- publishing (a local stand-in for the Hub's HTTP API) ------------------------------------------

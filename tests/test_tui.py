@@ -441,6 +441,39 @@ async def test_pipeline_shows_stages_and_follows_the_loss_log(tmp_path, variants
         assert (run.root / "ref.gguf").is_file() and log.is_file()
 
 
+@async_test
+async def test_pipeline_offers_the_gpus_it_sees_and_follows_a_full_fine_tune(tmp_path, monkeypatch):
+    """Two GPUs visible: the form shows the count and `edge run` gets --gpus; none: no field, no
+    flag. With --full recorded in run.json the plot follows model/log.jsonl, not adapter/."""
+    import tui_screens.pipeline as pipeline
+    from edge.finetune import LOG
+    from edge.runfolder import Run
+
+    run = Run.open(tmp_path / "run")
+    run.data["settings"] = {"full": True}
+    run.save()
+    (run.root / "model").mkdir()
+    (run.root / "model" / LOG).write_text("".join(json.dumps({"step": i, "loss": 2.0 / i}) + "\n" for i in (1, 2)))
+    for seen in (2, 0):
+        monkeypatch.setattr(pipeline, "visible_gpus", lambda: seen)
+        app = EdgeApp(run=run.root, live=False, host=False)
+        async with app.run_test(size=SIZE) as pilot:
+            await pilot.press("5")
+            await settle(app, pilot)
+            screen = app.screen
+            field = screen.query_one("#pipeline-gpus")
+            assert field.display is (seen > 1)
+            argv = screen.argv()
+            if seen:
+                assert "GPUs (of 2)" in str(screen.query_one("#pipeline-gpus-label").render())
+                assert argv[argv.index("--gpus") + 1] == "2"
+                field.value = "1"
+                assert "--gpus" not in screen.argv()
+            else:
+                assert "--gpus" not in argv
+            assert list(screen.query_one("#pipeline-loss").data) == [2.0, 1.0]
+
+
 def test_screenshot_is_made_by_the_app(variants_dir, tmp_path):
     """`python tui.py --screenshot` (how docs/tui-budget.svg is made): a headless run that
     saves the budget screen as SVG."""

@@ -25,6 +25,8 @@ from textual.containers import Horizontal
 from textual.screen import Screen
 from textual.widgets import Button, Checkbox, DataTable, Footer, Header, Input, Label, Sparkline, Static
 
+from edge.distributed import visible_gpus
+from edge.runfolder import Run
 from tui_screens.common import StatusLine, row_table
 
 STAGE_COLUMNS = [("stage", "stage"), ("status", "status"), ("outputs", "outputs"), ("seconds", "time"),
@@ -96,6 +98,8 @@ class PipelineScreen(Screen):
             yield Input("60", id="pipeline-steps", type="integer")
             yield Label("recipes")
             yield Input("", id="pipeline-recipes", placeholder="default")
+            yield Label("", id="pipeline-gpus-label")
+            yield Input("1", id="pipeline-gpus", type="integer")
             yield Checkbox("redo all", id="pipeline-force")
             yield Button("Start", id="pipeline-start", variant="primary")
             yield Button("Stop", id="pipeline-stop", variant="error", disabled=True)
@@ -111,6 +115,7 @@ class PipelineScreen(Screen):
         self._latest = ""
         self._lock = threading.Lock()
         self.query_one("#pipeline-data", Input).value = str(TRAIN)
+        self.show_gpus(visible_gpus())
         self.query_one(StatusLine).show(
             f"run folder: {self.run_dir}" if self.app.run_dir else
             f"no --run given: edge run writes into {self.run_dir}", "info")
@@ -121,9 +126,27 @@ class PipelineScreen(Screen):
     def run_dir(self) -> Path:
         return self.app.run_dir or Path("runs") / "tui"
 
+    def show_gpus(self, n: int) -> None:
+        """With more than one GPU visible, the form shows how many and lets the user choose
+        how many the fine-tune uses (`edge run --gpus N`); with one or none it shows nothing."""
+        label, field = self.query_one("#pipeline-gpus-label", Label), self.query_one("#pipeline-gpus", Input)
+        self.gpus_visible = n
+        label.update(f"GPUs (of {n})")
+        field.value = str(n) if n > 1 else "1"
+        label.display = field.display = n > 1
+
     @property
     def adapter_dir(self) -> Path:
-        return self.run_dir / "adapter"
+        """Where the fine-tune writes log.jsonl: its folder in the run, adapter or (full) model,
+        by the settings run.json records."""
+        from edge.runfolder import MANIFEST
+        from edge.stages import finetune_out
+
+        try:
+            full = bool(json.loads((self.run_dir / MANIFEST).read_text()).get("settings", {}).get("full"))
+        except (OSError, ValueError, AttributeError):
+            full = False
+        return finetune_out(Run(self.run_dir, {}), full)
 
     def action_refresh(self) -> None:
         """Re-read run.json and log.jsonl (small files: read here, no worker needed)."""
@@ -161,6 +184,8 @@ class PipelineScreen(Screen):
                        "--model", value("model") or "embedded", "--steps", value("steps") or "60"]
         if value("recipes"):
             argv += ["--recipes", value("recipes")]
+        if self.gpus_visible > 1 and value("gpus") not in ("", "0", "1"):
+            argv += ["--gpus", value("gpus")]
         if self.query_one("#pipeline-force", Checkbox).value:
             argv += ["--from", "data"]
         return argv
