@@ -12,7 +12,7 @@ written, so peak RAM stays near one chunk plus the tokenizer, not a model copy. 
 written under a temporary name and renamed when complete; a failure (NaN in a weight, a
 truncated safetensors file) leaves nothing behind.
 
-    edge export --model DIR --out model-F32.gguf [--outtype f16|bf16|q8_0] [--force]
+    edge export --model DIR --out model-F32.gguf [--outtype fp16|bf16|q8_0] [--force]
     python -c "from edge.export import export_gguf; print(export_gguf('DIR', 'm.gguf'))"
 """
 
@@ -34,10 +34,14 @@ from edge.errors import EdgeError, printable
 from edge.fsutil import atomic_path, check_writable, child, read_json, write_text_atomic
 from edge.ggufinfo import gguf_py
 from edge.modelfile import modelfile_path, modelfile_text
+from edge.precision import DTYPES, dtype_name
 from edge.template import chat_template
 from edge.vocab import Vocab, build_vocab
 
 CHUNK_BYTES = 64 << 20  # rows are read, converted and written this many source bytes at a time
+
+
+OUTTYPES = (*DTYPES, "q8_0")  # --outtype: edge.precision's names (f32, float16... as aliases), or Q8_0
 
 
 def outtypes() -> dict[str, tuple]:
@@ -45,9 +49,9 @@ def outtypes() -> dict[str, tuple]:
     g = gguf_py()
     Q, F = g.GGMLQuantizationType, g.LlamaFileType
     return {
-        "f32": (F.ALL_F32, Q.F32),
-        "f16": (F.MOSTLY_F16, Q.F16),
         "bf16": (F.MOSTLY_BF16, Q.BF16),
+        "fp16": (F.MOSTLY_F16, Q.F16),
+        "fp32": (F.ALL_F32, Q.F32),
         "q8_0": (F.MOSTLY_Q8_0, Q.Q8_0),
     }
 
@@ -314,7 +318,7 @@ def _convert_chunk(x: np.ndarray, qtype, what: str) -> np.ndarray:
     if qtype == Q.F16:
         if np.abs(x).max(initial=0.0) > gemma3.FP16_MAX:
             raise EdgeError(f"{what} has values beyond float16's range ({gemma3.FP16_MAX:g}); "
-                            "export with --outtype bf16 or f32")
+                            "export with --outtype bf16 or fp32")
         return x.astype(np.float16)
     return g.quants.quantize(x, qtype)
 
@@ -445,7 +449,7 @@ def default_provenance(model_dir: Path, cfg: dict) -> dict:
     return prov
 
 
-def export_gguf(model_dir, out_path, outtype: str = "f32", provenance: dict | None = None,
+def export_gguf(model_dir, out_path, outtype: str = "fp32", provenance: dict | None = None,
                 force: bool = False, progress: bool = False) -> ExportResult:
     """Export a Gemma 3 text checkpoint to GGUF (+ an Ollama Modelfile beside it).
 
@@ -454,11 +458,8 @@ def export_gguf(model_dir, out_path, outtype: str = "f32", provenance: dict | No
     """
     t0 = time.time()
     model_dir, out_path = Path(model_dir), Path(out_path)
-    types = outtypes()
-    key = str(outtype).lower()
-    if key not in types:
-        raise EdgeError(f"unknown --outtype {outtype!r}; use one of {', '.join(types)}")
-    file_type, qtype = types[key]
+    key = dtype_name(outtype, "--outtype", OUTTYPES)
+    file_type, qtype = outtypes()[key]
     if out_path.suffix.lower() != ".gguf":
         raise EdgeError(f"output {out_path} should end in .gguf")
     mf_path = modelfile_path(out_path)
@@ -558,13 +559,13 @@ def next_step(gguf: str | Path) -> str:
     return f"edge chat {shlex.quote(str(gguf))} --prompt 'Hello'"
 
 
-def export_cmd(*, model: str, out: str, outtype: str = "f32", force: bool = False, json: bool = False):
+def export_cmd(*, model: str, out: str, outtype: str = "fp32", force: bool = False, json: bool = False):
     """Export a Hugging Face Gemma 3 text model to GGUF (F32, F16, BF16 or Q8_0), with an Ollama Modelfile.
 
     Args:
         model: the model directory (config.json + safetensors + tokenizer), or 'embedded'.
         out: the .gguf file to write (a Modelfile is written beside it).
-        outtype: f32, f16, bf16 or q8_0 (norms stay f32).
+        outtype: fp32, fp16, bf16 or q8_0 (norms stay fp32; f32 and f16 are accepted too).
         force: overwrite an existing output file.
         json: print the result as JSON.
     """
@@ -574,7 +575,7 @@ def export_cmd(*, model: str, out: str, outtype: str = "f32", force: bool = Fals
     result = export_gguf(model_dir, out, outtype=outtype, force=force, progress=not json)
     if json:
         return asdict(result)
-    print(f"wrote {result.path} ({result.outtype.upper()}, {result.size_bytes / 1e6:.1f} MB, "
+    print(f"wrote {result.path} ({result.outtype}, {result.size_bytes / 1e6:.1f} MB, "
           f"{result.n_params / 1e6:.1f}M parameters, {result.bits_per_weight} bits/weight) in {result.seconds} s")
     print(f"tokenizer from {result.tokenizer_source}; chat template from {result.chat_template_source}")
     if result.f16_fallback:

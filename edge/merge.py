@@ -23,7 +23,6 @@ from edge import gemma3
 from edge.errors import EdgeError
 from edge.fsutil import atomic_dir, check_not_input, check_writable
 
-DTYPES = ("bf16", "fp16", "fp32")
 MERGE_META = "edge_merge.json"
 
 
@@ -56,12 +55,12 @@ def merge(adapter: str | Path, out: str | Path, dtype: str = "fp32", model: str 
           say=print) -> MergeResult:
     """Merge `adapter` into its base (or `model`, which must be the same weights); save to `out`."""
     from edge.finetune import base_identity, check_same_base, read_meta
-    from edge.models import _torch_dtype, load
+    from edge.models import load
+    from edge.precision import dtype_name, torch_dtype
 
     t0 = time.time()
     adapter, out = Path(adapter), Path(out)
-    if dtype not in DTYPES:
-        raise EdgeError(f"--dtype {dtype!r} is not supported; use one of {', '.join(DTYPES)}")
+    dtype = dtype_name(dtype, "--dtype")
     if not adapter.is_dir():
         raise EdgeError(f"adapter {adapter} is not a folder; give the --out folder of `edge finetune`")
     if not (adapter / "adapter_model.safetensors").is_file():
@@ -90,7 +89,7 @@ def merge(adapter: str | Path, out: str | Path, dtype: str = "fp32", model: str 
         raise EdgeError(f"merged weights are not finite in {len(bad)} tensors (first: {bad[0]}); "
                         "the adapter is damaged (a diverged run?); merge an earlier checkpoint")
     max_abs = max(float(p.abs().max()) for p in merged.parameters())
-    merged = merged.to(_torch_dtype(dtype))
+    merged = merged.to(torch_dtype(dtype))
     bad = _non_finite(merged)
     if bad:
         raise EdgeError(f"casting to {dtype} overflows in {len(bad)} tensors (first: {bad[0]}, max |w| {max_abs:.4g}); "

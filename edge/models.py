@@ -56,18 +56,6 @@ def embedded_dir() -> Path:
     return cache_dir() / "models" / EMBEDDED_DIR_NAME
 
 
-def _torch_dtype(dtype):
-    import torch
-
-    if isinstance(dtype, torch.dtype):
-        return dtype
-    names = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16,
-             "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16}
-    if dtype not in names:
-        raise EdgeError(f"unknown dtype {dtype!r}; use fp32, bf16 or fp16")
-    return names[dtype]
-
-
 def ensure_embedded(verbose: bool = False) -> Path:
     """Convert the embedded GGUF into a HF checkpoint once; return its directory.
 
@@ -228,9 +216,11 @@ def load(spec: str = EMBEDDED, dtype="fp32", device: str = "cpu", verbose: bool 
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     path = resolve(spec, verbose)
-    torch_dtype = _torch_dtype(dtype)
+    from edge.precision import torch_dtype
+
+    wanted = torch_dtype(dtype)
     try:
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype)
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=wanted)
         tok = AutoTokenizer.from_pretrained(path)
     except Exception as e:  # a damaged checkpoint: broken safetensors header, config values, tokenizer
         if not isinstance(e, (OSError, ValueError, TypeError, KeyError, AttributeError)) \

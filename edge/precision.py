@@ -31,7 +31,33 @@ from dataclasses import dataclass
 from edge.errors import EdgeError
 from edge.gemma3 import FP16_MAX
 
-NAMES = ("auto", "bf16", "fp16", "fp32")
+# One vocabulary of float type names for every flag that takes one: `--precision` (finetune,
+# precision), `merge --dtype` and `export --outtype`. Canonical names first; the aliases are the
+# other spellings in use (torch's names, llama.cpp's `--outtype f32`), accepted everywhere.
+DTYPES = ("bf16", "fp16", "fp32")
+NAMES = ("auto", *DTYPES)  # --precision: a dtype, or `auto` (the policy below picks one)
+ALIASES = {"float32": "fp32", "f32": "fp32", "float": "fp32",
+           "float16": "fp16", "f16": "fp16", "half": "fp16",
+           "bfloat16": "bf16"}
+
+
+def dtype_name(name, flag: str = "--dtype", allowed: tuple[str, ...] = DTYPES) -> str:
+    """The canonical name for `name` (any case, any alias), or one EdgeError naming `flag` and
+    the names it takes."""
+    key = str(name).strip().lower()
+    key = ALIASES.get(key, key)
+    if key not in allowed:
+        raise EdgeError(f"unknown {flag} {name!r}; use one of {', '.join(allowed)}")
+    return key
+
+
+def torch_dtype(name):
+    """The torch dtype for a name of the vocabulary (a torch.dtype passes through)."""
+    import torch
+
+    if isinstance(name, torch.dtype):
+        return name
+    return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[dtype_name(name)]
 
 
 @dataclass(frozen=True)
@@ -49,12 +75,6 @@ class Precision:
     dtype: object  # torch.dtype (kept untyped so importing this module stays light)
     fp16_fixes: bool
     reason: str
-
-
-def _dtype(name: str):
-    import torch
-
-    return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[name]
 
 
 def _device_type(device) -> str:
@@ -78,17 +98,14 @@ def resolve(precision: str = "auto", device=None) -> Precision:
     fixes on an fp16-only GPU (T4, V100, RTX 20xx); on the CPU, bf16 if it was measured
     faster than fp32 on this CPU, else fp32 (see `cpu_choice`).
     """
-    name = (precision or "auto").strip().lower()
-    name = {"float32": "fp32", "float16": "fp16", "half": "fp16", "bfloat16": "bf16"}.get(name, name)
-    if name not in NAMES:
-        raise EdgeError(f"unknown precision {precision!r}; use one of {', '.join(NAMES)}")
+    name = dtype_name(precision or "auto", "--precision", NAMES)
     dev = _device_type(device)
     if name == "fp16":
-        return Precision("fp16", _dtype("fp16"), True,
+        return Precision("fp16", torch_dtype("fp16"), True,
                          "forced --precision fp16: float16 weights with the Gemma 3 fp16 fixes "
                          "(fp32 residual stream, fp32 norms/softmax, fp16 matmuls)")
     if name in ("bf16", "fp32"):
-        return Precision(name, _dtype(name), False, f"forced --precision {name}")
+        return Precision(name, torch_dtype(name), False, f"forced --precision {name}")
     # auto
     if dev == "cuda":
         import torch
@@ -98,15 +115,15 @@ def resolve(precision: str = "auto", device=None) -> Precision:
         major, minor = torch.cuda.get_device_capability(idx)
         gpu = torch.cuda.get_device_name(idx)
         if major >= 8:
-            return Precision("bf16", _dtype("bf16"), False,
+            return Precision("bf16", torch_dtype("bf16"), False,
                              f"auto: {gpu} (compute {major}.{minor}) has bfloat16")
-        return Precision("fp16", _dtype("fp16"), True,
+        return Precision("fp16", torch_dtype("fp16"), True,
                          f"auto: {gpu} (compute {major}.{minor} < 8.0) has no bfloat16; "
                          "float16 with the Gemma 3 fp16 fixes")
     if dev == "cpu":
         c = cpu_choice()
-        return Precision(c["choice"], _dtype(c["choice"]), False, "auto: " + c["reason"])
-    return Precision("fp32", _dtype("fp32"), False, f"auto: fp32 on device type {dev!r} (no measured policy)")
+        return Precision(c["choice"], torch_dtype(c["choice"]), False, "auto: " + c["reason"])
+    return Precision("fp32", torch_dtype("fp32"), False, f"auto: fp32 on device type {dev!r} (no measured policy)")
 
 
 # --- CPU: bf16 or fp32 -------------------------------------------------------------------------
@@ -177,8 +194,8 @@ def cpu_choice(remeasure: bool = False) -> dict:
                 return data
         except (OSError, ValueError):
             pass
-    t32 = _time_step(_dtype("fp32"))
-    t16 = _time_step(_dtype("bf16"))
+    t32 = _time_step(torch_dtype("fp32"))
+    t16 = _time_step(torch_dtype("bf16"))
     faster = t16 < t32 * 0.9  # a clear margin: the CPU is shared and timings are noisy
     choice = "bf16" if faster else "fp32"
     reason = (f"CPU {key['cpu']!r}: bf16 step {t16 * 1e3:.1f} ms vs fp32 {t32 * 1e3:.1f} ms "

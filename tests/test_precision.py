@@ -73,8 +73,25 @@ def test_forced_names_and_unknown_name():
     assert (p.name, p.dtype, p.fp16_fixes) == ("fp16", torch.float16, True) and "fixes" in p.reason
     assert resolve("bf16", "cpu").dtype == torch.bfloat16 and not resolve("bf16").fp16_fixes
     assert resolve("FP32", "cpu").dtype == torch.float32
-    with pytest.raises(EdgeError, match="unknown precision 'int8'.*auto, bf16, fp16, fp32"):
+    with pytest.raises(EdgeError, match="unknown --precision 'int8'; use one of auto, bf16, fp16, fp32"):
         resolve("int8")
+
+
+@pytest.mark.parametrize("spelling,name", [("fp32", "fp32"), ("F32", "fp32"), ("float32", "fp32"),
+                                           ("fp16", "fp16"), ("f16", "fp16"), ("half", "fp16"),
+                                           ("BF16", "bf16"), ("bfloat16", "bf16")])
+def test_one_dtype_vocabulary_for_every_flag(spelling, name, tmp_path):
+    """--precision, merge --dtype and export --outtype take the same names (old spellings too),
+    and one map gives the torch dtype."""
+    from edge.export import OUTTYPES
+    from edge.precision import ALIASES, DTYPES, dtype_name, torch_dtype
+
+    assert dtype_name(spelling) == name and resolve(spelling, "cpu").name == name
+    assert dtype_name(spelling, "--outtype", OUTTYPES) == name
+    assert torch_dtype(spelling) == {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[name]
+    assert set(ALIASES.values()) <= set(DTYPES) and set(DTYPES) <= set(OUTTYPES)
+    with pytest.raises(EdgeError, match="unknown --dtype 'fp8'; use one of bf16, fp16, fp32"):
+        dtype_name("fp8")
 
 
 @pytest.mark.parametrize("cap,name,fixes", [((7, 5), "fp16", True), ((7, 0), "fp16", True),
