@@ -71,7 +71,7 @@ def main() -> None:
                     assert r.returncode == 0, r.stdout + r.stderr
                     t = time.monotonic()      # our transport alone: adb shell stdin, no checksums
                     device.shell(serial, ["mkdir", "-p", d], check=True)
-                    device._stream(serial, src, f"{d}/stream.gguf", 0, size, lambda p: None, None)
+                    device.stream_append(serial, src, f"{d}/stream.gguf", 0, size, lambda p: None, None)
                     t_stream.append(time.monotonic() - t)
                     t = time.monotonic()
                     device.upload(serial, src, f"{d}/ours.gguf")

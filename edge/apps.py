@@ -147,7 +147,7 @@ def media_scan(serial: str, path: str) -> str:
     r = device.shell(serial, ["am", "broadcast", "-a", "android.intent.action.MEDIA_SCANNER_SCAN_FILE",
                               "-d", uri])
     if r.rc != 0 or "Broadcast completed" not in r.out:
-        return f"media scan did not complete ({device._first_line(r.out)}); the file picker may need a moment"
+        return f"media scan did not complete ({device.error_line(r.out)}); the file picker may need a moment"
     return ""
 
 
@@ -159,7 +159,7 @@ def phone_checksum(serial: str, path: str, access: str = "", package: str = "") 
     out = device.shell(serial, line, timeout=600).out
     h = out.split()[0] if out.split() else ""
     if len(h) != device.HASH_HEX:
-        raise EdgeError(f"{tool} of {path} on the phone failed: {device._first_line(out)}")
+        raise EdgeError(f"{tool} of {path} on the phone failed: {device.error_line(out)}")
     return h
 
 

@@ -45,7 +45,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from edge import gemma3
-from edge.errors import EdgeError, printable
+from edge.errors import EdgeError, NotAModel, printable
 
 DEFAULT_DEVICES = ("galaxy_a12", "pixel_7", "galaxy_s24_ultra")   # a budget, a mid and a flagship phone
 
@@ -268,11 +268,11 @@ def read_models(paths) -> tuple[list[ModelInfo], list[str]]:
     for p in paths:
         try:
             infos.append(read_gguf(p))
+        except NotAModel as e:
+            skipped.append(f"{Path(p).name}: not a language model "
+                           f"({'an importance matrix' if e.gguf_type == 'imatrix' else 'no model tensors'})")
         except EdgeError as e:
-            reason = str(e)
-            if "is not a language model GGUF" in reason:
-                reason = f"{Path(p).name}: not a language model ({'an importance matrix' if 'imatrix' in reason else 'no model tensors'})"
-            skipped.append(reason)
+            skipped.append(str(e))
     return infos, skipped
 
 
@@ -283,8 +283,9 @@ def _model_info(path: Path, kv: dict, tensors: list) -> ModelInfo:
     a = lambda k, d=None: kv.get(f"{arch}.{k}", d)   # noqa: E731
     names = {t.name for t in tensors}
     if gtype != "model" or arch in ("clip", "") or a("block_count") is None or "token_embd.weight" not in names:
-        raise EdgeError(f"{path} is not a language model GGUF (architecture {printable(arch, 40) or '?'!r}, type "
-                        f"{printable(gtype, 40)!r}); give the model file, not a projector/adapter/vocab file")
+        raise NotAModel(f"{path} is not a language model GGUF (architecture {printable(arch, 40) or '?'!r}, type "
+                        f"{printable(gtype, 40)!r}); give the model file, not a projector/adapter/vocab file",
+                        gtype if isinstance(gtype, str) else "")
     for key in ("embedding_length", "attention.head_count"):
         if not a(key):
             raise EdgeError(f"{path} has no {arch}.{key} in its metadata; it is not a complete llama.cpp "

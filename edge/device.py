@@ -210,15 +210,16 @@ def shell(serial: str, command: str | Sequence[str], *, timeout: float = SHELL_T
     text = r.stdout.decode(errors="replace")
     out, mark, rc = text.rpartition(RC_MARK)
     if not mark or not rc.strip().isdigit():
-        raise EdgeError(f"device {serial} did not answer ({_first_line(text) or 'no output'}); "
+        raise EdgeError(f"device {serial} did not answer ({error_line(text) or 'no output'}); "
                         f"check `edge devices`")
     res = ShellResult(int(rc.strip()), out)
     if check and res.rc != 0:
-        raise EdgeError(f"on the phone, `{line[:120]}` failed (exit {res.rc}): {_first_line(out)}")
+        raise EdgeError(f"on the phone, `{line[:120]}` failed (exit {res.rc}): {error_line(out)}")
     return res
 
 
-def _first_line(text: str) -> str:
+def error_line(text: str) -> str:
+    """What a phone's output says went wrong: its last non-empty line (stripped)."""
     lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
     return lines[-1] if lines else ""
 
@@ -345,12 +346,12 @@ def upload(serial: str, local: Path, remote: str, *, progress: Callable[[Progres
                          f"echo abc | head -c 2; echo; stat -c %s {q(tmp)} 2>/dev/null")
     lines = prep.out.splitlines()
     if "mkdir-failed" in prep.out:
-        raise EdgeError(f"cannot create {posixpath.dirname(remote)} on the phone: {_first_line(prep.out)}")
+        raise EdgeError(f"cannot create {posixpath.dirname(remote)} on the phone: {error_line(prep.out)}")
     writer = "head"          # `head -c N >> tmp` stops after exactly the bytes we send
     if not lines or lines[0] != "ab":
         # no `head -c` (older toybox): `cat` works where shell protocol v2 carries end-of-stdin
         if "shell_v2" not in adb("features", serial=serial, timeout=15).stdout.decode(errors="replace"):
-            raise EdgeError(f"the phone's shell has no `head -c` (said {_first_line(prep.out)!r}) and its "
+            raise EdgeError(f"the phone's shell has no `head -c` (said {error_line(prep.out)!r}) and its "
                             f"adb has no shell protocol v2; this Android version is too old for edge push")
         writer = "cat"
     have = int(lines[1]) if len(lines) > 1 and lines[1].strip().isdigit() else 0
@@ -374,7 +375,7 @@ def upload(serial: str, local: Path, remote: str, *, progress: Callable[[Progres
             if have:
                 stats.resumed_at.append(have)
             try:
-                got, tail_hash = _stream(serial, local, tmp, have, size, report, cancel, writer, tail=segs[-1])
+                got, tail_hash = stream_append(serial, local, tmp, have, size, report, cancel, writer, tail=segs[-1])
             except _LinkDropped as e:
                 stats.retries += 1
                 if stats.retries > retries:
@@ -430,7 +431,7 @@ class _LinkDropped(Exception):
     pass
 
 
-def _stream(serial, local, tmp, offset, size, report, cancel, writer: str = "head",
+def stream_append(serial, local, tmp, offset, size, report, cancel, writer: str = "head",
             tail: tuple[int, int] | None = None) -> tuple[int | None, str | None]:
     """Append local[offset:] to tmp through `adb shell` stdin: `head -c N >> tmp`, or
     `cat >> tmp` (ends when shell protocol v2 closes the phone's stdin). The same command
@@ -471,8 +472,8 @@ def _stream(serial, local, tmp, offset, size, report, cancel, writer: str = "hea
         got, hashes = _size_and_hashes(after)
         return got, (hashes[0] if hashes else None)
     if mark and rc.strip().isdigit():   # the phone answered: a real error (storage full, permission)
-        raise EdgeError(f"writing {tmp} on the phone failed: {_first_line(before) or 'exit ' + rc.strip()}")
-    raise _LinkDropped(_first_line(text) or str(err) or "adb exited")
+        raise EdgeError(f"writing {tmp} on the phone failed: {error_line(before) or 'exit ' + rc.strip()}")
+    raise _LinkDropped(error_line(text) or str(err) or "adb exited")
 
 
 def _stable_size(serial: str, tmp: str) -> int:
@@ -563,7 +564,7 @@ class _Verifier(threading.Thread):
             r = shell(self.serial, line, timeout=120)
             have, hashes = _size_and_hashes(r.out)
             if have is None or len(hashes) != len(ask):
-                raise EdgeError(f"cannot hash {self.tmp} on the phone: {_first_line(r.out) or 'no answer'}")
+                raise EdgeError(f"cannot hash {self.tmp} on the phone: {error_line(r.out) or 'no answer'}")
             remote = {**known, **dict(zip(ask, hashes))}
             for k in range(first, last):
                 if self.segs[k][1] > have:

@@ -18,6 +18,15 @@ class EdgeError(Exception):
     exit_code = 2
 
 
+class NotAModel(EdgeError):
+    """A readable GGUF that is not a language model (an importance matrix, a projector, a
+    vocabulary): callers that list a folder's models skip it by this type, not by its text."""
+
+    def __init__(self, message: str, gguf_type: str = ""):
+        super().__init__(message)
+        self.gguf_type = gguf_type  # general.type: "imatrix", "adapter", ...
+
+
 # C0/C1 control characters (ESC starts terminal escape sequences), DEL, and the line/paragraph
 # separators some terminals treat as newlines. Lone surrogates come from undecodable file names.
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff]")

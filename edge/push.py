@@ -180,7 +180,7 @@ def push(file: str | Path, app: str, serial: str = "", *, dest: str = "", force:
                                  f"test -e {q(remote)} && echo edge-exists")
     res.storage = apps.storage_verdict(app, size, parse_df(probe.out))
     if res.storage["fits"] is None:
-        res.warnings.append(f"could not read free storage of {remote_dir}: {device._first_line(probe.out)}")
+        res.warnings.append(f"could not read free storage of {remote_dir}: {device.error_line(probe.out)}")
     elif not res.storage["fits"]:
         msg = (f"the phone has {apps.size_text(res.storage['free_bytes'])} free in {remote_dir}; {route.title} needs "
                f"{apps.size_text(res.storage['need_bytes'])} ({res.storage['detail']})")

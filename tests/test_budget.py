@@ -90,8 +90,11 @@ def test_not_a_language_model_is_an_error(tmp_path):
     w.add_type("mmproj")
     w.add_tensor("v.patch_embd.weight", np.zeros((4, 4), dtype=np.float32))
     w.write_header_to_file(); w.write_kv_data_to_file(); w.write_tensors_to_file(); w.close()
-    with pytest.raises(EdgeError, match="not a language model"):
+    from edge.errors import NotAModel
+
+    with pytest.raises(NotAModel, match="not a language model") as e:   # typed: a folder listing skips it by type
         read_gguf(p)
+    assert e.value.gguf_type == "mmproj"
     junk = tmp_path / "x.gguf"
     junk.write_bytes(b"PK\x03\x04" + b"\0" * 100)
     with pytest.raises(EdgeError, match="not a GGUF"):

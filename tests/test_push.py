@@ -197,21 +197,21 @@ def _resume(sim, gguf_file):
 
 def test_link_that_keeps_dropping_leaves_no_final_file(sim, gguf_file, monkeypatch):
     drops = {"n": 0}
-    original = device._stream
+    original = device.stream_append
 
     def flaky(*a, **kw):          # the phone drops the link on every attempt
         sim.phone.drop_after = sim.phone.pushed_bytes + 300_000
         drops["n"] += 1
         return original(*a, **kw)
 
-    monkeypatch.setattr(device, "_stream", flaky)
+    monkeypatch.setattr(device, "stream_append", flaky)
     with pytest.raises(EdgeError, match="dropped 3 times.*rerun"):
         push(gguf_file, "chatterui", sim.serial, segment_bytes=SEG, retries=2)
     assert drops["n"] == 3
     assert gguf_file.name not in sim.phone.files("/sdcard/Download")   # never a partial final file
     assert len(leftovers(sim)) == 1                                      # the resumable partial
     sim.phone.drop_after = None
-    monkeypatch.setattr(device, "_stream", original)
+    monkeypatch.setattr(device, "stream_append", original)
     before = sim.phone.pushed_bytes
     res = push(gguf_file, "chatterui", sim.serial, segment_bytes=SEG)    # a rerun resumes it
     assert res.resumed_at and sim.phone.pushed_bytes - before < gguf_file.stat().st_size

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from edge.budget import read_gguf
-from edge.errors import EdgeError, printable
+from edge.errors import EdgeError, NotAModel, printable
 
 REPORT = "report.json"
 REPORT_FIELDS = ("recipe", "bpw", "kld_mean", "kld_p99", "top1", "ppl", "tok_s", "task_accuracy")
@@ -84,10 +84,11 @@ def variants(run_dir: Path | None, folder: Path | None) -> tuple[str, list[Varia
     for f in files:   # a run also lists non-model GGUFs (the importance matrix): not variants
         try:
             read_gguf(f)
-        except Exception as e:
-            if isinstance(e, EdgeError) and "not a language model" in str(e):
-                skipped.append(f"{f.name} (not a model)")
-                continue            # else damaged or odd: listed, and the screens say what is wrong
+        except NotAModel:
+            skipped.append(f"{f.name} (not a model)")
+            continue
+        except Exception:  # damaged or odd: listed, and the screens say what is wrong
+            pass
         models.append(f)
     files, seen = [], set()
     for f in models:    # one file per name: the budget and the report know variants by file name
