@@ -76,7 +76,7 @@ def fidelity(spec: str, gguf_path: Path, n_tokens: int) -> dict:
     import numpy as np
     import torch
 
-    from edge.chat import load_llama
+    from edge.llamacpp import open_llama
     from edge.models import load
 
     if not _REF:
@@ -87,7 +87,7 @@ def fidelity(spec: str, gguf_path: Path, n_tokens: int) -> dict:
             _REF["ids"], _REF["logits"] = ids, model(torch.tensor([ids])).logits[0].double().numpy()
         del model
     ids, ref = _REF["ids"], _REF["logits"]
-    llm = load_llama(gguf_path, n_ctx=len(ids) + 8, logits_all=True)
+    llm = open_llama(gguf_path, n_ctx=len(ids) + 8, logits_all=True)
     llm.eval(ids)
     got = np.array(llm.scores[:len(ids)], dtype=np.float64)
     llm.close()

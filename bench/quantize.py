@@ -10,7 +10,7 @@ file on held-out text (llama-perplexity's KLD statistics, same top token, ppl, d
 edge/textdata/general_eval.txt for the base model, the demo task's held-out chats (or --text) for
 a fine-tune, and then the task's exact match for --task-recipes. Files that come out
 byte-identical with and without the imatrix (types that ignore it, like Q8_0) are scored once.
-Prints the table and the front check (quantize.cli.pareto_check: each XL variant against the
+Prints the table and the front check (quantize.report.pareto_check: each XL variant against the
 llama.cpp types' size/KLD front, same imatrix setting), and writes report.json / report.md /
 pareto.png into --out. Timings are wall-clock on a possibly shared CPU: compare only the ratios
 of one run (scoring vs quantizing).
@@ -52,13 +52,15 @@ def main() -> None:
     args = ap.parse_args()
 
     from edge.data import eval_text, load_chats
-    from edge.evaluate import evaluate, scored_label, task_accuracy, threads
+    from edge.evaluate import evaluate, scored_label, task_accuracy
+    from edge.llamacpp import threads
     from edge.llamacpp import Model
     from edge.export import export_gguf
     from edge.fsutil import sha256_file
     from edge.models import resolve
     from edge.task import EVAL
-    from quantize.cli import arm_repack, expand_recipes, quantize_variants, report_markdown, write_reports
+    from quantize.report import arm_repack, report_markdown, write_reports
+    from quantize.variants import expand_recipes, quantize_variants
     from quantize.imatrix import DEMO_TRAIN, build_imatrix, load_imatrix
 
     out = Path(args.out)

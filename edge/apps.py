@@ -206,8 +206,6 @@ def copy_private(serial: str, access: str, package: str, staged: str, folder: st
 def card_for(local: Path, repo: str) -> str:
     """The model card to publish beside `local`: its run's README.md (`edge run` writes one), else
     one for the file alone, with the quality row of its run's report if there is one."""
-    import json
-
     from edge.card import CardFacts, render_card
     from edge.ggufinfo import read_gguf
     from edge.runfolder import run_of
@@ -217,8 +215,9 @@ def card_for(local: Path, repo: str) -> str:
         return run.card().read_text(encoding="utf-8")
     rows = []
     if run is not None and run.report() is not None:
-        rows = [r for r in json.loads(run.report().read_text()).get("variants", [])
-                if Path(str(r.get("path", ""))).name == local.name]
+        from quantize.report import rows_by_file
+
+        rows = [r for stem, r in rows_by_file(run.report()).items() if stem == local.stem]
     meta = read_gguf(local).metadata
     row = rows[0] if rows else {"name": local.name, "size_bytes": local.stat().st_size}
     return render_card(CardFacts(title=local.stem, base_model=str(meta.get("general.base_model.0.name", "")),

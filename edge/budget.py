@@ -218,7 +218,9 @@ class ModelInfo:
 
     @property
     def bits_per_weight(self) -> float:
-        return 8 * self.tensor_bytes / max(self.params, 1)
+        from edge.ggufinfo import bits_per_weight
+
+        return bits_per_weight(self.tensor_bytes, self.params) or 0.0
 
 
 def read_gguf(path: str | Path) -> ModelInfo:
@@ -806,28 +808,6 @@ class Recommendation:
     candidates: list[dict] = field(default_factory=list)   # per variant: verdict, kld_mean, q4_0
 
 
-def _quality(report) -> dict[str, dict]:
-    """Per-variant quality rows from quantize's report.json (file stem -> row), tolerant of shape."""
-    if report is None:
-        return {}
-    if isinstance(report, (str, Path)):
-        try:
-            report = json.loads(Path(report).read_text())
-        except (OSError, json.JSONDecodeError) as e:
-            raise EdgeError(f"quality report {report}: cannot read it ({e}); pass the quantize report.json") from None
-    rows = report.get("variants", report) if isinstance(report, dict) else report
-    if isinstance(rows, dict):
-        rows = [dict(v, name=k) for k, v in rows.items() if isinstance(v, dict)]
-    out = {}
-    for r in rows if isinstance(rows, list) else []:
-        if not isinstance(r, dict):
-            continue
-        for key in ("path", "file", "gguf", "name", "variant", "recipe"):
-            if isinstance(r.get(key), str):
-                out[Path(r[key]).name.removesuffix(".gguf")] = r
-    return out
-
-
 def is_q4_0(info: ModelInfo) -> bool:
     """Mostly plain Q4_0 weights (llama.cpp file type 2, or Q4_0 the largest share of bytes)."""
     if info.file_type == 2:
@@ -843,7 +823,9 @@ def recommend(paths, device, *, report=None, ctx: int = 4096, close: float = 1.2
     llama.cpp repacks Q4_0 into its interleaved layout there and decodes it fastest.
     """
     infos = [p if isinstance(p, ModelInfo) else read_gguf(p) for p in paths]
-    quality = _quality(report)
+    from quantize.report import rows_by_file
+
+    quality = rows_by_file(report) if report is not None else {}
     dev = get_profile(device, kw.pop("profiles", None)) if isinstance(device, str) else device
     fast_q4 = bool(getattr(dev, "dotprod", False) or getattr(dev, "i8mm", False))
     cands = []

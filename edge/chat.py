@@ -11,14 +11,13 @@ recommended settings when absent); generation stops on `<end_of_turn>` and `<eos
 
 from __future__ import annotations
 
-import contextlib
-import os
 import sys
 import time
 from pathlib import Path
 
 from edge import gemma3
 from edge.errors import EdgeError
+from edge.llamacpp import open_llama
 
 
 MAX_N_CTX = 1 << 20  # far above Gemma 3's 32k (270M) / 128k contexts
@@ -30,42 +29,6 @@ def check_lengths(max_tokens: int, n_ctx: int) -> None:
         raise EdgeError(f"--max-tokens {max_tokens} must be at least 1")
     if not 16 <= n_ctx <= MAX_N_CTX:
         raise EdgeError(f"--n-ctx {n_ctx} must be between 16 and {MAX_N_CTX:,} tokens, e.g. 2048")
-
-
-def load_llama(path, n_ctx: int = 2048, n_threads: int = 0, logits_all: bool = False):
-    """Open a GGUF with llama-cpp-python after checking it is a complete GGUF."""
-    from edge.ggufinfo import read_gguf
-
-    read_gguf(path)  # a one-line error for non-GGUF / truncated files, before llama.cpp sees them
-    try:
-        from llama_cpp import Llama
-    except ImportError as e:
-        raise EdgeError("llama-cpp-python is missing; run the README's set-up (pip install llama-cpp-python)") from e
-    threads = n_threads or max(1, min(4, os.cpu_count() or 1))
-    with _quiet_stderr():
-        try:
-            return Llama(model_path=str(path), n_ctx=n_ctx, n_threads=threads, n_threads_batch=threads,
-                         logits_all=logits_all, verbose=False)
-        except ValueError as e:  # llama-cpp-python raises ValueError when llama.cpp refuses the file
-            raise EdgeError(f"llama.cpp cannot load {path} ({e}); re-export it") from None
-
-
-@contextlib.contextmanager
-def _quiet_stderr():
-    """llama.cpp logs model loading on fd 2 even with verbose=False; hide it."""
-    try:
-        fd = sys.stderr.fileno()
-    except (AttributeError, OSError, ValueError):
-        yield
-        return
-    saved = os.dup(fd)
-    with open(os.devnull, "w") as null:
-        os.dup2(null.fileno(), fd)
-        try:
-            yield
-        finally:
-            os.dup2(saved, fd)
-            os.close(saved)
 
 
 def sampling_settings(llm) -> dict:
@@ -102,7 +65,7 @@ def complete(path_or_llm, messages: list[dict], max_tokens: int = 256, greedy: b
              seed: int = -1, stream=None, n_ctx: int = 2048) -> dict:
     """One model reply to `messages`. `stream(text)` is called for each piece as it comes."""
     check_lengths(max_tokens, n_ctx)
-    llm = path_or_llm if hasattr(path_or_llm, "tokenize") else load_llama(path_or_llm, n_ctx=n_ctx)
+    llm = path_or_llm if hasattr(path_or_llm, "tokenize") else open_llama(path_or_llm, n_ctx=n_ctx)
     settings = sampling_settings(llm)
     if greedy:
         settings.update(temperature=0.0, top_k=1)
@@ -140,7 +103,7 @@ def chat_cmd(file: str, *, prompt: str = "", system: str = "", max_tokens: int =
         json: with --prompt, print the reply and timings as JSON instead of streaming.
     """
     check_lengths(max_tokens, n_ctx)
-    llm = load_llama(file, n_ctx=n_ctx)
+    llm = open_llama(file, n_ctx=n_ctx)
     messages: list[dict] = [{"role": "system", "content": system}] if system else []
 
     def out(piece: str) -> None:

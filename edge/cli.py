@@ -38,7 +38,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "inspect": ("edge.ggufinfo", "inspect_cmd"),
     "modelfile": ("edge.modelfile", "modelfile_cmd"),
     "chat": ("edge.chat", "chat_cmd"),
-    "quantize": ("quantize.cli", "quantize_cmd"),
+    "quantize": ("quantize.variants", "quantize_cmd"),
     "imatrix": ("quantize.imatrix", "imatrix_cmd"),
     "profiles": ("edge.budget", "profiles_cmd"),
     "budget": ("edge.budget", "budget_cmd"),

@@ -42,7 +42,7 @@ import numpy as np
 from edge import gemma3
 from edge.data import TEXTDATA
 from edge.errors import EdgeError
-from edge.llamacpp import Model, threads  # noqa: F401 - threads is part of this module's API
+from edge.llamacpp import Model
 
 GENERAL_EVAL = TEXTDATA / "general_eval.txt"
 FEW_TOKENS = 200          # below this, a mean KLD's standard error is a large part of it: say so
@@ -86,9 +86,7 @@ def gguf_stats(path: str | Path) -> tuple[int, float]:
     from edge.ggufinfo import read_gguf  # a struct walk: gguf-py's reader takes minutes on a 262k vocab
 
     info = read_gguf(path)
-    nbytes = sum(t.n_bytes for t in info.tensors)
-    nelem = sum(t.n_elements for t in info.tensors)
-    return info.size_bytes, 8.0 * nbytes / max(1, nelem)
+    return info.size_bytes, info.bits_per_weight or 0.0
 
 
 @dataclass

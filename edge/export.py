@@ -32,7 +32,7 @@ import numpy as np
 from edge import __version__, gemma3
 from edge.errors import EdgeError, printable
 from edge.fsutil import atomic_path, check_writable, child, read_json, write_text_atomic
-from edge.ggufinfo import gguf_py
+from edge.ggufinfo import bits_per_weight, gguf_py
 from edge.modelfile import modelfile_path, modelfile_text
 from edge.precision import DTYPES, dtype_name
 from edge.template import chat_template
@@ -518,7 +518,7 @@ def export_gguf(model_dir, out_path, outtype: str = "fp32", provenance: dict | N
     size = out_path.stat().st_size
     return ExportResult(
         path=str(out_path), modelfile=str(mf_path), outtype=key, size_bytes=size, n_tensors=len(planned),
-        n_params=n_params, bits_per_weight=round(total * 8 / n_params, 3), seconds=round(time.time() - t0, 2),
+        n_params=n_params, bits_per_weight=round(bits_per_weight(total, n_params), 3), seconds=round(time.time() - t0, 2),
         tokenizer_source=vocab.source, chat_template_source=template_src, f16_fallback=fallback)
 
 

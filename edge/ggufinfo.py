@@ -72,6 +72,24 @@ class GGUFInfo:
     size_bytes: int
     array_lengths: dict[str, int] = field(default_factory=dict)  # every array key -> its length
 
+    @property
+    def n_params(self) -> int:
+        return sum(t.n_elements for t in self.tensors)
+
+    @property
+    def tensor_bytes(self) -> int:
+        return sum(t.n_bytes for t in self.tensors)
+
+    @property
+    def bits_per_weight(self) -> float | None:
+        return bits_per_weight(self.tensor_bytes, self.n_params)
+
+
+def bits_per_weight(tensor_bytes: int, n_params: int) -> float | None:
+    """Bits per weight over all tensors (8 x tensor bytes / tensor elements), as every report,
+    `edge inspect`, the export result and the budget give it; None for a file without tensors."""
+    return 8.0 * tensor_bytes / n_params if n_params else None
+
 
 def read_gguf(path, full_arrays: bool = False, array_limit: int = 8) -> GGUFInfo:
     """Parse a GGUF header. A missing, non-GGUF, truncated or damaged file -> EdgeError."""
@@ -214,8 +232,7 @@ def inspect_gguf(path) -> dict:
         e["tensors"] += 1
         e["params"] += t.n_elements
         e["bytes"] += t.n_bytes
-    n_params = sum(t.n_elements for t in info.tensors)
-    tensor_bytes = sum(t.n_bytes for t in info.tensors)
+    n_params, tensor_bytes, bpw = info.n_params, info.tensor_bytes, info.bits_per_weight
     meta = info.metadata
     ft = meta.get("general.file_type")
     try:
@@ -231,7 +248,7 @@ def inspect_gguf(path) -> dict:
         "n_tensors": len(info.tensors),
         "n_params": n_params,
         "tensor_bytes": tensor_bytes,
-        "bits_per_weight": round(tensor_bytes * 8 / n_params, 3) if n_params else None,
+        "bits_per_weight": round(bpw, 3) if bpw is not None else None,
         "tensor_types": types,
         "arm_repack": _arm_repack(info),
         "metadata": meta,

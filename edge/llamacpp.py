@@ -1,13 +1,18 @@
-"""llama.cpp through llama-cpp-python's low-level C bindings (`llama_cpp.llama_*`), called
-deliberately, with no private attribute of the high-level `Llama` class (its `_ctx`, `_batch`
-change between releases).
+"""Opening a GGUF with llama.cpp: the one place in the tree that does (chat, scoring, the budget's RSS child).
 
-    from edge.llamacpp import Model
-    with Model("m-Q4_K_XL.gguf") as m, m.context(n_ctx=512, n_seq=4) as ctx:
+    from edge.llamacpp import open_llama, Model
+    llm = open_llama("m-XL6.1-Q8_0.gguf", n_ctx=2048)        # llama-cpp-python's `Llama`: sampling, chat
+    with Model("m-XL6.1-Q8_0.gguf") as m, m.context(n_ctx=512, n_seq=4) as ctx:   # logits, for scoring
         ids = m.tokenize(b"Hello", add_bos=True)
         logits = ctx.decode([(0, ids, [len(ids) - 1])])   # (rows, n_vocab), in the order asked
 
-- `Model`: the weights and vocabulary (`llama_model_load_from_file`), tokenize/detokenize.
+Both check the file with the GGUF header reader first (a one-line error for a truncated or
+non-GGUF file, before llama.cpp sees it) and use `threads()` unless told otherwise.
+
+- `open_llama`: the high-level `Llama` (generation with sampling, `create_completion`), with
+  llama.cpp's loading log hidden; keyword arguments go to `Llama` as they are.
+- `Model`: llama.cpp's low-level C bindings (`llama_cpp.llama_*`), called deliberately, with no
+  private attribute of `Llama` (its `_ctx`, `_batch` change between releases): the weights and vocabulary (`llama_model_load_from_file`), tokenize/detokenize.
 - `Context`: one `llama_context` with a `llama_batch`; `decode` takes several sequences at
   once (each its own `seq_id`, positions from 0 or from where it stopped) and returns the
   logits of the positions asked for, only those going through the output head.
@@ -22,6 +27,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import sys
 import threading
 from contextlib import contextmanager
 from pathlib import Path
@@ -79,14 +85,56 @@ def captured_log():
             L.llama_log_set(prev_cb, prev_ud)
 
 
+def check_gguf(path: str | Path) -> Path:
+    """`path`, after the GGUF header reader accepted it (not found, truncated, not a GGUF, a
+    version llama.cpp cannot read: one EdgeError naming the file)."""
+    from edge.ggufinfo import read_gguf
+
+    read_gguf(path)
+    return Path(path)
+
+
+@contextmanager
+def quiet_stderr():
+    """llama.cpp logs model loading on fd 2 even with verbose=False; hide it inside the block."""
+    try:
+        fd = sys.stderr.fileno()
+    except (AttributeError, OSError, ValueError):
+        yield
+        return
+    saved = os.dup(fd)
+    with open(os.devnull, "w") as null:
+        os.dup2(null.fileno(), fd)
+        try:
+            yield
+        finally:
+            os.dup2(saved, fd)
+            os.close(saved)
+
+
+def open_llama(path: str | Path, n_ctx: int = 2048, n_threads: int = 0, **kw):
+    """llama-cpp-python's `Llama` for a checked GGUF (generation with sampling: `edge chat`, the
+    budget's RSS measurement). `n_threads` 0: `threads()`; `kw` (logits_all, n_batch, type_k, ...)
+    go to `Llama` as they are."""
+    path = check_gguf(path)
+    lib()   # a clear error when llama-cpp-python is missing
+    from llama_cpp import Llama
+
+    n = n_threads or threads()
+    with quiet_stderr():
+        try:
+            return Llama(model_path=str(path), n_ctx=n_ctx, n_threads=n, n_threads_batch=n,
+                         **{"verbose": False, **kw})
+        except ValueError as e:  # llama-cpp-python raises ValueError when llama.cpp refuses the file
+            raise EdgeError(f"llama.cpp cannot load {path} ({e}); re-export it") from None
+
+
 class Model:
-    """A GGUF's weights and vocabulary, loaded on the CPU (mmap)."""
+    """A GGUF's weights and vocabulary, loaded on the CPU (mmap), for its logits."""
 
     def __init__(self, path: str | Path, vocab_only: bool = False):
         L = lib()
-        self.path = Path(path)
-        if not self.path.is_file():
-            raise EdgeError(f"GGUF {self.path} not found")
+        self.path = check_gguf(path)
         params = L.llama_model_default_params()
         params.vocab_only = bool(vocab_only)
         with captured_log() as log:

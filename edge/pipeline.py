@@ -6,7 +6,7 @@
 
 This module is the one place that knows the order of the stages. Each stage is a small
 function in edge/stages.py that calls the library (edge.finetune.train, edge.merge.merge,
-edge.export.export_gguf, quantize.imatrix.build_imatrix, quantize.cli.quantize_variants /
+edge.export.export_gguf, quantize.imatrix.build_imatrix, quantize.variants.quantize_variants /
 score_variants, edge.budget, edge.card, edge.push, edge.publish) and returns what to record; no
 stage module imports this one.
 
@@ -95,7 +95,7 @@ def _check_inputs(s: RunSettings) -> None:
     for d in s.devices:
         get_profile(d)
     if s.recipes:
-        from quantize.cli import expand_recipes
+        from quantize.variants import expand_recipes
 
         expand_recipes(list(s.recipes))
     if s.gpus:    # N GPUs must be there now (and this process must not be one of several already)

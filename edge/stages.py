@@ -355,7 +355,7 @@ def recipe_names(s: RunSettings) -> list[str]:
 
 
 def stage_quantize(c: Ctx) -> Outcome:
-    from quantize.cli import expand_recipes, quantize_variants
+    from quantize.variants import expand_recipes, quantize_variants
     from quantize.imatrix import load_imatrix
 
     ref = c.run.reference()
@@ -377,7 +377,7 @@ def stage_quantize(c: Ctx) -> Outcome:
 
 def stage_evaluate(c: Ctx) -> Outcome:
     from edge.data import ChatText
-    from quantize.cli import demo_table, score_variants
+    from quantize.report import demo_table, score_variants
 
     made = [{**m, "path": str(c.run.path("gguf", m["path"]))} for m in c.run.entry("quantize")["summary"]["made"]]
     chats = _eval_chats(c)
@@ -428,9 +428,10 @@ def card_facts(c: Ctx) -> "CardFacts":
     import json
 
     from edge.card import CardFacts
+    from quantize.report import read_report
 
     data, ft = c.run.entry("data")["summary"], c.run.entry("fine-tune")
-    report = json.loads(c.run.report().read_text()) if c.run.report() else {}
+    report = read_report(c.run.report()) if c.run.report() else {}
     budget = json.loads(c.run.budget().read_text()) if c.run.budget() else {}
     rows = [dict(r, path=Path(str(r.get("path", ""))).name) for r in report.get("variants", [])]
     settings = {"steps": ft.get("summary", {}).get("steps"), "epochs": ft.get("summary", {}).get("epochs"),

@@ -33,14 +33,7 @@ import numpy as np
 
 from edge.errors import EdgeError
 from edge.fsutil import atomic_path
-from edge.llamacpp import captured_log
-
-
-
-def _llama():
-    from edge.llamacpp import lib
-
-    return lib()
+from edge.llamacpp import captured_log, lib
 
 
 @dataclass
@@ -55,7 +48,7 @@ class QuantizeResult:
 
 
 def _override_array(overrides):
-    llama_cpp = _llama()
+    llama_cpp = lib()
     arr = (llama_cpp.llama_model_tensor_override * (len(overrides) + 1))()
     keep = []
     for i, (pattern, qtype) in enumerate(overrides):
@@ -69,7 +62,7 @@ def _override_array(overrides):
 
 
 def _imatrix_array(imatrix: dict[str, np.ndarray]):
-    llama_cpp = _llama()
+    llama_cpp = lib()
     arr = (llama_cpp.llama_model_imatrix_data * (len(imatrix) + 1))()
     keep = []
     for i, (name, values) in enumerate(sorted(imatrix.items())):
@@ -92,7 +85,7 @@ def quantize_file(src: str | Path, dst: str | Path, *, ftype: int, overrides=(),
 
     Raises EdgeError when llama.cpp refuses (the last log line says why).
     """
-    llama_cpp = _llama()
+    llama_cpp = lib()
     src, dst = Path(src), Path(dst)
     if not src.is_file():
         raise EdgeError(f"GGUF {src} not found; give the reference GGUF from `edge export`")

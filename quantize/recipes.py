@@ -42,7 +42,6 @@ every generated token, so its type sets both the file size and the decode speed.
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -53,7 +52,10 @@ from edge.errors import EdgeError
 
 # Types llama.cpp falls back to when a tensor's row length is not a multiple of the type's
 # 256-block (llama.cpp src/llama-quant.cpp `tensor_type_fallback`, as vendored by
-# llama-cpp-python 0.3.36: llama.cpp 0c1e570). Standard recipes resolve through it, by shape.
+# llama-cpp-python 0.3.36: llama.cpp 0c1e570). Only the standard recipes resolve through it, by
+# shape, to predict llama.cpp's own choice (checked against the types llama.cpp writes on the
+# 270M's and the 1B's widths: tests/test_quantize.py::test_every_recipe_resolves_to_the_intended_types);
+# our recipes never use it: a row that asks a type its tensor cannot hold names its own `alt`.
 FALLBACK = {T.IQ1_S: T.IQ4_NL, T.IQ1_M: T.IQ4_NL, T.IQ2_XXS: T.IQ4_NL, T.IQ2_XS: T.IQ4_NL, T.IQ2_S: T.IQ4_NL,
             T.IQ3_XXS: T.IQ4_NL, T.IQ3_S: T.IQ4_NL, T.IQ4_XS: T.IQ4_NL,
             T.Q2_K: T.Q4_0, T.Q3_K: T.Q4_0, T.Q4_K: T.Q5_0, T.Q5_K: T.Q5_1, T.Q6_K: T.Q8_0}

@@ -134,7 +134,7 @@ def _row(name, family, size, kld, imatrix=False):
 def test_front_check_judges_each_xl_variant_against_the_standard_front():
     """An XL variant passes when no standard type is no larger and no worse, and its KLD lies at
     or below the front: log-KLD linear in size between neighbouring non-dominated standard types."""
-    from quantize.cli import pareto_check
+    from quantize.report import pareto_check
 
     std = [_row("Q4_0", "llama.cpp", 240, 0.2), _row("IQ4_NL", "llama.cpp", 245, 0.3),   # IQ4_NL: off the front
            _row("Q4_K_M", "llama.cpp", 250, 0.02), _row("Q8_0", "llama.cpp", 300, 0.001)]
@@ -175,7 +175,7 @@ def test_compare_gives_llama_perplexity_statistics():
 
 
 def test_reports_written(tmp_path):
-    from quantize.cli import write_reports
+    from quantize.report import write_reports
 
     rows = [_row("Q8_0", "llama.cpp", 300_000_000, 0.001), _row("Q4_K_XL", "dynamic", 250_000_000, 0.01),
             _row("Q4_K_XL+im", "dynamic", 250_000_000, 0.008, imatrix=True)]

@@ -95,9 +95,9 @@ def compare_logits(ref: np.ndarray, got: np.ndarray) -> tuple[float, float]:
 
 
 def llama_logits(path, ids: list[int]) -> np.ndarray:
-    from edge.chat import load_llama
+    from edge.llamacpp import open_llama
 
-    llm = load_llama(path, n_ctx=max(64, len(ids) + 8), logits_all=True)
+    llm = open_llama(path, n_ctx=max(64, len(ids) + 8), logits_all=True)
     llm.eval(ids)
     out = np.array(llm.scores[:len(ids)], dtype=np.float32)
     llm.close()
@@ -575,9 +575,9 @@ def test_cli_export_refuses_existing_output(tiny_dir, tmp_path, capsys):
 
 def test_llama_cpp_python_chat_completion_sends_one_bos(tiny_gguf):
     """End to end through llama-cpp-python's own chat path (the GGUF's template)."""
-    from edge.chat import load_llama
+    from edge.llamacpp import open_llama
 
-    llm = load_llama(tiny_gguf, n_ctx=128)
+    llm = open_llama(tiny_gguf, n_ctx=128)
     assert llm.chat_format == "chat_template.default"  # our embedded template, not a guessed one
     sent = {}
     create = llm.create_completion

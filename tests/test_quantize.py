@@ -94,7 +94,7 @@ def test_every_recipe_resolves_to_the_intended_types(shaped, tmp_path):
     """Our XL tables are applied exactly; llama.cpp's standard types give what `expect` says
     after its row-width fallbacks on 640/1152-wide rows; `general.file_type` of an XL file says
     what the file mostly is. IQ2_M needs an imatrix, so every recipe is made with one here."""
-    from quantize.cli import quantize_variants, read_tensors
+    from quantize.variants import quantize_variants, read_tensors
     from quantize.imatrix import Imatrix
 
     label, src = shaped
@@ -156,7 +156,7 @@ def test_xl_names_give_the_body_bits_per_weight_and_the_head_type(small):
 
 
 def test_sizes_follow_the_plan(small, tmp_path):
-    from quantize.cli import quantize_variants, read_tensors
+    from quantize.variants import quantize_variants, read_tensors
 
     _, src = small
     tensors, _ = read_tensors(src)
@@ -175,7 +175,7 @@ def test_layer_sets_match_llama_cpp_rule():
 
 
 def test_recipe_naming_unknown_tensor_is_a_clear_error(small, tmp_path):
-    from quantize.cli import quantize_cmd
+    from quantize.variants import quantize_cmd
 
     _, src = small
     bad = tmp_path / "bad.json"
@@ -193,7 +193,7 @@ def test_recipe_naming_unknown_tensor_is_a_clear_error(small, tmp_path):
 
 
 def test_custom_recipe_file_is_applied(small, tmp_path):
-    from quantize.cli import quantize_cmd
+    from quantize.variants import quantize_cmd
 
     _, src = small
     f = tmp_path / "mine.json"
@@ -251,7 +251,7 @@ def test_imatrix_matches_direct_computation():
 
 
 def test_imatrix_file_roundtrip_and_use(small, tmp_path):
-    from quantize.cli import quantize_variants, read_tensors
+    from quantize.variants import quantize_variants, read_tensors
     from quantize.imatrix import Imatrix, load_imatrix, save_imatrix
 
     _, src = small
@@ -274,7 +274,7 @@ def test_imatrix_file_roundtrip_and_use(small, tmp_path):
 
 
 def test_corrupted_or_foreign_imatrix_is_a_clear_error(small, tmp_path):
-    from quantize.cli import quantize_cmd, read_tensors
+    from quantize.variants import quantize_cmd, read_tensors
     from quantize.imatrix import Imatrix, save_imatrix
 
     label, src = small
@@ -321,7 +321,7 @@ def test_fine_tune_of_the_dequantized_base_warns_where_a_recipe_reuses_its_grid(
     types snaps the weights back to the base (measured: docs/BENCHMARKS.md). Q4_K_M is flagged;
     our XL recipes and Q8_0 are not."""
     from edge.models import embedded_gguf
-    from quantize.cli import base_grid_types, read_tensors, snap_back_warnings
+    from quantize.variants import base_grid_types, read_tensors, snap_back_warnings
 
     _, src = small
     tensors, meta = read_tensors(src)
@@ -383,7 +383,7 @@ def test_chat_text_is_scored_on_the_replies_with_their_special_tokens(tmp_path):
 
 
 def test_recipes_made_for_an_imatrix_say_so_without_one():
-    from quantize.cli import imatrix_note
+    from quantize.variants import imatrix_note
 
     assert imatrix_note([R.RECIPES["Q8_0"], R.RECIPES["XL8.7-F16"], R.RECIPES["Q4_K_M"]]) == ""
     note = imatrix_note([R.get(n) for n in ("Q8_0", "XL6.1-Q8_0", "XL5.4-Q4_0")])
@@ -400,7 +400,7 @@ def test_recipes_resolve_on_gemma3_1b_shapes_exported_and_quantized(tmp_path):
     from gguf import GGML_QUANT_SIZES
 
     from edge.export import export_gguf
-    from quantize.cli import quantize_variants, read_tensors
+    from quantize.variants import quantize_variants, read_tensors
     from tests.tiny import save_tiny
 
     hf = save_tiny(tmp_path / "hf", n_layers=2, hidden=1152, ffn=6912, n_heads=4, n_kv_heads=1, head_dim=256,
@@ -451,7 +451,7 @@ def test_arm_repack_follows_llama_cpp_rules():
 def test_a_recipe_mostly_in_f16_still_gets_its_quantized_tensors(small, tmp_path):
     """llama.cpp applies per-tensor types only under a quantized file type: a recipe whose most
     weights are F16 must not hand it MOSTLY_F16 (that made a whole XL8.7-F16 file F16, 543 MB)."""
-    from quantize.cli import quantize_cmd
+    from quantize.variants import quantize_cmd
 
     _, src = small
     f = tmp_path / "f16.json"

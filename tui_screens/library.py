@@ -36,16 +36,6 @@ class Variant:
     task_accuracy: float | None = None
 
 
-def _report_entries(report: Path) -> list[dict]:
-    from edge.fsutil import read_json
-
-    data = read_json(report, "quality report", expect=(dict, list), hint="re-run `edge quantize`")
-    entries = data.get("variants", []) if isinstance(data, dict) else data
-    if not isinstance(entries, list):
-        raise EdgeError(f"{report}: expected a list of variants, got {type(entries).__name__}")
-    return [e for e in entries if isinstance(e, dict)]
-
-
 def _gguf_files(root: Path) -> list[Path]:
     return sorted(p for p in root.rglob("*.gguf") if p.is_file() and not p.name.startswith("."))
 
@@ -105,13 +95,15 @@ def variants(run_dir: Path | None, folder: Path | None) -> tuple[str, list[Varia
     by_name: dict[str, dict] = {}
     report: Path | None = root / REPORT
     if report.is_file():
-        by_name = {Path(e.get("path") or e.get("name", "")).name: e for e in _report_entries(report)}
+        from quantize.report import rows_by_file
+
+        by_name = rows_by_file(report)
         where += f" · quality from {REPORT}"
     else:
         report = None
     out = []
     for f in files:
-        entry = by_name.get(f.name, {})
+        entry = by_name.get(f.stem, {})
         name = entry.get("name")
         v = Variant(name=printable(name, 60) if isinstance(name, str) and name else f.stem, path=f,
                     size_bytes=f.stat().st_size)
