@@ -3,12 +3,26 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
+import sys
+from pathlib import Path
 
 import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+ROOT = Path(__file__).resolve().parent.parent            # the checkout
+EDGE = [sys.executable, "-m", "edge.cli"]                # `edge` as a subprocess, from this checkout
+CHAT_LINE = json.dumps({"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]})
+
+
+def snapshot(root: Path) -> dict[str, str]:
+    """Relative path -> SHA-1 of every file under root: compare before and after to see what changed."""
+    return {str(p.relative_to(root)): hashlib.sha1(p.read_bytes()).hexdigest()
+            for p in root.rglob("*") if p.is_file()}
 
 
 @pytest.fixture(scope="session")
@@ -32,6 +46,16 @@ def tiny_dir(tmp_path_factory):
     from tests.tiny import save_tiny
 
     return save_tiny(tmp_path_factory.mktemp("tiny") / "model")
+
+
+@pytest.fixture(scope="module")
+def small_data(tmp_path_factory) -> Path:
+    """The demo task's first 40 training chats, for short fine-tunes."""
+    from edge.task import TRAIN
+
+    path = tmp_path_factory.mktemp("data") / "train.jsonl"
+    path.write_text("".join(TRAIN.read_text().splitlines(keepends=True)[:40]))
+    return path
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,6 @@ that lead out of their folder, negative numbers. Cases that need torch import it
 from __future__ import annotations
 
 import errno
-import hashlib
 import json
 import os
 import re
@@ -22,15 +21,11 @@ import pytest
 
 from edge.cli import main
 from tests import ggufbytes as G
+from tests.conftest import CHAT_LINE, snapshot
 
 BAD_UTF8 = b'{"messages": [{"role": "user", "content": "caf\xe9"}]}\n'
 DEEP_JSON = b"[" * 100_000 + b"]" * 100_000
-CHAT = json.dumps({"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]}) + "\n"
-
-
-def snapshot(root: Path) -> dict[str, str]:
-    return {str(p.relative_to(root)): hashlib.sha1(p.read_bytes()).hexdigest()
-            for p in root.rglob("*") if p.is_file()}
+CHAT = CHAT_LINE + "\n"
 
 
 def check_bad(capsys, root: Path, argv: list[str], match: str = "", seconds: float = 30.0):

@@ -21,21 +21,13 @@ from pathlib import Path
 import pytest
 
 from edge.errors import EdgeError
-from edge.task import TRAIN
+from tests.conftest import ROOT
 
-ROOT = Path(__file__).resolve().parent.parent
 STEPS = 24
 
 
-@pytest.fixture(scope="module")
-def data(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("data") / "train.jsonl"
-    path.write_text("".join(TRAIN.read_text().splitlines(keepends=True)[:40]))
-    return path
-
-
-def _args(tiny_dir, data, out, *extra) -> list[str]:
-    return ["finetune", "--model", str(tiny_dir), "--data", str(data), "--out", str(out), "--batch-size", "4",
+def _args(tiny_dir, small_data, out, *extra) -> list[str]:
+    return ["finetune", "--model", str(tiny_dir), "--data", str(small_data), "--out", str(out), "--batch-size", "4",
             "--lr", "5e-3", "--precision", "fp32", "--steps", str(STEPS), "--save-every", "100", "--json", *extra]
 
 
@@ -66,22 +58,22 @@ def _workers(pid: int) -> dict[int, int]:
 
 
 @pytest.fixture(scope="module")
-def two_rank(tiny_dir, data, tmp_path_factory) -> Path:
+def two_rank(tiny_dir, small_data, tmp_path_factory) -> Path:
     """An uninterrupted two-process run, each process in micro-batches of 1 chat (accumulation)."""
     out = tmp_path_factory.mktemp("two") / "run"
-    r = subprocess.run(_torchrun(2, _args(tiny_dir, data, out, "--micro-batch", "1")), env=_env(),
+    r = subprocess.run(_torchrun(2, _args(tiny_dir, small_data, out, "--micro-batch", "1")), env=_env(),
                        capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     return out
 
 
 @pytest.mark.slow
-def test_two_processes_train_what_one_does(two_rank, tiny_dir, data, tmp_path):
+def test_two_processes_train_what_one_does(two_rank, tiny_dir, small_data, tmp_path):
     from safetensors.torch import load_file
 
     from edge.finetune import finetune_cmd
 
-    finetune_cmd(model=str(tiny_dir), data=str(data), out=str(tmp_path / "one"), batch_size=4, lr=5e-3,
+    finetune_cmd(model=str(tiny_dir), data=str(small_data), out=str(tmp_path / "one"), batch_size=4, lr=5e-3,
                  precision="fp32", steps=STEPS, save_every=100, json=True)
     one, two = _log(tmp_path / "one"), _log(two_rank)
     assert [r["step"] for r in two] == list(range(1, STEPS + 1))
@@ -100,13 +92,13 @@ def test_two_processes_train_what_one_does(two_rank, tiny_dir, data, tmp_path):
 
 
 @pytest.mark.slow
-def test_sigterm_on_one_process_then_resume_equals_uninterrupted(two_rank, tiny_dir, data, tmp_path):
+def test_sigterm_on_one_process_then_resume_equals_uninterrupted(two_rank, tiny_dir, small_data, tmp_path):
     import torch
 
     from edge.finetune import STATE, finetune_cmd, latest_checkpoint
 
     out = tmp_path / "cut"
-    job = subprocess.Popen(_torchrun(2, _args(tiny_dir, data, out, "--micro-batch", "1")), env=_env(),
+    job = subprocess.Popen(_torchrun(2, _args(tiny_dir, small_data, out, "--micro-batch", "1")), env=_env(),
                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 400
     while len(_log(out)) < 3 and job.poll() is None and time.time() < deadline:
@@ -124,9 +116,9 @@ def test_sigterm_on_one_process_then_resume_equals_uninterrupted(two_rank, tiny_
     # one process resumes the same checkpoint exactly too: the data position is global (no dropout)
     alone = tmp_path / "alone"
     shutil.copytree(out, alone)
-    finetune_cmd(model=str(tiny_dir), data=str(data), out=str(alone), resume=True, steps=STEPS, json=True)
+    finetune_cmd(model=str(tiny_dir), data=str(small_data), out=str(alone), resume=True, steps=STEPS, json=True)
 
-    r = subprocess.run(_torchrun(2, _args(tiny_dir, data, out, "--resume")), env=_env(), capture_output=True,
+    r = subprocess.run(_torchrun(2, _args(tiny_dir, small_data, out, "--resume")), env=_env(), capture_output=True,
                        text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     resumed, straight = _log(out), _log(two_rank)
@@ -151,7 +143,7 @@ def test_resume_on_another_number_of_processes_with_dropout_is_refused():
 
 
 @pytest.mark.slow
-def test_gpus_launches_torchrun_and_a_dead_process_is_one_line(tiny_dir, data, tmp_path, monkeypatch, capsys):
+def test_gpus_launches_torchrun_and_a_dead_process_is_one_line(tiny_dir, small_data, tmp_path, monkeypatch, capsys):
     """`--gpus 2` starts two processes itself (here on the CPU: the GPU count is pretended);
     SIGKILL of process 1 ends it in one line that names process 1, not a hang."""
     from edge import distributed
@@ -177,7 +169,7 @@ def test_gpus_launches_torchrun_and_a_dead_process_is_one_line(tiny_dir, data, t
     t.start()
     t0 = time.time()
     with pytest.raises(distributed.RankError) as e:
-        finetune_cmd(model=str(tiny_dir), data=str(data), out=str(out), batch_size=4, precision="fp32",
+        finetune_cmd(model=str(tiny_dir), data=str(small_data), out=str(out), batch_size=4, precision="fp32",
                      steps=400, save_every=1, json=True, gpus=2)
     t.join(5)
     assert killed, "no process of rank 1 found"
@@ -189,8 +181,8 @@ def test_gpus_launches_torchrun_and_a_dead_process_is_one_line(tiny_dir, data, t
     assert len(_log(out)) < 400
 
 
-def test_gpus_without_gpus_is_one_line_exit_2(tmp_path, data):
-    r = subprocess.run([sys.executable, "-m", "edge.cli", "finetune", "--gpus", "2", "--data", str(data),
+def test_gpus_without_gpus_is_one_line_exit_2(tmp_path, small_data):
+    r = subprocess.run([sys.executable, "-m", "edge.cli", "finetune", "--gpus", "2", "--data", str(small_data),
                         "--out", str(tmp_path / "x")], env=_env(), capture_output=True, text=True, timeout=300)
     assert r.returncode == 2
     lines = r.stderr.strip().splitlines()
@@ -253,7 +245,7 @@ def test_batch_size_must_split_over_processes():
 
 
 @pytest.mark.slow
-def test_two_process_full_finetune_equals_one_and_exports(tiny_dir, data, tmp_path):
+def test_two_process_full_finetune_equals_one_and_exports(tiny_dir, small_data, tmp_path):
     """--full on two processes (DDP: every weight replicated, gradients summed): the same losses
     as one process, and OUT is a model folder that loads and exports to GGUF."""
     import torch
@@ -263,10 +255,10 @@ def test_two_process_full_finetune_equals_one_and_exports(tiny_dir, data, tmp_pa
     from edge.models import load
 
     steps = ["--steps", "4", "--lr", "1e-3"]
-    args = [a for a in _args(tiny_dir, data, tmp_path / "two", "--full") if a not in ("--steps", str(STEPS), "--lr", "5e-3")]
+    args = [a for a in _args(tiny_dir, small_data, tmp_path / "two", "--full") if a not in ("--steps", str(STEPS), "--lr", "5e-3")]
     r = subprocess.run(_torchrun(2, args + steps), env=_env(), capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
-    finetune_cmd(model=str(tiny_dir), data=str(data), out=str(tmp_path / "one"), batch_size=4, lr=1e-3,
+    finetune_cmd(model=str(tiny_dir), data=str(small_data), out=str(tmp_path / "one"), batch_size=4, lr=1e-3,
                  precision="fp32", steps=4, save_every=100, json=True, full=True)
     one, two = _log(tmp_path / "one"), _log(tmp_path / "two")
     assert len(two) == 4 and two[-1]["loss"] < two[0]["loss"]
@@ -282,17 +274,17 @@ def test_two_process_full_finetune_equals_one_and_exports(tiny_dir, data, tmp_pa
 
 
 @pytest.mark.slow
-def test_accelerate_launch_works_with_no_other_change(tiny_dir, data, tmp_path):
+def test_accelerate_launch_works_with_no_other_change(tiny_dir, small_data, tmp_path):
     """`accelerate launch --multi_gpu` starts torchrun's workers; here on the CPU (gloo)."""
     from edge.finetune import finetune_cmd
 
-    args = [a if a != str(STEPS) else "3" for a in _args(tiny_dir, data, tmp_path / "acc")]
+    args = [a if a != str(STEPS) else "3" for a in _args(tiny_dir, small_data, tmp_path / "acc")]
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "edge.cli", *args]
     r = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     assert json.loads(r.stdout[r.stdout.index("{"):])["steps"] == 3  # one result: process 0's
-    finetune_cmd(model=str(tiny_dir), data=str(data), out=str(tmp_path / "one"), batch_size=4, lr=5e-3,
+    finetune_cmd(model=str(tiny_dir), data=str(small_data), out=str(tmp_path / "one"), batch_size=4, lr=5e-3,
                  precision="fp32", steps=3, save_every=100, json=True)
     for a, b in zip(_log(tmp_path / "one"), _log(tmp_path / "acc")):
         assert b["loss"] == pytest.approx(a["loss"], rel=1e-5), a["step"]

@@ -31,8 +31,8 @@ from edge.ggufinfo import inspect_gguf, read_gguf
 from edge.modelfile import modelfile_cmd
 from edge.template import render_chat
 from edge.vocab import build_vocab
+from tests.conftest import ROOT
 
-ROOT = Path(__file__).resolve().parent.parent
 
 # A fixed text for the logit comparisons: English, Japanese (from the seed document), code.
 FIXED_TEXT = (

@@ -23,13 +23,6 @@ from edge.finetune import (IGNORE, LoraSettings, NonFiniteError, TrainSettings, 
 from edge.task import TRAIN
 
 
-@pytest.fixture(scope="module")
-def small_data(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("data") / "train.jsonl"
-    path.write_text("".join(TRAIN.read_text().splitlines(keepends=True)[:40]))
-    return path
-
-
 def _losses(out: Path) -> list[float]:
     return [json.loads(line)["loss"] for line in (out / "log.jsonl").read_text().splitlines()]
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import inspect
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -14,9 +13,7 @@ from edge import gemma3
 from edge.cli import COMMANDS, SUMMARIES, load_command, main
 from edge.data import Chat, load_chats, parse_chat, render, render_text
 from edge.errors import EdgeError
-
-ROOT = Path(__file__).resolve().parent.parent
-EDGE = [sys.executable, "-m", "edge.cli"]
+from tests.conftest import EDGE, ROOT
 
 
 # --- CLI ---------------------------------------------------------------------------------

@@ -23,6 +23,7 @@ from hypothesis import strategies as st
 
 from edge.errors import EdgeError
 from tests import ggufbytes as G
+from tests.conftest import CHAT_LINE
 
 SECONDS = 3.0              # per call: far above what a reader needs on these files
 PEAK_BYTES = 64 << 20      # traced Python/numpy allocations per call
@@ -164,8 +165,6 @@ json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=True) | st.text(max_size=20),
     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
     max_leaves=20)
-
-CHAT_LINE = json.dumps({"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]})
 
 
 @st.composite

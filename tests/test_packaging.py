@@ -21,8 +21,8 @@ from pathlib import Path
 import pytest
 
 from tests.test_tui_gguf import tiny_variants
+from tests.conftest import ROOT
 
-ROOT = Path(__file__).resolve().parent.parent
 SOURCES = ("pyproject.toml", "README.md", "edge", "quantize", "tui_screens", "tui.py")
 
 pytestmark = pytest.mark.slow

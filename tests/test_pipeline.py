@@ -11,7 +11,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -23,9 +22,8 @@ from edge.errors import EdgeError
 from edge.pipeline import RunSettings, STAGE_NAMES, build_settings, run_pipeline
 from edge.stages import train_settings
 from edge.runfolder import Run
+from tests.conftest import EDGE, ROOT, snapshot
 
-ROOT = Path(__file__).resolve().parent.parent
-EDGE = [sys.executable, "-m", "edge.cli"]
 
 CHATS = [
     [("system", "Answer in one word."), ("user", "Capital of France?"), ("model", "Paris")],
@@ -290,10 +288,6 @@ def test_the_fine_tune_resumes_from_its_checkpoint(tiny_dir, tmp_path, monkeypat
 
 
 # ---- bad input: one line, exit 2, nothing in the run folder lost ---------------------------------
-def _snapshot(folder: Path) -> dict:
-    return {str(p.relative_to(folder)): p.stat().st_size for p in folder.rglob("*") if p.is_file()}
-
-
 @pytest.mark.parametrize("case", ["unknown format", "missing field", "empty", "no phone", "no visibility",
                                   "bad recipe", "bad device", "from what", "two gpus", "under torchrun"])
 def test_bad_input_is_one_line_and_keeps_the_run(case, tiny_run, tiny_dir, tmp_path, capsys, adb_server,
@@ -302,7 +296,7 @@ def test_bad_input_is_one_line_and_keeps_the_run(case, tiny_run, tiny_dir, tmp_p
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")       # this machine's GPUs, if any, do not count
     if case == "under torchrun":
         monkeypatch.setenv("WORLD_SIZE", "2")
-    before = _snapshot(out)
+    before = snapshot(out)
     data = tmp_path / "d.jsonl"
     data.write_text({"unknown format": '{"q": "x", "a": "y"}\n',
                      "missing field": '{"messages": [{"role": "user", "content": "x"}]}\n'
@@ -320,7 +314,7 @@ def test_bad_input_is_one_line_and_keeps_the_run(case, tiny_run, tiny_dir, tmp_p
             "empty": "has no examples", "no phone": "no phone connected", "no visibility": "--private or --public",
             "bad recipe": "Q4_K_XXL", "bad device": "nokia_3310", "from what": "deploy",
             "two gpus": "--gpus 2: this machine has 0 CUDA GPUs", "under torchrun": "not under torchrun"}[case] in err
-    assert _snapshot(out) == before
+    assert snapshot(out) == before
 
 
 # ---- several GPUs (here two CPU processes: the GPU count is pretended) --------------------------------

@@ -11,7 +11,6 @@ from edge.readings import (COMMANDS, DeviceState, host_state, parse_battery, par
                            parse_thermalservice)
 
 
-
 def outputs(phone: str) -> dict[str, str]:
     return {name: (FIXTURES / phone / f"{name}.txt").read_text() for name in COMMANDS
             if (FIXTURES / phone / f"{name}.txt").exists()}

@@ -20,15 +20,13 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from edge.errors import EdgeError  # noqa: E402
-from tests.test_tui_gguf import ONE_B_KV2, tiny_variants, write_sparse_gguf  # noqa: E402
-from tui import EdgeApp  # noqa: E402
-from tui_screens import library  # noqa: E402
-from tui_screens.budget import fmt_ctx  # noqa: E402
-from tui_screens.help import HelpScreen  # noqa: E402
+from edge.errors import EdgeError
+from tests.conftest import ROOT
+from tests.test_tui_gguf import ONE_B_KV2, tiny_variants, write_sparse_gguf
+from tui import EdgeApp
+from tui_screens import library
+from tui_screens.budget import fmt_ctx
+from tui_screens.help import HelpScreen
 
 SIZE = (120, 34)
 

@@ -9,14 +9,10 @@ tests/__snapshots__/test_tui_snapshots/; after an intended change to a screen:
 from __future__ import annotations
 
 import shutil
-import sys
 import tempfile
 from pathlib import Path
 
 import pytest
-
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 
 pytest.importorskip("pytest_textual_snapshot")
 
