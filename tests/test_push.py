@@ -442,3 +442,39 @@ def test_corruption_in_the_last_segment_is_caught_by_the_stream_command(sim, ggu
     res = push(gguf_file, "llamacpp", sim.serial, segment_bytes=SEG)
     assert sim.phone.files("/data/local/tmp/llama")[gguf_file.name] == gguf_file.read_bytes()
     assert res.resumed_at == [3 * SEG] and sim.phone.pushed_bytes == 2 * size - 3 * SEG
+
+
+def test_two_pushes_to_one_phone_path_at_once(sim, gguf_file, tmp_path, capsys, monkeypatch):
+    """Two `edge push` of one file to one phone path at the same time (two processes, one real adb
+    server, the simulated phone on a slow link): while the first moves bytes, the second is refused
+    with one line and exit 2, with or without --force; the first delivers the whole file, verified,
+    with no partial file left and no size complaint."""
+    import subprocess
+    import time
+
+    from tests.conftest import EDGE, ROOT
+
+    monkeypatch.setenv("EDGE_CACHE", str(tmp_path / "cache"))       # where the lock lives, for both processes
+    sim.phone.throttle_bps = 300e3                                    # 3.3 MB: about 11 s
+    argv = ["push", str(gguf_file), "--app", "chatterui", "--serial", sim.serial]
+    first = subprocess.Popen(EDGE + argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+    try:
+        deadline = time.monotonic() + 60
+        while sim.phone.pushed_bytes == 0 and first.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert sim.phone.pushed_bytes > 0, "the first push never started"
+        for extra in ([], ["--force"]):
+            assert main(argv + extra) == 2
+            err = capsys.readouterr().err
+            assert err.count("\n") == 1 and "Traceback" not in err, err
+            assert f"another `edge push` to {sim.serial}:/sdcard/Download/{gguf_file.name} is running" in err
+            assert first.poll() is None, "the first push ended before the second was tried: slow the link"
+        out, err = first.communicate(timeout=180)
+    finally:
+        if first.poll() is None:
+            first.kill()
+    assert first.returncode == 0, err
+    assert device.HASH_LABEL in out, out
+    assert sim.phone.files("/sdcard/Download") == {gguf_file.name: gguf_file.read_bytes()}
+    assert not leftovers(sim)
+    assert " holds " not in out + err, err                               # no "holds N of M bytes"
