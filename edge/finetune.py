@@ -49,7 +49,7 @@ from typing import Callable
 
 from edge import gemma3
 from edge.errors import EdgeError, environment_error
-from edge.fsutil import atomic_dir, atomic_path, check_writable, read_json, sha256_file
+from edge.fsutil import atomic_dir, atomic_path, check_writable, read_json, sha256_file, temp_dir
 
 IGNORE = -100
 DEFAULT_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -1200,9 +1200,7 @@ def train(*, model: str = "embedded", data: str | Path, out: str | Path, lora: L
     bar.close()
     seconds = time.time() - t0
     if stopped == "done" and dist.is_main:
-        import tempfile
-
-        tmp = Path(tempfile.mkdtemp(prefix=".final.", dir=out))  # write beside, then rename file by file
+        tmp = temp_dir(out, "final")  # write beside, then rename file by file
         try:
             final = {**meta, "step": step, "train_loss": train_loss, "eval_loss": eval_loss}
             if settings.full:

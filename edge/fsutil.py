@@ -4,7 +4,8 @@ user's JSON; keep names from a file or a user inside the folder they belong to.
 A killed process never leaves a half-written file under the final name, and a
 user's file is never overwritten unless `force` is set. Temporary names carry the
 writer's process id (`.NAME.PID.XXXX.part`), so the next write of the same file removes
-what a killed run left behind, and never a running writer's file.
+what a killed run left behind, and never a running writer's file; the untagged names of
+earlier versions go once idle and open in no process.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import os
 import re
 import shutil
 import tempfile
+import time
 from pathlib import Path
 from typing import Iterator
 
@@ -107,18 +109,75 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def clean_stale(path: Path) -> list[Path]:
-    """Remove `.NAME.PID.*.part` siblings of `path` left by a writer that is no longer running."""
+RANDOM_PART = r"[a-z0-9_]{8}"   # the random part of tempfile's names (mkstemp, mkdtemp)
+LEGACY_IDLE_S = 600              # an untagged temporary untouched this long, open in no process, is stale
+
+
+def _newest_mtime(p: Path) -> float:
+    newest = p.lstat().st_mtime
+    if p.is_dir() and not p.is_symlink():
+        for root, dirs, files in os.walk(p):
+            for name in dirs + files:
+                with contextlib.suppress(OSError):
+                    newest = max(newest, os.lstat(os.path.join(root, name)).st_mtime)
+    return newest
+
+
+def open_anywhere(path: Path) -> bool | None:
+    """Whether a process has `path`, or a file under it, open (Linux: /proc/*/fd); None where
+    this system cannot tell. Processes of other users cannot be read and do not count."""
+    proc = Path("/proc")
+    if not (proc / "self" / "fd").is_dir():
+        return None
+    target = str(Path(path).resolve())
+    inside = target + os.sep
+    for fd_dir in proc.glob("[0-9]*/fd"):
+        try:
+            fds = os.listdir(fd_dir)
+        except OSError:  # another user's process, or it just ended
+            continue
+        for fd in fds:
+            try:
+                link = os.readlink(fd_dir / fd)
+            except OSError:
+                continue
+            if link == target or link.startswith(inside):
+                return True
+    return False
+
+
+def _legacy_stale(p: Path) -> bool:
+    """An untagged temporary (no writer pid in its name: an earlier version of this toolkit) is
+    stale when nothing in it changed for LEGACY_IDLE_S and no process holds it open."""
+    try:
+        idle = time.time() - _newest_mtime(p)
+    except OSError:
+        return False
+    return idle >= LEGACY_IDLE_S and open_anywhere(p) is not True
+
+
+def clean_stale(path: Path, legacy_suffix: str = ".part") -> list[Path]:
+    """Remove the temporaries of `path` that no running writer owns: `.NAME.PID.XXXX.part` siblings
+    whose PID is not running, and the untagged `.NAME.XXXXXXXX{legacy_suffix}` of earlier versions
+    once idle and open nowhere (`_legacy_stale`). A running writer's temporary is never touched."""
     path = Path(path)
     removed = []
-    pattern = re.compile(re.escape(f".{path.name}.") + r"(\d+)\.[^/]*\.part")
+    head = re.escape(f".{path.name}.")
+    tagged = re.compile(head + r"(\d+)\.[^/.]+\.part")
+    legacy = re.compile(head + RANDOM_PART + re.escape(legacy_suffix))
     try:
         entries = list(path.parent.iterdir())
     except OSError:
         return removed
     for p in entries:
-        m = pattern.fullmatch(p.name)
-        if not m or _pid_alive(int(m.group(1))):
+        m = tagged.fullmatch(p.name)
+        if m:
+            stale = not _pid_alive(int(m.group(1)))
+        elif legacy.fullmatch(p.name):
+            stale = _legacy_stale(p)
+        else:
+            continue
+        if not stale:
             continue
         try:
             shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
@@ -126,6 +185,14 @@ def clean_stale(path: Path) -> list[Path]:
         except OSError:
             pass
     return removed
+
+
+def temp_dir(folder: Path, stem: str) -> Path:
+    """A new private folder `FOLDER/.STEM.PID.XXXX.part` for the caller to fill and remove, made
+    after the stale ones of STEM are gone (also the untagged `.STEM.XXXXXXXX` of earlier versions)."""
+    folder = Path(folder)
+    clean_stale(folder / stem, legacy_suffix="")
+    return Path(tempfile.mkdtemp(prefix=_prefix(folder / stem), suffix=".part", dir=folder))
 
 
 def _prefix(path: Path) -> str:

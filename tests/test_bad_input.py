@@ -14,6 +14,8 @@ import json
 import os
 import re
 import struct
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -605,6 +607,98 @@ def test_stale_part_files_of_dead_writers_are_removed(tmp_path):
     assert not dead.exists() and live.exists() and other.exists()
     with atomic_path(tmp_path / "z.gguf") as tmp:
         assert f".z.gguf.{os.getpid()}." in tmp.name
+
+
+def _aged(p: Path, seconds: float = 3600) -> Path:
+    """Set p's (and its contents') modification time `seconds` in the past."""
+    when = time.time() - seconds
+    for q in [p, *p.rglob("*")] if p.is_dir() else [p]:
+        os.utime(q, (when, when))
+    return p
+
+
+def _holder(path: Path):
+    """A live process that holds `path` open for writing (a writer of an earlier version)."""
+    code = f"import sys, time; f = open({str(path)!r}, 'ab'); print('open', flush=True); time.sleep(120)"
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "open"
+    return proc
+
+
+def test_untagged_part_files_of_earlier_versions_go_when_idle_and_unopened(tmp_path):
+    """Before temporaries carried the writer's pid they were `.NAME.XXXXXXXX.part` (export,
+    quantize, imatrix: files; merge: a folder). The next write of NAME removes them once they are
+    idle and open in no process; a fresh one, or one a live process holds open, stays."""
+    from edge.fsutil import LEGACY_IDLE_S, atomic_dir, write_text_atomic
+
+    def file(name: str, data: bytes = b"half") -> Path:
+        (tmp_path / name).write_bytes(data)
+        return tmp_path / name
+
+    old_file = _aged(file(".x.gguf.k3j_9a0q.part"))
+    fresh = file(".x.gguf.abcdefgh.part")                      # touched just now: maybe a live writer
+    held = file(".x.gguf.zzzzzzzz.part")
+    other = _aged(file(".xy.gguf.abcdefgh.part"))              # another file's temporary
+    mine = _aged(file("x.gguf.abcdefgh.part"))                 # not hidden: a user's own file
+    holder = _holder(held)
+    try:
+        _aged(held)
+        write_text_atomic(tmp_path / "x.gguf", "done")
+        assert not old_file.exists(), "an idle, unopened old temporary stayed"
+        assert fresh.exists() and held.exists() and other.exists() and mine.exists()
+    finally:
+        holder.kill()
+        holder.wait()
+    write_text_atomic(tmp_path / "x.gguf", "again")
+    assert not held.exists(), "its writer is gone: it goes"
+    assert fresh.exists() and LEGACY_IDLE_S >= 60
+    # merge's folder: the same rule, counting every file inside (one written now keeps it)
+    old_dir = tmp_path / ".merged.a1b2c3d4.part"
+    (old_dir / "model.safetensors").parent.mkdir()
+    (old_dir / "model.safetensors").write_bytes(b"half")
+    busy_dir = tmp_path / ".merged.e5f6g7h8.part"
+    busy_dir.mkdir()
+    (busy_dir / "config.json").write_text("{}")
+    _aged(old_dir), _aged(busy_dir)
+    (busy_dir / "model.safetensors").write_bytes(b"growing")  # a live writer's newest file
+    with atomic_dir(tmp_path / "merged") as tmp:
+        (tmp / "config.json").write_text("{}")
+    assert not old_dir.exists() and busy_dir.exists() and (tmp_path / "merged" / "config.json").exists()
+
+
+def test_the_next_export_removes_a_killed_exports_part_file(tiny_dir, tmp_path, capsys):
+    """Through the command: a killed `edge export` left `.m.gguf.XXXXXXXX.part` (earlier naming,
+    idle) and `.m.gguf.PID.XXXX.part` (a pid no longer running); the next export of m.gguf
+    removes both and leaves another export's live temporary alone."""
+    old = tmp_path / ".m.gguf.p0o9i8u7.part"
+    old.write_bytes(b"x" * 1000)
+    _aged(old)
+    dead = tmp_path / ".m.gguf.999999999.abcdefgh.part"
+    dead.write_bytes(b"x" * 1000)
+    live = tmp_path / f".m.gguf.{os.getppid()}.abcdefgh.part"
+    live.write_bytes(b"x" * 1000)
+    assert main(["export", "--model", str(tiny_dir), "--out", str(tmp_path / "m.gguf")]) == 0, capsys.readouterr().err
+    assert (tmp_path / "m.gguf").stat().st_size > 1000
+    assert not old.exists() and not dead.exists() and live.exists()
+
+
+def test_finetune_final_folder_of_a_killed_run_goes(tmp_path):
+    """The fine-tune writes its final adapter into `OUT/.final.*` and renames the files out. A run
+    killed there left `.final.XXXXXXXX` (earlier versions) or `.final.PID.XXXX.part`; the next
+    save removes those whose writer is gone, never a running writer's."""
+    from edge.fsutil import temp_dir
+
+    old = tmp_path / ".final.q1w2e3r4"
+    old.mkdir()
+    (old / "adapter_model.safetensors").write_bytes(b"half")
+    _aged(old)
+    dead = tmp_path / ".final.999999999.abcdefgh.part"
+    dead.mkdir()
+    live = tmp_path / f".final.{os.getppid()}.abcdefgh.part"
+    live.mkdir()
+    tmp = temp_dir(tmp_path, "final")
+    assert tmp.name.startswith(f".final.{os.getpid()}.") and tmp.name.endswith(".part") and tmp.is_dir()
+    assert not old.exists() and not dead.exists() and live.exists()
 
 
 def test_child_and_safe_name_keep_names_inside(tmp_path):
