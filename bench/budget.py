@@ -4,9 +4,9 @@
     python bench/budget.py --ctx 512 --ctx 8192 --files a.gguf b.gguf
     python bench/budget.py --speed-only         # predicted vs measured decode tokens/s
 
-For each file and n_ctx: load it in a fresh subprocess (llama-cpp-python, mmap on, defaults,
-swa_full as the binding defaults), run a short chat (256-token prompt, 16 generated tokens),
-read RSS; put our estimate, PocketPal's (0.43 GB + 0.92 x file, PR #250) and AnythingLLM's (the
+For each file and n_ctx: load it in a fresh subprocess (bench/rss.py: llama.cpp through
+edge.llamacpp, mmap on, f16 KV, full-size sliding-window caches, as the binding defaults), run a
+short chat (256-token prompt, 16 generated tokens), read RSS; put our estimate, PocketPal's (0.43 GB + 0.92 x file, PR #250) and AnythingLLM's (the
 file alone, which its memoryFit.ts compares with RAM and RAM - 2.5 GB) beside it.
 Then predicted vs measured decode speed. Prints tables; writes the rows to --out (JSON).
 The variants are made from the embedded GGUF with llama.cpp's own quantizer
@@ -26,7 +26,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.rss import measure_rss  # noqa: E402
 from edge import budget  # noqa: E402
+from edge.apps import pocketpal_rule  # noqa: E402
+from edge.modelinfo import model_info  # noqa: E402
 from edge.models import cache_dir, embedded_gguf  # noqa: E402
 
 VARIANTS = {"Q8_0": ("LLAMA_FTYPE_MOSTLY_Q8_0", False), "Q4_0-pure": ("LLAMA_FTYPE_MOSTLY_Q4_0", True),
@@ -105,13 +108,13 @@ def main(argv=None) -> int:
         from concurrent.futures import ThreadPoolExecutor
 
         grid = [(f, n) for f in files for n in ctxs]
-        infos = {f: budget.read_gguf(f) for f in files}
+        infos = {f: model_info(f) for f in files}
         with ThreadPoolExecutor(args.jobs) as pool:
-            results = pool.map(lambda fn: budget.measure_rss(fn[0], ctx=fn[1], threads=args.threads, gen=16), grid)
+            results = pool.map(lambda fn: measure_rss(fn[0], ctx=fn[1], threads=args.threads, gen=16), grid)
             for (f, n), m in zip(grid, results):
                 info = infos[f]
                 e = budget.estimate(info, ctx=n)
-                pp = budget.pocketpal_rule(info.file_bytes, 1)["need_bytes"]   # PocketPal's estimate (PR #250)
+                pp = pocketpal_rule(info.file_bytes, 1)["need_bytes"]   # PocketPal's estimate (PR #250)
                 al = info.file_bytes            # AnythingLLM's badge weighs the file alone (memoryFit.ts)
                 r = dict(file=f.name, ctx=n, measured=m["rss_used"], loaded=m["rss_loaded"], ours=e.total_bytes,
                          pocketpal=pp, anythingllm=al, tok_s=m["tok_s"])
@@ -147,7 +150,7 @@ def main(argv=None) -> int:
     speed = []
     for f in files:
         e = budget.estimate(f, ctx=512)
-        m = budget.measure_rss(f, ctx=512, threads=args.threads, prompt=16, gen=64)
+        m = measure_rss(f, ctx=512, threads=args.threads, prompt=16, gen=64)
         pred = e.tokens_per_s(budget.HOST_CALIBRATION["decode_bandwidth_gbs"])
         cpu = m["tok_per_cpu_s"]
         implied = cpu * e.bytes_per_token / 1e9

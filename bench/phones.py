@@ -3,14 +3,14 @@
 Takes bench/phones.toml (published decode speeds of Gemma 3 270M/1B and models of the same size
 and kind, measured with llama.cpp or an app built on it, on named phones, each with its source)
 and the phone profiles in edge/profiles/. Prints, per row, the published speed, our prediction with
-the calibration in `edge.budget.PHONE_SPEED`, the prediction of a fit that did NOT see that row
+the calibration in `edge.phonespeed.PHONE_SPEED`, the prediction of a fit that did NOT see that row
 (leave-one-out), and the errors; then the medians, and the fit on all rows, which is what
-`edge.budget.PHONE_SPEED` must hold (tests/test_budget.py checks it).
+`edge.phonespeed.PHONE_SPEED` must hold (tests/test_budget.py checks it).
 
     .venv/bin/python bench/phones.py            # markdown table, as in docs/BENCHMARKS.md
     .venv/bin/python bench/phones.py --json
 
-The model (edge.budget.PhoneSpeedModel): one token reads every weight once (the tied output head
+The model (edge.phonespeed.PhoneSpeedModel): one token reads every weight once (the tied output head
 included), at a fraction of the DRAM's theoretical bandwidth that depends on the SoC family, and
 each layer costs a fixed extra time (thread synchronisation, the small ops between the matrix
 products) that scales with the phone's speed class, counted as bytes that would take as long:
@@ -35,7 +35,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from edge.budget import PHONE_SPEED, PhoneSpeedModel, load_profiles, soc_family  # noqa: E402
+from edge.phonespeed import PHONE_SPEED, PhoneSpeedModel, soc_family  # noqa: E402
+from edge.profiles import load_profiles  # noqa: E402
 from edge.errors import EdgeError  # noqa: E402
 
 TABLE = Path(__file__).with_name("phones.toml")

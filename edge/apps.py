@@ -109,6 +109,38 @@ def storage_verdict(app: str, file_bytes: int, free_bytes: int | None) -> dict:
     return out
 
 
+def storage_verdicts(file_bytes: int, free_bytes: int | None) -> dict:
+    """Per delivery route: the storage the push needs, the app's own copy counted, and whether
+    the phone's free space (None: unknown, e.g. a profile) holds it."""
+    return {"free_bytes": free_bytes, "apps": {a: storage_verdict(a, file_bytes, free_bytes) for a in APPS}}
+
+
+# ---- the apps' own memory rules (shown beside the budget's verdict) ------------------------
+POCKETPAL_RULE_SOURCE = "https://github.com/a-ghorbani/pocketpal-ai/pull/250"
+ANYTHINGLLM_RULE_SOURCE = ("https://github.com/Mintplex-Labs/anythingllm-mobile (src/utils/models/memoryFit.ts; "
+                           "context default: src/utils/contextLength.ts, PR #46)")
+
+
+def pocketpal_rule(file_bytes: int, ram_bytes: int) -> dict:
+    """PocketPal AI's memory check (PR #250): need = 0.92 x file + 0.43 GB, a linear fit to its
+    phone leaderboard; it warns when need >= min(0.65 x RAM, RAM - 1.2 GB)."""
+    need = 0.92 * file_bytes + 0.43e9
+    limit = min(0.65 * ram_bytes, ram_bytes - 1.2e9)
+    return {"need_bytes": int(need), "limit_bytes": int(limit), "fits": need < limit, "warns": need >= limit,
+            "source": POCKETPAL_RULE_SOURCE}
+
+
+def anythingllm_rule(file_bytes: int, ram_bytes: int) -> dict:
+    """AnythingLLM mobile's badge (memoryFit.ts, weights file only): 'impossible' when the file is
+    larger than RAM, 'tight' ("May not fit") when larger than RAM - 2.5 GB (its reserve for the OS,
+    the app and the KV cache), else 'ok'. Its default context (contextLength.ts, PR #46): 512 under
+    4 GB of RAM, 1024 under 6 GB, else 2048 (decimal GB)."""
+    badge = "impossible" if file_bytes > ram_bytes else "tight" if file_bytes > ram_bytes - 2.5e9 else "ok"
+    ctx = 512 if ram_bytes < 4e9 else 1024 if ram_bytes < 6e9 else 2048
+    return {"badge": badge, "fits": badge != "impossible", "tight": badge == "tight",
+            "budget_bytes": int(ram_bytes - 2.5e9), "default_ctx": ctx, "source": ANYTHINGLLM_RULE_SOURCE}
+
+
 def route(app: str) -> AppRoute:
     if app not in APPS:
         raise EdgeError(f"unknown app {app!r}; choose one of: {', '.join(APPS)}")

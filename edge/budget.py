@@ -1,6 +1,6 @@
 """Will this GGUF run on that phone? RAM, speed and heat, from the file's own metadata.
 
-Takes a GGUF (any Gemma 3 variant) and a device (a profile from edge/profiles/*.toml, a live
+Takes a GGUF (any Gemma 3 variant) and a device (a profile from edge.profiles, a live
 phone over adb, or this machine) and answers with numbers: bytes of RAM by part, the largest
 n_ctx that fits, decode tokens/s, what the phone can hold for minutes, and a verdict
 (fits / tight / does not fit) next to what PocketPal's and AnythingLLM's own rules say.
@@ -8,16 +8,17 @@ n_ctx that fits, decode tokens/s, what the phone can hold for minutes, and a ver
     edge profiles
     edge budget model.gguf --device pixel_7 --ctx 8192
     edge budget model.gguf --host --json          # total_bytes and its parts
-    python bench/budget.py                        # measured RSS vs ours vs the apps' rules
+    python bench/budget.py                        # measured RSS (bench/rss.py) vs ours vs the apps' rules
 
 Python API (what the TUI calls):
-    load_profiles() -> dict[str, Profile]         read + validate edge/profiles/*.toml
-    read_gguf(path) -> ModelInfo                  metadata and tensor sizes (header only)
+    edge.profiles.load_profiles() -> dict[str, Profile]   read + validate edge/profiles/*.toml
+    edge.modelinfo.model_info(path) -> ModelInfo  metadata and tensor sizes (header only)
     estimate(path, ctx=4096, ubatch=512, kv_type="f16", swa_full=True) -> Estimate
     verdict(path, device, ctx=..., ...) -> Verdict   device: Profile | DeviceState | name
     matrix(paths, devices, ...) -> list[Verdict]
     recommend(paths, device, report=None, ...) -> Recommendation
-    measure_rss(path, ctx=..., ...) -> dict       real llama-cpp-python RSS, in a subprocess
+
+Phone speed and heat: edge.phonespeed; the apps' own fit rules and storage: edge.apps.
 
 Memory model (all formulas name their reference):
 - weights: the tensor data, resident because llama.cpp maps the file with MAP_POPULATE and
@@ -37,20 +38,18 @@ Memory model (all formulas name their reference):
 from __future__ import annotations
 
 import functools
-import json
-import os
-import subprocess
-import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from edge import gemma3
-from edge.errors import EdgeError, NotAModel, printable
+from edge.apps import anythingllm_rule, pocketpal_rule, storage_verdicts
+from edge.errors import EdgeError
+from edge.modelinfo import ModelInfo, model_info, read_models
+from edge.phonespeed import ESTIMATED_BANDWIDTH, phone_speed
+from edge.profiles import (DEFAULT_DEVICES, Profile, by_tier, get_profile, load_profiles, match_profile,
+                           usable_bytes_for)
+from edge.texttable import text_table
 
-DEFAULT_DEVICES = ("galaxy_a12", "pixel_7", "galaxy_s24_ultra")   # a budget, a mid and a flagship phone
-
-PROFILES_DIR = Path(__file__).resolve().parent / "profiles"    # package data: there in a wheel too
-GIB, MIB = 1 << 30, 1 << 20
+MIB = 1 << 20
 
 # ---- facts and calibration --------------------------------------------------------------
 # KV cache element sizes (ggml type sizes: f16 2 B; q8_0 34 B per 32; q4_0 18 B per 32).
@@ -119,219 +118,7 @@ HOST_CALIBRATION = {
 # of PSS; we take 200 MiB.
 PHONE_APP_RUNTIME_BYTES = 200 * MIB
 
-
-# ---- phone decode speed (calibrated on published phone measurements) -------------------------
-# The SoC family decides how much of the DRAM's theoretical bandwidth llama.cpp's decode reaches
-# (memory controller, cores, prefetchers): read from the profile's `soc` name.
-SOC_FAMILIES: tuple[tuple[str, tuple[str, ...]], ...] = (
-    ("snapdragon", ("snapdragon", "qualcomm")),
-    ("tensor", ("google tensor",)),
-    ("exynos", ("exynos",)),
-    ("mediatek", ("mediatek", "dimensity", "helio")),
-)
-
-
-ESTIMATED_BANDWIDTH = ("tok/s marked *: the profile's DRAM bandwidth is an estimate (no source read for its "
-                       "transfer rate or bus width), so is the speed")
-
-
-def soc_family(soc: str) -> str:
-    """'snapdragon', 'tensor', 'exynos', 'mediatek' or 'other', from a SoC name."""
-    low = (soc or "").lower()
-    for family, names in SOC_FAMILIES:
-        if any(n in low for n in names):
-            return family
-    return "other"
-
-
-@dataclass(frozen=True)
-class PhoneSpeedModel:
-    """Decode speed of llama.cpp on a phone's CPU: every weight is read once per token (a tied
-    output head included) at `efficiency[family]` x the theoretical DRAM bandwidth, and each layer
-    costs a fixed extra time (thread synchronisation, the small ops between the matrix products)
-    that scales with the phone's speed class; it is expressed as `layer_bytes`, the bytes that
-    would take as long to read. Families without their own figure use efficiency['*'].
-
-        tokens/s = efficiency[family] x bandwidth / (bytes per token + n_layers x layer_bytes)
-    """
-
-    efficiency: dict
-    layer_bytes: float
-
-    def tok_s(self, bytes_per_token: float, n_layers: int, bandwidth_gbs: float, family: str) -> float:
-        e = self.efficiency.get(family, self.efficiency["*"])
-        return e * bandwidth_gbs * 1e9 / (bytes_per_token + n_layers * self.layer_bytes)
-
-
-# Fitted by bench/phones.py on the published rows of bench/phones.toml (17 rows: Gemma 3 1B/270M and
-# SmolLM2 135M/360M, Q8_0, on 15 named phones); tests/test_budget.py checks that a re-fit gives
-# these numbers. Held-out (leave-one-out) median error 25%; the table: docs/BENCHMARKS.md "Phones".
-# Exynos and other families have no published row: they use '*'. The sustained speed under heat
-# (verdict's power-envelope ratio) is NOT calibrated: no source read gives a throttled figure.
-PHONE_SPEED = PhoneSpeedModel(
-    efficiency={"*": 0.4266, "snapdragon": 0.4805, "tensor": 0.3318, "mediatek": 0.3043},
-    layer_bytes=7.3e6,
-)
-# What Android leaves to one foreground app: total RAM minus the system's share (kernel,
-# carve-outs, zram, system_server, SystemUI, launcher, GMS). Estimate, not measured: 1.2 GB
-# (the figure PocketPal and AnythingLLM also subtract) + 18 % of RAM, which leaves ~1.4 GB
-# on a 3 GB phone and ~5.8 GB on an 8 GB one. A live phone (--serial) uses MemAvailable.
-SYSTEM_RESERVE_FIXED = 1.2e9
-SYSTEM_RESERVE_FRACTION = 0.18
 FIT_HEADROOM = 0.80      # fits: needs <= 80 % of what the app can use; tight: <= 100 %
-
-
-# ---- GGUF metadata (header only) ----------------------------------------------------------
-@dataclass
-class ModelInfo:
-    """What a GGUF says about itself: shapes, tensor sizes, types. Read from the header."""
-
-    path: str
-    file_bytes: int
-    arch: str
-    name: str
-    file_type: int | None
-    n_layers: int
-    n_embd: int
-    n_ff: int
-    n_head: int
-    n_head_kv: int
-    key_length: int
-    value_length: int
-    n_vocab: int
-    context_length: int
-    sliding_window: int        # 0 = none
-    swa_pattern: int           # every swa_pattern-th layer is global (Gemma 3: 6)
-    tensor_bytes: int          # all tensor data
-    embd_bytes: int            # token_embd
-    embd_type: str
-    output_bytes: int          # a separate output.weight; 0 when tied to token_embd
-    tied_output: bool
-    types: dict[str, int] = field(default_factory=dict)   # type name -> bytes
-    matmul_types: dict[str, int] = field(default_factory=dict)   # bytes of matmul weights by type
-    params: int = 0
-
-    def global_layers(self) -> list[int]:
-        if not self.sliding_window:
-            return list(range(self.n_layers))
-        return [il for il in range(self.n_layers) if gemma3.is_global_layer(il, self.swa_pattern)]
-
-    @property
-    def bits_per_weight(self) -> float:
-        from edge.ggufinfo import bits_per_weight
-
-        return bits_per_weight(self.tensor_bytes, self.params) or 0.0
-
-
-def read_gguf(path: str | Path) -> ModelInfo:
-    """Read a GGUF's metadata and tensor table (not its data) into the numbers the budget needs."""
-    from edge.ggufinfo import read_gguf as read_header
-
-    header = read_header(path)     # refuses any version but ggufinfo.GGUF_VERSION
-    kv = dict(header.metadata)
-    if "tokenizer.ggml.tokens" in header.array_lengths:
-        kv["tokenizer.ggml.tokens"] = header.array_lengths["tokenizer.ggml.tokens"]
-    return _model_info(Path(path), kv, header.tensors)
-
-
-# Bounds on the counts a model file declares: far above any model llama.cpp runs on a phone,
-# low enough that a hostile file cannot make the estimate loop or allocate without end.
-_LIMITS = {"block_count": (1, 4096), "embedding_length": (1, 1 << 20), "feed_forward_length": (0, 1 << 22),
-           "attention.head_count": (1, 4096), "attention.head_count_kv": (0, 4096),
-           "attention.key_length": (1, 1 << 16), "attention.value_length": (1, 1 << 16),
-           "context_length": (0, 1 << 26), "attention.sliding_window": (0, 1 << 26),
-           "attention.sliding_window_pattern": (0, 4096)}
-
-
-def _check_counts(path: Path, arch: str, kv: dict, n_tensors: int) -> None:
-    """Every count the estimate uses: an integer (or a list of them, per layer) within sane
-    bounds, and no more layers than the file has tensors; else EdgeError."""
-    for key, (lo, hi) in _LIMITS.items():
-        v = kv.get(f"{arch}.{key}")
-        if v is None:
-            continue
-        values = v if isinstance(v, list) and key in ("feed_forward_length", "attention.head_count",
-                                                       "attention.head_count_kv") else [v]
-        if not values or not all(isinstance(x, int) and not isinstance(x, bool) and lo <= x <= hi for x in values):
-            raise EdgeError(f"{path}: {arch}.{key} = {printable(v, 60)} is not a count in [{lo}, {hi:,}]; "
-                            "the file is damaged or not a llama.cpp model: re-export it")
-    if kv[f"{arch}.block_count"] > n_tensors:
-        raise EdgeError(f"{path}: {arch}.block_count {kv[f'{arch}.block_count']:,} is more than its "
-                        f"{n_tensors} tensors; the file is damaged: re-export it")
-    tokens = kv.get("tokenizer.ggml.tokens")
-    if tokens is not None and not (isinstance(tokens, int) and 0 <= tokens <= 1 << 24):
-        raise EdgeError(f"{path}: tokenizer.ggml.tokens is not a vocabulary; the file is damaged: re-export it")
-
-
-def read_models(paths) -> tuple[list[ModelInfo], list[str]]:
-    """The language models among `paths`, and one line per file skipped (an importance matrix,
-    a projector, a damaged file): a folder's other GGUFs never stop the ones that are models."""
-    infos, skipped = [], []
-    for p in paths:
-        try:
-            infos.append(read_gguf(p))
-        except NotAModel as e:
-            skipped.append(f"{Path(p).name}: not a language model "
-                           f"({'an importance matrix' if e.gguf_type == 'imatrix' else 'no model tensors'})")
-        except EdgeError as e:
-            skipped.append(str(e))
-    return infos, skipped
-
-
-def _model_info(path: Path, kv: dict, tensors: list) -> ModelInfo:
-    arch = kv.get("general.architecture", "")
-    arch = arch if isinstance(arch, str) else ""
-    gtype = kv.get("general.type", "model")
-    a = lambda k, d=None: kv.get(f"{arch}.{k}", d)   # noqa: E731
-    names = {t.name for t in tensors}
-    if gtype != "model" or arch in ("clip", "") or a("block_count") is None or "token_embd.weight" not in names:
-        raise NotAModel(f"{path} is not a language model GGUF (architecture {printable(arch, 40) or '?'!r}, type "
-                        f"{printable(gtype, 40)!r}); give the model file, not a projector/adapter/vocab file",
-                        gtype if isinstance(gtype, str) else "")
-    for key in ("embedding_length", "attention.head_count"):
-        if not a(key):
-            raise EdgeError(f"{path} has no {arch}.{key} in its metadata; it is not a complete llama.cpp "
-                            "model file: re-export it")
-    _check_counts(path, arch, kv, len(tensors))
-    total = embd = out = 0
-    embd_type = ""
-    types: dict[str, int] = {}
-    mm: dict[str, int] = {}
-    params = 0
-    n_vocab_t = 0
-    for t in tensors:
-        total += t.n_bytes
-        params += t.n_elements
-        types[t.type] = types.get(t.type, 0) + t.n_bytes
-        if len(t.shape) >= 2 and t.name != "token_embd.weight":
-            mm[t.type] = mm.get(t.type, 0) + t.n_bytes
-        if t.name == "token_embd.weight":
-            embd, embd_type = t.n_bytes, t.type
-            n_vocab_t = t.shape[1] if len(t.shape) > 1 else 0
-        elif t.name == "output.weight":
-            out = t.n_bytes
-    n_head = a("attention.head_count")
-    n_head = max(n_head) if isinstance(n_head, list) else n_head
-    n_head_kv = a("attention.head_count_kv", n_head)
-    n_head_kv = max(n_head_kv) if isinstance(n_head_kv, list) else n_head_kv
-    n_embd = a("embedding_length")
-    tokens = kv.get("tokenizer.ggml.tokens")
-    pattern = a("attention.sliding_window_pattern")
-    if not isinstance(pattern, int) or pattern <= 0:
-        pattern = gemma3.SLIDING_WINDOW_PATTERN if arch.startswith("gemma3") else 1
-    info = ModelInfo(
-        path=str(path), file_bytes=path.stat().st_size, arch=arch, name=printable(kv.get("general.name") or path.stem, 80),
-        file_type=ft if isinstance(ft := kv.get("general.file_type"), int) else None, n_layers=a("block_count"), n_embd=n_embd,
-        n_ff=a("feed_forward_length", 0) if not isinstance(a("feed_forward_length"), list) else max(a("feed_forward_length")),
-        n_head=n_head, n_head_kv=n_head_kv,
-        key_length=a("attention.key_length", n_embd // n_head),
-        value_length=a("attention.value_length", n_embd // n_head),
-        n_vocab=tokens if isinstance(tokens, int) else n_vocab_t,
-        context_length=a("context_length", 0), sliding_window=a("attention.sliding_window", 0) or 0,
-        swa_pattern=pattern, tensor_bytes=total, embd_bytes=embd, embd_type=embd_type,
-        output_bytes=out, tied_output=out == 0, types=types,
-        matmul_types={**mm, **({embd_type: mm.get(embd_type, 0) + embd} if out == 0 else {})}, params=params)
-    return info
 
 
 # ---- the estimate -----------------------------------------------------------------------
@@ -362,7 +149,7 @@ class Estimate:
         return bandwidth_gbs * 1e9 / b
 
 
-def _check_setting(ctx: int, ubatch: int, kv_type: str) -> None:
+def check_setting(ctx: int, ubatch: int, kv_type: str) -> None:
     if not isinstance(ctx, int) or ctx < 1:
         raise EdgeError(f"--ctx {ctx!r} must be a positive number of tokens, e.g. 4096")
     if not isinstance(ubatch, int) or ubatch < 1:
@@ -391,8 +178,8 @@ def estimate(path: str | Path | ModelInfo, *, ctx: int = 4096, ubatch: int = 512
     `cpu_features` (cpuinfo flags; default: this machine's) decide which weights llama.cpp
     repacks into a second copy (REPACK_TYPES).
     """
-    info = path if isinstance(path, ModelInfo) else read_gguf(path)
-    _check_setting(ctx, ubatch, kv_type)
+    info = path if isinstance(path, ModelInfo) else model_info(path)
+    check_setting(ctx, ubatch, kv_type)
     notes = []
     if info.context_length and ctx > info.context_length:
         notes.append(f"n_ctx {ctx} is above the model's trained context {info.context_length}")
@@ -436,224 +223,6 @@ def estimate(path: str | Path | ModelInfo, *, ctx: int = 4096, ubatch: int = 512
                     notes=notes)
 
 
-# ---- measurement (real llama-cpp-python, in a subprocess) --------------------------------
-_CHILD = r"""
-import json, os, sys, time, resource
-import psutil
-args = json.loads(sys.argv[1])
-proc = psutil.Process()
-import llama_cpp
-from llama_cpp import Llama
-r_import = proc.memory_info().rss
-types = {"f16": 1, "q8_0": 8, "q4_0": 2, "f32": 0, "bf16": 30}
-kw = dict(model_path=args["path"], n_ctx=args["ctx"], n_batch=max(args["ubatch"], 512), n_ubatch=args["ubatch"],
-          n_threads=args["threads"], verbose=False, swa_full=args["swa_full"], flash_attn=args["flash_attn"],
-          type_k=types[args["kv_type"]], type_v=types[args["kv_type"]])
-t0 = time.time()
-llm = Llama(**kw)
-load_s = time.time() - t0
-r_loaded = proc.memory_info().rss
-text = "The history of the river valley begins with the first farmers who settled along its banks. " * 64
-toks = llm.tokenize(text.encode(), add_bos=True)[: args["prompt"]]
-t0 = time.time()
-n = 0
-for tok in llm.generate(toks, temp=0.0, top_k=1):
-    n += 1
-    if n == 1:
-        prompt_s = time.time() - t0
-        t0, c0 = time.time(), time.process_time()
-    if n >= args["gen"]:
-        break
-gen_s = time.time() - t0
-cpu_s = time.process_time() - c0
-r_used = proc.memory_info().rss
-print(json.dumps({"rss_import": r_import, "rss_loaded": r_loaded, "rss_used": r_used,
-                  "peak_rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
-                  "load_s": load_s, "prompt_tokens": len(toks), "prompt_s": prompt_s,
-                  "gen_tokens": n, "gen_s": gen_s, "tok_s": (n - 1) / gen_s if n > 1 else None,
-                  "tok_per_cpu_s": (n - 1) / cpu_s if n > 1 and cpu_s > 0 else None}))
-"""
-
-
-def measure_rss(path: str | Path, *, ctx: int = 4096, ubatch: int = 512, kv_type: str = "f16",
-                swa_full: bool = True, flash_attn: bool = False, prompt: int = 256, gen: int = 32,
-                threads: int = 2, timeout: float = 300) -> dict:
-    """Load `path` with llama-cpp-python in a fresh subprocess, run a short chat, report RSS.
-
-    Returns rss_import (Python + llama_cpp imported), rss_loaded (after Llama(...)), rss_used
-    (after a `prompt`-token prompt and `gen` generated tokens), peak_rss, decode tok/s (wall
-    clock) and tok_per_cpu_s (tokens per CPU-second of this process: with one thread, close to
-    the speed on an idle machine even when the CPU is shared).
-    """
-    _check_setting(ctx, ubatch, kv_type)
-    args = dict(path=str(path), ctx=ctx, ubatch=ubatch, kv_type=kv_type, swa_full=swa_full,
-                flash_attn=flash_attn, prompt=min(prompt, max(ctx - gen - 8, 8)), gen=gen, threads=threads)
-    env = dict(os.environ, OMP_NUM_THREADS=str(threads))
-    p = subprocess.run([sys.executable, "-c", _CHILD, json.dumps(args)], capture_output=True, text=True,
-                       timeout=timeout, env=env)
-    if p.returncode != 0:
-        raise RuntimeError(f"llama-cpp-python measurement failed: {p.stderr.strip()[-600:]}")
-    return json.loads(p.stdout.strip().splitlines()[-1])
-
-
-# ---- device profiles --------------------------------------------------------------------
-TIERS = ("budget", "mid", "flagship")
-# field -> (python type(s), must be positive)
-PROFILE_FIELDS: dict[str, tuple[tuple[type, ...], bool]] = {
-    "ram_gb": ((int, float), True),
-    "soc": ((str,), False),
-    "cpu": ((str,), False),
-    "cpu_cores": ((int,), True),
-    "dotprod": ((bool,), False),
-    "i8mm": ((bool,), False),
-    "memory_type": ((str,), False),
-    "memory_mts": ((int, float), True),
-    "bus_bits": ((int,), True),
-    "bandwidth_gbs": ((int, float), True),
-    "android": ((str,), False),
-    "sustained_power_w": ((int, float), True),
-    "load_power_w": ((int, float), True),
-}
-
-
-@dataclass
-class Profile:
-    """One phone, from edge/profiles/<key>.toml. Every value has its source in `sources`."""
-
-    key: str
-    name: str
-    tier: str
-    ram_gb: float
-    soc: str
-    cpu: str
-    cpu_cores: int
-    dotprod: bool
-    i8mm: bool
-    memory_type: str
-    memory_mts: float
-    bus_bits: int
-    bandwidth_gbs: float
-    android: str
-    sustained_power_w: float
-    load_power_w: float
-    sources: dict[str, str] = field(default_factory=dict)
-    path: str = ""
-
-    @property
-    def bandwidth_sourced(self) -> bool:
-        """Whether the DRAM bandwidth rests on read sources (a link for both the transfer rate and
-        the bus width), rather than on an estimate."""
-        srcs = [self.sources.get(k, "") for k in ("memory_mts", "bus_bits")]
-        return all("https://" in s and not s.strip().lower().startswith("estimate") for s in srcs)
-
-    @property
-    def ram_bytes(self) -> int:
-        """Physical RAM: phone RAM is sold in binary gigabytes (an '8 GB' phone has 8 GiB)."""
-        return int(self.ram_gb * GIB)
-
-
-def _load_profile(path: Path) -> Profile:
-    import tomllib
-
-    try:
-        data = tomllib.loads(path.read_text())
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
-        raise EdgeError(f"profile {path}: not valid TOML ({e}); fix the file") from None
-    for key in ("name", "tier"):
-        if not isinstance(data.get(key), str) or not data[key]:
-            raise EdgeError(f"profile {path}: field '{key}' is missing; add {key} = \"...\"")
-    if data["tier"] not in TIERS:
-        raise EdgeError(f"profile {path}: field 'tier' is {data['tier']!r}; use one of {', '.join(TIERS)}")
-    values, sources = {}, {}
-    for name, (types, positive) in PROFILE_FIELDS.items():
-        entry = data.get(name)
-        if entry is None:
-            raise EdgeError(f"profile {path}: field '{name}' is missing; add {name} = {{ value = ..., source = \"...\" }}")
-        if not isinstance(entry, dict) or "value" not in entry:
-            raise EdgeError(f"profile {path}: field '{name}' must be {{ value = ..., source = \"...\" }}")
-        v, src = entry["value"], entry.get("source")
-        if not isinstance(src, str) or not src.strip():
-            raise EdgeError(f"profile {path}: field '{name}' has no source; every number says where it came from")
-        ok = isinstance(v, types) and not (bool not in types and isinstance(v, bool))
-        if not ok:
-            raise EdgeError(f"profile {path}: field '{name}' is {v!r}; expected {' or '.join(t.__name__ for t in types)}")
-        if positive and v <= 0:
-            raise EdgeError(f"profile {path}: field '{name}' is {v!r}; it must be positive")
-        values[name], sources[name] = v, src
-    computed = values["memory_mts"] * values["bus_bits"] / 8 / 1000
-    if abs(computed - values["bandwidth_gbs"]) > 0.02 * computed:
-        raise EdgeError(f"profile {path}: field 'bandwidth_gbs' is {values['bandwidth_gbs']} but memory_mts x "
-                        f"bus_bits / 8 gives {computed:.1f} GB/s; fix one of them")
-    return Profile(key=path.stem, name=data["name"], tier=data["tier"], sources=sources, path=str(path), **values)
-
-
-def load_profiles(folder: str | Path | None = None) -> dict[str, Profile]:
-    """Read and validate every edge/profiles/*.toml; key = file stem. Bad files raise EdgeError."""
-    folder = Path(folder) if folder else PROFILES_DIR
-    files = sorted(folder.glob("*.toml"))
-    if not files:
-        raise EdgeError(f"no device profiles in {folder}; reinstall the toolkit or pass a folder of *.toml")
-    return {f.stem: _load_profile(f) for f in files}
-
-
-def get_profile(name: str, profiles: dict[str, Profile] | None = None) -> Profile:
-    profiles = profiles or load_profiles()
-    if name in profiles:
-        return profiles[name]
-    low = name.lower().replace(" ", "_").replace("-", "_")
-    hits = [p for k, p in profiles.items() if low == k or low in k]
-    if len(hits) == 1:
-        return hits[0]
-    raise EdgeError(f"unknown device profile {name!r}; known: {', '.join(profiles)} (see `edge profiles`)")
-
-
-def match_profile(state, profiles: dict[str, Profile] | None = None) -> Profile | None:
-    """The profile of a live phone, by model name or SoC code (for its bandwidth and power)."""
-    profiles = profiles or load_profiles()
-    model, soc = (state.model or "").lower(), (state.soc or "").lower()
-    for p in profiles.values():
-        if model and (model in p.name.lower() or p.name.lower().split(" (")[0].endswith(model)):
-            return p
-    for p in profiles.values():
-        if soc and len(soc) >= 4 and soc in p.soc.lower():
-            return p
-    return None
-
-
-# ---- the apps' own rules ----------------------------------------------------------------
-POCKETPAL_RULE_SOURCE = "https://github.com/a-ghorbani/pocketpal-ai/pull/250"
-ANYTHINGLLM_RULE_SOURCE = ("https://github.com/Mintplex-Labs/anythingllm-mobile (src/utils/models/memoryFit.ts; "
-                           "context default: src/utils/contextLength.ts, PR #46)")
-
-
-def pocketpal_rule(file_bytes: int, ram_bytes: int) -> dict:
-    """PocketPal AI's memory check (PR #250): need = 0.92 x file + 0.43 GB, a linear fit to its
-    phone leaderboard; it warns when need >= min(0.65 x RAM, RAM - 1.2 GB)."""
-    need = 0.92 * file_bytes + 0.43e9
-    limit = min(0.65 * ram_bytes, ram_bytes - 1.2e9)
-    return {"need_bytes": int(need), "limit_bytes": int(limit), "fits": need < limit, "warns": need >= limit,
-            "source": POCKETPAL_RULE_SOURCE}
-
-
-def anythingllm_rule(file_bytes: int, ram_bytes: int) -> dict:
-    """AnythingLLM mobile's badge (memoryFit.ts, weights file only): 'impossible' when the file is
-    larger than RAM, 'tight' ("May not fit") when larger than RAM - 2.5 GB (its reserve for the OS,
-    the app and the KV cache), else 'ok'. Its default context (contextLength.ts, PR #46): 512 under
-    4 GB of RAM, 1024 under 6 GB, else 2048 (decimal GB)."""
-    badge = "impossible" if file_bytes > ram_bytes else "tight" if file_bytes > ram_bytes - 2.5e9 else "ok"
-    ctx = 512 if ram_bytes < 4e9 else 1024 if ram_bytes < 6e9 else 2048
-    return {"badge": badge, "fits": badge != "impossible", "tight": badge == "tight",
-            "budget_bytes": int(ram_bytes - 2.5e9), "default_ctx": ctx, "source": ANYTHINGLLM_RULE_SOURCE}
-
-
-def storage_verdicts(file_bytes: int, free_bytes: int | None) -> dict:
-    """Per delivery route (edge.apps): the storage the push needs, the app's own copy counted, and
-    whether the phone's free space (None: unknown, e.g. a profile) holds it."""
-    from edge import apps
-
-    return {"free_bytes": free_bytes, "apps": {a: apps.storage_verdict(a, file_bytes, free_bytes) for a in apps.APPS}}
-
-
 # ---- verdicts ---------------------------------------------------------------------------
 @dataclass
 class Verdict:
@@ -678,11 +247,6 @@ class Verdict:
     estimate: dict
     warnings: list[str] = field(default_factory=list)
     storage: dict = field(default_factory=dict)   # storage_verdicts: free space and need per app
-
-
-def usable_bytes_for(ram_bytes: int) -> int:
-    """Memory one foreground app can take on an Android phone with `ram_bytes` (estimate)."""
-    return int(ram_bytes - SYSTEM_RESERVE_FIXED - SYSTEM_RESERVE_FRACTION * ram_bytes)
 
 
 def _classify(need: int, usable: int) -> str:
@@ -720,7 +284,7 @@ def verdict(path, device, *, ctx: int = 4096, ubatch: int = 512, kv_type: str = 
     """Will `path` run on `device` (a Profile, a DeviceState, or a profile name)?"""
     from edge.readings import DeviceState
 
-    info = path if isinstance(path, ModelInfo) else read_gguf(path)
+    info = path if isinstance(path, ModelInfo) else model_info(path)
     if isinstance(device, str):
         device = get_profile(device, profiles)
     warnings: list[str] = []
@@ -759,22 +323,11 @@ def verdict(path, device, *, ctx: int = 4096, ubatch: int = 512, kv_type: str = 
         tok, tok_full = e.tokens_per_s(bw), e.tokens_per_s(bw, full=True)
         thermal = "laptop: no sustained power envelope modelled"
     elif prof is not None:
-        family = soc_family(prof.soc)
-        tok = PHONE_SPEED.tok_s(e.bytes_per_token, info.n_layers, prof.bandwidth_gbs, family)
-        tok_full = PHONE_SPEED.tok_s(e.bytes_per_token_full, info.n_layers, prof.bandwidth_gbs, family)
-        if not prof.bandwidth_sourced:
-            warnings.append(ESTIMATED_BANDWIDTH)
-        energy = prof.load_power_w / tok * 1000
-        sust = tok * min(1.0, prof.sustained_power_w / prof.load_power_w)
-        if sust >= target_tok_s:
-            thermal = (f"holds {sust:.0f} tok/s sustained ({prof.sustained_power_w:g} W envelope, "
-                       f"{energy:.0f} mJ/token at {prof.load_power_w:g} W)")
-        else:
-            thermal = (f"throttles to about {sust:.1f} tok/s, below the {target_tok_s:g} tok/s target "
-                       f"({prof.sustained_power_w:g} W envelope vs {prof.load_power_w:g} W under load)")
-        if not (prof.dotprod or prof.i8mm):
-            warnings.append("CPU without dotprod/i8mm: quantized matmuls run on plain NEON, speed is "
-                            "likely compute-bound and below this bandwidth estimate")
+        sp = phone_speed(prof, bytes_per_token=e.bytes_per_token, bytes_per_token_full=e.bytes_per_token_full,
+                         n_layers=info.n_layers, target_tok_s=target_tok_s)
+        tok, tok_full, sust, energy, thermal = sp.tok_s, sp.tok_s_full, sp.sustained_tok_s, \
+            sp.energy_mj_per_token, sp.thermal
+        warnings += sp.warnings
     else:
         thermal = "no profile matches this phone: speed unknown"
     if isinstance(device, DeviceState) and kind != "host":
@@ -795,7 +348,7 @@ def verdict(path, device, *, ctx: int = 4096, ubatch: int = 512, kv_type: str = 
 
 def matrix(paths, devices, **kw) -> list[Verdict]:
     """Verdicts for every (variant, device); devices are Profiles, DeviceStates or names."""
-    infos = [p if isinstance(p, ModelInfo) else read_gguf(p) for p in paths]
+    infos = [p if isinstance(p, ModelInfo) else model_info(p) for p in paths]
     return [verdict(i, d, **kw) for i in infos for d in devices]
 
 
@@ -822,7 +375,7 @@ def recommend(paths, device, *, report=None, ctx: int = 4096, close: float = 1.2
     dotprod or i8mm, a Q4_0 variant whose kld_mean is within `close` x the best is preferred:
     llama.cpp repacks Q4_0 into its interleaved layout there and decodes it fastest.
     """
-    infos = [p if isinstance(p, ModelInfo) else read_gguf(p) for p in paths]
+    infos = [p if isinstance(p, ModelInfo) else model_info(p) for p in paths]
     from quantize.report import rows_by_file
 
     quality = rows_by_file(report) if report is not None else {}
@@ -871,41 +424,6 @@ def _mb(b) -> str:
     return "-" if b is None else f"{b / 1e6:,.0f} MB"
 
 
-def profiles_cmd(*, json: bool = False):
-    """List the bundled phone profiles (edge/profiles/*.toml): RAM, SoC, bandwidth, CPU features, power.
-
-    Every value in a profile carries its source; `--json` prints them all.
-
-    Args:
-        json: print the profiles, with every value's source, as JSON.
-    """
-    profiles = load_profiles()
-    if json:
-        return {"profiles": [asdict(p) | {"usable_bytes": usable_bytes_for(p.ram_bytes),
-                                          "bandwidth_sourced": p.bandwidth_sourced, "soc_family": soc_family(p.soc)}
-                             for p in profiles.values()]}
-    order = sorted(profiles.values(), key=lambda p: (TIERS.index(p.tier), p.ram_gb, p.key))
-    rows = [("profile", "tier", "RAM", "SoC", "memory", "GB/s", "dotprod", "i8mm", "Android", "sust. W")]
-    for p in order:
-        rows.append((p.key, p.tier, f"{p.ram_gb:g} GB", p.soc.split(" (")[0], p.memory_type,
-                     f"{p.bandwidth_gbs:g}" + ("" if p.bandwidth_sourced else " (estimate)"),
-                     "yes" if p.dotprod else "no", "yes" if p.i8mm else "no", p.android, f"{p.sustained_power_w:g}"))
-    print(_table(rows))
-    n_est = sum(not p.bandwidth_sourced for p in profiles.values())
-    print(f"\n{len(profiles)} profiles in {PROFILES_DIR}; sources: `edge profiles --json`")
-    if n_est:
-        print(f"(estimate): {n_est} profiles' DRAM bandwidth has no linked source for its transfer rate and bus "
-              "width, so their speed figures are estimates; the power figures of every profile are estimates")
-    return None
-
-
-def _table(rows: list[tuple]) -> str:
-    widths = [max(len(str(r[i])) for r in rows) for i in range(len(rows[0]))]
-    lines = ["  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(lines)
-
-
 def verdict_table(vs: list[Verdict], with_variant: bool) -> str:
     head = (("variant",) if with_variant else ()) + ("device", "verdict", "needs", "usable", "max n_ctx",
                                                     "tok/s", "sustained", "PocketPal", "AnythingLLM")
@@ -917,7 +435,7 @@ def verdict_table(vs: list[Verdict], with_variant: bool) -> str:
             "-" if v.sustained_tok_s is None else f"{v.sustained_tok_s:.0f}",
             "fits" if v.pocketpal["fits"] else "warns",
             {"ok": "fits", "tight": "tight", "impossible": "too large"}[v.anythingllm["badge"]]))
-    return _table(rows)
+    return text_table(rows)
 
 
 def _apps_lines(v: Verdict) -> list[str]:
@@ -971,11 +489,10 @@ def budget_cmd(file: str, *, device: str = "", serial: str = "", host: bool = Fa
     if Path(file).is_dir():
         return _budget_folder(Path(file), device=device, serial=serial, host=host, ctx=ctx, ubatch=ubatch,
                               kv_type=kv_type, swa_full=swa_full, as_json=json)
-    info = read_gguf(file)
+    info = model_info(file)
     est = estimate(info, ctx=ctx, ubatch=ubatch, kv_type=kv_type, swa_full=swa_full)
     kw = dict(ctx=ctx, ubatch=ubatch, kv_type=kv_type, swa_full=swa_full)
-    devices = _pick_devices(device, serial, host) or sorted(
-        load_profiles().values(), key=lambda p: (TIERS.index(p.tier), p.ram_gb, p.key))
+    devices = _pick_devices(device, serial, host) or by_tier(load_profiles())
     vs = [verdict(info, d, **kw) for d in devices]
     if len(vs) == 1:                       # the parts as that device would hold them
         parts, where = vs[0].estimate, f"on {vs[0].device}"

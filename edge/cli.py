@@ -40,7 +40,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "chat": ("edge.chat", "chat_cmd"),
     "quantize": ("quantize.variants", "quantize_cmd"),
     "imatrix": ("quantize.imatrix", "imatrix_cmd"),
-    "profiles": ("edge.budget", "profiles_cmd"),
+    "profiles": ("edge.profiles", "profiles_cmd"),
     "budget": ("edge.budget", "budget_cmd"),
     "devices": ("edge.device", "devices_cmd"),
     "push": ("edge.push", "push_cmd"),

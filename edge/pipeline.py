@@ -90,7 +90,7 @@ def _check_inputs(s: RunSettings) -> None:
 
             if not re.fullmatch(r"[\w.-]+/[\w.-]+", value) or Path(value).suffix:
                 raise EdgeError(f"{flag} {value}: no such file or folder")
-    from edge.budget import get_profile
+    from edge.profiles import get_profile
 
     for d in s.devices:
         get_profile(d)

@@ -98,26 +98,17 @@ def _push_lock(serial: str, remote: str):
 
 
 def budget_verdict(path: Path, state, ctx: int = 4096) -> tuple[str, str]:
-    """(verdict, detail) from `edge.budget.verdict` at n_ctx `ctx`, when the budget module is there."""
+    """(verdict, detail) of `edge.budget.verdict` at n_ctx `ctx`: fits, tight or does not fit; or
+    "unknown" when the budget cannot answer (the push then goes on with a warning)."""
+    from edge import budget
+
     try:
-        from edge import budget
-        fn = budget.verdict
-    except (ImportError, AttributeError):
-        return "unknown", "the budget estimator (edge.budget) is not available"
-    try:
-        v = fn(path, state, ctx=ctx)
+        v = budget.verdict(path, state, ctx=ctx)
     except EdgeError as e:
         return "unknown", f"budget: {e}"
     except Exception as e:  # the estimator's bug must not block a push: report it as a warning
         return "unknown", f"budget check failed ({type(e).__name__}: {e})"
-    word = v if isinstance(v, str) else (v.get("verdict") if isinstance(v, dict) else getattr(v, "verdict", ""))
-    detail = "" if isinstance(v, str) else (v.get("detail", "") if isinstance(v, dict)
-                                            else getattr(v, "detail", "") or getattr(v, "summary", ""))
-    if not detail and hasattr(v, "peak_bytes") and hasattr(v, "usable_bytes"):
-        detail = (f"needs {v.peak_bytes / 1e9:.2f} GB at n_ctx {getattr(v, 'ctx', '?')}, "
-                  f"{v.usable_bytes / 1e9:.2f} GB usable")
-    word = str(word or "unknown").lower().replace("_", " ")
-    return word, str(detail or "")
+    return v.verdict, f"needs {v.peak_bytes / 1e9:.2f} GB at n_ctx {v.ctx}, {v.usable_bytes / 1e9:.2f} GB usable"
 
 
 def push(file: str | Path, app: str, serial: str = "", *, dest: str = "", force: bool = False,
@@ -151,10 +142,10 @@ def push(file: str | Path, app: str, serial: str = "", *, dest: str = "", force:
         res.warnings.append(f"could not read the phone's state: {e}")
     if state is not None:
         res.budget, detail = budget_verdict(local, state, ctx)
-        if res.budget in ("does not fit", "no", "too big") and not force:
+        if res.budget == "does not fit" and not force:
             raise EdgeError(f"{local.name} does not fit {state.model or serial} by our budget ({detail}); "
                             f"pick a smaller variant or pass --force to push anyway")
-        if res.budget not in ("fits", "ok", "yes"):
+        if res.budget != "fits":
             res.warnings.append(f"budget: {res.budget}" + (f" ({detail})" if detail else ""))
 
     access = ""

@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
-from edge.budget import DEFAULT_DEVICES
+from edge.profiles import DEFAULT_DEVICES
 from edge.errors import EdgeError
 from edge.runfolder import Run, digest
 
@@ -402,12 +402,14 @@ def stage_evaluate(c: Ctx) -> Outcome:
 def stage_budget(c: Ctx) -> Outcome:
     import json
 
-    from edge.budget import verdict_table, get_profile, matrix, read_gguf, recommend
+    from edge.budget import matrix, recommend, verdict_table
+    from edge.modelinfo import model_info
+    from edge.profiles import get_profile
     from edge.fsutil import write_text_atomic
 
     paths = c.run.variants()
     devices = [get_profile(d) for d in c.s.devices]
-    infos = [read_gguf(p) for p in paths]
+    infos = [model_info(p) for p in paths]
     verdicts = matrix(infos, devices, ctx=c.s.ctx)
     report = c.run.report()
     recs = [recommend(infos, d, report=report, ctx=c.s.ctx) for d in devices]

@@ -769,7 +769,7 @@ def test_tui_report_with_wrong_types_is_read(tmp_path):
 
 
 def test_tui_budget_grid_survives_a_corrupt_gguf(tmp_path):
-    from edge.budget import get_profile
+    from edge.profiles import get_profile
     from tui_screens import library
 
     good = Path(write(tmp_path / "good.gguf", G.model_gguf()))

@@ -12,9 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from edge import budget
-from edge.budget import (EdgeError, estimate, get_profile, load_profiles, matrix, measure_rss, read_gguf,
-                         recommend, verdict)
+from edge import apps, budget, phonespeed, profiles as edge_profiles
+from edge.budget import EdgeError, estimate, matrix, recommend, verdict
+from edge.modelinfo import model_info
+from edge.profiles import get_profile, load_profiles
 
 
 @pytest.fixture(scope="module")
@@ -26,7 +27,7 @@ def gguf_path():
 
 @pytest.fixture(scope="module")
 def info(gguf_path):
-    return read_gguf(gguf_path)
+    return model_info(gguf_path)
 
 
 # ---- profiles ---------------------------------------------------------------------------
@@ -38,12 +39,12 @@ def test_profiles_cover_budget_to_flagship_with_sources():
     assert {p.tier for p in profiles.values()} == {"budget", "mid", "flagship"}
     assert any(not p.dotprod for p in profiles.values()) and any(p.i8mm for p in profiles.values())
     for p in profiles.values():
-        assert set(p.sources) == set(budget.PROFILE_FIELDS) and all(s.strip() for s in p.sources.values())
+        assert set(p.sources) == set(edge_profiles.PROFILE_FIELDS) and all(s.strip() for s in p.sources.values())
         assert p.bandwidth_gbs == pytest.approx(p.memory_mts * p.bus_bits / 8000, rel=0.02)
 
 
 def _write_profile(folder: Path, name: str, text: str) -> Path:
-    src = (budget.PROFILES_DIR / "pixel_7.toml").read_text()
+    src = (edge_profiles.PROFILES_DIR / "pixel_7.toml").read_text()
     folder.mkdir(exist_ok=True)
     (folder / f"{name}.toml").write_text(text(src) if callable(text) else text)
     return folder
@@ -93,14 +94,14 @@ def test_not_a_language_model_is_an_error(tmp_path):
     from edge.errors import NotAModel
 
     with pytest.raises(NotAModel, match="not a language model") as e:   # typed: a folder listing skips it by type
-        read_gguf(p)
+        model_info(p)
     assert e.value.gguf_type == "mmproj"
     junk = tmp_path / "x.gguf"
     junk.write_bytes(b"PK\x03\x04" + b"\0" * 100)
     with pytest.raises(EdgeError, match="not a GGUF"):
-        read_gguf(junk)
+        model_info(junk)
     with pytest.raises(EdgeError, match="not found"):
-        read_gguf(tmp_path / "missing.gguf")
+        model_info(tmp_path / "missing.gguf")
 
 
 def test_truncated_gguf_is_an_error(tmp_path, gguf_path):
@@ -108,10 +109,10 @@ def test_truncated_gguf_is_an_error(tmp_path, gguf_path):
     with open(gguf_path, "rb") as f:
         cut.write_bytes(f.read(20_000_000))       # header complete, tensor data cut short
     with pytest.raises(EdgeError, match="truncated"):
-        read_gguf(cut)
+        model_info(cut)
     cut.write_bytes(cut.read_bytes()[:1_000_000])  # cut inside the vocabulary
     with pytest.raises(EdgeError, match="not a readable GGUF"):
-        read_gguf(cut)
+        model_info(cut)
 
 
 
@@ -125,11 +126,11 @@ def test_every_gguf_reader_takes_version_3_only(tmp_path, version):
 
     path = _tiny_gguf(tmp_path / "v.gguf", layers=2)
     push.check_gguf(path)
-    assert read_gguf(path).n_layers == 2 and ggufinfo.read_gguf(path).version == 3
+    assert model_info(path).n_layers == 2 and ggufinfo.read_gguf(path).version == 3
     data = bytearray(path.read_bytes())
     data[4:8] = struct.pack("<I", version)
     path.write_bytes(bytes(data))
-    for reader in (push.check_gguf, read_gguf, ggufinfo.read_gguf):
+    for reader in (push.check_gguf, model_info, ggufinfo.read_gguf):
         with pytest.raises(EdgeError, match=f"GGUF version {version}; only version 3 "):
             reader(path)
 
@@ -173,14 +174,14 @@ def test_verdicts_and_the_apps_rules(info):
 
 def test_the_apps_rules_at_their_edges():
     gb = 1e9
-    assert budget.pocketpal_rule(int(2.5 * gb), int(4 * gb))["warns"]         # 2.73 >= min(2.6, 2.8)
-    assert not budget.pocketpal_rule(int(2 * gb), int(4 * gb))["warns"]       # 2.27 < 2.6
+    assert apps.pocketpal_rule(int(2.5 * gb), int(4 * gb))["warns"]         # 2.73 >= min(2.6, 2.8)
+    assert not apps.pocketpal_rule(int(2 * gb), int(4 * gb))["warns"]       # 2.27 < 2.6
     edge = (min(0.65 * 4 * gb, 4 * gb - 1.2 * gb) - 0.43 * gb) / 0.92         # need == limit: warns
-    assert budget.pocketpal_rule(int(edge) + 1, int(4 * gb))["warns"]
-    assert not budget.pocketpal_rule(int(edge) - 1, int(4 * gb))["warns"]
-    assert [budget.anythingllm_rule(int(f * gb), int(4 * gb))["badge"] for f in (1.4, 1.6, 4.1)] == \
+    assert apps.pocketpal_rule(int(edge) + 1, int(4 * gb))["warns"]
+    assert not apps.pocketpal_rule(int(edge) - 1, int(4 * gb))["warns"]
+    assert [apps.anythingllm_rule(int(f * gb), int(4 * gb))["badge"] for f in (1.4, 1.6, 4.1)] == \
         ["ok", "tight", "impossible"]
-    assert [budget.anythingllm_rule(1, int(r * gb))["default_ctx"] for r in (3.9, 4.0, 5.9, 6.0, 12)] == \
+    assert [apps.anythingllm_rule(1, int(r * gb))["default_ctx"] for r in (3.9, 4.0, 5.9, 6.0, 12)] == \
         [512, 1024, 1024, 2048, 2048]
 
 
@@ -219,21 +220,21 @@ def test_phone_table_rejects_a_row_without_a_source(tmp_path):
 
 
 def test_shipped_phone_speed_is_the_fit_of_the_table():
-    """edge.budget.PHONE_SPEED must be what bench/phones.py fits on bench/phones.toml today."""
+    """edge.phonespeed.PHONE_SPEED must be what bench/phones.py fits on bench/phones.toml today."""
     from bench import phones
 
     m = phones.fit(phones.load_table())
-    assert m.layer_bytes == pytest.approx(budget.PHONE_SPEED.layer_bytes, rel=0.02)
-    assert set(m.efficiency) == set(budget.PHONE_SPEED.efficiency)
+    assert m.layer_bytes == pytest.approx(phonespeed.PHONE_SPEED.layer_bytes, rel=0.02)
+    assert set(m.efficiency) == set(phonespeed.PHONE_SPEED.efficiency)
     for k, e in m.efficiency.items():
-        assert e == pytest.approx(budget.PHONE_SPEED.efficiency[k], rel=0.01), k
+        assert e == pytest.approx(phonespeed.PHONE_SPEED.efficiency[k], rel=0.01), k
 
 
 def test_speed_follows_family_bandwidth_and_layers():
-    sm = budget.PHONE_SPEED
-    assert budget.soc_family("Qualcomm Snapdragon 8 Gen 2 for Galaxy (SM8550-AC)") == "snapdragon"
-    assert budget.soc_family("Google Tensor G3") == "tensor"
-    assert budget.soc_family("MediaTek Helio G99") == "mediatek" and budget.soc_family("Kirin 9000") == "other"
+    sm = phonespeed.PHONE_SPEED
+    assert phonespeed.soc_family("Qualcomm Snapdragon 8 Gen 2 for Galaxy (SM8550-AC)") == "snapdragon"
+    assert phonespeed.soc_family("Google Tensor G3") == "tensor"
+    assert phonespeed.soc_family("MediaTek Helio G99") == "mediatek" and phonespeed.soc_family("Kirin 9000") == "other"
     assert sm.tok_s(1e9, 26, 68.0, "other") == sm.tok_s(1e9, 26, 68.0, "exynos")        # no own figure: '*'
     assert sm.tok_s(1e9, 26, 68.0, "snapdragon") == pytest.approx(2 * sm.tok_s(1e9, 26, 34.0, "snapdragon"))
     assert sm.tok_s(1e9, 26, 68.0, "tensor") > sm.tok_s(1e9, 40, 68.0, "tensor")
@@ -242,11 +243,11 @@ def test_speed_follows_family_bandwidth_and_layers():
 def test_profiles_mark_estimated_bandwidth(capsys):
     profiles = load_profiles()
     assert profiles["galaxy_s23"].bandwidth_sourced and not profiles["pixel_8"].bandwidth_sourced
-    assert budget.profiles_cmd() is None
+    assert edge_profiles.profiles_cmd() is None
     out = capsys.readouterr().out
     line = next(ln for ln in out.splitlines() if ln.startswith("pixel_8 "))
     assert "(estimate)" in line and "(estimate)" not in next(ln for ln in out.splitlines() if ln.startswith("galaxy_s23 "))
-    data = budget.profiles_cmd(json=True)["profiles"]
+    data = edge_profiles.profiles_cmd(json=True)["profiles"]
     assert {p["key"]: p["bandwidth_sourced"] for p in data}["pixel_8"] is False
 
 
@@ -327,7 +328,7 @@ def test_budget_of_a_run_reads_its_variants_from_run_json(tmp_path, gguf_path, c
     assert main(["budget", str(run.root), "--json"]) == 0
     data = json.loads(capsys.readouterr().out)
     assert {v["variant"] for v in data["verdicts"]} == {"model-Q4_K_M.gguf"}
-    assert [r["device"] for r in data["recommendations"]] == list(budget.DEFAULT_DEVICES)
+    assert [r["device"] for r in data["recommendations"]] == list(edge_profiles.DEFAULT_DEVICES)
     empty = Run.open(tmp_path / "empty")
     empty.save()
     assert main(["budget", str(empty.root)]) == 2
@@ -339,6 +340,8 @@ def test_budget_of_a_run_reads_its_variants_from_run_json(tmp_path, gguf_path, c
 def test_estimate_within_10_percent_of_measured_rss(gguf_path):
     """Real llama-cpp-python in a subprocess: RSS after a short chat vs our total_bytes."""
     from concurrent.futures import ThreadPoolExecutor
+
+    from bench.rss import measure_rss
 
     grid = (512, 8192, 32768)
     with ThreadPoolExecutor(len(grid)) as pool:      # RSS does not care that they share the CPU
@@ -404,13 +407,13 @@ def _tiny_gguf(path: Path, *, layers: int, untied: bool = False) -> Path:
 
 
 def test_metadata_drives_the_formulas(tmp_path):
-    info = read_gguf(_tiny_gguf(tmp_path / "b.gguf", layers=26))
+    info = model_info(_tiny_gguf(tmp_path / "b.gguf", layers=26))
     assert info.global_layers() == [5, 11, 17, 23]                   # 1B: 22 local + 4 global
     assert (info.n_vocab, info.tied_output, info.embd_type) == (1000, True, "F16")
     e = estimate(info, ctx=8192, swa_full=False, ubatch=512, cpu_features=[])
     assert e.kv_bytes == (4 * 8192 + 22 * 1024) * 1024
     assert e.bytes_per_token == info.tensor_bytes                      # tied: embedding read as the head
-    untied = read_gguf(_tiny_gguf(tmp_path / "u.gguf", layers=26, untied=True))
+    untied = model_info(_tiny_gguf(tmp_path / "u.gguf", layers=26, untied=True))
     assert not untied.tied_output and untied.output_bytes == 1000 * 64 * 2
     u = estimate(untied, ctx=8192, cpu_features=[])
     assert u.bytes_per_token == untied.tensor_bytes - untied.embd_bytes + 64 * 2   # one embedding row

@@ -185,6 +185,7 @@ def test_no_stage_imports_the_pipeline_or_the_demo():
     import ast
 
     stages = ["edge/finetune.py", "edge/merge.py", "edge/export.py", "edge/budget.py", "edge/evaluate.py",
+              "edge/modelinfo.py", "edge/phonespeed.py", "edge/profiles/__init__.py",
               "edge/push.py", "edge/apps.py", "edge/card.py", "edge/publish.py", "edge/data.py",
               "edge/chatformats.py", "edge/runfolder.py", "edge/stages.py", *map(str, Path(ROOT, "quantize").glob("*.py"))]
     for f in stages:

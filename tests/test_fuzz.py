@@ -124,11 +124,11 @@ def folder(tmp_path_factory):
 def test_the_unmutated_file_is_read(folder):
     """The seed file the mutations start from is a model every reader accepts, so the fuzz
     explores damage to a real header rather than files rejected at the magic."""
-    from edge import budget
+    from edge.modelinfo import model_info
 
     path = Path(folder) / "seed.gguf"
     path.write_bytes(BASE)
-    info = budget.read_gguf(path)
+    info = model_info(path)
     assert info.n_layers == 2 and len(BASE) > HEADER_END > 100
 
 
@@ -137,6 +137,8 @@ def test_the_unmutated_file_is_read(folder):
 def test_gguf_readers_on_mutated_headers(data, folder):
     from edge import budget
     from edge.ggufinfo import inspect_gguf
+    from edge.modelinfo import model_info
+    from edge.profiles import get_profile
     from edge.ggufinfo import read_gguf
     from edge.push import check_gguf
 
@@ -145,9 +147,9 @@ def test_gguf_readers_on_mutated_headers(data, folder):
     only_edge_errors(read_gguf, path, what="ggufinfo.read_gguf")
     only_edge_errors(inspect_gguf, path, what="inspect_gguf")
     only_edge_errors(check_gguf, path, what="push.check_gguf")
-    info = only_edge_errors(budget.read_gguf, path, what="budget.read_gguf")
+    info = only_edge_errors(model_info, path, what="modelinfo.model_info")
     if info is not None:
-        prof = budget.get_profile("pixel_7")
+        prof = get_profile("pixel_7")
         only_edge_errors(lambda: budget.verdict(info, prof, ctx=4096), what="budget.verdict")
 
 

@@ -92,7 +92,7 @@ def test_the_wheel_runs_outside_the_checkout(installed, tmp_path):
     files = json.loads(run([bin_ / "python", "-c", "import json; " + code], cwd=elsewhere, env=env).stdout)
     assert all(Path(f).is_relative_to(venv) for f in files), files       # the wheel's copy, not ROOT's
 
-    from edge.budget import load_profiles
+    from edge.profiles import load_profiles
 
     out = run([bin_ / "edge", "profiles", "--json"], cwd=elsewhere, env=env).stdout
     assert sorted(p["key"] for p in json.loads(out)["profiles"]) == sorted(load_profiles())

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import sys
 import threading
 import types
 
@@ -356,24 +355,32 @@ def test_old_shell_without_head_c(adb_server, gguf_file):
 
 
 def test_budget_verdict_gates_the_push(sim, gguf_file, monkeypatch):
-    fake = types.SimpleNamespace(verdict=lambda path, state, ctx: {"verdict": "does not fit",
-                                                              "detail": f"{state.model}: 9 GB > 7 GB"})
-    monkeypatch.setitem(sys.modules, "edge.budget", fake)
-    import edge
-    monkeypatch.setattr(edge, "budget", fake, raising=False)
-    with pytest.raises(EdgeError, match="does not fit Pixel 7.*--force"):
+    from edge import budget
+
+    def fake(word):
+        return lambda path, state, ctx: types.SimpleNamespace(verdict=word, ctx=ctx, peak_bytes=9e9, usable_bytes=7e9)
+
+    monkeypatch.setattr(budget, "verdict", fake("does not fit"))
+    with pytest.raises(EdgeError, match=r"does not fit Pixel 7 by our budget \(needs 9.00 GB at n_ctx 4096.*--force"):
         push(gguf_file, "chatterui", sim.serial)
     res = push(gguf_file, "chatterui", sim.serial, force=True, segment_bytes=SEG)
     assert res.budget == "does not fit" and any("budget" in w for w in res.warnings)
-    fake.verdict = lambda path, state, ctx: "fits"
-    assert push(gguf_file, "llamacpp", sim.serial, segment_bytes=SEG).budget == "fits"
+    monkeypatch.setattr(budget, "verdict", fake("tight"))
+    res = push(gguf_file, "llamacpp", sim.serial, force=True, segment_bytes=SEG)
+    assert res.budget == "tight" and any(w.startswith("budget: tight") for w in res.warnings)
+    monkeypatch.setattr(budget, "verdict", fake("fits"))
+    res = push(gguf_file, "llamacpp", sim.serial, force=True, segment_bytes=SEG)
+    assert res.budget == "fits" and not any("budget" in w for w in res.warnings)
 
 
-def test_budget_missing_is_tolerated(monkeypatch):
-    monkeypatch.setitem(sys.modules, "edge.budget", None)     # import fails
-    import edge
-    monkeypatch.delattr(edge, "budget", raising=False)
-    assert push_mod.budget_verdict(None, None)[0] == "unknown"
+def test_a_budget_that_cannot_answer_is_a_warning(monkeypatch):
+    from edge import budget
+
+    def fails(path, state, ctx):
+        raise EdgeError("device did not report its memory")
+
+    monkeypatch.setattr(budget, "verdict", fails)
+    assert push_mod.budget_verdict(None, None) == ("unknown", "budget: device did not report its memory")
 
 
 def test_two_phones_need_a_serial(adb_server, sim, gguf_file):

@@ -197,6 +197,7 @@ def budget_dir(tmp_path_factory, variants_dir) -> Path:
 async def test_budget_grid_is_the_librarys(budget_dir):
     """Every cell shows edge.budget's verdict and largest n_ctx; stars are edge.budget.recommend's."""
     from edge import budget
+    from edge.profiles import load_profiles
 
     app = EdgeApp(folder=budget_dir, live=False, host=False)
     async with app.run_test(size=SIZE) as pilot:
@@ -204,7 +205,7 @@ async def test_budget_grid_is_the_librarys(budget_dir):
         await pilot.press("b")
         await settle(app, pilot)
         table = app.screen.query_one("#budget-table")
-        profiles = budget.load_profiles()
+        profiles = load_profiles()
         assert table.row_count == len(profiles)
         files = [budget_dir / "tiny-Q8_0.gguf", budget_dir / "big-F16.gguf"]    # smallest first
         marks = {"fits": "✓", "tight": "~", "does not fit": "✗"}

@@ -38,7 +38,7 @@ def phone_cells(serial: str, state) -> list[str]:
 
 
 def profile_cells(p, usable: int) -> list[str]:
-    """One row from an `edge.budget.Profile` (sources: `edge profiles` or the .toml file)."""
+    """One row from an `edge.profiles.Profile` (sources: `edge profiles` or the .toml file)."""
     isa = " / ".join(("yes" if p.dotprod else "no", "yes" if p.i8mm else "no"))
     return [p.key, f"{p.ram_gb:g} GB", fmt_bytes(usable), f"{p.bandwidth_gbs:.1f}", isa, p.tier, p.soc, p.name]
 

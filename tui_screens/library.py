@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from edge.budget import read_gguf
+from edge.modelinfo import model_info
 from edge.errors import EdgeError, NotAModel, printable
 
 REPORT = "report.json"
@@ -73,7 +73,7 @@ def variants(run_dir: Path | None, folder: Path | None) -> tuple[str, list[Varia
     models, skipped = [], []
     for f in files:   # a run also lists non-model GGUFs (the importance matrix): not variants
         try:
-            read_gguf(f)
+            model_info(f)
         except NotAModel:
             skipped.append(f"{f.name} (not a model)")
             continue
@@ -165,15 +165,15 @@ def push(path: Path, app: str, serial: str, *, force: bool, ctx: int, progress, 
 
 # ---- budget (edge.budget, edge.readings) ----------------------------------------------------------
 def profiles() -> list:
-    """The bundled phone profiles (edge.budget.load_profiles), in file order."""
-    from edge.budget import load_profiles
+    """The bundled phone profiles (edge.profiles.load_profiles), in file order."""
+    from edge.profiles import load_profiles
 
     return list(load_profiles().values())
 
 
 def usable_bytes(profile) -> int:
     """What one foreground app can take on this phone, by the budget's rule."""
-    from edge.budget import usable_bytes_for
+    from edge.profiles import usable_bytes_for
 
     return usable_bytes_for(profile.ram_bytes)
 
@@ -184,7 +184,7 @@ class Column:
 
     key: str
     label: str
-    device: object          # edge.budget.Profile or edge.readings.DeviceState
+    device: object          # edge.profiles.Profile or edge.readings.DeviceState
 
 
 def budget_devices(live: bool, host: bool) -> tuple[list[Column], list[str]]:
