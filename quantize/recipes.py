@@ -26,7 +26,11 @@ Two kinds of recipe:
      goes the other way (0.034 -> 0.038). `edge quantize` says so when it has none
      (`wants_imatrix`).
 
-Patterns are Python/ECMAScript regexes searched in GGUF tensor names. Layer placeholders,
+Patterns are Python/ECMAScript regexes searched in GGUF tensor names, through the `regex`
+module with a time bound (`search`): a custom recipe's pattern is at most MAX_PATTERN characters,
+and one that backtracks catastrophically (nested repeats such as `^((\\w+)*\\.?)*W`, which hangs
+Python's `re` on a 22-character tensor name) is one error, at load or at the tensor it hangs on,
+never a hang. Layer placeholders,
 expanded for the model's block count n:
     {ends}    llama.cpp's "more bits" layers: i < n/8 or i >= 7n/8 (270M: 0,1,15,16,17)
     {more}    Q4_K_M's attn_v/ffn_down layers: {ends} or (i - n/8) % 3 == 2
@@ -49,6 +53,12 @@ from pathlib import Path
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType as T, LlamaFileType as F
 
 from edge.errors import EdgeError
+
+MAX_PATTERN = 256        # characters in one custom pattern (the longest built-in one has about 60)
+MATCH_TIMEOUT_S = 1.0    # one pattern on one tensor name: microseconds for a sane pattern
+# names every pattern is tried on when a recipe file is read: typical ones and a long one
+PROBE_NAMES = ("token_embd.weight", "blk.0.attn_q.weight", "blk.17.ffn_down.weight", "output_norm.weight",
+               "blk.9." + "attn_output_" * 4 + ".weight")
 
 # Types llama.cpp falls back to when a tensor's row length is not a multiple of the type's
 # 256-block (llama.cpp src/llama-quant.cpp `tensor_type_fallback`, as vendored by
@@ -322,6 +332,28 @@ def n_layers_of(tensors: list[TensorInfo]) -> int:
     return max(ids) + 1 if ids else 0
 
 
+def compile_pattern(pattern: str, where: str):
+    """A recipe row's pattern compiled (the `regex` module, `re`-compatible), after a length check."""
+    import regex
+
+    if len(pattern) > MAX_PATTERN:
+        raise EdgeError(f"{where}: pattern is {len(pattern)} characters long; at most {MAX_PATTERN}")
+    try:
+        return regex.compile(pattern)
+    except (regex.error, RecursionError, OverflowError, ValueError) as e:
+        raise EdgeError(f"{where}: pattern {pattern[:80]!r} is not a valid regex ({e})") from None
+
+
+def search(rx, name: str, where: str) -> bool:
+    """Whether pattern `rx` is found in tensor `name`, giving up after MATCH_TIMEOUT_S."""
+    try:
+        return rx.search(name, timeout=MATCH_TIMEOUT_S) is not None
+    except TimeoutError:
+        raise EdgeError(f"{where}: pattern {rx.pattern[:80]!r} takes over {MATCH_TIMEOUT_S:g} s on the tensor name "
+                        f"{name[:80]!r} (catastrophic backtracking); simplify it: no nested repeats like "
+                        r"(\w+)*") from None
+
+
 def expand(pattern: str, n_layers: int) -> str:
     out = pattern
     for key, val in layer_sets(n_layers).items():
@@ -345,14 +377,14 @@ def resolve(recipe: Recipe, tensors: list[TensorInfo], check_rows: bool = True, 
     """
     n = n_layers_of(tensors)
     table = [r for r in _table(recipe) if r.when in ("", "imatrix" if imatrix else "no imatrix")]
-    rows = [(re.compile(expand(r.pattern, n)), r) for r in table]
+    rows = [(compile_pattern(expand(r.pattern, n), f"recipe {recipe.name}"), r) for r in table]
     used = [False] * len(rows)
     plan = Plan(recipe)
     for t in tensors:
         if not t.quantizable:
             continue
         for i, (rx, row) in enumerate(rows):
-            if rx.search(t.name):
+            if search(rx, t.name, f"recipe {recipe.name}"):
                 used[i] = True
                 qtype, reason = row.qtype, row.reason
                 if t.row % GGML_QUANT_SIZES[qtype][0]:
@@ -413,12 +445,13 @@ def load_recipe_file(path: str | Path) -> Recipe:
             raise EdgeError(f"recipe file {path}: row {i} must be [pattern, type, reason], all strings")
         try:
             qtype = T[str(r[1])]
-            re.compile(r[0])
         except KeyError:
             raise EdgeError(f"recipe file {path}: row {i} has unknown type {r[1]!r}; "
                             f"use one of {', '.join(t.name for t in T)}") from None
-        except re.error as e:
-            raise EdgeError(f"recipe file {path}: row {i} pattern {r[0]!r} is not a valid regex ({e})") from None
+        where = f"recipe file {path}: row {i}"
+        rx = compile_pattern(expand(r[0], 18), where)      # placeholders as for the 270M's 18 layers
+        for probe in PROBE_NAMES:                           # a pattern that hangs is refused here
+            search(rx, probe, where)
         rows.append(Row(str(r[0]), qtype, str(r[2]) if len(r) > 2 else ""))
     return Recipe(name, ftype, str(data.get("summary", "custom recipe")), tuple(rows), (), "dynamic")
 

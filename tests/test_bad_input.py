@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 
 from edge.cli import main
+from edge.errors import EdgeError
 from tests import ggufbytes as G
 from tests.conftest import CHAT_LINE, snapshot
 
@@ -417,7 +418,10 @@ RECIPE_CASES = {
     "bad-regex": (json.dumps({"name": "r", "rows": [["(", "Q8_0"]]}).encode(), "regex"),
     "bad-type": (json.dumps({"name": "r", "rows": [["blk", "Q1_X"]]}).encode(), "unknown type"),
     "no-rows": (b'{"name": "r"}', "rows"),
+    "pattern-too-long": (json.dumps({"name": "r", "rows": [["blk" + "|blk" * 100, "Q8_0"]]}).encode(), "at most 256"),
 }
+# hangs Python's `re` on a 22-character tensor name (nested repeats, then a letter no name has)
+PATHOLOGICAL = r"^((\w+)*\.?)*W"
 
 
 @pytest.mark.parametrize("case", list(RECIPE_CASES))
@@ -427,6 +431,35 @@ def test_quantize_hostile_recipe(case, d, capsys):
     ref = write(d / "ref-F32.gguf", G.model_gguf())
     (d / "q" / "a" / "b").mkdir(parents=True)
     check_bad(capsys, d, ["quantize", "--gguf", ref, "--recipe", "r.json", "--out", "q/a/b", "--no-eval"], match)
+
+
+def test_a_backtracking_recipe_pattern_is_one_line_not_a_hang(d, capsys):
+    code = f"import re; re.search({PATHOLOGICAL!r}, 'blk.10.ffn_down.weight')"
+    with pytest.raises(subprocess.TimeoutExpired):         # the control: Python's re does hang on it
+        subprocess.run([sys.executable, "-c", code], timeout=3)
+    write(d / "r.json", json.dumps({"name": "r", "rows": [[PATHOLOGICAL, "Q8_0"]]}))
+    ref = write(d / "ref-F32.gguf", G.model_gguf())
+    check_bad(capsys, d, ["quantize", "--gguf", ref, "--recipe", "r.json", "--out", "q", "--no-eval"],
+              "matches no tensor", seconds=10)
+
+
+def test_recipe_pattern_matching_has_a_time_bound(tmp_path, monkeypatch):
+    """Each search of a pattern in a tensor name gives up after MATCH_TIMEOUT_S, at load (on probe
+    names) and when resolving a model's tensors (here with the bound made tiny)."""
+    from quantize import recipes
+    from quantize.recipes import PROBE_NAMES, compile_pattern, load_recipe_file, search
+
+    path = tmp_path / "r.json"
+    path.write_text(json.dumps({"name": "r", "rows": [[PATHOLOGICAL, "Q8_0"]]}))
+    load_recipe_file(path)                                   # fine with the real bound
+    assert all(search(compile_pattern(r"^blk\.", "r"), n, "r") == n.startswith("blk.") for n in PROBE_NAMES)
+    monkeypatch.setattr(recipes, "MATCH_TIMEOUT_S", 1e-6)
+    with pytest.raises(EdgeError, match=r"row 0: pattern .* takes over 1e-06 s .*catastrophic backtracking") as e:
+        load_recipe_file(path)
+    assert "\n" not in str(e.value)
+    rx = compile_pattern(PATHOLOGICAL, "recipe r")
+    with pytest.raises(EdgeError, match="catastrophic backtracking"):
+        search(rx, "blk.0." + "x" * 50 + ".weight", "recipe r")
 
 
 @pytest.mark.parametrize("existing", ["report.md", "report.json", "pareto.png"])
