@@ -2,24 +2,32 @@
 
 Takes bench/phones.toml (published decode speeds of Gemma 3 270M/1B and models of the same size
 and kind, measured with llama.cpp or an app built on it, on named phones, each with its source)
-and the phone profiles in edge/profiles/. Prints, per row, the published speed, our prediction with
-the calibration in `edge.phonespeed.PHONE_SPEED`, the prediction of a fit that did NOT see that row
-(leave-one-out), and the errors; then the medians, and the fit on all rows, which is what
-`edge.phonespeed.PHONE_SPEED` must hold (tests/test_budget.py checks it).
+and the phone profiles in edge/profiles/. Prints, per row, the published speed (and the prompt speed
+where given), our prediction with the calibration in `edge.phonespeed.PHONE_SPEED`, the prediction
+of a fit that did NOT see that row (leave-one-out), the prediction of a fit that saw no row of that
+PHONE (leave-one-phone-out: a phone the model has never seen, as a user's is), and the errors; then
+the medians, and the fit on all rows, which is what `edge.phonespeed.PHONE_SPEED` must hold
+(tests/test_budget.py checks it).
 
     .venv/bin/python bench/phones.py            # markdown table, as in docs/BENCHMARKS.md
     .venv/bin/python bench/phones.py --json
 
-The model (edge.phonespeed.PhoneSpeedModel): one token reads every weight once (the tied output head
-included), at a fraction of the DRAM's theoretical bandwidth that depends on the SoC family, and
-each layer costs a fixed extra time (thread synchronisation, the small ops between the matrix
-products) that scales with the phone's speed class, counted as bytes that would take as long:
+The model (edge.phonespeed.PhoneSpeedModel): one token reads every matmul weight once (the tied
+output head included), at a fraction of the DRAM's theoretical bandwidth that depends on the SoC
+family; a weight type whose kernels do more work per byte than Q8_0 costs more (type_cost); each
+layer costs a fixed extra time (thread synchronisation, the small ops between the matrix products),
+counted as bytes that would take as long; and a row that runs more threads than the phone has big
+cores waits on a little in-order core too (edge.phonespeed.LITTLE_CORE_FACTOR, from OmniInfer's
+measurement, not fitted):
 
-    tokens/s = efficiency[family] x bandwidth / (bytes per token + n_layers x layer_bytes)
+    tokens/s = efficiency[family] x bandwidth / (sum of bytes x type_cost + n_layers x layer_bytes)
 
-What is calibrated: the efficiency per SoC family and layer_bytes, by least squares on the log of
-the speed. Thread counts cannot be calibrated: no source here states one that varies.
-Sustained (throttled) speed: no source read gives one for these models, so nothing is fitted.
+What is calibrated: the efficiency per SoC family, layer_bytes and the cost of each weight type with
+at least two rows, by least squares on the log of the speed. The bytes per token of a row are
+llama.cpp's own log of its weight buffers on that phone where the source gives it (the PocketPal
+rows), else params x bytes per weight. Thread counts: only the PocketPal rows state one (6); that is
+what the little-core term uses. Prompt speeds are recorded, not predicted. Sustained (throttled)
+speed: no source read gives one for these models, so nothing is fitted.
 """
 
 from __future__ import annotations
@@ -40,8 +48,10 @@ from edge.profiles import load_profiles  # noqa: E402
 from edge.errors import EdgeError  # noqa: E402
 
 TABLE = Path(__file__).with_name("phones.toml")
+MIB = 1 << 20
 MIN_FAMILY_ROWS = 2        # a family with fewer training rows uses the all-rows efficiency ("*")
-LAYER_BYTES_GRID = [i * 0.1e6 for i in range(0, 301)]    # 0 .. 30 MB per layer, 0.1 MB steps
+MIN_TYPE_ROWS = 2          # a weight type with fewer training rows costs as Q8_0 (1)
+LAYER_BYTES_COARSE = [i * 1e6 for i in range(0, 31)]     # 0 .. 30 MB per layer, then 0.1 MB steps
 
 
 @dataclass
@@ -61,6 +71,14 @@ class Row:
     bandwidth_gbs: float
     family: str
     bandwidth_sourced: bool
+    qtype: str = "Q8_0"
+    prompt_tok_s: float | None = None
+    bytes_source: str = "params x bytes per weight"
+    little_cores: bool = False      # more threads than the phone's big cores (a stated thread count)
+
+    @property
+    def bytes_by_type(self) -> dict:
+        return {self.qtype: self.bytes_per_token}
 
 
 def load_table(path: Path = TABLE, profiles=None) -> list[Row]:
@@ -85,33 +103,36 @@ def load_table(path: Path = TABLE, profiles=None) -> list[Row]:
         if r["phone"] not in profiles:
             raise EdgeError(f"{path}: row {i}: no profile edge/profiles/{r['phone']}.toml")
         m, p = models[r["model"]], profiles[r["phone"]]
+        read, how = m["params"] * m["bytes_per_weight"], "params x bytes per weight"
+        if "weights_mib" in r:      # llama.cpp's own buffer sizes on that phone, less the embedding
+            if "embedding_bytes" not in m:
+                raise EdgeError(f"{path}: row {i} gives weights_mib but model {r['model']!r} has no embedding_bytes")
+            read = sum(r["weights_mib"].values()) * MIB - m["embedding_bytes"]
+            how = "llama.cpp's weight buffers less the embedding"
         rows.append(Row(phone=r["phone"], model=r["model"], decode_tok_s=float(r["decode_tok_s"]),
                         runtime=r["runtime"], threads=r["threads"], ctx=r["ctx"], source=r["source"],
-                        note=r.get("note", ""), bytes_per_token=m["params"] * m["bytes_per_weight"],
+                        note=r.get("note", ""), bytes_per_token=read,
                         n_layers=m["n_layers"], bandwidth_gbs=p.bandwidth_gbs, family=soc_family(p.soc),
-                        bandwidth_sourced=p.bandwidth_sourced))
+                        bandwidth_sourced=p.bandwidth_sourced, qtype=m.get("qtype", "Q8_0"),
+                        prompt_tok_s=r.get("prompt_tok_s"), bytes_source=how,
+                        little_cores=str(r["threads"]).isdigit() and int(r["threads"]) > p.big_cores))
     return rows
 
 
 def predict(model: PhoneSpeedModel, row: Row) -> float:
-    return model.tok_s(row.bytes_per_token, row.n_layers, row.bandwidth_gbs, row.family)
+    return model.tok_s(row.bytes_by_type, row.n_layers, row.bandwidth_gbs, row.family, row.little_cores)
 
 
 def _log_loss(model: PhoneSpeedModel, rows: list[Row]) -> float:
     return sum(math.log(predict(model, r) / r.decode_tok_s) ** 2 for r in rows)
 
 
-def _best_efficiency(rows: list[Row], layer_bytes: float) -> float:
-    """The one efficiency that minimises the squared log error of `rows` (golden-section search)."""
-    def loss(log_e):
-        m = PhoneSpeedModel({"*": math.exp(log_e)}, layer_bytes)
-        return sum(math.log(m.tok_s(r.bytes_per_token, r.n_layers, r.bandwidth_gbs, "*") / r.decode_tok_s) ** 2
-                   for r in rows)
-    lo, hi = math.log(0.02), math.log(2.0)
+def _golden(loss, lo: float, hi: float, steps: int = 60) -> float:
+    """The x in [lo, hi] that minimises a unimodal `loss` (golden-section search)."""
     g = (math.sqrt(5) - 1) / 2
     a, b = hi - g * (hi - lo), lo + g * (hi - lo)
     fa, fb = loss(a), loss(b)
-    for _ in range(80):
+    for _ in range(steps):
         if fa < fb:
             hi, b, fb = b, a, fa
             a = hi - g * (hi - lo)
@@ -120,30 +141,64 @@ def _best_efficiency(rows: list[Row], layer_bytes: float) -> float:
             lo, a, fa = a, b, fb
             b = lo + g * (hi - lo)
             fb = loss(b)
-    return math.exp((lo + hi) / 2)
+    return (lo + hi) / 2
 
 
-def fit(rows: list[Row]) -> PhoneSpeedModel:
-    """Efficiency per SoC family (families with >= MIN_FAMILY_ROWS rows; '*' from all rows) and one
-    per-layer cost, minimising the squared log error over `rows`."""
-    best = None
+def _efficiency(rows: list[Row], layer_bytes: float, type_cost: dict) -> float:
+    """The one efficiency that minimises the squared log error of `rows`: in log space the mean of
+    log(measured x cost bytes / bandwidth), exactly."""
+    m = PhoneSpeedModel({"*": 1.0}, layer_bytes, type_cost)
+    return math.exp(statistics.fmean(math.log(r.decode_tok_s / m.tok_s(r.bytes_by_type, r.n_layers, r.bandwidth_gbs,
+                                                                       "*", r.little_cores)) for r in rows))
+
+
+def _fit_at(rows: list[Row], layer_bytes: float, rounds: int = 4) -> PhoneSpeedModel:
+    """Efficiencies and type costs at a fixed per-layer cost, alternating (each step lowers the loss)."""
     families = sorted({r.family for r in rows})
-    for c in LAYER_BYTES_GRID:
-        eff = {"*": _best_efficiency(rows, c)}
+    types = sorted({r.qtype for r in rows if r.qtype != "Q8_0"})
+    cost: dict = {}
+    model = None
+    for _ in range(rounds):
+        eff = {"*": _efficiency(rows, layer_bytes, cost)}
         for f in families:
             fam = [r for r in rows if r.family == f]
             if len(fam) >= MIN_FAMILY_ROWS:
-                eff[f] = _best_efficiency(fam, c)
-        model = PhoneSpeedModel(eff, c)
-        loss = _log_loss(model, rows)
-        if best is None or loss < best[0]:
-            best = (loss, model)
-    return best[1]
+                eff[f] = _efficiency(fam, layer_bytes, cost)
+        for t in types:
+            of_t = [r for r in rows if r.qtype == t]
+            if len(of_t) < MIN_TYPE_ROWS:
+                continue
+
+            def loss(log_c, t=t, of_t=of_t):
+                return _log_loss(PhoneSpeedModel(eff, layer_bytes, {**cost, t: math.exp(log_c)}), of_t)
+            cost[t] = math.exp(_golden(loss, math.log(0.3), math.log(5.0), 40))
+        model = PhoneSpeedModel(eff, layer_bytes, dict(cost))
+    return model
+
+
+def fit(rows: list[Row]) -> PhoneSpeedModel:
+    """Efficiency per SoC family (families with >= MIN_FAMILY_ROWS rows; '*' from all rows), a compute
+    cost per weight type (types with >= MIN_TYPE_ROWS rows; Q8_0 is 1 by definition) and one per-layer
+    cost, minimising the squared log error over `rows`: a coarse grid over the per-layer cost, then a
+    fine one around its best point."""
+    def best_of(grid):
+        return min(((_log_loss(m, rows), m) for m in (_fit_at(rows, c) for c in grid)), key=lambda x: x[0])[1]
+    coarse = best_of(LAYER_BYTES_COARSE)
+    c0 = coarse.layer_bytes
+    fine = best_of([max(0.0, c0 + d * 0.1e6) for d in range(-9, 10)])
+    return PhoneSpeedModel({k: round(v, 4) for k, v in fine.efficiency.items()}, fine.layer_bytes,
+                           {k: round(v, 3) for k, v in sorted(fine.type_cost.items())})
 
 
 def leave_one_out(rows: list[Row]) -> list[float]:
     """Each row's prediction from a fit on all the other rows."""
     return [predict(fit(rows[:i] + rows[i + 1:]), r) for i, r in enumerate(rows)]
+
+
+def leave_one_phone_out(rows: list[Row]) -> list[float]:
+    """Each row's prediction from a fit on the rows of the OTHER phones: a new phone, as a user's is."""
+    fits = {ph: fit([r for r in rows if r.phone != ph]) for ph in sorted({r.phone for r in rows})}
+    return [predict(fits[r.phone], r) for r in rows]
 
 
 def _err(pred: float, meas: float) -> float:
@@ -159,43 +214,55 @@ def old_prediction(row: Row) -> float:
 
 def run(rows: list[Row]) -> dict:
     full = fit(rows)
-    loo = leave_one_out(rows)
+    loo, lopo = leave_one_out(rows), leave_one_phone_out(rows)
     out = []
-    for r, held in zip(rows, loo):
+    for r, held, new_phone in zip(rows, loo, lopo):
         ours = predict(PHONE_SPEED, r)
         out.append({**asdict(r), "ours_tok_s": ours, "ours_err": _err(ours, r.decode_tok_s),
                     "held_out_tok_s": held, "held_out_err": _err(held, r.decode_tok_s),
+                    "new_phone_tok_s": new_phone, "new_phone_err": _err(new_phone, r.decode_tok_s),
                     "old_tok_s": old_prediction(r), "old_err": _err(old_prediction(r), r.decode_tok_s)})
     stat = lambda f, key: f(abs(o[key]) for o in out)  # noqa: E731
-    keys = {"held_out": "held_out_err", "shipped": "ours_err", "old": "old_err"}
-    return {"rows": out, "fit": {"efficiency": full.efficiency, "layer_bytes": full.layer_bytes},
-            "shipped": {"efficiency": PHONE_SPEED.efficiency, "layer_bytes": PHONE_SPEED.layer_bytes},
+    keys = {"held_out": "held_out_err", "new_phone": "new_phone_err", "shipped": "ours_err", "old": "old_err"}
+    return {"rows": out,
+            "fit": {"efficiency": full.efficiency, "layer_bytes": full.layer_bytes, "type_cost": full.type_cost},
+            "shipped": {"efficiency": PHONE_SPEED.efficiency, "layer_bytes": PHONE_SPEED.layer_bytes,
+                        "type_cost": PHONE_SPEED.type_cost},
             "median_abs_err": {k: stat(statistics.median, v) for k, v in keys.items()},
             "mean_abs_err": {k: stat(statistics.fmean, v) for k, v in keys.items()},
             "max_abs_err": {k: stat(max, v) for k, v in keys.items()},
-            "sustained_rows": 0, "prompt_rows": 0}
+            "sustained_rows": 0, "prompt_rows": sum(r.prompt_tok_s is not None for r in rows)}
 
 
 def markdown(res: dict) -> str:
-    lines = ["| phone | SoC family | model | runtime | threads / n_ctx | published tok/s | ours | err | held-out | err | before | err | source |",
-             "|---|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---|"]
+    lines = ["| phone | SoC family | model | runtime | threads / n_ctx | MB/token | published tok/s | prompt tok/s "
+             "| ours | err | held-out | err | new phone | err | before | err | source |",
+             "|---|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
     for o in res["rows"]:
         bw = f"{o['bandwidth_gbs']:g} GB/s" + ("" if o["bandwidth_sourced"] else " (estimate)")
+        pp = "-" if o["prompt_tok_s"] is None else f"{o['prompt_tok_s']:g}"
         lines.append(f"| {o['phone']} ({bw}) | {o['family']} | {o['model']} | {o['runtime']} | {o['threads']} / {o['ctx']} "
-                     f"| {o['decode_tok_s']:g} | {o['ours_tok_s']:.1f} | {o['ours_err']:+.0%} "
-                     f"| {o['held_out_tok_s']:.1f} | {o['held_out_err']:+.0%} | {o['old_tok_s']:.1f} | {o['old_err']:+.0%} "
+                     f"| {o['bytes_per_token'] / 1e6:.0f} | {o['decode_tok_s']:g} | {pp} "
+                     f"| {o['ours_tok_s']:.1f} | {o['ours_err']:+.0%} "
+                     f"| {o['held_out_tok_s']:.1f} | {o['held_out_err']:+.0%} "
+                     f"| {o['new_phone_tok_s']:.1f} | {o['new_phone_err']:+.0%} | {o['old_tok_s']:.1f} | {o['old_err']:+.0%} "
                      f"| [link]({o['source']}) |")
     f = res["fit"]
     eff = ", ".join(f"{k} {v:.3f}" for k, v in sorted(f["efficiency"].items()))
-    lines += ["", "| |error| over the rows | median | mean | worst |", "|---|---:|---:|---:|"]
+    cost = ", ".join(f"{k} {v:.2f}" for k, v in sorted(f["type_cost"].items())) or "none"
+    n = len(res["rows"])
+    lines += ["", "| \\|error\\| over the rows | median | mean | worst |", "|---|---:|---:|---:|"]
     for key, label in (("held_out", "held-out: each row predicted by a fit without it (leave-one-out)"),
-                       ("shipped", f"shipped calibration (fitted on all {len(res['rows'])} rows: in-sample)"),
-                       ("old", "the model before this calibration (never fitted to these rows)")):
+                       ("new_phone", "new phone: each row predicted by a fit without any row of its phone"),
+                       ("shipped", f"shipped calibration (fitted on all {n} rows: in-sample)"),
+                       ("old", "the first model (0.37 x bandwidth, no per-layer time; never fitted to these rows)")):
         lines.append(f"| {label} | {res['median_abs_err'][key]:.0%} | {res['mean_abs_err'][key]:.0%} "
                      f"| {res['max_abs_err'][key]:.0%} |")
     lines += ["",
-              f"fit on all rows: efficiency {eff}; per-layer cost {f['layer_bytes'] / 1e6:.1f} MB of reading",
-              "sustained (throttled) rows: none published for these models in the sources read; prompt-speed rows: none"]
+              f"fit on all rows: efficiency {eff}; per-layer cost {f['layer_bytes'] / 1e6:.1f} MB of reading; "
+              f"compute cost per byte relative to Q8_0: {cost}",
+              f"prompt-speed rows: {res['prompt_rows']} (recorded, not predicted); sustained (throttled) rows: none "
+              "published for these models in the sources read"]
     return "\n".join(lines)
 
 

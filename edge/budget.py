@@ -323,7 +323,10 @@ def verdict(path, device, *, ctx: int = 4096, ubatch: int = 512, kv_type: str = 
         tok, tok_full = e.tokens_per_s(bw), e.tokens_per_s(bw, full=True)
         thermal = "laptop: no sustained power envelope modelled"
     elif prof is not None:
-        sp = phone_speed(prof, bytes_per_token=e.bytes_per_token, bytes_per_token_full=e.bytes_per_token_full,
+        weights = dict(info.matmul_types)     # by type, so that each type's compute cost counts
+        rest = e.bytes_per_token - sum(weights.values())      # norms, an untied embedding's row
+        sp = phone_speed(prof, bytes_per_token={**weights, "other": rest},
+                         bytes_per_token_full={**weights, "other": rest + e.bytes_per_token_full - e.bytes_per_token},
                          n_layers=info.n_layers, target_tok_s=target_tok_s)
         tok, tok_full, sust, energy, thermal = sp.tok_s, sp.tok_s_full, sp.sustained_tok_s, \
             sp.energy_mj_per_token, sp.thermal

@@ -38,33 +38,58 @@ def soc_family(soc: str) -> str:
     return "other"
 
 
+# More llama.cpp threads than big cores: every step waits on a little in-order core too. OmniInfer measured
+# "6+ threads pulls in A510 efficiency cores causing 30-40% decode regression" with llama.cpp on the
+# Snapdragon 8 Gen 2 (https://github.com/omnimind-ai/OmniInfer/pull/66); on a 4 big + 4 little RK3588,
+# 8 threads decoded at half the speed of 4 (https://github.com/ggml-org/llama.cpp/issues/7176). We take
+# 35% slower; not fitted (bench/phones.py uses it for the rows that name their thread count).
+LITTLE_CORE_FACTOR = 0.65
+LITTLE_CORE_NOTE = ("tok/s assumes llama.cpp's threads stay on the big cores (`edge profiles --json`: big_cores); "
+                    "more threads also wait on the little in-order cores: about 35% slower (OmniInfer PR #66)")
+
+
 @dataclass(frozen=True)
 class PhoneSpeedModel:
-    """Decode speed of llama.cpp on a phone's CPU: every weight is read once per token (a tied
-    output head included) at `efficiency[family]` x the theoretical DRAM bandwidth, and each layer
-    costs a fixed extra time (thread synchronisation, the small ops between the matrix products)
-    that scales with the phone's speed class; it is expressed as `layer_bytes`, the bytes that
-    would take as long to read. Families without their own figure use efficiency['*'].
+    """Decode speed of llama.cpp on a phone's CPU. Every matmul weight is read once per token (a tied
+    output head included) at `efficiency[family]` x the theoretical DRAM bandwidth; a weight type whose
+    kernels do more work per byte than Q8_0's (K-quants' scales, i-quants' grids) costs
+    `type_cost[type]` x its bytes (Q8_0 and types without a figure: 1); and each layer costs a fixed
+    extra time (thread synchronisation, the small ops between the matrix products) that scales with
+    the phone's speed class, expressed as `layer_bytes`, the bytes that would take as long to read.
+    Families without their own efficiency use efficiency['*'].
 
-        tokens/s = efficiency[family] x bandwidth / (bytes per token + n_layers x layer_bytes)
+        tokens/s = efficiency[family] x bandwidth / (sum over types of bytes x type_cost + n_layers x layer_bytes)
     """
 
     efficiency: dict
     layer_bytes: float
+    type_cost: dict = field(default_factory=dict)
 
-    def tok_s(self, bytes_per_token: float, n_layers: int, bandwidth_gbs: float, family: str) -> float:
-        e = self.efficiency.get(family, self.efficiency["*"])
-        return e * bandwidth_gbs * 1e9 / (bytes_per_token + n_layers * self.layer_bytes)
+    def cost_bytes(self, bytes_by_type: dict) -> float:
+        """Bytes read per token, each type weighted by its compute cost."""
+        return sum(b * self.type_cost.get(t, 1.0) for t, b in bytes_by_type.items())
+
+    def tok_s(self, bytes_per_token, n_layers: int, bandwidth_gbs: float, family: str,
+              little_cores: bool = False) -> float:
+        """`bytes_per_token`: a number (costed as Q8_0) or {ggml type name: bytes read per token};
+        `little_cores`: llama.cpp runs more threads than the phone has big cores (LITTLE_CORE_FACTOR)."""
+        b = self.cost_bytes(bytes_per_token) if isinstance(bytes_per_token, dict) else bytes_per_token
+        e = self.efficiency.get(family, self.efficiency["*"]) * (LITTLE_CORE_FACTOR if little_cores else 1.0)
+        return e * bandwidth_gbs * 1e9 / (b + n_layers * self.layer_bytes)
 
 
-# Fitted by bench/phones.py on the published rows of bench/phones.toml (17 rows: Gemma 3 1B/270M and
-# SmolLM2 135M/360M, Q8_0, on 15 named phones); tests/test_budget.py checks that a re-fit gives
-# these numbers. Held-out (leave-one-out) median error 25%; the table: docs/BENCHMARKS.md "Phones".
-# Exynos and other families have no published row: they use '*'. The sustained speed under heat
-# (phone_speed's power-envelope ratio) is NOT calibrated: no source read gives a throttled figure.
+# Fitted by bench/phones.py on the 41 published rows of bench/phones.toml (Gemma 3 1B in 8 quantizations
+# and 270M, SmolLM2 135M/360M, on 17 named phones; 24 rows from PocketPal's controlled benchmark matrix);
+# tests/test_budget.py checks that a re-fit gives these numbers. Error on rows the fit did not see:
+# median 16% (leave-one-out), 23% (leave-one-phone-out); the table: docs/BENCHMARKS.md "Phones".
+# Exynos and other families have no published row: they use '*'. type_cost: Q8_0 and unlisted types 1.
+# The sustained speed under heat (phone_speed's power-envelope ratio) is NOT calibrated: no source read
+# gives a throttled llama.cpp figure.
 PHONE_SPEED = PhoneSpeedModel(
-    efficiency={"*": 0.4266, "snapdragon": 0.4805, "tensor": 0.3318, "mediatek": 0.3043},
-    layer_bytes=7.3e6,
+    efficiency={"*": 0.4799, "mediatek": 0.4193, "snapdragon": 0.5196, "tensor": 0.3588},
+    layer_bytes=9.3e6,
+    type_cost={"IQ2_S": 1.58, "Q2_K": 1.092, "Q3_K": 0.795, "Q4_0": 0.755, "Q4_K": 0.941, "Q5_K": 0.973,
+               "Q6_K": 0.797},
 )
 
 
@@ -80,9 +105,11 @@ class PhoneSpeed:
     warnings: list[str] = field(default_factory=list)
 
 
-def phone_speed(prof, *, bytes_per_token: float, bytes_per_token_full: float, n_layers: int,
+def phone_speed(prof, *, bytes_per_token, bytes_per_token_full, n_layers: int,
                 target_tok_s: float = 10.0, model: PhoneSpeedModel = PHONE_SPEED) -> PhoneSpeed:
-    """Speed and heat of a model (bytes read per token, layers) on the phone of profile `prof`.
+    """Speed and heat of a model on the phone of profile `prof`: bytes read per token (a number, or
+    {ggml type: bytes} so that each type's compute cost counts) with an empty and a full context.
+    The speed assumes llama.cpp runs on the big cores only (threads <= prof.big_cores).
 
     Sustained speed: the decode speed scaled by sustained_power_w / load_power_w, both estimates in
     the profiles; NOT calibrated (no source read gives a throttled llama.cpp figure)."""
@@ -90,6 +117,8 @@ def phone_speed(prof, *, bytes_per_token: float, bytes_per_token_full: float, n_
     tok = model.tok_s(bytes_per_token, n_layers, prof.bandwidth_gbs, family)
     tok_full = model.tok_s(bytes_per_token_full, n_layers, prof.bandwidth_gbs, family)
     warnings = [] if prof.bandwidth_sourced else [ESTIMATED_BANDWIDTH]
+    if prof.big_cores < prof.cpu_cores:
+        warnings.append(LITTLE_CORE_NOTE)
     energy = prof.load_power_w / tok * 1000
     sust = tok * min(1.0, prof.sustained_power_w / prof.load_power_w)
     if sust >= target_tok_s:

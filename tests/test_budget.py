@@ -228,6 +228,29 @@ def test_shipped_phone_speed_is_the_fit_of_the_table():
     assert set(m.efficiency) == set(phonespeed.PHONE_SPEED.efficiency)
     for k, e in m.efficiency.items():
         assert e == pytest.approx(phonespeed.PHONE_SPEED.efficiency[k], rel=0.01), k
+    assert set(m.type_cost) == set(phonespeed.PHONE_SPEED.type_cost)
+    for k, c in m.type_cost.items():
+        assert c == pytest.approx(phonespeed.PHONE_SPEED.type_cost[k], rel=0.01), k
+
+
+def test_phone_rows_read_bytes_from_llama_cpp_logs_and_threads():
+    """A row with llama.cpp's weight buffers reads those less the embedding; a row whose thread count
+    is above the phone's big cores is slowed by the little-core factor (sourced, not fitted)."""
+    from bench import phones
+
+    rows = phones.load_table()
+    s23 = next(r for r in rows if r.phone == "galaxy_s23" and r.model == "gemma3-1b-q8_0" and r.prompt_tok_s)
+    assert s23.bytes_per_token == pytest.approx((306.51 + 1013.03) * 2**20 - 320_864_256)
+    assert s23.little_cores and get_profile("galaxy_s23").big_cores == 5        # 6 threads, 1+2+2 big cores
+    x9 = next(r for r in rows if r.phone == "poco_x9_pro" and r.model == "gemma3-1b-q8_0")
+    assert not x9.little_cores and get_profile("poco_x9_pro").big_cores == 8    # all Oryon
+    sm = phonespeed.PHONE_SPEED
+    slow = sm.tok_s(1e9, 26, 68.0, "snapdragon", little_cores=True)
+    assert slow == pytest.approx(phonespeed.LITTLE_CORE_FACTOR * sm.tok_s(1e9, 26, 68.0, "snapdragon"))
+    # a type's compute cost counts per byte: 1 GB of Q4_K costs as Q8_0 x its type_cost
+    assert sm.tok_s({"Q4_K": 1e9}, 26, 68.0, "mediatek") == \
+        pytest.approx(sm.tok_s(1e9 * sm.type_cost["Q4_K"], 26, 68.0, "mediatek"))
+    assert get_profile("galaxy_a12").big_cores == 8                            # 8x A53: none is waited on
 
 
 def test_speed_follows_family_bandwidth_and_layers():

@@ -11,6 +11,7 @@ bandwidth = transfer rate x bus width) and returns `Profile`s. Writes nothing.
 
 from __future__ import annotations
 
+import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -18,6 +19,8 @@ from edge.errors import EdgeError
 
 PROFILES_DIR = Path(__file__).resolve().parent    # package data: there in a wheel too
 GIB = 1 << 30
+# Arm's in-order little cores; every other core in a phone SoC (Cortex-A7x/X, Oryon) is out of order.
+LITTLE_CORES = re.compile(r"\bA5[35]\b|\bA5[12]0\b")
 DEFAULT_DEVICES = ("galaxy_a12", "pixel_7", "galaxy_s24_ultra")   # a budget, a mid and a flagship phone
 
 # What Android leaves to one foreground app: total RAM minus the system's share (kernel,
@@ -81,6 +84,15 @@ class Profile:
         the bus width), rather than on an estimate."""
         srcs = [self.sources.get(k, "") for k in ("memory_mts", "bus_bits")]
         return all("https://" in s and not s.strip().lower().startswith("estimate") for s in srcs)
+
+    @property
+    def big_cores(self) -> int:
+        """Cores that are not Arm's little in-order ones (Cortex-A53/A55/A510/A520), read from `cpu`
+        ("1x Cortex-X3 3.36 GHz + 2x Cortex-A715 ... + 3x Cortex-A510 2.0 GHz" -> 5); all cores when
+        none is big."""
+        counts = [(int(n), name) for n, name in re.findall(r"(\d+)\s*x\s*([^+]+)", self.cpu)]
+        big = sum(n for n, name in counts if not LITTLE_CORES.search(name))
+        return big or self.cpu_cores        # all cores alike (8x Cortex-A53): none is waited on
 
     @property
     def ram_bytes(self) -> int:
@@ -175,7 +187,8 @@ def profiles_cmd(*, json: bool = False):
     profiles = load_profiles()
     if json:
         return {"profiles": [asdict(p) | {"usable_bytes": usable_bytes_for(p.ram_bytes),
-                                          "bandwidth_sourced": p.bandwidth_sourced, "soc_family": soc_family(p.soc)}
+                                          "bandwidth_sourced": p.bandwidth_sourced, "soc_family": soc_family(p.soc),
+                                          "big_cores": p.big_cores}
                              for p in profiles.values()]}
     rows = [("profile", "tier", "RAM", "SoC", "memory", "GB/s", "dotprod", "i8mm", "Android", "sust. W")]
     for p in by_tier(profiles):
