@@ -50,9 +50,9 @@ def sampling_settings(llm) -> dict:
 
 def prompt_tokens(llm, messages: list[dict]) -> list[int]:
     """Render with the file's template and tokenize with exactly one `<bos>`."""
-    from edge.template import render_chat
+    from edge.template import GGUF_CHAT_TEMPLATE, render_chat
 
-    template = (getattr(llm, "metadata", {}) or {}).get("tokenizer.chat_template") or gemma3.GGUF_CHAT_TEMPLATE
+    template = (getattr(llm, "metadata", {}) or {}).get("tokenizer.chat_template") or GGUF_CHAT_TEMPLATE
     text = render_chat(template, messages, add_generation_prompt=True, source="the file's chat template")
     starts_with_bos = text.startswith(gemma3.BOS)
     ids = llm.tokenize(text.encode("utf-8"), add_bos=not starts_with_bos, special=True)

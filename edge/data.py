@@ -17,6 +17,7 @@ from pathlib import Path
 
 from edge import gemma3
 from edge.errors import EdgeError
+from edge.template import render_text
 
 TEXTDATA = Path(__file__).resolve().parent / "textdata"   # bundled data files (edge/textdata/)
 
@@ -81,31 +82,6 @@ def write_chats(chats: list[Chat], path: str | Path) -> Path:
 
     lines = (json.dumps({"messages": list(c.messages)}, ensure_ascii=False) for c in chats)
     return write_text_atomic(Path(path), "".join(line + "\n" for line in lines))
-
-
-def render_text(chat: Chat | list[dict], add_generation_prompt: bool = False) -> tuple[str, list[tuple[int, int]]]:
-    """The chat as Gemma 3 text (without `<bos>`) and the character spans of model replies.
-
-    A reply span covers the reply text and its `<end_of_turn>`, so the model learns to stop.
-    """
-    messages = list(chat.messages if isinstance(chat, Chat) else chat)
-    prefix = ""
-    if messages and messages[0]["role"] == "system":
-        prefix = messages[0]["content"] + "\n\n"
-        messages = messages[1:]
-    text, spans = "", []
-    for i, m in enumerate(messages):
-        role = "model" if m["role"] in ("assistant", "model") else "user"
-        content = (prefix if i == 0 else "") + m["content"].strip()
-        text += f"{gemma3.START_OF_TURN}{role}\n"
-        start = len(text)
-        text += content + gemma3.END_OF_TURN
-        if role == "model":
-            spans.append((start, len(text)))
-        text += "\n"
-    if add_generation_prompt:
-        text += f"{gemma3.START_OF_TURN}model\n"
-    return text, spans
 
 
 def render(tokenizer, chat: Chat | list[dict], add_generation_prompt: bool = False) -> tuple[list[int], list[int]]:

@@ -287,7 +287,8 @@ def task_accuracy(model: Model, chats, max_new_tokens: int = 16, n_seq: int = 16
     argmax at each of its positions is its next token: one batched pass over all chats
     (teacher forcing) settles those, and only the others are decoded greedily to show what
     the model says instead. Same result as decoding every chat, in a fraction of the steps."""
-    from edge.data import load_chats, render_text
+    from edge.data import load_chats
+    from edge.template import render_text
     from edge.task import split_prompt
 
     if not isinstance(chats, list):

@@ -26,6 +26,7 @@ import shlex
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Literal, get_args
 
 import numpy as np
 
@@ -41,7 +42,8 @@ from edge.vocab import Vocab, build_vocab
 CHUNK_BYTES = 64 << 20  # rows are read, converted and written this many source bytes at a time
 
 
-OUTTYPES = (*DTYPES, "q8_0")  # --outtype: edge.precision's names (f32, float16... as aliases), or Q8_0
+OutType = Literal[(*DTYPES, "q8_0")]  # --outtype: edge.precision's names (f32, float16... as aliases), or Q8_0
+OUTTYPES = get_args(OutType)
 
 
 def outtypes() -> dict[str, tuple]:
@@ -559,7 +561,7 @@ def next_step(gguf: str | Path) -> str:
     return f"edge chat {shlex.quote(str(gguf))} --prompt 'Hello'"
 
 
-def export_cmd(*, model: str, out: str, outtype: str = "fp32", force: bool = False, json: bool = False):
+def export_cmd(*, model: str, out: str, outtype: OutType = "fp32", force: bool = False, json: bool = False):
     """Export a Hugging Face Gemma 3 text model to GGUF (F32, F16, BF16 or Q8_0), with an Ollama Modelfile.
 
     Args:

@@ -43,13 +43,14 @@ import signal
 import sys
 import threading
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Literal, get_args
 
 from edge import gemma3
 from edge.errors import EdgeError, environment_error
 from edge.fsutil import atomic_dir, atomic_path, check_writable, read_json, sha256_file, temp_dir
+from edge.precision import PrecisionName
 
 IGNORE = -100
 DEFAULT_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -64,7 +65,8 @@ PLOT = "loss.png"
 FP16_INIT_LOSS_SCALE = 2.0**13
 
 
-MEMORY_MODES = ("auto", "fast", "lean")
+MemoryMode = Literal["auto", "fast", "lean"]
+MEMORY_MODES = get_args(MemoryMode)
 LEAN_CHUNK_ROWS = 128  # lean mode: rows of the output head per loss chunk (4 x 128 x 262,144 float32 = 0.5 GB)
 
 
@@ -78,12 +80,19 @@ class NonFiniteError(EdgeError):
 
 @dataclass
 class LoraSettings:
-    """LoRA adapter shape (peft `LoraConfig`)."""
+    """LoRA adapter shape (peft `LoraConfig`); each field is an `edge finetune` flag (edge.cli).
 
-    r: int = 16                      # rank of each adapter (--rank)
-    alpha: int = 32                  # scale numerator: updates are scaled by alpha / r (--alpha)
-    dropout: float = 0.0             # dropout on the adapter input (--dropout)
-    targets: tuple[str, ...] = DEFAULT_TARGETS  # module names to adapt (--targets)
+    Attributes:
+        r: LoRA rank of each adapter.
+        alpha: LoRA alpha: updates are scaled by alpha / rank.
+        dropout: LoRA dropout on the adapter input.
+        targets: modules to adapt (default: all attention and MLP projections).
+    """
+
+    r: int = field(default=16, metadata={"flag": "rank"})
+    alpha: int = 32
+    dropout: float = 0.0
+    targets: tuple[str, ...] = DEFAULT_TARGETS
 
     def __post_init__(self):
         self.targets = tuple(self.targets)
@@ -99,41 +108,74 @@ class LoraSettings:
 
 
 def _setting(name: str) -> str:
-    """How an error names a setting: its `edge finetune` flag, or else the TrainSettings field."""
-    import inspect
-
-    flag = name in inspect.signature(finetune_cmd).parameters
-    return f"--{name.replace('_', '-')}" if flag else f"TrainSettings.{name}"
+    """How an error names a setting: its `edge finetune` flag."""
+    return f"--{name.replace('_', '-')}"  # every TrainSettings field is an `edge finetune` flag (edge.cli)
 
 
 @dataclass
 class TrainSettings:
-    """Optimisation settings; 0 or -1 means "pick from the other settings"."""
+    """Optimisation settings; 0 or -1 means "pick from the other settings". Each field is an
+    `edge finetune` flag (edge.cli derives it, with the default and the help below).
 
-    steps: int = 200                 # optimizer steps (--steps)
-    batch_size: int = 8              # chats per micro-batch (--batch-size)
-    grad_accum: int = 1              # micro-batches per optimizer step
-    lr: float = 2e-4                 # peak learning rate, AdamW (--lr)
+    Attributes:
+        steps: optimizer steps to train.
+        batch_size: chats per micro-batch, the global one: with several GPUs they split it; an
+            optimizer step takes grad_accum of them.
+        grad_accum: micro-batches per optimizer step.
+        lr: peak learning rate (AdamW, linear warm-up then cosine decay).
+        weight_decay: AdamW weight decay.
+        warmup: linear warm-up steps; -1: 5% of the steps.
+        min_lr_ratio: the cosine decay ends at lr times this.
+        clip: gradient-norm clipping; 0 turns it off.
+        max_len: longest allowed chat in tokens; 0: the model's context.
+        eval_fraction: share of the data held out for eval loss.
+        eval_every: evaluate every N steps; 0: four evals per run (and one at the end).
+        save_every: checkpoint every N steps; 0: four checkpoints per run (and one at the end).
+        keep: checkpoints kept on disk (the newest).
+        grad_checkpointing: recompute activations in backward to save memory.
+        chunk_rows: rows of the output head per chunk of the loss.
+        seed: random seed (data order, LoRA init, dropout).
+        compile: torch.compile the layers and the loss chunk; None: decided by the run (`--compile`).
+        memory_budget: GPU: share (0-1) of each compiled layer's activations kept for backward;
+            the rest is recomputed, elementwise ops first: less memory, slower (docs/BENCHMARKS.md).
+            Default: 0.5 for 1B and larger models, 1.0 for the 270M.
+        loss_scale: fp16: the initial dynamic loss scale (torch.amp.GradScaler).
+        pack: pack several chats into each row (no padding between them; positions restart
+            and no token attends across a chat boundary); --no-pack pads one chat per row.
+        full: full fine-tuning: train every weight (no adapter, nothing to merge: OUT is a model
+            folder for `edge export`); bf16/fp16 keep float32 master weights, fp16 scales the loss.
+        memory: GPU memory mode: fast, lean (each compiled layer checkpointed, the loss in small
+            chunks: far less memory, slower) or auto (fast when its estimated peak fits in 80% of
+            the free GPU memory); the log says which ran.
+        epochs: > 0: train this many passes over the training chats instead of `steps`.
+        micro_batch: chats per forward/backward pass on each GPU (0: its whole share of
+            batch_size); smaller needs less memory and gives the same result (gradient accumulation).
+    """
+
+    steps: int = 200
+    batch_size: int = 8
+    grad_accum: int = 1
+    lr: float = 2e-4
     weight_decay: float = 0.0
-    warmup: int = -1                 # linear warm-up steps; -1: 5% of steps
-    min_lr_ratio: float = 0.1        # cosine decay ends at lr * this
-    clip: float = 1.0                # gradient-norm clipping; 0 turns it off
-    max_len: int = 0                 # longest allowed chat in tokens; 0: the model's context
-    eval_fraction: float = 0.1       # held-out share of the data for eval loss
-    eval_every: int = 0              # 0: four evals per run (and one at the end)
-    save_every: int = 0              # 0: four checkpoints per run (and one at the end)
-    keep: int = 2                    # checkpoints kept on disk (the newest)
-    grad_checkpointing: bool = False  # recompute layer activations in backward (less memory)
-    chunk_rows: int = 1024           # rows of the output head per chunk of the loss
+    warmup: int = -1
+    min_lr_ratio: float = 0.1
+    clip: float = 1.0
+    max_len: int = 0
+    eval_fraction: float = 0.1
+    eval_every: int = 0
+    save_every: int = 0
+    keep: int = 2
+    grad_checkpointing: bool = False
+    chunk_rows: int = 1024
     seed: int = 0
-    compile: bool | None = None      # torch.compile layers and loss chunk; None: on a GPU only
-    memory_budget: float | None = None  # compiled layers keep this share of saved activations; None: by size
-    loss_scale: float = FP16_INIT_LOSS_SCALE  # fp16: initial dynamic loss scale (GradScaler)
-    pack: bool = True                # several chats per row, no attention across them (--pack/--no-pack)
-    full: bool = False               # train every weight instead of a LoRA adapter (--full)
-    memory: str = "auto"             # fast | lean | auto (by model size and free GPU memory) (--memory)
-    epochs: float = 0.0              # > 0: train this many passes over the training chats instead of `steps`
-    micro_batch: int = 0             # chats per forward/backward pass in each process; 0: all of its share (--micro-batch)
+    compile: bool | None = None
+    memory_budget: float | None = None
+    loss_scale: float = FP16_INIT_LOSS_SCALE
+    pack: bool = True
+    full: bool = False
+    memory: MemoryMode = "auto"
+    epochs: float = 0.0
+    micro_batch: int = 0
 
     def __post_init__(self):
         for name in ("steps", "batch_size", "grad_accum", "chunk_rows", "keep"):
@@ -1228,7 +1270,6 @@ def train(*, model: str = "embedded", data: str | Path, out: str | Path, lora: L
 
 
 FULL_LR = 5e-5  # --full's default: Google's Gemma full fine-tuning guide (ai.google.dev, "Full model fine-tune using Hugging Face Transformers") trains with 5e-5
-LORA_LR = 2e-4
 
 
 def next_step(out: Path, full: bool = False) -> str:
@@ -1241,61 +1282,44 @@ def next_step(out: Path, full: bool = False) -> str:
     return f"edge merge --adapter {shlex.quote(str(out))} --out {shlex.quote(str(merged))}"
 
 
-def finetune_cmd(*, data: str, out: str, model: str = "embedded", steps: int | None = None, precision: str = "auto",
-                 resume: bool = False, force: bool = False, batch_size: int = 8, lr: float | None = None,
-                 rank: int | None = None, alpha: int | None = None, dropout: float | None = None,
-                 targets: list[str] | None = None, max_len: int = 0, eval_fraction: float = 0.1, save_every: int = 0,
-                 grad_checkpointing: bool = False, memory_budget: float | None = None, seed: int = 0,
-                 json: bool = False, pack: bool = True, full: bool = False, epochs: float | None = None,
-                 memory: str = "auto", compile: str = "auto", gpus: int = 0, micro_batch: int = 0) -> dict | None:
+def finetune_cmd(*, data: str, out: str, model: str = "embedded", precision: PrecisionName = "auto",
+                 resume: bool = False, force: bool = False, steps: int | None = None, epochs: float | None = None,
+                 lr: float | None = None, compile: Literal["auto", "on", "off"] = "auto", gpus: int = 0,
+                 json: bool = False, lora: LoraSettings | None = None,
+                 training: TrainSettings | None = None) -> dict | None:
     """Fine-tune a Gemma 3 model on chat JSONL (LoRA, or every weight with --full); the loss is
     on the model's replies only.
 
     Writes the adapter (or with --full the whole model, ready for `edge export`), checkpoints,
     log.jsonl and loss.png into OUT. Ctrl-C saves a checkpoint; `--resume` continues exactly
-    where it stopped.
+    where it stopped. The LoRA flags (--rank, --alpha, --dropout, --targets) are LoraSettings'
+    fields and the training flags TrainSettings' (edge/finetune.py), with their defaults.
 
     Args:
         data: chat JSONL file ({"messages": [{"role": ..., "content": ...}]} per line).
         out: folder for the adapter, checkpoints and logs.
         model: base model: 'embedded', a local Hugging Face directory or a cached hub id.
-        steps: optimizer steps to train (default 200; on --resume: the new total).
         precision: auto, bf16, fp16 or fp32 (`edge precision` shows what auto picks).
         resume: continue from the newest checkpoint in OUT (same model and data settings).
         force: overwrite an existing OUT that is not being resumed.
-        batch_size: chats per step (the global batch: with several GPUs they split it).
-        lr: peak learning rate (AdamW, linear warm-up then cosine decay); default 2e-4 for LoRA,
-            5e-5 with --full (Google's Gemma full fine-tuning guide).
-        rank: LoRA rank (default 16).
-        alpha: LoRA alpha, updates are scaled by alpha / rank (default 32).
-        dropout: LoRA dropout (default 0).
-        targets: modules to adapt (default: all attention and MLP projections).
-        max_len: longest allowed chat in tokens (default: the model's context).
-        eval_fraction: share of the data held out for eval loss.
-        save_every: checkpoint every N steps (default: 4 per run).
-        grad_checkpointing: recompute activations in backward to save memory.
-        memory_budget: GPU: share (0-1) of each compiled layer's activations kept for backward;
-            the rest is recomputed, elementwise ops first: less memory, slower (docs/BENCHMARKS.md).
-            Default: 0.5 for 1B and larger models, 1.0 for the 270M.
-        seed: random seed (data order, LoRA init, dropout).
-        json: print the result as JSON (and no progress bar).
-        pack: pack several chats into each row (no padding between them; positions restart
-            and no token attends across a chat boundary); --no-pack pads one chat per row.
-        full: full fine-tuning: train every weight (no adapter, nothing to merge: OUT is a model
-            folder for `edge export`); bf16/fp16 keep float32 master weights, fp16 scales the loss.
+        steps: optimizer steps to train (default: TrainSettings.steps; on --resume: the new total).
         epochs: train this many passes over the training chats instead of --steps.
-        memory: GPU memory mode: fast, lean (each compiled layer checkpointed, the loss in small
-            chunks: far less memory, slower) or auto (fast when its estimated peak fits in 80% of
-            the free GPU memory); the log says which ran.
+        lr: peak learning rate (AdamW, linear warm-up then cosine decay); default: TrainSettings.lr
+            for LoRA, 5e-5 with --full (Google's Gemma full fine-tuning guide).
         compile: torch.compile the layers on a GPU: on, off, or auto (on when this model compiled
             here before, so torch's caches are warm, or when the job is long enough to pay for a
             first compile; eager otherwise); the log says which and why.
         gpus: train on N GPUs, one process each, started through torchrun (default: one; under
             torchrun or accelerate launch: as many as they started). The result is the same.
-        micro_batch: chats per forward/backward pass on each GPU (default: its whole share of
-            --batch-size); smaller needs less memory and gives the same result (gradient accumulation).
+        json: print the result as JSON (and no progress bar).
+        lora: the adapter's shape (flags --rank, --alpha, --dropout, --targets).
+        training: the optimisation settings (one flag per TrainSettings field).
     """
-    args = dict(locals())
+    lora_given = lora is not None and lora != LoraSettings()
+    lora = lora or LoraSettings()
+    training = training or TrainSettings()
+    full = training.full
+    args = {**dict(locals()), "lora": lora, "training": training}
     from edge import distributed
     from edge.data import load_chats
 
@@ -1308,12 +1332,12 @@ def finetune_cmd(*, data: str, out: str, model: str = "embedded", steps: int | N
 
     if compile not in ("auto", "on", "off"):
         raise EdgeError(f"--compile must be auto, on or off, got {compile!r}")
-    if full:
-        given = [f"--{name}" for name, v in (("rank", rank), ("alpha", alpha), ("dropout", dropout),
-                                              ("targets", targets)) if v is not None]
-        if given:
-            raise EdgeError(f"{', '.join(given)} {'is a LoRA setting' if len(given) == 1 else 'are LoRA settings'}; "
-                            "--full trains every weight and has no adapter: drop it or drop --full")
+    if full and lora_given:
+        defaults = LoraSettings()
+        given = [f"--{f.metadata.get('flag', f.name)}" for f in fields(LoraSettings)
+                 if getattr(lora, f.name) != getattr(defaults, f.name)]
+        raise EdgeError(f"{', '.join(given)} {'is a LoRA setting' if len(given) == 1 else 'are LoRA settings'}; "
+                        "--full trains every weight and has no adapter: drop it or drop --full")
     if epochs is not None and steps is not None:
         raise EdgeError(f"give --steps ({steps}) or --epochs ({epochs}), not both")
     if epochs is not None and not epochs > 0:
@@ -1322,15 +1346,10 @@ def finetune_cmd(*, data: str, out: str, model: str = "embedded", steps: int | N
         from edge.cli import argv_for
 
         return distributed.launch(gpus, argv_for("finetune", finetune_cmd, args), out)
+    chosen = {"steps": steps, "epochs": epochs, "lr": FULL_LR if full and lr is None else lr,
+              "compile": {"auto": None, "on": True, "off": False}[compile]}
+    settings = replace(training, **{k: v for k, v in chosen.items() if v is not None or k == "compile"})
     dist = distributed.current()
-    lora = LoraSettings(r=16 if rank is None else rank, alpha=32 if alpha is None else alpha,
-                        dropout=0.0 if dropout is None else dropout, targets=tuple(targets or DEFAULT_TARGETS))
-    settings = TrainSettings(steps=200 if steps is None else steps, batch_size=batch_size,
-                             lr=(FULL_LR if full else LORA_LR) if lr is None else lr, max_len=max_len,
-                             eval_fraction=eval_fraction, save_every=save_every,
-                             grad_checkpointing=grad_checkpointing, memory_budget=memory_budget, seed=seed,
-                             pack=pack, micro_batch=micro_batch, full=full, epochs=epochs or 0.0, memory=memory,
-                             compile={"auto": None, "on": True, "off": False}[compile])
     say = (lambda s: None) if json or not dist.is_main else print
     with distributed.quiet_errors(dist):  # processes other than 0 leave the messages to it
         result = train(model=model, data=data, out=out, lora=lora, settings=settings, precision=precision,

@@ -26,6 +26,15 @@ from edge.errors import EdgeError, printable
 SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,127}")
 
 
+def cache_dir() -> Path:
+    """The toolkit's cache: `$EDGE_CACHE`, else `$XDG_CACHE_HOME/edge`, else `~/.cache/edge`."""
+    root = os.environ.get("EDGE_CACHE")
+    if root:
+        return Path(root)
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    return (Path(xdg) if xdg else Path.home() / ".cache") / "edge"
+
+
 def check_writable(path: Path, force: bool) -> None:
     """Refuse to overwrite an existing file or non-empty directory unless `force`."""
     path = Path(path)

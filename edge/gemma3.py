@@ -31,47 +31,8 @@ SAMPLING = {
     "repetition_penalty": 1.0,
 }
 
-# Gemma 3 chat format. `<bos>` is added by the template only when the tokenizer will not add
-# it itself: engines (llama.cpp) and our tokenizer add it, so the template below never emits
-# `<bos>`; rendering with `add_special_tokens=True` gives exactly one. The "system" turn is
-# folded into the first user turn, as Gemma's own template does.
-CHAT_TEMPLATE = (
-    "{%- if messages[0]['role'] == 'system' -%}"
-    "{%- set first_user_prefix = messages[0]['content'] + '\n\n' -%}"
-    "{%- set loop_messages = messages[1:] -%}"
-    "{%- else -%}"
-    "{%- set first_user_prefix = '' -%}"
-    "{%- set loop_messages = messages -%}"
-    "{%- endif -%}"
-    "{%- for message in loop_messages -%}"
-    "{%- set role = 'model' if message['role'] in ('assistant', 'model') else message['role'] -%}"
-    "{{ '<start_of_turn>' + role + '\n' + (first_user_prefix if loop.first else '') "
-    "+ message['content'] | trim + '<end_of_turn>\n' }}"
-    "{%- endfor -%}"
-    "{%- if add_generation_prompt -%}{{ '<start_of_turn>model\n' }}{%- endif -%}"
-)
-
-# The template embedded in exported GGUFs (`tokenizer.chat_template`): CHAT_TEMPLATE behind
-# `{{ bos_token }}`, as Google's own Gemma 3 template starts. Engines still see one <bos>:
-# llama.cpp's common chat code strips a leading bos_token from the rendered text when the
-# vocab adds one itself (common/chat.cpp: `if (inputs.add_bos && string_starts_with(result,
-# tmpl.bos_token()))`), and llama-cpp-python's Jinja2ChatFormatter marks its output
-# `added_special=True`, so it adds no <bos> of its own: without `{{ bos_token }}` its
-# create_chat_completion would send none (checked in tests/test_export.py).
-GGUF_CHAT_TEMPLATE = "{{ bos_token }}" + CHAT_TEMPLATE
-
-# Ollama Go-template equivalent of CHAT_TEMPLATE (Ollama adds no <bos> itself for GGUF with
-# add_bos_token true: llama.cpp's tokenizer does).
-OLLAMA_TEMPLATE = (
-    "{{- range $i, $_ := .Messages }}"
-    "{{- $last := eq (len (slice $.Messages $i)) 1 }}"
-    "{{- if or (eq .Role \"user\") (eq .Role \"system\") }}<start_of_turn>user\n{{ .Content }}<end_of_turn>\n"
-    "{{ if $last }}<start_of_turn>model\n{{ end }}"
-    "{{- else if eq .Role \"assistant\" }}<start_of_turn>model\n{{ .Content }}"
-    "{{ if not $last }}<end_of_turn>\n{{ end }}"
-    "{{- end }}"
-    "{{- end }}"
-)
+# The chat format (turn markers above, system folded into the first turn) is defined in
+# edge/template.py, with its Jinja and Ollama renderings.
 
 # Gemma's RMSNorm computes x * (1 + w) and HF checkpoints store w; llama.cpp applies the GGUF
 # weight as is, so every `*norm.weight` (q/k norms included) gets +1 at export

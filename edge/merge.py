@@ -22,6 +22,7 @@ from pathlib import Path
 from edge import gemma3
 from edge.errors import EdgeError
 from edge.fsutil import atomic_dir, check_not_input, check_writable
+from edge.precision import DType
 
 MERGE_META = "edge_merge.json"
 
@@ -112,7 +113,7 @@ def merge(adapter: str | Path, out: str | Path, dtype: str = "fp32", model: str 
     return result
 
 
-def merge_cmd(*, adapter: str, out: str, dtype: str = "fp32", model: str = "", force: bool = False,
+def merge_cmd(*, adapter: str, out: str, dtype: DType = "fp32", model: str = "", force: bool = False,
               json: bool = False) -> dict:
     """Merge a LoRA adapter into its base model in float32 (checked) and save safetensors.
 

@@ -24,6 +24,7 @@ from pathlib import Path
 
 from edge import gemma3
 from edge.errors import EdgeError, environment_error, printable
+from edge.fsutil import cache_dir
 
 EMBEDDED = "embedded"
 EMBEDDED_NOTE = ("the embedded model is the pretrained (not instruction-tuned) Gemma 3 270M, dequantized to "
@@ -32,14 +33,6 @@ EMBEDDED_NOTE = ("the embedded model is the pretrained (not instruction-tuned) G
                  "following instructions until you fine-tune it; for the original weights use "
                  "--model google/gemma-3-270m (or -it) from the Hugging Face cache")
 EMBEDDED_DIR_NAME = "gemma-3-270m-embedded"
-
-
-def cache_dir() -> Path:
-    root = os.environ.get("EDGE_CACHE")
-    if root:
-        return Path(root)
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    return (Path(xdg) if xdg else Path.home() / ".cache") / "edge"
 
 
 def embedded_gguf() -> Path:
@@ -114,7 +107,9 @@ def _convert_gguf(gguf: Path, out: Path) -> None:
 def attach_chat_template(tokenizer) -> None:
     """Give the tokenizer Gemma 3's chat template when it has none (never a double `<bos>`)."""
     if not getattr(tokenizer, "chat_template", None):
-        tokenizer.chat_template = gemma3.CHAT_TEMPLATE
+        from edge.template import CHAT_TEMPLATE
+
+        tokenizer.chat_template = CHAT_TEMPLATE
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token_id = gemma3.PAD_ID
 
@@ -122,11 +117,13 @@ def attach_chat_template(tokenizer) -> None:
 def save_tokenizer(tokenizer, dest: Path) -> None:
     """Save the tokenizer into a checkpoint folder with Gemma 3's chat template attached, and
     the template as `chat_template.jinja` when transformers kept it nowhere else."""
+    from edge.template import CHAT_TEMPLATE
+
     attach_chat_template(tokenizer)
     tokenizer.save_pretrained(dest)
     if not (dest / "chat_template.jinja").exists() and "chat_template" not in json.loads(
             (dest / "tokenizer_config.json").read_text()):
-        (dest / "chat_template.jinja").write_text(gemma3.CHAT_TEMPLATE)
+        (dest / "chat_template.jinja").write_text(CHAT_TEMPLATE)
 
 
 def generation_config(model):

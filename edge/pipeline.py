@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Callable
 
 from edge.errors import EdgeError
+from edge.precision import PrecisionName
 from edge.runfolder import Run, digest
 from edge.stages import (RunSettings, Ctx, Outcome, recipe_names, stage_budget,
                          stage_card, stage_data, stage_evaluate, stage_export, stage_finetune, stage_imatrix,
@@ -242,7 +243,7 @@ def _split(values: list[str] | None) -> list[str] | None:
 
 def run_cmd(*, data: str = "", out: str = "", eval: str = "", model: str | None = None, full: bool = False,
             steps: int | None = None, epochs: float | None = None, batch_size: int | None = None,
-            lr: float | None = None, precision: str | None = None, recipes: list[str] | None = None,
+            lr: float | None = None, precision: PrecisionName | None = None, recipes: list[str] | None = None,
             device: list[str] | None = None, ctx: int | None = None, push: str = "", serial: str = "",
             publish: str = "", private: bool = False, public: bool = False, accuracy: bool = False,
             keep_reference: bool = False, name: str = "", gpus: int | None = None, config: str = "",

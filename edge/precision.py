@@ -27,6 +27,7 @@ import os
 import platform
 import time
 from dataclasses import dataclass
+from typing import Literal, get_args
 
 from edge.errors import EdgeError
 from edge.gemma3 import FP16_MAX
@@ -34,8 +35,10 @@ from edge.gemma3 import FP16_MAX
 # One vocabulary of float type names for every flag that takes one: `--precision` (finetune,
 # precision), `merge --dtype` and `export --outtype`. Canonical names first; the aliases are the
 # other spellings in use (torch's names, llama.cpp's `--outtype f32`), accepted everywhere.
-DTYPES = ("bf16", "fp16", "fp32")
-NAMES = ("auto", *DTYPES)  # --precision: a dtype, or `auto` (the policy below picks one)
+DType = Literal["bf16", "fp16", "fp32"]                    # the CLI offers these as choices (edge.cli)
+PrecisionName = Literal["auto", "bf16", "fp16", "fp32"]   # --precision: a dtype, or `auto` (the policy below)
+DTYPES = get_args(DType)
+NAMES = get_args(PrecisionName)
 ALIASES = {"float32": "fp32", "f32": "fp32", "float": "fp32",
            "float16": "fp16", "f16": "fp16", "half": "fp16",
            "bfloat16": "bf16"}
@@ -173,7 +176,7 @@ def _time_step(dtype, reps: int = 3) -> float:
 
 
 def _cache_file():
-    from edge.models import cache_dir
+    from edge.fsutil import cache_dir
 
     return cache_dir() / "precision_cpu.json"
 
@@ -536,7 +539,7 @@ def fixes_applied(model) -> bool:
 
 # --- CLI -----------------------------------------------------------------------------------------
 
-def precision_cmd(*, precision: str = "auto", device: str = "", json: bool = False):
+def precision_cmd(*, precision: PrecisionName = "auto", device: str = "", json: bool = False):
     """Show which precision `auto` (or a forced name) picks on this machine, and why.
 
     Args:

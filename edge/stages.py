@@ -71,8 +71,9 @@ class RunSettings:
             raise EdgeError(f"--lr {self.lr!r} must be between 0 and 1 (e.g. 2e-4)")
         if not 0 <= self.eval_fraction < 1:
             raise EdgeError(f"--eval-fraction {self.eval_fraction!r} must be in [0, 1)")
-        if self.precision not in ("auto", "bf16", "fp16", "fp32"):
-            raise EdgeError(f"--precision {self.precision!r}: use auto, bf16, fp16 or fp32")
+        from edge.precision import NAMES, dtype_name
+
+        self.precision = dtype_name(self.precision, "--precision", NAMES)  # edge.precision's names and aliases
         if self.push:
             from edge.apps import APPS
 

@@ -1,10 +1,24 @@
-"""Gemma 3's chat format, and the renderer for the chat templates that GGUF files carry.
+"""Gemma 3's chat format: one definition, and the three texts that carry it.
 
-`chat_template(model_dir)` picks the template an export embeds as `tokenizer.chat_template`;
-`render_chat(template, messages)` renders any template the way engines do, in a bounded
-jinja2 sandbox (a template comes from a user's file). Nothing is written here.
+The definition is `render_text` (what the fine-tune trains on): each turn is
+`<start_of_turn>ROLE\nCONTENT<end_of_turn>\n` with ROLE `model` for assistant/model messages
+and `user` for the rest; a leading system message is folded into the first turn, followed by a
+blank line, as Gemma 3's own template does (Gemma 3 has no system role); contents are stripped;
+the generation prompt is `<start_of_turn>model\n`; no `<bos>` (the tokenizer adds it).
+Three texts carry the same format to other engines and are tested against it
+(tests/test_chat_format.py), with and without a system message:
 
-    python -c "from edge.template import render_chat; from edge import gemma3; print(render_chat(gemma3.GGUF_CHAT_TEMPLATE, [{'role': 'user', 'content': 'hi'}]))"
+- `CHAT_TEMPLATE` (Jinja): the tokenizer's, saved with every checkpoint;
+- `GGUF_CHAT_TEMPLATE` (Jinja): the same behind `{{ bos_token }}`, embedded in every GGUF;
+- `OLLAMA_TEMPLATE` (Go text/template): the Modelfile's `TEMPLATE` (edge/modelfile.py).
+  Two differences are Ollama's, not the template's: Go's text/template has no trim, so
+  contents are sent as given, and Ollama itself joins consecutive messages of one role.
+
+`chat_template(model_dir)` picks the template an export embeds; `render_chat(template,
+messages)` renders any Jinja chat template the way engines do, in a bounded jinja2 sandbox
+(a template comes from a user's file). Nothing is written here.
+
+    python -c "from edge.template import render_text; print(render_text([{'role': 'user', 'content': 'hi'}], True)[0])"
 """
 
 from __future__ import annotations
@@ -20,9 +34,83 @@ from edge import gemma3
 from edge.errors import EdgeError, printable
 
 
+def render_text(messages, add_generation_prompt: bool = False) -> tuple[str, list[tuple[int, int]]]:
+    """The chat as Gemma 3 text (without `<bos>`) and the character spans of model replies.
+
+    `messages`: a list of {"role", "content"} (or an `edge.data.Chat`). A reply span covers the
+    reply text and its `<end_of_turn>`, so the model learns to stop.
+    """
+    messages = list(getattr(messages, "messages", messages))
+    prefix = ""
+    if messages and messages[0]["role"] == "system":
+        prefix = messages[0]["content"] + "\n\n"
+        messages = messages[1:]
+    text, spans = "", []
+    for i, m in enumerate(messages):
+        role = "model" if m["role"] in ("assistant", "model") else "user"
+        content = (prefix if i == 0 else "") + m["content"].strip()
+        text += f"{gemma3.START_OF_TURN}{role}\n"
+        start = len(text)
+        text += content + gemma3.END_OF_TURN
+        if role == "model":
+            spans.append((start, len(text)))
+        text += "\n"
+    if add_generation_prompt:
+        text += f"{gemma3.START_OF_TURN}model\n"
+    return text, spans
+
+
+# `render_text` as a Jinja chat template (transformers' apply_chat_template, saved with every
+# checkpoint). It never emits `<bos>`: our tokenizer adds it, so rendering with
+# `add_special_tokens=True` gives exactly one.
+CHAT_TEMPLATE = (
+    "{%- if messages[0]['role'] == 'system' -%}"
+    "{%- set first_user_prefix = messages[0]['content'] + '\n\n' -%}"
+    "{%- set loop_messages = messages[1:] -%}"
+    "{%- else -%}"
+    "{%- set first_user_prefix = '' -%}"
+    "{%- set loop_messages = messages -%}"
+    "{%- endif -%}"
+    "{%- for message in loop_messages -%}"
+    "{%- set role = 'model' if message['role'] in ('assistant', 'model') else 'user' -%}"
+    "{{ '<start_of_turn>' + role + '\n' + (first_user_prefix if loop.first else '') "
+    "+ message['content'] | trim + '<end_of_turn>\n' }}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}{{ '<start_of_turn>model\n' }}{%- endif -%}"
+)
+
+# The template embedded in exported GGUFs (`tokenizer.chat_template`): CHAT_TEMPLATE behind
+# `{{ bos_token }}`, as Google's own Gemma 3 template starts. Engines still see one <bos>:
+# llama.cpp's common chat code strips a leading bos_token from the rendered text when the
+# vocab adds one itself (common/chat.cpp: `if (inputs.add_bos && string_starts_with(result,
+# tmpl.bos_token()))`), and llama-cpp-python's Jinja2ChatFormatter marks its output
+# `added_special=True`, so it adds no <bos> of its own: without `{{ bos_token }}` its
+# create_chat_completion would send none (checked in tests/test_export.py).
+GGUF_CHAT_TEMPLATE = "{{ bos_token }}" + CHAT_TEMPLATE
+
+# `render_text` in Go's text/template, for an Ollama Modelfile's TEMPLATE (Ollama adds no <bos>
+# itself for a GGUF with add_bos_token true: llama.cpp's tokenizer does). A leading system
+# message becomes `$prefix` of the first turn; the generation prompt follows a last message
+# that is not the model's (Ollama has no add_generation_prompt: a chat request ends in a user
+# turn). Ollama keeps system messages in .Messages (template.go, collate), so the Modelfile's
+# SYSTEM or a request's system message arrives here as messages[0].
+OLLAMA_TEMPLATE = (
+    '{{- $prefix := "" }}'
+    "{{- range $i, $_ := .Messages }}"
+    "{{- $last := eq (len (slice $.Messages $i)) 1 }}"
+    '{{- if and (eq $i 0) (eq .Role "system") }}{{ $prefix = printf "%s\\n\\n" .Content }}'
+    '{{- else }}<start_of_turn>{{ if or (eq .Role "assistant") (eq .Role "model") }}model{{ else }}user{{ end }}\n'
+    '{{ $prefix }}{{ .Content }}<end_of_turn>\n'
+    '{{ $prefix = "" }}'
+    "{{- end }}"
+    '{{- if and $last (ne .Role "assistant") (ne .Role "model") }}<start_of_turn>model\n{{ end }}'
+    "{{- end }}"
+)
+
+
 def chat_template(model_dir: Path) -> tuple[str, str]:
     """(template, source) for `tokenizer.chat_template`: it must render exactly one `<bos>`,
-    at the start (see gemma3.GGUF_CHAT_TEMPLATE for why engines then send exactly one).
+    at the start (see GGUF_CHAT_TEMPLATE for why engines then send exactly one).
 
     The model's own template is kept when it is Gemma's format; one that renders no `<bos>`
     gets `{{ bos_token }}` in front; anything else is replaced by the toolkit's template.
@@ -39,22 +127,22 @@ def chat_template(model_dir: Path) -> tuple[str, str]:
         except (json.JSONDecodeError, UnicodeDecodeError, RecursionError, OSError, AttributeError):
             text = None
     if not isinstance(text, str) or not text.strip():
-        return gemma3.GGUF_CHAT_TEMPLATE, "edge.gemma3 (the model has none)"
-    if text == gemma3.CHAT_TEMPLATE:
-        return gemma3.GGUF_CHAT_TEMPLATE, "edge.gemma3 (the model's, with {{ bos_token }} for engines)"
+        return GGUF_CHAT_TEMPLATE, "edge.template (the model has none)"
+    if text == CHAT_TEMPLATE:
+        return GGUF_CHAT_TEMPLATE, "edge.template (the model's, with {{ bos_token }} for engines)"
     try:
         rendered = render_chat(text, [{"role": "user", "content": "hi"}, {"role": "model", "content": "yo"},
                                       {"role": "user", "content": "ok"}])
     except EdgeError:  # a template we cannot render (or that runs away) is replaced
-        return gemma3.GGUF_CHAT_TEMPLATE, "edge.gemma3 (the model's template does not render)"
+        return GGUF_CHAT_TEMPLATE, "edge.template (the model's template does not render)"
     if gemma3.START_OF_TURN not in rendered:
-        return gemma3.GGUF_CHAT_TEMPLATE, "edge.gemma3 (the model's template is not Gemma's format)"
+        return GGUF_CHAT_TEMPLATE, "edge.template (the model's template is not Gemma's format)"
     n_bos = rendered.count(gemma3.BOS)
     if n_bos == 0:
         return "{{ bos_token }}" + text, "model (with {{ bos_token }} for engines)"
     if n_bos == 1 and rendered.startswith(gemma3.BOS):
         return text, "model"
-    return gemma3.GGUF_CHAT_TEMPLATE, f"edge.gemma3 (the model's template renders {n_bos} <bos>)"
+    return GGUF_CHAT_TEMPLATE, f"edge.template (the model's template renders {n_bos} <bos>)"
 
 
 RENDER_SECONDS = 2.0        # a chat template renders in about a millisecond; a runaway one stops here

@@ -593,10 +593,9 @@ def test_hostile_chat_template_is_bounded(template, match, monkeypatch):
 
 
 def test_gemma_template_still_renders():
-    from edge import gemma3
-    from edge.template import render_chat
+    from edge.template import GGUF_CHAT_TEMPLATE, render_chat
 
-    text = render_chat(gemma3.GGUF_CHAT_TEMPLATE, [{"role": "user", "content": "hi"}])
+    text = render_chat(GGUF_CHAT_TEMPLATE, [{"role": "user", "content": "hi"}])
     assert text == "<bos><start_of_turn>user\nhi<end_of_turn>\n<start_of_turn>model\n"
 
 

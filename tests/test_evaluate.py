@@ -79,7 +79,8 @@ def test_task_accuracy_by_teacher_forcing_equals_greedy_decoding(tiny_pair):
     """Chats whose expected reply is what greedy decoding says are settled by the one
     teacher-forced pass, the rest are decoded; either way the pairs equal plain greedy
     decoding of every chat, batched or one at a time."""
-    from edge.data import Chat, render_text
+    from edge.data import Chat
+    from edge.template import render_text
     from edge.evaluate import _greedy, task_accuracy
     from edge.llamacpp import Model
 

@@ -29,7 +29,7 @@ from edge.errors import EdgeError
 from edge.export import export_gguf
 from edge.ggufinfo import inspect_gguf, read_gguf
 from edge.modelfile import modelfile_cmd
-from edge.template import render_chat
+from edge.template import OLLAMA_TEMPLATE, render_chat
 from edge.vocab import build_vocab
 from tests.conftest import ROOT
 
@@ -302,7 +302,7 @@ def test_chat_template_renders_seed_conversation_with_one_bos(tiny_gguf, tokeniz
 
     llm_ids = prompt_tokens(llm, SEED_CHAT)
     assert llm_ids.count(gemma3.BOS_ID) == 1 and llm_ids[0] == gemma3.BOS_ID
-    # what training sees (edge.gemma3.CHAT_TEMPLATE through transformers) is the same ids
+    # what training sees (edge.template.CHAT_TEMPLATE through transformers) is the same ids
     hf_text = tokenizer.apply_chat_template(SEED_CHAT, tokenize=False, add_generation_prompt=True)
     assert tokenizer(hf_text, add_special_tokens=True)["input_ids"] == llm_ids
     # llama-cpp-python's own chat path (create_chat_completion's formatter) sends one <bos> too
@@ -318,12 +318,15 @@ def test_modelfile_beside_export(tiny_gguf, tmp_path):
     text = mf.read_text()
     assert f"FROM ./{tiny_gguf.name}" in text
     assert f'PARAMETER stop "{gemma3.END_OF_TURN}"' in text
-    assert gemma3.OLLAMA_TEMPLATE in text
+    assert OLLAMA_TEMPLATE in text  # rendered against the definition in tests/test_chat_format.py
     for name, key in [("temperature", "temperature"), ("top_k", "top_k"), ("top_p", "top_p"),
                       ("min_p", "min_p"), ("repeat_penalty", "repetition_penalty")]:
         assert f"PARAMETER {name} {gemma3.SAMPLING[key]}\n" in text
     out = tmp_path / "other.Modelfile"
-    assert modelfile_cmd(str(tiny_gguf), out=str(out)) == str(out) and out.read_text() == text
+    assert modelfile_cmd(str(tiny_gguf), out=str(out)) == str(out)
+    source = out.read_text().split("FROM ", 1)[1].split("\n", 1)[0]
+    assert (out.parent / source).resolve() == tiny_gguf.resolve()  # Ollama reads FROM from the Modelfile's folder
+    assert out.read_text().split("FROM", 1)[1].split("\n", 1)[1] == text.split("FROM", 1)[1].split("\n", 1)[1]
     with pytest.raises(EdgeError, match="already exists"):
         modelfile_cmd(str(tiny_gguf), out=str(out))
 

@@ -11,7 +11,8 @@ import pytest
 
 from edge import gemma3
 from edge.cli import COMMANDS, SUMMARIES, load_command, main
-from edge.data import Chat, load_chats, parse_chat, render, render_text
+from edge.data import Chat, load_chats, parse_chat, render
+from edge.template import render_text
 from edge.errors import EdgeError
 from tests.conftest import EDGE, ROOT
 

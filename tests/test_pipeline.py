@@ -17,7 +17,8 @@ from pathlib import Path
 import pytest
 
 from edge.cli import main
-from edge.data import read_chats, render_text
+from edge.data import read_chats
+from edge.template import render_text
 from edge.errors import EdgeError
 from edge.pipeline import RunSettings, STAGE_NAMES, build_settings, run_pipeline
 from edge.stages import train_settings
