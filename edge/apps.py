@@ -29,7 +29,7 @@ import posixpath
 import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Literal
 
 from edge import device
 from edge.device import cmdline, q
@@ -139,6 +139,8 @@ def anythingllm_rule(file_bytes: int, ram_bytes: int) -> dict:
     ctx = 512 if ram_bytes < 4e9 else 1024 if ram_bytes < 6e9 else 2048
     return {"badge": badge, "fits": badge != "impossible", "tight": badge == "tight",
             "budget_bytes": int(ram_bytes - 2.5e9), "default_ctx": ctx, "source": ANYTHINGLLM_RULE_SOURCE}
+
+AppName = Literal[tuple(APPS)]  # `edge push --app` takes these (edge.cli checks them while parsing)
 
 
 def route(app: str) -> AppRoute:

@@ -216,7 +216,7 @@ def _publish(local: Path, repo: str, res: PushResult, t0: float) -> PushResult:
     return res
 
 
-def push_cmd(file: str, *, app: str, serial: str = "", dest: str = "", force: bool = False,
+def push_cmd(file: str, *, app: apps.AppName, serial: str = "", dest: str = "", force: bool = False,
              ctx: int = 4096, publish_hf: str = "", json: bool = False):
     """Push a GGUF to a phone for ChatterUI, PocketPal, AnythingLLM or the llama.cpp tools.
 
