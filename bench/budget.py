@@ -30,7 +30,8 @@ from bench.rss import measure_rss  # noqa: E402
 from edge import budget  # noqa: E402
 from edge.apps import pocketpal_rule  # noqa: E402
 from edge.modelinfo import model_info  # noqa: E402
-from edge.models import cache_dir, embedded_gguf  # noqa: E402
+from edge.fsutil import cache_dir  # noqa: E402
+from edge.models import embedded_gguf  # noqa: E402
 
 VARIANTS = {"Q8_0": ("LLAMA_FTYPE_MOSTLY_Q8_0", False), "Q4_0-pure": ("LLAMA_FTYPE_MOSTLY_Q4_0", True),
             "F16": ("LLAMA_FTYPE_MOSTLY_F16", False)}

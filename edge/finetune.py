@@ -716,7 +716,7 @@ def _compile_key(model, precision: str, mode: str, full: bool, dev) -> str:
 
 
 def _compiled_record() -> Path:
-    from edge.models import cache_dir
+    from edge.fsutil import cache_dir
 
     return cache_dir() / COMPILED_RECORD
 
@@ -744,7 +744,7 @@ def decide_compile(asked: bool | None, dev, job_tokens: float, key: str) -> tupl
 def use_compile_cache() -> None:
     """Keep torch's compile caches under edge's cache folder (they survive /tmp being cleared),
     unless the user chose a folder."""
-    from edge.models import cache_dir
+    from edge.fsutil import cache_dir
 
     os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(cache_dir() / "torchinductor"))
 

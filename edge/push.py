@@ -81,7 +81,7 @@ def _push_lock(serial: str, remote: str):
 
     from filelock import FileLock, Timeout
 
-    from edge.models import cache_dir
+    from edge.fsutil import cache_dir
 
     folder = cache_dir() / "locks"
     folder.mkdir(parents=True, exist_ok=True)

@@ -195,3 +195,66 @@ def test_no_stage_imports_the_pipeline_or_the_demo():
         names |= {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
         assert not names & {"edge.pipeline", "edge.demo"}, f"{f} imports {names & {'edge.pipeline', 'edge.demo'}}"
         assert not any(isinstance(n, ast.FunctionDef) and n.name == "demo_stage" for n in ast.walk(tree)), f
+
+
+def import_cycles(root: Path) -> list[set[str]]:
+    """The import cycles among edge/, quantize/, tui_screens/ and tui.py: every import statement,
+    lazy ones inside functions included, as a module graph; its strongly connected components."""
+    import ast
+    import sys
+
+    files = {".".join(p.relative_to(root).with_suffix("").parts).removesuffix(".__init__"): p
+             for pkg in ("edge", "quantize", "tui_screens") for p in (root / pkg).rglob("*.py")}
+    files["tui"] = root / "tui.py"
+    graph: dict[str, set[str]] = {m: set() for m in files}
+    for m, p in files.items():
+        for n in ast.walk(ast.parse(p.read_text())):
+            if isinstance(n, ast.Import):
+                names = [a.name for a in n.names]
+            elif isinstance(n, ast.ImportFrom) and n.module and not n.level:
+                names = [n.module] + [f"{n.module}.{a.name}" for a in n.names]
+            else:
+                continue
+            graph[m] |= {x for x in names if x in files and x != m}
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    cycles: list[set[str]] = []
+    sys.setrecursionlimit(max(sys.getrecursionlimit(), 10 * len(files)))
+
+    def visit(v: str) -> None:  # Tarjan's strongly connected components
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        for w in graph[v]:
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            comp = set()
+            while True:
+                w = stack.pop()
+                comp.add(w)
+                if w == v:
+                    break
+            if len(comp) > 1:
+                cycles.append(comp)
+
+    for v in graph:
+        if v not in index:
+            visit(v)
+    return cycles
+
+
+def test_no_import_cycle(tmp_path):
+    # finetune <-> distributed: distributed's lazy imports of finetune.IGNORE and
+    # finetune.latest_checkpoint; known, left to the fine-tune split (issue 14). Any other cycle fails.
+    known = [{"edge.finetune", "edge.distributed"}]
+    assert [c for c in import_cycles(ROOT) if c not in known] == []
+    # the check sees a cycle made of lazy imports
+    for name, text in (("a", "def f():\n    from edge import b\n"), ("b", "import edge.a\n")):
+        (tmp_path / "edge").mkdir(exist_ok=True)
+        (tmp_path / "edge" / f"{name}.py").write_text(text)
+    (tmp_path / "tui.py").write_text("")
+    assert import_cycles(tmp_path) == [{"edge.a", "edge.b"}]
