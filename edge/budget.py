@@ -40,6 +40,7 @@ from __future__ import annotations
 import functools
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Literal
 
 from edge.apps import anythingllm_rule, pocketpal_rule, storage_verdicts
 from edge.errors import EdgeError
@@ -55,6 +56,7 @@ MIB = 1 << 20
 # KV cache element sizes (ggml type sizes: f16 2 B; q8_0 34 B per 32; q4_0 18 B per 32).
 KV_BYTES: dict[str, float] = {"f16": 2.0, "bf16": 2.0, "f32": 4.0, "q8_0": 34 / 32, "q4_0": 18 / 32,
                               "q4_1": 20 / 32, "q5_0": 22 / 32, "q5_1": 24 / 32}
+KvType = Literal[tuple(KV_BYTES)]  # --kv-type: llama.cpp's cache type names (edge.cli checks them while parsing)
 KV_PAD = 256          # llama.cpp pads the KV cache size to 256 cells
 
 # llama.cpp's CPU backend copies some weight types into an interleaved "CPU_REPACK" buffer at
@@ -468,7 +470,7 @@ def _live_state(serial: str):
 
 
 def budget_cmd(file: str, *, device: str = "", serial: str = "", host: bool = False, ctx: int = 4096,
-               ubatch: int = 512, kv_type: str = "f16", swa_full: bool = True, json: bool = False):
+               ubatch: int = 512, kv_type: KvType = "f16", swa_full: bool = True, json: bool = False):
     """Estimate RAM, speed and heat of a GGUF on a phone profile, a live phone, or this machine.
 
     RAM is counted in parts (weights, KV cache with Gemma 3's 5:1 sliding-window layers,
