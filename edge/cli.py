@@ -155,12 +155,15 @@ def _flags(fn: Callable) -> list[dict]:
     sig = inspect.signature(fn)
     hints = typing.get_type_hints(fn)
     helps = _param_help(fn)
+    field_defaults = {f.name: f.default for name in sig.parameters if (c := _settings_class(hints.get(name)))
+                      for f in dataclasses.fields(c) if f.default is not dataclasses.MISSING}
     out = []
     for name, p in sig.parameters.items():
         cls = _settings_class(hints.get(name))
-        if cls is None:
+        if cls is None:  # a parameter that sets a field itself (None: the field's default) shows that default
+            shown = (field_defaults.get(name) or None) if p.default is None else p.default
             out.append(dict(name=name, dest=name, param=p, hint=hints.get(name, str), help=helps.get(name, ""),
-                            default=p.default, settings=None))
+                            default=p.default, shown=shown, settings=None))
             continue
         field_hints, field_helps = typing.get_type_hints(cls), _field_help(cls)
         for f in dataclasses.fields(cls):
@@ -169,7 +172,8 @@ def _flags(fn: Callable) -> list[dict]:
                 continue
             default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
             out.append(dict(name=dest, dest=dest, param=None, hint=field_hints[f.name],
-                            help=field_helps.get(f.name, ""), default=default, settings=(name, cls, f.name)))
+                            help=field_helps.get(f.name, ""), default=default, shown=default,
+                            settings=(name, cls, f.name)))
     return out
 
 
@@ -198,7 +202,7 @@ def add_function(parser: argparse.ArgumentParser, fn: Callable) -> None:
         else:
             required = a["default"] is inspect.Parameter.empty
             default = None if required else a["default"]
-            shown = "" if required or default in (None, "") else f" (default: {default})"
+            shown = "" if required or a["shown"] in (None, "") else f" (default: {a['shown']})"
             parser.add_argument(*flags, dest=a["dest"], type=typ, required=required, metavar=metavar,
                                 default=None if field else default, help=help_ + shown)
 

@@ -1302,10 +1302,10 @@ def finetune_cmd(*, data: str, out: str, model: str = "embedded", precision: Pre
         precision: auto, bf16, fp16 or fp32 (`edge precision` shows what auto picks).
         resume: continue from the newest checkpoint in OUT (same model and data settings).
         force: overwrite an existing OUT that is not being resumed.
-        steps: optimizer steps to train (default: TrainSettings.steps; on --resume: the new total).
+        steps: optimizer steps to train (on --resume: the new total).
         epochs: train this many passes over the training chats instead of --steps.
-        lr: peak learning rate (AdamW, linear warm-up then cosine decay); default: TrainSettings.lr
-            for LoRA, 5e-5 with --full (Google's Gemma full fine-tuning guide).
+        lr: peak learning rate (AdamW, linear warm-up then cosine decay); with --full the default
+            is 5e-5 instead (Google's Gemma full fine-tuning guide).
         compile: torch.compile the layers on a GPU: on, off, or auto (on when this model compiled
             here before, so torch's caches are warm, or when the job is long enough to pay for a
             first compile; eager otherwise); the log says which and why.
