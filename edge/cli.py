@@ -107,7 +107,9 @@ def _base_type(annotation):
     if origin is typing.Literal:
         return None, str, tuple(typing.get_args(annotation))
     if origin in (list, tuple):
-        return list, (typing.get_args(annotation) or (str,))[0], ()
+        elem = (typing.get_args(annotation) or (str,))[0]
+        inner = _base_type(elem)
+        return list, inner[1], inner[2]
     if origin is typing.Union or isinstance(annotation, types.UnionType):
         args = [a for a in typing.get_args(annotation) if a is not type(None)]
         return _base_type(args[0]) if args else (None, str, ())
@@ -115,7 +117,7 @@ def _base_type(annotation):
 
 
 def _settings_class(annotation):
-    """The settings dataclass a parameter takes (`train: TrainSettings | None`), or None."""
+    """The settings dataclass a parameter takes (`training: TrainSettings | None`), or None."""
     for a in (annotation, *typing.get_args(annotation)):
         if dataclasses.is_dataclass(a) and isinstance(a, type):
             return a
