@@ -114,3 +114,12 @@ def test_modelfile_elsewhere_points_back_at_the_gguf(tmp_path, capsys):
         os.chdir(cwd)
     source = re.search(r"^FROM (.+)$", (tmp_path / "elsewhere" / "deep" / "M2").read_text(), re.M).group(1)
     assert source == "../../variants/m-Q4_K_M.gguf"
+
+
+@pytest.mark.parametrize("generation", [False, True])
+def test_transformers_renders_the_tokenizer_template_as_the_definition(tokenizer, generation):
+    """What a checkpoint's tokenizer renders (transformers' own Jinja environment) for each chat."""
+    for name, messages in CHATS.items():
+        got = tokenizer.apply_chat_template(messages, chat_template=CHAT_TEMPLATE, tokenize=False,
+                                            add_generation_prompt=generation)
+        assert got == render_text(messages, generation)[0], name
