@@ -83,8 +83,30 @@ STAGES: tuple[Stage, ...] = (
 STAGE_NAMES = tuple(st.name for st in STAGES)
 
 
+def _check_out(s: RunSettings) -> None:
+    """The run folder is new, empty or an earlier run's: a run writes README.md, data/, gguf/ ...
+    there, which must never replace a user's own files (`--out .` in a project, or the chats)."""
+    from edge.runfolder import MANIFEST
+
+    out = Path(s.out)
+    if out.is_dir() and not (out / MANIFEST).is_file():
+        try:
+            taken = next(iter(out.iterdir()), None)
+        except OSError as e:
+            raise EdgeError(f"--out {out}: cannot read the folder ({e.strerror})") from None
+        if taken is not None:
+            raise EdgeError(f"--out {out} holds other files ({taken.name}, ...) and is not a run folder (no "
+                            f"{MANIFEST}); give a new or empty folder, or the folder of an earlier `edge run`")
+    own = {(out / "data" / name).resolve() for name in ("train.jsonl", "eval.jsonl")}
+    for flag, value in (("--data", s.data), ("--eval", s.eval)):
+        if value and Path(value).resolve() in own:
+            raise EdgeError(f"{flag} {value} is the run's own copy of the chats, which the run rewrites; "
+                            "give your original file")
+
+
 def _check_inputs(s: RunSettings) -> None:
     """Cheap checks before anything heavy is imported or any stage runs."""
+    _check_out(s)
     for flag, value in (("--data", s.data), ("--eval", s.eval)):
         if value and not Path(value).exists():
             import re
@@ -132,13 +154,16 @@ def run_pipeline(s: RunSettings, *, from_stage: str = "", say: Callable[[str], N
 
     # the chats are read (and every record checked) before the run folder is touched
     chats = {src: read_chats(src, require_reply=src == s.data) for src in filter(None, (s.data, s.eval))}
-    run = Run.open(s.out)
-    run.data["settings"] = {k: v for k, v in asdict(s).items()}
     from edge.finetune import model_fingerprint
     from edge.models import public_identity, resolve
 
+    # an earlier run's damaged run.json is one line before the model is resolved (it may be
+    # converted, minutes); a missing model is one line before a new run folder is made
+    run = Run.open(s.out) if Path(s.out).exists() else None
     model_dir = resolve(s.model)
     base = {**public_identity(s.model, model_dir), "fingerprint": model_fingerprint(model_dir)}
+    run = run or Run.open(s.out)
+    run.data["settings"] = {k: v for k, v in asdict(s).items()}
     c = Ctx(run=run, s=s, say=say, base=base, cache={"chats": chats})
     rows, forced, t_all = [], False, time.time()
     say(f"{title}: writing into {run.root}")
@@ -197,24 +222,45 @@ def load_config(path: str) -> dict:
 
     p = Path(path)
     if not p.is_file():
-        raise EdgeError(f"--config {path}: no such file")
+        raise EdgeError(f"--config {path}: {'a folder, not a run.toml file' if p.is_dir() else 'no such file'}")
     try:
         raw = tomllib.loads(p.read_text(encoding="utf-8"))
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
-        raise EdgeError(f"--config {path}: not valid TOML ({e})") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError, RecursionError) as e:
+        why = "nested too deeply" if isinstance(e, RecursionError) else str(e)
+        raise EdgeError(f"--config {path}: not valid TOML ({why})") from None
+    except OSError as e:
+        raise EdgeError(f"--config {path}: cannot read it ({e.strerror})") from None
     raw = raw.get("run", raw)
-    known = {f.name for f in fields(RunSettings)}
+    if not isinstance(raw, dict):
+        raise EdgeError(f"--config {path}: `run` must be a table ([run]) of settings")
+    kinds = {f.name: str(f.type) for f in fields(RunSettings)}
     cfg = {}
     for k, v in raw.items():
         name = k.replace("-", "_")
         name = {"recipe": "recipes", "device": "devices"}.get(name, name)
-        if name not in known:
-            raise EdgeError(f"--config {path}: unknown setting {k!r}; known: {', '.join(sorted(known))}")
-        cfg[name] = v
-    for name in ("recipes", "devices"):
-        if isinstance(cfg.get(name), str):
-            cfg[name] = [x.strip() for x in cfg[name].split(",") if x.strip()]
+        if name not in kinds:
+            raise EdgeError(f"--config {path}: unknown setting {k!r}; known: {', '.join(sorted(kinds))}")
+        cfg[name] = _typed(v, kinds[name], f"--config {path}: {k}")
     return cfg
+
+
+def _typed(v, kind: str, where: str):
+    """A run.toml value checked against its RunSettings field's type (TOML has its own types:
+    `full = "no"` must not turn full fine-tuning on, nor `steps = 1.5` pass as a step count)."""
+    if kind.startswith("tuple"):    # recipes, devices: "a,b" or ["a", "b"]
+        if isinstance(v, str):
+            return [x.strip() for x in v.split(",") if x.strip()]
+        if isinstance(v, list) and all(isinstance(x, str) for x in v):
+            return v
+        raise EdgeError(f"{where} must be a list of names or one comma-separated string, not {v!r:.80}")
+    want = {"str": (str,), "int": (int,), "float": (int, float), "bool": (bool,), "bool | None": (bool,)}.get(kind)
+    if want is None:                # a field of another type: RunSettings checks it
+        return v
+    if isinstance(v, bool) != (bool in want) or not isinstance(v, want):
+        words = {"str": "a string", "int": "a whole number", "float": "a number", "bool": "true or false",
+                 "bool | None": "true or false"}
+        raise EdgeError(f"{where} must be {words[kind]}, not {v!r:.80}")
+    return v
 
 
 def build_settings(config: str, given: dict, *, private: bool = False, public: bool = False) -> RunSettings:
@@ -269,7 +315,7 @@ def run_cmd(*, data: str = "", out: str = "", eval: str = "", model: str | None 
         recipes: quantization recipes, comma-separated (default: the demo's four, quantize.recipes.DEMO_NAMES; `edge quantize --help` lists them).
         device: a phone profile to budget for (repeatable; default: galaxy_a12, pixel_7, galaxy_s24_ultra).
         ctx: context length n_ctx for the budget (default: 4096).
-        push: push the variant recommended on the first --device to this app (chatterui, anythingllm, llamacpp; `edge push --help`).
+        push: push the variant recommended on the first --device to this app (chatterui, pocketpal, anythingllm, llamacpp; `edge push --help`).
         serial: the phone's adb serial for --push (optional with one phone connected).
         publish: upload the recommended GGUF and the card to this Hugging Face repo (USER/NAME); needs --private or --public.
         private: with --publish: a private repo.

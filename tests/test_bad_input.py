@@ -537,6 +537,70 @@ def test_demo_corrupt_run_json(d, capsys):
     check_bad(capsys, d, ["demo", "--out", "run"], "run.json")
 
 
+# ---- edge run: run.toml, the run folder, the model -----------------------------------------------
+RUN_CONFIG_CASES = {
+    "run-not-a-table": ("run = 5\n", "must be a table"),
+    "data-a-number": ("data = 5\n", "data must be a string, not 5"),
+    "model-a-number": ("model = 5\n", "model must be a string"),
+    "devices-numbers": ("devices = [1]\n", "devices must be a list of names"),
+    "recipes-a-number": ("recipes = 5\n", "recipes must be a list of names"),
+    "full-a-string": ('full = "no"\n', "full must be true or false, not 'no'"),   # "no" is truthy
+    "private-a-string": ('private = "yes"\n', "private must be true or false"),
+    "steps-a-fraction": ("steps = 1.5\n", "steps must be a whole number"),
+    "batch-size-a-fraction": ("batch_size = 2.5\n", "batch_size must be a whole number"),
+    "gpus-a-fraction": ("gpus = 1.5\n", "gpus must be a whole number"),
+    "ctx-huge-float": ("ctx = 1e300\n", "ctx must be a whole number"),
+    "seed-a-string": ('seed = "x"\n', "seed must be a whole number"),       # crashed in torch.manual_seed
+    "eval-fraction-a-string": ('eval_fraction = "x"\n', "eval_fraction must be a number"),
+    "deeply-nested": ("a = " + "[" * 5000 + "]" * 5000 + "\n", "nested too deeply"),
+    "not-toml": ("steps = = 3\n", "not valid TOML"),
+    "not-utf8": (b"name = \"\xff\"\n", "not valid TOML"),
+    "unknown-setting": ("stepz = 3\n", "unknown setting 'stepz'"),
+    "epochs-infinite": ("epochs = inf\n", "--epochs inf"),
+    "push-unknown-app": ('push = "nosuchapp"\n', "nosuchapp"),
+}
+
+
+@pytest.mark.parametrize("case", list(RUN_CONFIG_CASES))
+def test_run_hostile_config(case, d, capsys):
+    text, match = RUN_CONFIG_CASES[case]
+    write(d / "run.toml", text)
+    write(d / "c.jsonl", CHAT)
+    check_bad(capsys, d, ["run", "--config", "run.toml", "--data", "c.jsonl", "--out", "r", "--model", "./nomodel"],
+              match)
+    assert not (d / "r").exists()
+
+
+def test_run_config_is_a_folder(d, capsys):
+    (d / "conf").mkdir()
+    write(d / "c.jsonl", CHAT)
+    check_bad(capsys, d, ["run", "--config", "conf", "--data", "c.jsonl", "--out", "r"], "a folder")
+
+
+def test_run_out_in_a_folder_of_the_users_files(d, capsys):
+    """`edge run --data data/train.jsonl --out .` in a project would have replaced README.md with
+    the model card and data/train.jsonl (the user's chats) with the training split."""
+    write(d / "README.md", "# my project")
+    write(d / "data" / "train.jsonl", CHAT * 10)
+    check_bad(capsys, d, ["run", "--data", "data/train.jsonl", "--out", "."], "not a run folder")
+    (d / "empty").mkdir()                                  # an empty folder is fine: it goes on to the model
+    check_bad(capsys, d, ["run", "--data", "data/train.jsonl", "--out", "empty", "--model", "./nomodel"], "nomodel")
+
+
+def test_run_data_is_the_runs_own_copy(d, capsys):
+    write(d / "r" / "run.json", '{"stages": {}}')
+    write(d / "r" / "data" / "train.jsonl", CHAT * 10)
+    check_bad(capsys, d, ["run", "--data", "r/data/train.jsonl", "--out", "r"], "run's own copy")
+    write(d / "c.jsonl", CHAT * 10)
+    check_bad(capsys, d, ["run", "--data", "c.jsonl", "--eval", "r/data/eval.jsonl", "--out", "r"], "own copy")
+
+
+def test_run_missing_model_makes_no_run_folder(d, capsys):
+    write(d / "c.jsonl", CHAT)
+    check_bad(capsys, d, ["run", "--data", "c.jsonl", "--out", "r", "--model", "./nomodel"], "not found")
+    assert not (d / "r").exists()
+
+
 @pytest.mark.parametrize("name, data, match", [
     ("trunc.gguf", G.model_gguf()[:-64], "truncated"),
     ("text.gguf", b"not a model", "not a GGUF"),
