@@ -249,3 +249,47 @@ def test_chat_template_renderer(parts):
     finally:
         edge.template.RENDER_SECONDS = saved
     assert len(out) <= RENDER_CHARS
+
+
+toml_values = st.recursive(
+    st.booleans() | st.integers(-2**70, 2**70) | st.floats() | st.text(max_size=12),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(min_size=1, max_size=6), inner, max_size=3),
+    max_leaves=10)
+RUN_KEYS = ["data", "out", "eval", "model", "full", "steps", "epochs", "batch_size", "lr", "precision", "recipes",
+            "devices", "ctx", "push", "serial", "publish", "private", "eval_fraction", "seed", "accuracy",
+            "eval_tokens", "eval_ctx", "keep_reference", "name", "gpus", "run", "device", "recipe", "x"]
+
+
+def _toml(v) -> str:
+    """A TOML literal for v (strings JSON-quoted, which TOML reads the same for these)."""
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, float):
+        return "nan" if v != v else ("inf" if v == float("inf") else "-inf" if v == float("-inf") else repr(v))
+    if isinstance(v, int):
+        return str(v)
+    if isinstance(v, str):
+        return json.dumps(v)
+    if isinstance(v, list):
+        return "[" + ", ".join(_toml(x) for x in v) + "]"
+    return "{" + ", ".join(f"{json.dumps(k)} = {_toml(x)}" for k, x in v.items()) + "}"
+
+
+@FUZZ
+@given(settings_=st.dictionaries(st.sampled_from(RUN_KEYS), toml_values, max_size=6),
+       junk=st.binary(max_size=40), mode=st.sampled_from(["values", "junk"]))
+def test_run_config_reader(settings_, junk, mode, folder):
+    """`edge run --config`: values of any TOML type (or bytes that are not TOML) give settings or
+    one EdgeError, never another exception; whatever passes has the types RunSettings declares."""
+    from edge.pipeline import build_settings
+
+    f = Path(folder) / "run.toml"
+    if mode == "values":
+        f.write_text("".join(f"{k} = {_toml(v)}\n" for k, v in settings_.items()), encoding="utf-8")
+    else:
+        f.write_bytes(junk)
+    s = only_edge_errors(build_settings, str(f), {"data": "d.jsonl", "out": "o"}, what="build_settings")
+    if s is not None:
+        assert all(isinstance(x, str) for x in s.recipes + s.devices)
+        assert isinstance(s.full, bool) and isinstance(s.steps, int) and isinstance(s.seed, int)
+        assert isinstance(s.model, str) and isinstance(s.name, str)
