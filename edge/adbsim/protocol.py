@@ -141,11 +141,15 @@ class ShellStream(Stream):
 
 
 class SyncStream(Stream):
+    def read_request(self) -> tuple[bytes, int]:
+        """One SYNC.TXT request header: 4-byte id (STAT, SEND, DATA ...) and a little-endian length."""
+        head = self.read_exact(8)
+        return head[:4], struct.unpack("<I", head[4:])[0]
+
     def run(self):
         try:
             while True:
-                head = self.read_exact(8)
-                sid, n = head[:4], struct.unpack("<I", head[4:])[0]
+                sid, n = self.read_request()
                 if sid == b"QUIT":
                     break
                 arg = self.read_exact(n) if sid in (b"STAT", b"LIST", b"SEND", b"RECV") else b""
@@ -217,8 +221,7 @@ class SyncStream(Stream):
         f = None if error else LimitedFile(phone, hp, "wb")
         try:
             while True:
-                head = self.read_exact(8)
-                sid, n = head[:4], struct.unpack("<I", head[4:])[0]
+                sid, n = self.read_request()
                 if sid == b"DONE":
                     break
                 if sid != b"DATA" or n > SYNC_DATA_MAX:
