@@ -26,7 +26,7 @@ from __future__ import annotations
 import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Literal
 
 from edge.errors import EdgeError
 from edge.precision import PrecisionName
@@ -81,6 +81,7 @@ STAGES: tuple[Stage, ...] = (
           when=lambda s: bool(s.publish)),
 )
 STAGE_NAMES = tuple(st.name for st in STAGES)
+StageName = Literal[STAGE_NAMES]   # --from-stage: checked while parsing, any case, "did you mean"
 
 
 def _check_out(s: RunSettings) -> None:
@@ -293,7 +294,7 @@ def run_cmd(*, data: str = "", out: str = "", eval: str = "", model: str | None 
             device: list[str] | None = None, ctx: int | None = None, push: str = "", serial: str = "",
             publish: str = "", private: bool = False, public: bool = False, accuracy: bool = False,
             keep_reference: bool = False, name: str = "", gpus: int | None = None, config: str = "",
-            from_stage: str = "", json: bool = False):
+            from_stage: StageName | None = None, json: bool = False):
     """From your chats to phone-ready GGUF files, a model card and a recommendation, in one resumable command.
 
     Stages: data -> fine-tune -> merge -> export -> imatrix -> quantize -> evaluate -> budget -> card
@@ -325,7 +326,7 @@ def run_cmd(*, data: str = "", out: str = "", eval: str = "", model: str | None 
         name: the name in file names, <family>-<name>-<RECIPE>.gguf (default: the run folder's name).
         gpus: fine-tune on N GPUs, one process each, through torchrun (default: one); the result is the same, so a run resumes on any number.
         config: a run.toml with any of these settings; flags given here override it.
-        from_stage: redo this stage and every later one (data, fine-tune, merge, export, imatrix, quantize, evaluate, budget, card, push, publish).
+        from_stage: redo this stage and every later one.
         json: print the result as JSON at the end.
     """
     given = {"data": data, "out": out, "eval": eval, "model": model, "steps": steps, "epochs": epochs,
@@ -334,5 +335,5 @@ def run_cmd(*, data: str = "", out: str = "", eval: str = "", model: str | None 
              "name": name, "gpus": gpus, "full": full, "accuracy": accuracy, "keep_reference": keep_reference}
     settings = build_settings(config, given, private=private, public=public)
     say = (lambda m: None) if json else print
-    result = run_pipeline(settings, from_stage=from_stage, say=say)
+    result = run_pipeline(settings, from_stage=from_stage or "", say=say)
     return asdict(result) if json else None
