@@ -133,10 +133,15 @@ class Run:
     def _resolve(self, p: str) -> Path:
         return Path(p) if Path(p).is_absolute() else self.root / p
 
+    def _records(self, stage: str) -> list[dict]:
+        """The stage's output records that have a path (a hand-edited run.json may hold anything)."""
+        found = self.entry(stage).get("outputs", [])
+        return [o for o in found if isinstance(o, dict) and isinstance(o.get("path"), str)] \
+            if isinstance(found, list) else []
+
     def outputs(self, stage: str, role: str | None = None) -> list[Path]:
         """The stage's recorded outputs (of one role, if given), as paths."""
-        return [self._resolve(o["path"]) for o in self.entry(stage).get("outputs", [])
-                if isinstance(o, dict) and "path" in o and (role is None or o.get("role") == role)]
+        return [self._resolve(o["path"]) for o in self._records(stage) if role is None or o.get("role") == role]
 
     def output(self, stage: str, role: str) -> Path | None:
         found = self.outputs(stage, role)
@@ -147,7 +152,11 @@ class Run:
         e = self.entry(stage)
         if e.get("state") != "done" or (key is not None and e.get("key") != key):
             return False
+        if not isinstance(e.get("outputs", []), list):
+            return False
         for o in e.get("outputs", []):
+            if not (isinstance(o, dict) and isinstance(o.get("path"), str)):
+                return False
             p = self._resolve(o["path"])
             if o.get("dropped"):
                 continue
@@ -157,14 +166,17 @@ class Run:
 
     def missing_outputs(self, stage: str) -> list[Path]:
         """Outputs recorded as deliberately dropped (e.g. the F32 reference after scoring)."""
-        return [self._resolve(o["path"]) for o in self.entry(stage).get("outputs", []) if o.get("dropped")]
+        return [self._resolve(o["path"]) for o in self._records(stage) if o.get("dropped")]
 
     def drop(self, stage: str, role: str) -> list[Path]:
         """Delete a stage's outputs of `role` and record that they were dropped on purpose."""
         gone = []
-        for o in self.entry(stage).get("outputs", []):
+        root = self.root.resolve()
+        for o in self._records(stage):
             if o.get("role") == role and not o.get("dropped"):
                 p = self._resolve(o["path"])
+                if not p.resolve().is_relative_to(root):   # only ever a file of this run
+                    continue
                 if p.is_file():
                     p.unlink()
                 o["dropped"] = True

@@ -595,6 +595,35 @@ def test_run_data_is_the_runs_own_copy(d, capsys):
     check_bad(capsys, d, ["run", "--data", "c.jsonl", "--eval", "r/data/eval.jsonl", "--out", "r"], "own copy")
 
 
+@pytest.mark.parametrize("outputs", [5, "x", [5], [{"role": "reference"}], [{"path": 5, "role": "reference"}],
+                                     [{"path": "gguf/r.gguf", "role": "other", "size": "big"}]])
+def test_run_json_with_damaged_stage_records(outputs, tmp_path):
+    """A hand-edited run.json: a stage whose outputs are not records is not finished (it is
+    redone), with no exception, and reading or dropping its outputs touches nothing."""
+    from edge.runfolder import Run
+
+    write(tmp_path / "r" / "run.json", json.dumps({"stages": {"export": {"state": "done", "key": "k",
+                                                                         "outputs": outputs}}}))
+    write(tmp_path / "r" / "gguf" / "r.gguf", "keep")
+    run = Run.open(tmp_path / "r")
+    assert run.finished("export", "k") is False
+    run.outputs("export"), run.missing_outputs("export"), run.reference()
+    run.drop("export", "reference")
+    assert (tmp_path / "r" / "gguf" / "r.gguf").read_text() == "keep"
+
+
+def test_run_json_never_drops_a_file_outside_the_run(tmp_path):
+    """The F32 reference is deleted after scoring by the path run.json records: a run.json that
+    names a file outside its folder (absolute, or ../) must not delete it."""
+    from edge.runfolder import Run
+
+    victims = [write(tmp_path / "mine.gguf", "precious"), write(tmp_path / "other" / "x.gguf", "precious")]
+    write(tmp_path / "r" / "run.json", json.dumps({"stages": {"export": {"state": "done", "outputs": [
+        {"path": victims[0], "role": "reference"}, {"path": "../other/x.gguf", "role": "reference"}]}}}))
+    Run.open(tmp_path / "r").drop("export", "reference")
+    assert all(Path(v).read_text() == "precious" for v in victims)
+
+
 def test_run_missing_model_makes_no_run_folder(d, capsys):
     write(d / "c.jsonl", CHAT)
     check_bad(capsys, d, ["run", "--data", "c.jsonl", "--out", "r", "--model", "./nomodel"], "not found")
