@@ -266,12 +266,104 @@ def markdown(res: dict) -> str:
     return "\n".join(lines)
 
 
+# ---- which weights llama.cpp repacks on these phones: quantize/repack.py vs PocketPal's logs ----
+# Gemma 3 1B's real shapes (REFERENCE.md: 1152 wide, FFN 6912, 4 heads x 256, 1 KV head, 262,144
+# tokens, tied): (ne0, ne1) per tensor name, layer index stripped.
+GEMMA3_1B_SHAPES = {"token_embd.weight": (1152, 262144), "attn_q.weight": (1152, 1024), "attn_k.weight": (1152, 256),
+                    "attn_v.weight": (1152, 256), "attn_output.weight": (1024, 1152), "ffn_gate.weight": (1152, 6912),
+                    "ffn_up.weight": (1152, 6912), "ffn_down.weight": (6912, 1152), "attn_q_norm.weight": (256,),
+                    "attn_k_norm.weight": (256,)}
+POCKETPAL_FILE_TYPES = {"gemma3-1b-iq2_m": "MOSTLY_IQ2_M", "gemma3-1b-q2_k": "MOSTLY_Q2_K",
+                        "gemma3-1b-q3_k_m": "MOSTLY_Q3_K_M", "gemma3-1b-q4_0": "MOSTLY_Q4_0",
+                        "gemma3-1b-q4_k_m": "MOSTLY_Q4_K_M", "gemma3-1b-q5_k_m": "MOSTLY_Q5_K_M",
+                        "gemma3-1b-q6_k": "MOSTLY_Q6_K", "gemma3-1b-q8_0": "MOSTLY_Q8_0"}
+
+
+def gemma3_1b_tensors(workdir: Path, file_type: str, imatrix: bool = True) -> list[tuple]:
+    """(name, type, shape, bytes) of Gemma 3 1B quantized to `file_type` by this machine's llama.cpp.
+
+    The types come from llama.cpp's own quantizer run on a random-weight file in the 1B's
+    configuration (26 blocks, 1152-wide rows, 4 heads and 1 KV head; tests/test_quantize.py's
+    writer) with narrower FFN/head/vocabulary counts: llama.cpp picks a type from the tensor's
+    name, block index, block count, head counts and row width (its K-quant fallback on 1152-wide
+    rows), never from the row count. With `imatrix` (bartowski's files are made with one), an
+    importance matrix of ones. The bytes are those of the real 1B shapes in those types."""
+    import gguf
+    import numpy as np
+
+    from edge.ggufinfo import read_gguf
+    from quantize.llama import quantize_file
+    from tests.test_quantize import write_gemma3_gguf
+
+    src = workdir / "gemma3-1b-config-F32.gguf"
+    if not src.exists():
+        write_gemma3_gguf(src, hidden=1152, ffn=256, n_layers=26, n_heads=4, head_dim=64, vocab=256)
+    dst = workdir / f"gemma3-1b-config-{file_type}.gguf"
+    src_tensors = read_gguf(src).tensors
+    im = {t.name: np.ones(t.shape[0], np.float32) for t in src_tensors if len(t.shape) == 2} if imatrix else None
+    quantize_file(src, dst, ftype=int(getattr(gguf.LlamaFileType, file_type)), imatrix=im)
+    out = []
+    for t in read_gguf(dst).tensors:
+        short = t.name.split(".", 2)[-1] if t.name.startswith("blk.") else t.name
+        shape = GEMMA3_1B_SHAPES.get(short, (1152,) if len(t.shape) == 1 else None)
+        if shape is None:
+            raise EdgeError(f"{t.name}: no Gemma 3 1B shape known")
+        block, size = gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType[t.type]]
+        out.append((t.name, t.type, shape, math.prod(shape) // block * size))
+    dst.unlink()
+    return out
+
+
+def repack_check(rows_toml: Path = TABLE, features=("i8mm", "dotprod"), workdir: Path | None = None) -> list[dict]:
+    """Per PocketPal model: llama.cpp's logged CPU / CPU_REPACK MiB on the phones (no mmap: CPU holds
+    every tensor not repacked, the tied embedding included) vs quantize/repack.py's prediction on
+    those tensors for an ARM CPU with `features` (Snapdragon 8 Gen 2 and 8 Elite Gen 5: i8mm)."""
+    import tempfile
+
+    from quantize import repack
+
+    logged: dict[str, dict] = {}
+    for r in tomllib.loads(rows_toml.read_text()).get("row", []):
+        if "weights_mib" in r:
+            if logged.setdefault(r["model"], r["weights_mib"]) != r["weights_mib"]:
+                raise EdgeError(f"{rows_toml}: model {r['model']} has two different weights_mib")
+    out = []
+    with tempfile.TemporaryDirectory() as tmp:
+        work = workdir or Path(tmp)
+        for model, mib in logged.items():
+            tensors = gemma3_1b_tensors(work, POCKETPAL_FILE_TYPES[model])
+            rep = repack.repacked(tensors, features)
+            rep_bytes = repack.repacked_bytes(tensors, features)
+            head = rep_bytes - sum(b for n, _, _, b in tensors if n in rep and n != "token_embd.weight")
+            cpu = sum(b for _, _, _, b in tensors) - (rep_bytes - head)      # the embedding stays in CPU
+            types = sorted({k.split()[0] for k in rep.values()})
+            out.append({"model": model, "logged_cpu_mib": mib.get("CPU", 0.0), "logged_repack_mib": mib.get("CPU_REPACK", 0.0),
+                        "cpu_mib": cpu / MIB, "repack_mib": rep_bytes / MIB, "repacked_types": types,
+                        "n_repacked": len(rep)})
+    return out
+
+
+def repack_markdown(res: list[dict]) -> str:
+    lines = ["| model (bartowski, imatrix) | repacked types (ours) | CPU_REPACK MiB logged | ours | err "
+             "| CPU MiB logged | ours | err |", "|---|---|---:|---:|---:|---:|---:|---:|"]
+    for o in res:
+        lines.append(f"| {o['model']} | {', '.join(o['repacked_types'])} | {o['logged_repack_mib']:.2f} "
+                     f"| {o['repack_mib']:.2f} | {_err(o['repack_mib'], o['logged_repack_mib']):+.1%} "
+                     f"| {o['logged_cpu_mib']:.2f} | {o['cpu_mib']:.2f} | {_err(o['cpu_mib'], o['logged_cpu_mib']):+.1%} |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--json", action="store_true", help="print the results as JSON")
+    ap.add_argument("--repack", action="store_true", help="also quantize the 1B configuration with this machine's "
+                    "llama.cpp and compare the predicted CPU_REPACK buffers with PocketPal's logs (about a minute)")
     args = ap.parse_args()
     res = run(load_table())
-    print(json.dumps(res, indent=2) if args.json else markdown(res))
+    if args.repack:
+        res["repack"] = repack_check()
+    print(json.dumps(res, indent=2) if args.json else
+          markdown(res) + ("\n\n" + repack_markdown(res["repack"]) if args.repack else ""))
 
 
 if __name__ == "__main__":

@@ -49,6 +49,7 @@ from edge.phonespeed import ESTIMATED_BANDWIDTH, phone_speed
 from edge.profiles import (DEFAULT_DEVICES, Profile, by_tier, get_profile, load_profiles, match_profile,
                            usable_bytes_for)
 from edge.texttable import text_table
+from quantize import repack
 
 MIB = 1 << 20
 
@@ -59,29 +60,11 @@ KV_BYTES: dict[str, float] = {"f16": 2.0, "bf16": 2.0, "f32": 4.0, "q8_0": 34 / 
 KvType = Literal[tuple(KV_BYTES)]  # --kv-type: llama.cpp's cache type names (edge.cli checks them while parsing)
 KV_PAD = 256          # llama.cpp pads the KV cache size to 256 cells
 
-# llama.cpp's CPU backend copies some weight types into an interleaved "CPU_REPACK" buffer at
-# load time (ggml-cpu/repack.cpp, ggml_repack_get_optimal_repack_type), while the mmapped file
-# stays resident: those matmul weights count twice in RSS. A tied token_embd is repacked too,
-# as the output head (measured here: pure Q4_0 270M, CPU_Mapped 144.00 MiB + CPU_REPACK
-# 143.79 MiB; Q4_K_M, 12.66 MiB of Q4_K repacked). Which types, by CPU feature:
-REPACK_TYPES: dict[str, set[str]] = {
-    "avx2": {"Q4_0", "Q4_K", "IQ4_NL"},        # x86: q4_0_8x8, q4_K_8x8, iq4_nl_8x8
-    "i8mm": {"Q4_0", "Q4_K", "IQ4_NL"},        # Arm: q4_0_4x8, q4_K_8x8, iq4_nl_4x4
-    "dotprod": {"Q4_0", "IQ4_NL"},             # Arm: q4_0_4x4, iq4_nl_4x4
-}
-
-
-def repack_types(features) -> set[str]:
-    """Weight types llama.cpp repacks on a CPU with these /proc/cpuinfo features."""
-    f = set(features)
-    out: set[str] = set()
-    if "avx2" in f:
-        out |= REPACK_TYPES["avx2"]
-    if "i8mm" in f:
-        out |= REPACK_TYPES["i8mm"]
-    if "asimddp" in f or "dotprod" in f:
-        out |= REPACK_TYPES["dotprod"]
-    return out
+# llama.cpp's CPU backend copies some weight matrices into an interleaved "CPU_REPACK" buffer at
+# load time, while the mmapped file stays resident: those matrices count twice in RSS. Which ones
+# (per tensor: type, row count, CPU features; the tied head as the output head) is one rule,
+# quantize/repack.py, from ggml-cpu/repack.cpp (measured here: pure Q4_0 270M, CPU_Mapped
+# 144.00 MiB + CPU_REPACK 143.79 MiB; Q4_K_M, 12.66 MiB of Q4_K repacked).
 
 
 @functools.lru_cache(maxsize=1)
@@ -178,7 +161,7 @@ def estimate(path: str | Path | ModelInfo, *, ctx: int = 4096, ubatch: int = 512
     `runtime_bytes` is the process's own footprint (default: a Python process with
     llama-cpp-python, calibrated here; a phone app adds PHONE_APP_RUNTIME_BYTES).
     `cpu_features` (cpuinfo flags; default: this machine's) decide which weights llama.cpp
-    repacks into a second copy (REPACK_TYPES).
+    repacks into a second copy (quantize/repack.py, per tensor).
     """
     info = path if isinstance(path, ModelInfo) else model_info(path)
     check_setting(ctx, ubatch, kv_type)
@@ -189,13 +172,13 @@ def estimate(path: str | Path | ModelInfo, *, ctx: int = 4096, ubatch: int = 512
     per_cell = info.n_head_kv * (info.key_length + info.value_length) * KV_BYTES[kv_type]
     kv = int(sum(cells) * per_cell)
     # weights resident: all tensor data (the metadata head is unmapped after load), plus the
-    # repacked copy of the weight types this CPU repacks
-    repack = repack_types(host_features() if cpu_features is None else cpu_features)
-    repacked = sum(b for t, b in info.matmul_types.items() if t in repack)
+    # repacked copy of the matrices this CPU repacks
+    features = repack.features_of(host_features() if cpu_features is None else cpu_features)
+    repacked = repack.repacked_bytes(info.tensors, features)
     weights = info.tensor_bytes + repacked
     if repacked:
-        notes.append(f"llama.cpp repacks {', '.join(sorted(t for t in info.matmul_types if t in repack))} "
-                     f"weights on this CPU: {repacked / 1e6:.0f} MB more")
+        kinds = sorted({k.split()[0] for k in repack.repacked(info.tensors, features).values()})
+        notes.append(f"llama.cpp repacks {', '.join(kinds)} weights on this CPU: {repacked / 1e6:.0f} MB more")
     # compute actually touched in a chat: one ubatch of attention scores against the context
     # (no flash attention: f32 n_kv x n_ubatch x n_head) + one logits row + activations
     ub = min(ubatch, ctx)

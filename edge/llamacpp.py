@@ -142,6 +142,7 @@ class Model:
         if not self.model:
             why = next((ln.strip() for ln in reversed(log) if "error" in ln.lower() or "failed" in ln.lower()), "")
             raise EdgeError(f"llama.cpp cannot load {self.path}{': ' + why if why else ''}; is it a complete GGUF?")
+        self.load_log = "".join(log)     # llama.cpp's loading log (buffer sizes: quantize.repack.logged_buffers)
         self.vocab = L.llama_model_get_vocab(self.model)
         self.n_vocab = int(L.llama_vocab_n_tokens(self.vocab))
         self._contexts: list[Context] = []

@@ -45,6 +45,7 @@ class ModelInfo:
     types: dict[str, int] = field(default_factory=dict)   # type name -> bytes
     matmul_types: dict[str, int] = field(default_factory=dict)   # bytes of matmul weights by type
     params: int = 0
+    tensors: list[tuple[str, str, tuple[int, ...], int]] = field(default_factory=list)  # (name, type, shape ne0-first, bytes)
 
     def global_layers(self) -> list[int]:
         if not self.sliding_window:
@@ -164,7 +165,8 @@ def _model_info(path: Path, kv: dict, tensors: list) -> ModelInfo:
         context_length=a("context_length", 0), sliding_window=a("attention.sliding_window", 0) or 0,
         swa_pattern=pattern, tensor_bytes=total, embd_bytes=embd, embd_type=embd_type,
         output_bytes=out, tied_output=out == 0, types=types,
-        matmul_types={**mm, **({embd_type: mm.get(embd_type, 0) + embd} if out == 0 else {})}, params=params)
+        matmul_types={**mm, **({embd_type: mm.get(embd_type, 0) + embd} if out == 0 else {})}, params=params,
+        tensors=[(t.name, t.type, tuple(int(d) for d in t.shape), t.n_bytes) for t in tensors])
     return info
 
 

@@ -440,3 +440,39 @@ def test_metadata_drives_the_formulas(tmp_path):
     assert not untied.tied_output and untied.output_bytes == 1000 * 64 * 2
     u = estimate(untied, ctx=8192, cpu_features=[])
     assert u.bytes_per_token == untied.tensor_bytes - untied.embd_bytes + 64 * 2   # one embedding row
+
+
+# ---- which weights llama.cpp repacks: quantize/repack.py against llama.cpp's own logs ------
+@pytest.mark.slow
+def test_repack_rule_predicts_pocketpal_logged_buffers():
+    """PocketPal's phones logged llama.cpp's weight buffers for Gemma 3 1B in eight quantizations
+    (bench/phones.toml). Our tensor types (this llama.cpp's quantizer on the 1B configuration,
+    with an imatrix as bartowski's files) and the one repack rule for an i8mm phone give both
+    buffers to the logged 0.01 MiB: CPU_REPACK (Q8_0, Q5_K, Q6_K and the tied head included) and
+    CPU (everything else, the embedding included; PocketPal loads without mmap)."""
+    from bench.phones import repack_check
+
+    res = repack_check()
+    assert len(res) == 8 and {t for o in res for t in o["repacked_types"]} >= {"Q8_0", "Q6_K", "Q5_K", "Q4_K", "Q4_0"}
+    for o in res:
+        assert o["repack_mib"] == pytest.approx(o["logged_repack_mib"], abs=0.006), o
+        assert o["cpu_mib"] == pytest.approx(o["logged_cpu_mib"], abs=0.006), o
+
+
+def test_budget_counts_the_repacked_copy_per_tensor(info):
+    """The estimate adds the bytes quantize/repack.py says llama.cpp repacks, per tensor. The embedded
+    270M Q4_K_M: on an ARM phone with dotprod (with or without i8mm) its Q4_K, Q6_K and Q8_0 matrices,
+    the tied Q8_0 head included, not its Q5_0 ones; on x86 AVX2/AVX-512 only its Q4_K (12.66 MiB,
+    what llama.cpp logs here); nothing on a CPU without these features."""
+    by_type: dict[str, int] = {}
+    for _, qtype, shape, n_bytes in info.tensors:
+        if len(shape) == 2:
+            by_type[qtype] = by_type.get(qtype, 0) + n_bytes
+    assert set(by_type) == {"Q8_0", "Q6_K", "Q5_0", "Q4_K"}
+    i8mm = estimate(info, ctx=1024, cpu_features=["asimddp", "i8mm"])
+    assert i8mm.repacked_bytes == by_type["Q8_0"] + by_type["Q6_K"] + by_type["Q4_K"]
+    assert estimate(info, ctx=1024, cpu_features=["asimddp"]).repacked_bytes == i8mm.repacked_bytes
+    bare = estimate(info, ctx=1024, cpu_features=["asimd"])
+    assert bare.repacked_bytes == 0 and i8mm.total_bytes - bare.total_bytes == i8mm.repacked_bytes
+    x86 = estimate(info, ctx=1024, cpu_features=["avx2", "avx512f"])
+    assert x86.repacked_bytes == by_type["Q4_K"] and round(x86.repacked_bytes / 2**20, 2) == 12.66

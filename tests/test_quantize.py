@@ -23,8 +23,9 @@ T = gguf.GGMLQuantizationType
 
 
 def write_gemma3_gguf(path, *, hidden: int, ffn: int, n_layers: int, n_heads: int = 4, head_dim: int = 64,
-                      vocab: int = 256, seed: int = 0):
-    """A random F32 Gemma 3 GGUF with the given shapes (enough for llama_model_quantize)."""
+                      vocab: int = 256, seed: int = 0, tokenizer: bool = False):
+    """A random F32 Gemma 3 GGUF with the given shapes (enough for llama_model_quantize; with
+    `tokenizer`, a placeholder SentencePiece vocabulary, enough for llama.cpp to load it)."""
     rng = np.random.default_rng(seed)
     w = gguf.GGUFWriter(str(path), "gemma3")
     w.add_context_length(2048)
@@ -39,6 +40,13 @@ def write_gemma3_gguf(path, *, hidden: int, ffn: int, n_layers: int, n_heads: in
     w.add_rope_freq_base(1e6)
     w.add_sliding_window(512)
     w.add_file_type(gguf.LlamaFileType.ALL_F32)
+    if tokenizer:
+        w.add_tokenizer_model("llama")
+        w.add_token_list(["<unk>", "<s>", "</s>"] + [f"t{i}" for i in range(3, vocab)])
+        w.add_token_scores([0.0] * vocab)
+        w.add_token_types([2, 3, 3] + [1] * (vocab - 3))
+        w.add_bos_token_id(1)
+        w.add_eos_token_id(2)
 
     def mat(rows, cols):  # numpy (rows, cols) -> GGUF ne = [cols, rows]
         return rng.normal(0, 0.02, (rows, cols)).astype(np.float32)
@@ -434,7 +442,7 @@ def test_arm_repack_follows_llama_cpp_rules():
     """quantize/repack.py mirrors ggml-cpu/repack.cpp's choice: Q4_0/Q8_0/IQ4_NL 4-row and
     Q4_K/Q5_K/Q6_K 8-row interleaves with dotprod or i8mm; nothing for Q5_0/Q5_1/Q2_K; nothing
     without the features; the tied head counts as the output head."""
-    from quantize.repack import kernel, label, repacked
+    from quantize.repack import features_of, kernel, label, repacked, repacked_bytes
 
     assert kernel("Q4_0", 1024) == "Q4_0 4x8 (i8mm)" and kernel("Q4_0", 1024, {"dotprod"}) == "Q4_0 4x4 (dotprod)"
     assert kernel("Q4_K", 1028) is None and kernel("Q4_K", 1024, {"dotprod"}) == "Q4_K 8x4 (dotprod)"
@@ -446,6 +454,41 @@ def test_arm_repack_follows_llama_cpp_rules():
     assert set(repacked(tensors)) == {"token_embd.weight", "blk.0.attn_v.weight"}
     assert label(tensors).startswith("head + 1 of 2 other matrices repacked")
     assert label(tensors, set()).startswith("nothing repacked")
+    # x86: Q4_0/Q4_K/IQ4_NL 8x8 with AVX2, Q2_K with AVX-512, never Q8_0/Q5_K/Q6_K; 8-row multiples
+    avx512 = features_of(["avx2", "avx512f", "fma"])
+    assert kernel("Q4_0", 1024, {"avx2"}) == "Q4_0 8x8 (avx2)" and kernel("Q4_0", 1028, {"avx2"}) is None
+    assert kernel("Q2_K", 1024, {"avx2"}) is None and kernel("Q2_K", 1024, avx512) == "Q2_K 8x8 (avx512)"
+    assert all(kernel(t, 1024, avx512) is None for t in ("Q8_0", "Q5_K", "Q6_K", "Q4_1", "Q3_K"))
+    # an untied token_embd is only the input embedding (GET_ROWS): never repacked
+    untied = tensors + [("output.weight", "Q5_1", (640, 262144))]
+    assert set(repacked(untied)) == {"blk.0.attn_v.weight"}
+    sized = [(n, t, s, 100) for n, t, s in tensors]
+    assert repacked_bytes(sized) == 200 and repacked_bytes(sized, set()) == 0
+
+
+@pytest.mark.parametrize("ftype", ["MOSTLY_Q4_0", "MOSTLY_Q4_K_M", "MOSTLY_Q2_K", "MOSTLY_IQ4_NL", "MOSTLY_Q8_0",
+                                   "MOSTLY_Q6_K"])
+def test_repack_rule_equals_llama_cpps_logged_buffer_on_this_cpu(tmp_path_factory, ftype):
+    """This machine's llama.cpp loads a quantized Gemma 3 file and logs its CPU_REPACK buffer; the
+    rule (quantize/repack.py, with this CPU's /proc/cpuinfo flags) predicts it to the logged 0.01 MiB."""
+    from edge import llamacpp
+    from edge.budget import host_features
+    from edge.modelinfo import model_info
+    from quantize.llama import quantize_file
+    from quantize.repack import features_of, logged_buffers, repacked_bytes
+
+    d = tmp_path_factory.getbasetemp() / "repack_x86"
+    d.mkdir(exist_ok=True)
+    src = d / "gemma-F32.gguf"
+    if not src.exists():
+        write_gemma3_gguf(src, hidden=512, ffn=512, n_layers=2, vocab=1024, tokenizer=True)
+    dst = tmp_path_factory.mktemp("q") / f"gemma-{ftype}.gguf"
+    quantize_file(src, dst, ftype=int(getattr(gguf.LlamaFileType, ftype)))
+    with llamacpp.Model(dst) as m:
+        logged = logged_buffers(m.load_log)
+    predicted = repacked_bytes(model_info(dst).tensors, features_of(host_features())) / (1 << 20)
+    assert "CPU_Mapped" in logged
+    assert logged.get("CPU_REPACK", 0.0) == pytest.approx(predicted, abs=0.006)
 
 
 def test_a_recipe_mostly_in_f16_still_gets_its_quantized_tensors(small, tmp_path):
