@@ -11,6 +11,7 @@ the medians, and the fit on all rows, which is what `edge.phonespeed.PHONE_SPEED
 
     .venv/bin/python bench/phones.py            # markdown table, as in docs/BENCHMARKS.md
     .venv/bin/python bench/phones.py --json
+    .venv/bin/python bench/phones.py --repack   # + predicted vs logged CPU_REPACK buffers (quantize/repack.py)
 
 The model (edge.phonespeed.PhoneSpeedModel): one token reads every matmul weight once (the tied
 output head included), at a fraction of the DRAM's theoretical bandwidth that depends on the SoC
