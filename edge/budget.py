@@ -22,7 +22,9 @@ Phone speed and heat: edge.phonespeed; the apps' own fit rules and storage: edge
 
 Memory model (all formulas name their reference):
 - weights: the tensor data, resident because llama.cpp maps the file with MAP_POPULATE and
-  unmaps only the metadata head (llama-mmap.cpp, llama-model-loader.cpp `unmap_fragment`).
+  unmaps only the metadata head (llama-mmap.cpp, llama-model-loader.cpp `unmap_fragment`);
+  plus the CPU_REPACK copy of the matrices llama.cpp repacks on that CPU (quantize/repack.py,
+  per tensor; on an ARM phone with dotprod/i8mm that includes Q8_0, Q6_K and a tied head).
 - KV cache: per layer, cells x n_head_kv x (key_length x bytes(type_k) + value_length x
   bytes(type_v)); cells = n_ctx on global layers, and on sliding-window layers n_ctx when the
   SWA cache is kept full size (llama-cpp-python's default) or min(n_ctx, window + n_ubatch)
