@@ -9,7 +9,8 @@ and the quantize report.
 
 Source: llama.cpp `ggml/src/ggml-cpu/repack.cpp`, `ggml_repack_get_optimal_repack_type`, as
 vendored by llama-cpp-python 0.3.36 (llama.cpp 0c1e570; read again at ggml-org/llama.cpp
-00d3d1d, where the x86 and ARM branches below are the same). A 2-D matrix multiplied by F32
+00d3d1d, which differs only in taking IQ4_NL on any aarch64 NEON CPU and in a new Q1_0 type:
+every phone profile with dotprod is the same either way). A 2-D matrix multiplied by F32
 activations (every weight matrix) moves into the CPU_REPACK buffer when its type has an
 interleaved kernel for the CPU's features and its row count (ne[1]) is a multiple of the
 interleave; the buffer holds ggml_nbytes of the tensor (the interleaved blocks are the same size,
