@@ -210,15 +210,19 @@ def _datasets_folder(path: Path):
 
 
 def _hub_dataset(spec: str):
-    import os
+    """A dataset from the local Hugging Face cache only: never the network (a mistyped id or no
+    network was 23 s of retry warnings from huggingface_hub before the error)."""
+    from unittest import mock
 
     try:
         import datasets
+        from huggingface_hub import constants
     except ImportError:
         raise EdgeError("reading a hub dataset needs `datasets` (pip install datasets)") from None
-    os.environ.setdefault("HF_DATASETS_OFFLINE", os.environ.get("HF_HUB_OFFLINE", "0"))
     try:
-        ds = datasets.load_dataset(spec, split="train")
+        with mock.patch.object(constants, "HF_HUB_OFFLINE", True), \
+                mock.patch.object(datasets.config, "HF_HUB_OFFLINE", True):
+            ds = datasets.load_dataset(spec, split="train")
     except Exception as e:  # offline miss, unknown id, gated: one line with what to do
         raise EdgeError(f"dataset {spec!r} is neither a file nor a dataset in the local Hugging Face cache "
                         f"({str(e).splitlines()[0][:100]}); download it first (`hf download {spec} "

@@ -624,6 +624,25 @@ def test_run_json_never_drops_a_file_outside_the_run(tmp_path):
     assert all(Path(v).read_text() == "precious" for v in victims)
 
 
+def test_run_unknown_hub_dataset_is_one_line_at_once(d):
+    """A mistyped dataset id, online (as users run it; the tests run with HF_HUB_OFFLINE=1) with
+    the Hub out of reach: it was 11 lines of huggingface_hub retry warnings over 23 s, then the
+    error. The help says "a cached hub dataset id": the cache is all that is looked at."""
+    from tests.conftest import EDGE, ROOT
+
+    env = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE",
+                                                             "TRANSFORMERS_OFFLINE")}
+    env["HF_ENDPOINT"] = "http://127.0.0.1:9"            # nothing listens: a network that fails
+    env["PYTHONPATH"] = str(ROOT)
+    t0 = time.monotonic()
+    r = subprocess.run(EDGE + ["run", "--data", "someone/chats", "--out", "r", "--model", "./nomodel"], cwd=d,
+                       env=env, capture_output=True, text=True, timeout=120)
+    lines = [line for line in r.stderr.splitlines() if line.strip()]
+    assert r.returncode == 2 and len(lines) == 1, r.stderr
+    assert "hf download someone/chats --repo-type dataset" in lines[0]
+    assert time.monotonic() - t0 < 15 and not (d / "r").exists()
+
+
 def test_run_missing_model_makes_no_run_folder(d, capsys):
     write(d / "c.jsonl", CHAT)
     check_bad(capsys, d, ["run", "--data", "c.jsonl", "--out", "r", "--model", "./nomodel"], "not found")
