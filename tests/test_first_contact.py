@@ -33,6 +33,7 @@ def test_lora_with_checkpointing_makes_transformers_warn(tiny_dir):
     assert any("gradient_checkpointing" in m for m in future), [str(w.message) for w in seen]
 
 
+@pytest.mark.slow
 def test_finetune_says_loading_and_first_step_and_hides_library_noise(tiny_dir, small_data, tmp_path):
     """`edge finetune` on the CPU: it says it is loading before the model loads, and the bar says
     the first step is the slow one; transformers' FutureWarnings and bars do not reach the user."""

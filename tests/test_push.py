@@ -451,6 +451,7 @@ def test_corruption_in_the_last_segment_is_caught_by_the_stream_command(sim, ggu
     assert res.resumed_at == [3 * SEG] and sim.phone.pushed_bytes == 2 * size - 3 * SEG
 
 
+@pytest.mark.slow          # the first push is slowed to about 11 s on purpose
 def test_two_pushes_to_one_phone_path_at_once(sim, gguf_file, tmp_path, capsys, monkeypatch):
     """Two `edge push` of one file to one phone path at the same time (two processes, one real adb
     server, the simulated phone on a slow link): while the first moves bytes, the second is refused
