@@ -15,6 +15,7 @@ Specs:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -79,12 +80,31 @@ def ensure_embedded(verbose: bool = False) -> Path:
     return target
 
 
+@contextlib.contextmanager
+def quiet_gguf_loading():
+    """Hide transformers' "Converting and de-quantizing GGUF tensors" bar (plain tqdm, which
+    HF_HUB_DISABLE_PROGRESS_BARS does not reach): it covers 5 s of the conversion's minutes, and
+    our own line says what is happening."""
+    import functools
+    from unittest import mock
+
+    import tqdm
+    from transformers import modeling_gguf_pytorch_utils as gguf_utils
+
+    if not hasattr(gguf_utils, "tqdm"):  # a transformers that no longer has it
+        yield
+        return
+    with mock.patch.object(gguf_utils, "tqdm", functools.partial(tqdm.tqdm, disable=True)):
+        yield
+
+
 def _convert_gguf(gguf: Path, out: Path) -> None:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer, Gemma3ForCausalLM
 
     tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    src = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    with quiet_gguf_loading():
+        src = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
     config = src.config
     config.architectures = ["Gemma3ForCausalLM"]
     if hasattr(config, "quantization_config"):  # the weights are plain float32 now

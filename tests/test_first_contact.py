@@ -64,6 +64,29 @@ def test_compiling_is_said_before_the_compile_starts(tiny_dir, small_data, tmp_p
     assert any(s.startswith("loading the base model") for s in said[:i]), said
 
 
+@pytest.mark.slow
+def test_the_gguf_conversion_hides_transformers_dequantizing_bar(tiny_dir, tmp_path, capfd):
+    """The first run converts the embedded GGUF (3-4 minutes); transformers drew its own
+    "Converting and de-quantizing GGUF tensors" bar (plain tqdm, not silenced by
+    HF_HUB_DISABLE_PROGRESS_BARS) under our line. `quiet_gguf_loading`, used by the conversion,
+    hides it. Shown here on a GGUF of the tiny model, through the same transformers function."""
+    from transformers.modeling_gguf_pytorch_utils import load_gguf_checkpoint
+
+    from edge.export import export_gguf
+    from edge.models import quiet_gguf_loading
+    from tests.tiny import tiny_model
+
+    path = tmp_path / "t.gguf"
+    export_gguf(tiny_dir, path)
+    model = tiny_model()
+    capfd.readouterr()
+    load_gguf_checkpoint(str(path), return_tensors=True, model_to_load=model)
+    assert "Converting and de-quantizing" in capfd.readouterr().err          # the control
+    with quiet_gguf_loading():
+        load_gguf_checkpoint(str(path), return_tensors=True, model_to_load=model)
+    assert "Converting and de-quantizing" not in capfd.readouterr().err
+
+
 # ---- llama.cpp's "using full-size SWA cache" line ----------------------------------------------
 SWA_LINE = "full-size SWA cache"
 
