@@ -216,6 +216,9 @@ def main(argv=None):
     ap.add_argument("--data", default="", help="with --gpus: chat JSONL (default: the demo task's chats)")
     ap.add_argument("--precision", default="auto", help="with --gpus: edge finetune --precision")
     ap.add_argument("--skip", type=int, default=5, help="with --gpus: steps left out of tokens/s (warm-up)")
+    ap.add_argument("--tok", default="", help="with --gpus and random:SIZE: the tokenizer's folder (default: the embedded model's)")
+    ap.add_argument("--work", default="", help="with --gpus: keep the runs' folders here")
+    ap.add_argument("--no-x1", action="store_true", help="with --gpus: leave out the torchrun x1 run (the overhead)")
     args = ap.parse_args(argv)
     if args.gpus:
         import finetune_gpus

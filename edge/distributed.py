@@ -17,13 +17,20 @@ nothing here does anything, so a plain `edge finetune` runs exactly as before. W
   `--micro-batch` chats (gradient accumulation). The loss is divided by the label tokens of
   the whole global batch and gradients are summed across processes, so 1, 2 or 8 GPUs
   compute the same gradient (up to float rounding) and train the same model;
-- DDP (`torch.nn.parallel.DistributedDataParallel`) around the loss: gradients are
-  all-reduced while the backward pass runs, once per step (no_sync on earlier micro-batches).
-  For LoRA, and for full fine-tuning of a model that fits on one GPU (every process holds all
-  of it); FSDP2 (`fully_shard`, for a model that does not fit) is not built yet;
+- the engine around the loss: for LoRA, DDP (`torch.nn.parallel.DistributedDataParallel`):
+  every process holds the whole model, and the adapter's gradients are all-reduced while the
+  backward pass runs, once per step (no_sync on earlier micro-batches). For --full, FSDP2
+  (`torch.distributed.fsdp.fully_shard`, each decoder layer and then the rest): every
+  weight (float32: the master weights), gradient and optimizer moment is split over the
+  processes (ZeRO-3); a layer's weights are gathered in the training precision just before
+  it runs and dropped after, and gradients are reduce-scattered in float32 (no sync on
+  earlier micro-batches either);
 - agreement: the step's loss and tokens are summed over processes, and a Ctrl-C or SIGTERM
   on any process stops every process after the same step;
-- checkpoints: process 0 alone writes logs, loss.png, checkpoints and the adapter; each
+- checkpoints: process 0 alone writes logs, loss.png, checkpoints and the adapter (with
+  FSDP2 every process first gathers the full weights and optimizer state, and process 0
+  writes them as one process would: a checkpoint does not depend on the number of
+  processes, and `--resume` cuts it into this run's shards again); each
   checkpoint holds every process's random state and the world size, so `--resume` restores
   each process exactly; a checkpoint from another number of processes resumes too (the data
   position is global), unless LoRA dropout makes the random states matter: then it is refused.
@@ -109,13 +116,19 @@ class Dist:
 
     # -- the model -----------------------------------------------------------------------------
 
-    def wrap(self, net, loss_fn):
-        """A callable `(*args) -> loss_fn(net, *args)`; several processes: through DDP, whose
-        gradients then hold the sum over processes of d(loss)/d(weight)."""
+    sharded: bool = False  # FSDP2: weights, gradients and optimizer state split over the processes
+
+    def wrap(self, net, loss_fn, full: bool = False):
+        """A callable `(*args) -> loss_fn(net, *args)`; several processes: through DDP (LoRA) or
+        FSDP2 (`full`: every weight trained), whose gradients then hold the sum over processes
+        of d(loss)/d(weight). Call it before taking `net`'s parameters: FSDP2 replaces them
+        with their shards."""
         import functools
 
         if not self.active:
             return functools.partial(loss_fn, net)
+        if full:
+            return self._shard(net, loss_fn)
         import inspect
 
         import torch._dynamo
@@ -133,11 +146,75 @@ class Dist:
                         **no_sync_buffers)
         return self._ddp
 
+    def _shard(self, net, loss_fn):
+        import torch
+        from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+        from edge.finetune import causal_lm
+
+        # A 16-bit model: the shards are float32 (they are the master weights one process keeps
+        # in edge.finetune.MasterWeights, and the optimizer steps them), each layer computes with
+        # its weights gathered in 16 bits, and gradients are summed over processes in float32.
+        # Inputs are not cast: the fp16 fixes keep the residual stream in float32.
+        dtype = next(net.parameters()).dtype
+        half = dtype in (torch.float16, torch.bfloat16)
+        if half:
+            net.float()
+        mp = MixedPrecisionPolicy(param_dtype=dtype if half else None, reduce_dtype=torch.float32 if half else None,
+                                  cast_forward_inputs=False)
+        for layer in causal_lm(net).model.layers:
+            fully_shard(layer, mp_policy=mp)
+        # the root: embeddings (tied to the output head), the final norm, and the loss itself, whose
+        # chunked head reads the gathered embedding between the body's forward and backward
+        module = _LossModule(net, loss_fn, self.world)
+        fully_shard(module, mp_policy=mp)
+        self._fsdp, self.sharded = module, True
+        return module
+
     def accumulating(self, more: bool):
         """Context for one micro-batch; `more`: others follow in this step, so gradients
-        are not synchronised yet (DDP's no_sync)."""
+        are not synchronised yet (DDP's no_sync; FSDP2 keeps them unsharded until the last)."""
+        fsdp = getattr(self, "_fsdp", None)
+        if fsdp is not None:
+            fsdp.set_requires_gradient_sync(not more)
+            return contextlib.nullcontext()
         ddp = getattr(self, "_ddp", None)
         return ddp.no_sync() if ddp is not None and more else contextlib.nullcontext()
+
+    def gather_full(self, net, optimizer, masters=None) -> dict:
+        """FSDP2: the full weights and optimizer state, gathered from every process's shards
+        (every process must call this); process 0 gets them in CPU memory, the others None.
+        Keyword arguments for `edge.finetune.save_checkpoint` / `save_full`; {} unless sharded."""
+        if not self.sharded:
+            return {}
+        from edge.finetune import full_state_dict
+
+        cache: dict[int, object] = {}
+
+        def full(t):  # one gather per tensor: the tied embedding and head stay one tensor
+            if id(t) not in cache:
+                g = t.full_tensor() if _is_dtensor(t) else t
+                cache[id(t)] = g.detach().cpu() if self.is_main else None
+            return cache[id(t)]
+
+        what = "gathering the full weights for a checkpoint"
+        weights = self._collective(lambda: {k: full(v) for k, v in full_state_dict(net, masters).items()}, what)
+        osd = optimizer.state_dict()
+        state = self._collective(lambda: {i: {k: full(v) for k, v in s.items()} for i, s in osd["state"].items()},
+                                 "gathering the optimizer state for a checkpoint")
+        if not self.is_main:
+            return {"weights": None, "optim_state": None}
+        return {"weights": weights, "optim_state": {**osd, "state": state}}
+
+    def shard_optimizer(self, optimizer) -> None:
+        """FSDP2, after `optimizer.load_state_dict` of a full (gathered) state: each moment cut
+        into the shard of its weight."""
+        if not self.sharded:
+            return
+        for q, st in optimizer.state.items():
+            for k, v in st.items():
+                if _is_dtensor(q) and not _is_dtensor(v) and tuple(v.shape) == tuple(q.shape):
+                    st[k] = shard_like(v, q)
 
     # -- agreement -----------------------------------------------------------------------------
 
@@ -236,7 +313,7 @@ def _make_loss_module():
         @staticmethod
         def forward(ctx, x, world):
             ctx.world = world
-            return x.view_as(x)
+            return x.clone()  # not a view: FSDP2 hooks the output (a scalar: nothing to copy)
 
         @staticmethod
         def backward(ctx, g):
@@ -258,6 +335,27 @@ def _make_loss_module():
 
 def _LossModule(net, loss_fn, world):
     return _make_loss_module()(net, loss_fn, world)
+
+
+def _is_dtensor(t) -> bool:
+    from torch.distributed.tensor import DTensor
+
+    return isinstance(t, DTensor)
+
+
+def shard_like(t, like):
+    """`t` (a full tensor, the same on every process) as this process's shard of the
+    FSDP2-sharded `like`; `t` itself when `like` is not sharded. No communication."""
+    if not _is_dtensor(like):
+        return t
+    from torch.distributed.tensor import distribute_tensor
+
+    return distribute_tensor(t.to(like.device, like.dtype), like.device_mesh, like.placements, src_data_rank=None)
+
+
+def plain(t):
+    """A reduction's result (gradient norm) as a plain tensor (FSDP2 returns a DTensor)."""
+    return t.full_tensor() if _is_dtensor(t) else t
 
 
 def split_chats(chats: list, world: int) -> list[list]:

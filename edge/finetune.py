@@ -596,34 +596,37 @@ class MasterWeights:
                 q.copy_(m)
 
     def load(self, tensors: dict, named) -> None:
-        """Set masters (and the model) from saved float32 weights, by parameter name."""
+        """Set masters (and the model) from saved float32 weights, by parameter name (cut into
+        this process's shards under FSDP2)."""
         import torch
+
+        from edge.distributed import shard_like
 
         with torch.no_grad():
             for (name, q), m in zip(named, self.master):
-                m.copy_(tensors[name])
+                m.copy_(shard_like(tensors[name], m))
         self.master_to_model()
 
 
 def full_state_dict(model, masters: MasterWeights | None = None) -> dict:
     """The model's state dict, trained weights taken from the float32 masters when there are any
-    (tied tensors, the embedding and the head, stay one shared tensor)."""
-    sd = model.state_dict()
-    if masters is None:
-        return sd
-    by_ptr = {q.data_ptr(): m.detach() for q, m in zip(masters.params, masters.master)}
-    return {k: by_ptr.get(v.data_ptr(), v) for k, v in sd.items()}
+    (tied tensors, the embedding and the head, stay one shared tensor). Under FSDP2 its values
+    are this process's shards (`edge.distributed.Dist.gather_full` gathers them)."""
+    swap = {id(q): m for q, m in zip(masters.params, masters.master)} if masters else {}
+    return {k: swap.get(id(v), v).detach() for k, v in model.state_dict(keep_vars=True).items()}
 
 
-def save_full(model, dest: Path, meta: dict, masters: MasterWeights | None = None, tokenizer=None) -> None:
+def save_full(model, dest: Path, meta: dict, masters: MasterWeights | None = None, tokenizer=None,
+              weights: dict | None = None) -> None:
     """A Hugging Face model folder that `edge export` (and `edge.models.load`) takes as it is:
     config.json (float32 when there are masters), model.safetensors, and with `tokenizer` the
-    tokenizer, the Gemma 3 chat template and the generation config `edge merge` writes too."""
+    tokenizer, the Gemma 3 chat template and the generation config `edge merge` writes too.
+    `weights`: the full state dict, gathered already (FSDP2); default: the model's own."""
     import torch
 
-    sd = full_state_dict(model, masters)
+    sd = full_state_dict(model, masters) if weights is None else weights
     old = getattr(model.config, "dtype", None)
-    if masters is not None:
+    if all(v.dtype == torch.float32 for v in sd.values() if v.is_floating_point()):  # masters, or FSDP2's shards
         model.config.dtype = torch.float32
     try:
         model.config.architectures = list(gemma3.TEXT_ARCHITECTURES)
@@ -641,7 +644,7 @@ def save_full(model, dest: Path, meta: dict, masters: MasterWeights | None = Non
 FULL_FILES = ("model.safetensors", "config.json", "generation_config.json")
 
 
-def memory_mode(settings: TrainSettings, model, longest: int, device) -> tuple[str, str]:
+def memory_mode(settings: TrainSettings, model, longest: int, device, world: int = 1) -> tuple[str, str]:
     """("fast" | "lean", why). `auto` takes fast when its estimated peak fits in 80% of the free
     GPU memory, else lean (every compiled layer checkpointed: only its input is kept for
     backward, the rest recomputed; the loss in 128-row chunks). On a CPU: fast.
@@ -650,7 +653,8 @@ def memory_mode(settings: TrainSettings, model, longest: int, device) -> tuple[s
     chunks (4 float32 [chunk_rows x vocab] buffers) + activations, 60 bytes per token per
     layer per hidden unit. The 60 is measured: 270M at 8 x 1,024 tokens peaked at 7.94 GiB, 1B
     (memory budget 0.5) at 12.1 GiB on an H200 (docs/BENCHMARKS.md, Fine-tune), which gives 57
-    and 35 bytes; tokens per step are at most batch size x the longest chat.
+    and 35 bytes; tokens per pass are at most the chats of one pass on this process (a batch,
+    its share of `world` processes, or --micro-batch) x the longest chat.
     """
     if settings.memory != "auto":
         return settings.memory, f"--memory {settings.memory}"
@@ -662,7 +666,7 @@ def memory_mode(settings: TrainSettings, model, longest: int, device) -> tuple[s
     n_params = sum(q.numel() for q in model.parameters())
     weights = n_params * next(model.parameters()).element_size() + (n_params * 16 if settings.full else 0)
     loss = 4 * settings.chunk_rows * cfg.vocab_size * 4
-    tokens = settings.batch_size * longest
+    tokens = (settings.micro_batch or -(-settings.batch_size // world)) * longest
     acts = tokens * cfg.num_hidden_layers * cfg.hidden_size * 60
     free, _ = torch.cuda.mem_get_info(device)
     est = weights + loss + acts
@@ -845,14 +849,17 @@ def public_base_name(config: Path, base: dict) -> None:
 
 def save_checkpoint(out: Path, model, optimizer, scheduler, scaler, stream: BatchStream, step: int, meta: dict,
                     keep: int, extra: dict | None = None, full: bool = False,
-                    masters: MasterWeights | None = None) -> Path:
-    """Write checkpoints/step-NNNNNN atomically; a failure leaves earlier checkpoints intact."""
+                    masters: MasterWeights | None = None, weights: dict | None = None,
+                    optim_state: dict | None = None) -> Path:
+    """Write checkpoints/step-NNNNNN atomically; a failure leaves earlier checkpoints intact.
+    `weights` / `optim_state`: gathered from the processes' shards already (FSDP2)."""
     import torch
 
     dest = Path(out) / CHECKPOINTS / f"step-{step:06d}"
     state = {
         "step": step, "epoch": stream.epoch, "index": stream.index,
-        "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+        "optimizer": optimizer.state_dict() if optim_state is None else optim_state,
+        "scheduler": scheduler.state_dict(),
         "scaler": scaler.state_dict(),  # {} unless fp16
         "rng_cpu": torch.get_rng_state(),
         "rng_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
@@ -861,7 +868,7 @@ def save_checkpoint(out: Path, model, optimizer, scheduler, scaler, stream: Batc
     try:
         with atomic_dir(dest, force=True) as tmp:
             if full:
-                save_full(model, tmp, {**meta, "step": step}, masters)
+                save_full(model, tmp, {**meta, "step": step}, masters, weights=weights)
             else:
                 save_adapter(model, tmp, {**meta, "step": step})
             torch.save(state, tmp / STATE)
@@ -917,6 +924,7 @@ class TrainResult:
     model: object = field(default=None, repr=False)
     steady_tokens_per_s: float | None = None  # the second half of the steps only (None under 4 steps)
     memory_mode: str = "fast"
+    peak_gib: float | None = None    # GPU: this process's peak (torch.cuda.max_memory_allocated)
 
 
 def steady_rate(marks: list[tuple[float, int]]) -> float | None:
@@ -934,9 +942,14 @@ def _device_of(model):
 
 
 def evaluate_loss(model, examples: list[Example], batch_size: int, chunk_rows: int, compile: bool = False,
-                  pad_multiple: int = 1, packed: bool = True) -> float:
+                  pad_multiple: int = 1, packed: bool = True, loss_fn: Callable | None = None) -> float:
+    """Mean reply loss over `examples`; `loss_fn(ids, att, labels, chunk_rows, compile, position_ids=)`:
+    the training's (several processes: through DDP or FSDP2), default `reply_loss` on `model`."""
+    import functools
+
     import torch
 
+    loss_fn = loss_fn or functools.partial(reply_loss, model)
     if not examples:
         return float("nan")
     model.eval()
@@ -945,7 +958,7 @@ def evaluate_loss(model, examples: list[Example], batch_size: int, chunk_rows: i
     with torch.no_grad(), eager_layers(model):
         for i in range(0, len(examples), batch_size):
             ids, att, lab, pos, _ = make_batch(examples[i:i + batch_size], dev, pad_multiple, packed)
-            loss, n = reply_loss(model, ids, att, lab, chunk_rows, False, position_ids=pos)
+            loss, n = loss_fn(ids, att, lab, chunk_rows, False, position_ids=pos)
             total, count = total + float(loss), count + n
     model.train()
     return total / max(1, count)
@@ -1078,7 +1091,7 @@ def train(*, model: str = "embedded", data: str | Path, out: str | Path, lora: L
     say(f"data: {len(train_set)} training chats, {len(eval_set)} held out; {settings.steps} steps of {per_step} chats "
         f"= {settings.steps * per_step / len(train_set):.2f} epochs")
 
-    mode, why = memory_mode(settings, base_model, max(len(e.ids) for e in examples), _device_of(base_model))
+    mode, why = memory_mode(settings, base_model, max(len(e.ids) for e in examples), _device_of(base_model), dist.world)
     say(f"memory mode: {mode} ({why})")
     checkpointing = settings.grad_checkpointing or mode == "lean"
     chunk_rows = min(settings.chunk_rows, LEAN_CHUNK_ROWS) if mode == "lean" else settings.chunk_rows
@@ -1099,10 +1112,16 @@ def train(*, model: str = "embedded", data: str | Path, out: str | Path, lora: L
         say("compiling the layers with torch.compile (the first step waits for it) ...")
         budget = settings.memory_budget
         compile_layers(net, auto_memory_budget(base_model) if budget is None else budget)
-    loss_fn = dist.wrap(net, reply_loss)  # several processes: DDP, gradients summed over them
+    # several processes: DDP (LoRA) or FSDP2 (--full), gradients summed over them
+    loss_fn = dist.wrap(net, reply_loss, full=settings.full)
+    if dist.sharded:
+        say(f"engine: FSDP2 (fully_shard): weights, gradients and optimizer state split over {dist.world} processes")
+    elif dist.active:
+        say(f"engine: DDP over {dist.world} processes")
     named_params = [(name, q) for name, q in net.named_parameters() if q.requires_grad]
     params = [q for _, q in named_params]
-    masters = MasterWeights(params) if settings.full and p.dtype != torch.float32 else None
+    # a 16-bit model trains float32 master weights (FSDP2: its float32 shards are those already)
+    masters = MasterWeights(params) if settings.full and params[0].dtype != torch.float32 else None
     opt_params = masters.master if masters else params  # what the optimizer steps and clipping sees
     n_trained = sum(q.numel() for q in params)
     if settings.full:
@@ -1123,14 +1142,19 @@ def train(*, model: str = "embedded", data: str | Path, out: str | Path, lora: L
         from safetensors.torch import load_file
 
         if settings.full:
+            from edge.distributed import shard_like
+
             weights = load_file(ckpt / "model.safetensors", device=str(dev))
             if masters:
                 masters.load(weights, named_params)
             else:
-                net.load_state_dict(weights, strict=False)
+                with torch.no_grad():
+                    for name, q in named_params:
+                        q.copy_(shard_like(weights[name], q))
         else:
             set_peft_model_state_dict(net, load_file(ckpt / "adapter_model.safetensors", device=str(dev)))
         opt.load_state_dict(state["optimizer"])
+        dist.shard_optimizer(opt)  # FSDP2: the saved full moments cut into this process's shards
         sched.load_state_dict(state["scheduler"])
         if state.get("scaler"):
             scaler.load_state_dict(state["scaler"])
@@ -1152,7 +1176,8 @@ def train(*, model: str = "embedded", data: str | Path, out: str | Path, lora: L
     if state is None:
         log_file.write_text("")
     else:  # drop log lines past the checkpoint (written after it, before the interruption)
-        keep = [line for line in log_file.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= start]
+        lines = log_file.read_text().splitlines() if log_file.is_file() else []  # a copied checkpoint alone: none
+        keep = [line for line in lines if line.strip() and json.loads(line)["step"] <= start]
         log_file.write_text("".join(line + "\n" for line in keep))
 
     net.train()
@@ -1186,6 +1211,7 @@ def train(*, model: str = "embedded", data: str | Path, out: str | Path, lora: L
                 masters.grads_to_master()
             scaler.unscale_(opt)
             norm = torch.nn.utils.clip_grad_norm_(opt_params, settings.clip if settings.clip > 0 else float("inf"))
+            norm = distributed.plain(norm)  # FSDP2: the global norm, from a DTensor
             # fp16: gradients that overflow at the current loss scale are normal; GradScaler skips
             # that update and halves the scale. Overflowing even at scale 1 is a real failure.
             overflow = not torch.isfinite(norm)
@@ -1223,7 +1249,7 @@ def train(*, model: str = "embedded", data: str | Path, out: str | Path, lora: L
             if step % settings.eval_interval == 0 or step == settings.steps:
                 if eval_set:
                     eval_loss = evaluate_loss(net, eval_set, settings.batch_size, chunk_rows, use_compile,
-                                              pad_multiple, settings.pack)
+                                              pad_multiple, settings.pack, loss_fn)
                     record["eval_loss"] = eval_loss
             log.write(json.dumps(record) + "\n")
             log.flush()
@@ -1234,19 +1260,21 @@ def train(*, model: str = "embedded", data: str | Path, out: str | Path, lora: L
                 callback(step, net, record)
             interrupted = dist.any(flag.set)  # a stop asked of any process stops all of them after this step
             if step % settings.save_interval == 0 or step == settings.steps or interrupted:
+                gathered = dist.gather_full(net, opt, masters)  # FSDP2: every process gives its shards
                 last_ckpt = dist.save(save_checkpoint, out, net, opt, sched, scaler, stream, step, meta, settings.keep,
-                                      full=settings.full, masters=masters)
+                                      full=settings.full, masters=masters, **gathered)
             if interrupted:
                 stopped = "interrupted"
                 break
     bar.close()
     seconds = time.time() - t0
+    gathered = dist.gather_full(net, opt, masters) if stopped == "done" else {}
     if stopped == "done" and dist.is_main:
         tmp = temp_dir(out, "final")  # write beside, then rename file by file
         try:
             final = {**meta, "step": step, "train_loss": train_loss, "eval_loss": eval_loss}
             if settings.full:
-                save_full(net, tmp, final, masters, tok)
+                save_full(net, tmp, final, masters, tok, weights=gathered.get("weights"))
             else:
                 save_adapter(net, tmp, final)
             for f in tmp.iterdir():
@@ -1262,6 +1290,7 @@ def train(*, model: str = "embedded", data: str | Path, out: str | Path, lora: L
     return TrainResult(out=str(out), steps=step, start_step=start, train_loss=train_loss, eval_loss=eval_loss,
                        tokens_per_s=tokens_seen / seconds if seconds > 0 else 0.0, seconds=seconds, precision=p.name,
                        steady_tokens_per_s=steady_rate(marks), memory_mode=mode,
+                       peak_gib=torch.cuda.max_memory_allocated(dev) / 2**30 if dev.type == "cuda" else None,
                        stopped=stopped, checkpoint=str(last_ckpt) if last_ckpt else None, losses=losses, model=net)
 
 
@@ -1361,7 +1390,8 @@ def finetune_cmd(*, data: str, out: str, model: str = "embedded", precision: Pre
             raise KeyboardInterrupt
     if not dist.is_main:
         return None
-    summary = {k: v for k, v in asdict(result).items() if k not in ("model", "losses")}
+    # not asdict(result): it would deep-copy the model (which FSDP2 refuses)
+    summary = {f.name: getattr(result, f.name) for f in fields(result) if f.name not in ("model", "losses")}
     fmt = lambda v: "n/a" if v is None else f"{v:.4f}"
     nxt = f"{'model' if full else 'adapter'}: {out}  (log.jsonl, loss.png)\nnext: {next_step(Path(out), full)}"
     say(f"trained steps {result.start_step}->{result.steps} in {result.seconds:.0f} s "

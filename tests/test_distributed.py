@@ -245,17 +245,20 @@ def test_batch_size_must_split_over_processes():
 
 
 @pytest.mark.slow
-def test_two_process_full_finetune_equals_one_and_exports(tiny_dir, small_data, tmp_path):
-    """--full on two processes (DDP: every weight replicated, gradients summed): the same losses
-    as one process, and OUT is a model folder that loads and exports to GGUF."""
+def test_two_process_full_finetune_fsdp2_equals_one_resumes_and_exports(tiny_dir, small_data, tmp_path):
+    """--full on two processes (FSDP2: weights, gradients and Adam moments sharded; gloo runs
+    its collectives on this CPU): the same losses as one process; the checkpoint holds the
+    full model and optimizer state, written by process 0; resumed from it on two processes or
+    on one, the run equals the uninterrupted one; OUT loads and exports to GGUF."""
     import torch
 
     from edge.export import export_gguf
-    from edge.finetune import finetune_cmd
+    from edge.finetune import STATE, finetune_cmd
     from edge.models import load
 
-    steps = ["--steps", "4", "--lr", "1e-3"]
-    args = [a for a in _args(tiny_dir, small_data, tmp_path / "two", "--full") if a not in ("--steps", str(STEPS), "--lr", "5e-3")]
+    steps = ["--steps", "4", "--lr", "1e-3", "--save-every", "2"]
+    args = [a for a in _args(tiny_dir, small_data, tmp_path / "two", "--full")
+            if a not in ("--steps", str(STEPS), "--lr", "5e-3", "--save-every", "100")]
     r = subprocess.run(_torchrun(2, args + steps), env=_env(), capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     finetune_cmd(model=str(tiny_dir), data=str(small_data), out=str(tmp_path / "one"), batch_size=4, lr=1e-3,
@@ -264,13 +267,55 @@ def test_two_process_full_finetune_equals_one_and_exports(tiny_dir, small_data, 
     assert len(two) == 4 and two[-1]["loss"] < two[0]["loss"]
     for a, b in zip(one, two):
         assert b["loss"] == pytest.approx(a["loss"], rel=1e-5), a["step"]
+
+    # the step-2 checkpoint: full tensors (not one process's shards), resumed on 2 and on 1 process
+    ckpt = tmp_path / "two" / "checkpoints" / "step-000002"
+    state = torch.load(ckpt / STATE, weights_only=True)
+    assert state["dist"]["world"] == 2
+    m, _ = load(str(tmp_path / "two"))
+    shapes = sorted(tuple(q.shape) for q in m.parameters())
+    assert sorted(tuple(s["exp_avg"].shape) for s in state["optimizer"]["state"].values()) == shapes
+    for n, where in ((2, "cut2"), (1, "cut1")):
+        cut = tmp_path / where
+        cut.mkdir()
+        shutil.copytree(ckpt, cut / "checkpoints" / ckpt.name)
+        resume = [a if a != str(tmp_path / "two") else str(cut) for a in args] + steps + ["--resume"]
+        if n == 2:
+            r = subprocess.run(_torchrun(2, resume), env=_env(), capture_output=True, text=True, timeout=600)
+            assert r.returncode == 0, r.stderr[-3000:]
+        else:
+            finetune_cmd(model=str(tiny_dir), data=str(small_data), out=str(cut), resume=True, steps=4, json=True)
+        resumed = _log(cut)
+        assert [x["step"] for x in resumed] == [3, 4]
+        for a, b in zip(two[2:], resumed):
+            assert b["loss"] == pytest.approx(a["loss"], rel=1e-6), (where, a["step"])
+
     gguf = export_gguf(tmp_path / "two", tmp_path / "two.gguf", "f32")
     assert Path(gguf.path).is_file() and gguf.n_params > 0
     m1, _ = load(str(tmp_path / "one"))
-    m2, _ = load(str(tmp_path / "two"))
     ids = torch.tensor([[2, 105, 2364, 107]])
     with torch.no_grad():
-        assert torch.allclose(m1(ids).logits, m2(ids).logits, atol=1e-4)
+        assert torch.allclose(m1(ids).logits, m(ids).logits, atol=1e-4)
+
+
+@pytest.mark.slow
+def test_two_process_full_finetune_fsdp2_bf16_equals_one(tiny_dir, small_data, tmp_path):
+    """bf16 --full: one process keeps float32 master weights beside the bf16 model; FSDP2 keeps
+    float32 shards and gathers each layer in bf16. Both round the same way: the losses agree
+    to bf16's noise, and the result is saved in float32."""
+    from edge.finetune import finetune_cmd
+
+    args = ["finetune", "--model", str(tiny_dir), "--data", str(small_data), "--out", str(tmp_path / "two"), "--batch-size", "4",
+            "--lr", "1e-3", "--precision", "bf16", "--steps", "4", "--save-every", "100", "--json", "--full"]
+    r = subprocess.run(_torchrun(2, args), env=_env(), capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    finetune_cmd(model=str(tiny_dir), data=str(small_data), out=str(tmp_path / "one"), batch_size=4, lr=1e-3,
+                 precision="bf16", steps=4, save_every=100, json=True, full=True)
+    one, two = _log(tmp_path / "one"), _log(tmp_path / "two")
+    assert len(two) == 4 and two[-1]["loss"] < two[0]["loss"]
+    for a, b in zip(one, two):
+        assert b["loss"] == pytest.approx(a["loss"], rel=1e-4), a["step"]
+    assert json.loads((tmp_path / "two" / "config.json").read_text())["dtype"] == "float32"
 
 
 @pytest.mark.slow
