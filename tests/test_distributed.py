@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 
 from edge.errors import EdgeError
+from edge.finetune import TrainSettings
 from tests.conftest import ROOT
 
 STEPS = 24
@@ -73,8 +74,9 @@ def test_two_processes_train_what_one_does(two_rank, tiny_dir, small_data, tmp_p
 
     from edge.finetune import finetune_cmd
 
-    finetune_cmd(model=str(tiny_dir), data=str(small_data), out=str(tmp_path / "one"), batch_size=4, lr=5e-3,
-                 precision="fp32", steps=STEPS, save_every=100, json=True)
+    finetune_cmd(model=str(tiny_dir), data=str(small_data), out=str(tmp_path / "one"), lr=5e-3,
+                 precision="fp32", steps=STEPS, json=True,
+                 training=TrainSettings(batch_size=4, save_every=100))
     one, two = _log(tmp_path / "one"), _log(two_rank)
     assert [r["step"] for r in two] == list(range(1, STEPS + 1))
     assert [r["tokens"] for r in two] == [r["tokens"] for r in one]  # the same chats per step, summed
@@ -169,8 +171,9 @@ def test_gpus_launches_torchrun_and_a_dead_process_is_one_line(tiny_dir, small_d
     t.start()
     t0 = time.time()
     with pytest.raises(distributed.RankError) as e:
-        finetune_cmd(model=str(tiny_dir), data=str(small_data), out=str(out), batch_size=4, precision="fp32",
-                     steps=400, save_every=1, json=True, gpus=2)
+        finetune_cmd(model=str(tiny_dir), data=str(small_data), out=str(out), precision="fp32",
+                     steps=400, json=True, gpus=2,
+                     training=TrainSettings(batch_size=4, save_every=1))
     t.join(5)
     assert killed, "no process of rank 1 found"
     msg = str(e.value)
@@ -261,8 +264,9 @@ def test_two_process_full_finetune_fsdp2_equals_one_resumes_and_exports(tiny_dir
             if a not in ("--steps", str(STEPS), "--lr", "5e-3", "--save-every", "100")]
     r = subprocess.run(_torchrun(2, args + steps), env=_env(), capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
-    finetune_cmd(model=str(tiny_dir), data=str(small_data), out=str(tmp_path / "one"), batch_size=4, lr=1e-3,
-                 precision="fp32", steps=4, save_every=100, json=True, full=True)
+    finetune_cmd(model=str(tiny_dir), data=str(small_data), out=str(tmp_path / "one"), lr=1e-3,
+                 precision="fp32", steps=4, json=True,
+                 training=TrainSettings(batch_size=4, save_every=100, full=True))
     one, two = _log(tmp_path / "one"), _log(tmp_path / "two")
     assert len(two) == 4 and two[-1]["loss"] < two[0]["loss"]
     for a, b in zip(one, two):
@@ -309,8 +313,9 @@ def test_two_process_full_finetune_fsdp2_bf16_equals_one(tiny_dir, small_data, t
             "--lr", "1e-3", "--precision", "bf16", "--steps", "4", "--save-every", "100", "--json", "--full"]
     r = subprocess.run(_torchrun(2, args), env=_env(), capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
-    finetune_cmd(model=str(tiny_dir), data=str(small_data), out=str(tmp_path / "one"), batch_size=4, lr=1e-3,
-                 precision="bf16", steps=4, save_every=100, json=True, full=True)
+    finetune_cmd(model=str(tiny_dir), data=str(small_data), out=str(tmp_path / "one"), lr=1e-3,
+                 precision="bf16", steps=4, json=True,
+                 training=TrainSettings(batch_size=4, save_every=100, full=True))
     one, two = _log(tmp_path / "one"), _log(tmp_path / "two")
     assert len(two) == 4 and two[-1]["loss"] < two[0]["loss"]
     for a, b in zip(one, two):
@@ -329,8 +334,9 @@ def test_accelerate_launch_works_with_no_other_change(tiny_dir, small_data, tmp_
     r = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     assert json.loads(r.stdout[r.stdout.index("{"):])["steps"] == 3  # one result: process 0's
-    finetune_cmd(model=str(tiny_dir), data=str(small_data), out=str(tmp_path / "one"), batch_size=4, lr=5e-3,
-                 precision="fp32", steps=3, save_every=100, json=True)
+    finetune_cmd(model=str(tiny_dir), data=str(small_data), out=str(tmp_path / "one"), lr=5e-3,
+                 precision="fp32", steps=3, json=True,
+                 training=TrainSettings(batch_size=4, save_every=100))
     for a, b in zip(_log(tmp_path / "one"), _log(tmp_path / "acc")):
         assert b["loss"] == pytest.approx(a["loss"], rel=1e-5), a["step"]
 
