@@ -10,10 +10,10 @@ services:
   the old protocol; stdout and stderr are one stream; stdin arrives as WRTE packets);
 - `sync:` (SYNC.TXT: STAT / LIST / SEND+DATA+DONE / RECV / QUIT; v1 only).
 
-Shell commands are NOT run by a shell of this machine. `Shell` (shell.py) is a tiny interpreter
-that tokenizes like POSIX sh (quotes, backslashes, `;` `&&` `||` `|`, redirections, `$?`,
-`$VAR`, `$(...)` and backticks, field splitting, globbing) and dispatches to builtins
-that act on the phone's files in a temporary directory. Because it *does* run command
+Shell commands are NOT run by a shell of this machine. `Shell` (shell.py) is a tiny
+interpreter that tokenizes like POSIX sh (quotes, backslashes, `;` `&&` `||` `|`,
+redirections, `$?`, `$VAR`, `$(...)` and backticks, field splitting, globbing) and dispatches
+to builtins (commands.py) that act on the phone's files in a temporary directory. Because it *does* run command
 substitutions and `;`-separated commands the way a phone's sh would (inside the sandbox),
 a quoting bug on the host shows up as a stray file or a wrong name here.
 
