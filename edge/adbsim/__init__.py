@@ -26,7 +26,7 @@ Faults: `drop_after` (close the TCP connection once that many pushed bytes have 
 `capacity` / `df_free` (storage full, or a df that claims more than there is),
 `unauthorized` (send AUTH, never accept the key), `throttle_bps` (link speed).
 
-    with AdbSim(phone="pixel_7") as sim:       # listens on 127.0.0.1:<free port>
+    with AdbSim(fixture="pixel_7") as sim:     # listens on 127.0.0.1:<free port>
         subprocess.run(["adb", "connect", sim.serial])
         ...
         sim.files("/sdcard/Download")             # what arrived
