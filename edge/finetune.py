@@ -48,6 +48,7 @@ from pathlib import Path
 from typing import Callable, Literal, get_args
 
 from edge import gemma3
+from edge.chunked_loss import chunked_cross_entropy
 from edge.errors import EdgeError, environment_error
 from edge.fsutil import atomic_dir, atomic_path, check_writable, read_json, sha256_file, temp_dir
 from edge.precision import PrecisionName
@@ -233,110 +234,6 @@ def apply_precision_fixes(model, p) -> None:
         from edge.precision import apply_fp16_fixes
 
         apply_fp16_fixes(model)
-
-
-# ---------------------------------------------------------------------------------------------
-# The loss: chunked cross-entropy through the frozen (tied) output head
-
-
-def _chunk_loss(h, weight, y, softcap: float, need_grad: bool, need_wgrad: bool = False):
-    """Summed CE of one chunk, and if asked d(sum)/d(h) and d(sum)/d(weight) (full fine-tuning
-    trains the tied head). Never keeps [rows x vocab] around."""
-    import torch
-
-    z = _matmul(h, weight.t())
-    z = z.to(torch.promote_types(z.dtype, torch.float32))  # float32 logits (float64 stays float64)
-    if softcap:
-        t = torch.tanh(z / softcap)
-        z = t * softcap
-    logp = torch.log_softmax(z, dim=-1)
-    del z
-    rows = torch.arange(logp.shape[0], device=logp.device)
-    loss = -logp[rows, y].sum()
-    if not (need_grad or need_wgrad):
-        return loss, None, None
-    p = logp.exp_()                                      # softmax, in place
-    p[rows, y] -= 1.0
-    if softcap:
-        p.mul_(1.0 - t * t)
-    dh = _matmul(p, weight).to(h.dtype) if need_grad else None
-    dw = None
-    if need_wgrad:  # [vocab x dim]; float16 sums over the chunk's rows could overflow: float32 there
-        wdt = torch.float32 if h.dtype == torch.float16 else h.dtype
-        dw = p.t().to(wdt) @ h.to(wdt)
-    return loss, dh, dw
-
-
-def _matmul(a, b):
-    """a @ b in b's dtype. On a CPU a float16 product is computed in float32 and rounded to
-    float16, as a GPU's tensor cores do: the CPU has no fast float16 GEMM (edge.precision)."""
-    import torch
-
-    if a.device.type == "cpu" and b.dtype == torch.float16:
-        return (a.float() @ b.float()).to(b.dtype)
-    return a.to(b.dtype) @ b
-
-
-_COMPILED = {}
-
-
-def _chunk_fn(compile: bool):
-    if not compile:
-        return _chunk_loss
-    if "fn" not in _COMPILED:
-        import torch
-
-        _COMPILED["fn"] = torch.compile(_chunk_loss, dynamic=True)
-    return _COMPILED["fn"]
-
-
-def _make_chunked_ce():
-    import torch
-
-    class ChunkedCE(torch.autograd.Function):
-        @staticmethod
-        def forward(ctx, hidden, weight, labels, chunk_rows, softcap, compile):
-            need, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
-            fn = _chunk_fn(compile)
-            total = torch.zeros((), dtype=torch.promote_types(hidden.dtype, torch.float32), device=hidden.device)
-            grad = torch.empty_like(hidden) if need else None
-            wgrad = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if need_w else None
-            for s in range(0, hidden.shape[0], chunk_rows):
-                loss, g, gw = fn(hidden[s:s + chunk_rows], weight, labels[s:s + chunk_rows], softcap, need, need_w)
-                total += loss
-                if need:
-                    grad[s:s + chunk_rows] = g
-                if need_w:
-                    wgrad += gw
-            empty = hidden.new_empty(0)
-            ctx.save_for_backward(grad if need else empty, wgrad if need_w else empty)
-            ctx.wdtype = weight.dtype
-            return total
-
-        @staticmethod
-        def backward(ctx, grad_out):
-            grad, wgrad = ctx.saved_tensors
-            dh = grad * grad_out.to(grad.dtype) if ctx.needs_input_grad[0] else None
-            dw = (wgrad * grad_out.float()).to(ctx.wdtype) if ctx.needs_input_grad[1] else None
-            return dh, dw, None, None, None, None
-
-    return ChunkedCE
-
-
-_CE = {}
-
-
-def chunked_cross_entropy(hidden, weight, labels, chunk_rows: int = 1024, softcap: float | None = None,
-                          compile: bool = False):
-    """Sum over rows of CE(hidden @ weight.T, labels) for an output head `weight` [vocab, dim].
-
-    `hidden` [N, dim] and `labels` [N] hold only the rows that count (no ignore index).
-    Peak extra memory is a few [chunk_rows x vocab] float32 tensors, whatever N is; a head
-    that is trained (full fine-tuning) adds one float32 [vocab x dim] gradient buffer.
-    """
-    if "fn" not in _CE:
-        _CE["fn"] = _make_chunked_ce()
-    return _CE["fn"].apply(hidden, weight, labels, int(chunk_rows), float(softcap or 0.0), bool(compile))
 
 
 def causal_lm(model):
@@ -1016,58 +913,86 @@ class _StopFlag:
             signal.signal(s, old)
 
 
-def train(*, model: str = "embedded", data: str | Path, out: str | Path, lora: LoraSettings | None = None,
-          settings: TrainSettings | None = None, precision: str = "auto", resume: bool = False,
-          force: bool = False, loaded=None, progress: bool = True, callback: Callable | None = None,
-          say: Callable[[str], None] = print) -> TrainResult:
-    """Train a LoRA adapter; see the module docstring. `loaded` = (model, tokenizer, precision)
-    reuses an already-loaded base (the demo measures it first). `callback(step, model, record)`
-    runs after each step (tests use it)."""
+def _open_checkpoint(out: Path, base: dict, lora: LoraSettings, settings: TrainSettings, precision: str, dist,
+                     say) -> tuple:
+    """--resume: (checkpoint folder, its state, and the lora, settings, precision it was trained
+    with; --steps may stretch the schedule). Refuses a missing folder or checkpoint, another base
+    model, and a run already at its last step."""
     import torch
-    from tqdm import tqdm
 
-    from edge import distributed
+    if not out.is_dir():
+        raise EdgeError(f"--resume: {out} does not exist; give the --out folder of an earlier `edge finetune`")
+    ckpt = latest_checkpoint(out)
+    if ckpt is None:
+        raise EdgeError(f"--resume: {out} holds no checkpoint ({CHECKPOINTS}/step-*/); "
+                        "start without --resume or give the right folder")
+    meta = read_meta(ckpt)
+    check_same_base(meta["base"], base, f"checkpoint {ckpt}")
+    lora = LoraSettings(**meta["lora"]) if meta.get("lora") else lora
+    saved = TrainSettings(**meta["train"])
+    if settings.steps != saved.steps:
+        say(f"resume: training to step {settings.steps} (was {saved.steps}); the schedule is stretched")
+        saved.steps = settings.steps
+    state = torch.load(ckpt / STATE, weights_only=True)
+    note = dist.check_resume(state, ckpt, lora.dropout)  # another number of processes: edge.distributed
+    if note:
+        say(note)
+    if state["step"] >= saved.steps:
+        raise EdgeError(f"--resume: {ckpt} is already at step {state['step']} of {saved.steps}; "
+                        "pass a larger --steps to train further")
+    return ckpt, state, lora, saved, meta.get("precision_asked", precision)
+
+
+def _clear_out(out: Path, data, force: bool, dist) -> None:
+    """A new run: OUT must be writable (or --force); with --force, process 0 removes what an
+    earlier run wrote there, once the data file has been checked."""
+    from edge.data import load_chats
+
+    check_writable(out, force)
+    load_chats(data)  # a bad data file must not cost the old adapter (--force deletes it next)
+    if out.exists() and force and dist.is_main:
+        shutil.rmtree(out / CHECKPOINTS, ignore_errors=True)
+        for name in (LOG, PLOT, META, "adapter_model.safetensors", "adapter_config.json") + FULL_FILES:
+            (out / name).unlink(missing_ok=True)
+
+
+@dataclass
+class _Job:
+    """What one training run holds once `_prepare` has built it."""
+
+    settings: TrainSettings
+    lora: LoraSettings
+    p: object                    # the resolved precision (edge.precision)
+    tok: object
+    net: object                  # the model being trained (peft-wrapped for LoRA)
+    loss_fn: Callable            # (ids, att, labels, chunk_rows, compile, position_ids=) -> (loss sum, n)
+    named_params: list           # [(name, trained parameter)]
+    masters: MasterWeights | None
+    opt_params: list             # what the optimizer steps and clipping sees
+    opt: object
+    sched: object
+    scaler: object
+    stream: BatchStream
+    train_set: list
+    eval_set: list
+    mode: str                    # memory mode: fast | lean
+    chunk_rows: int
+    use_compile: bool
+    pad_multiple: int
+    compile_key: str
+    dev: object
+    dist: object
+
+
+def _prepare(model: str, data, lora: LoraSettings, settings: TrainSettings, precision: str, loaded, fresh: bool,
+             dist, say) -> _Job:
+    """Load the model and the chats, choose the memory mode and compiling, and build the trained
+    network (LoRA or every weight, wrapped for several processes), optimizer, schedule and loss
+    scaler. `fresh`: not a resume (--epochs turns into steps)."""
+    import torch
+
     from edge.data import load_chats
     from edge.models import load
-
-    lora, settings = lora or LoraSettings(), settings or TrainSettings()
-    out = Path(out)
-    dist = distributed.current()  # one process, or one of several (torchrun): edge.distributed
-    if not dist.is_main:
-        say, progress = (lambda s: None), False
-    base = base_identity(model)
-    ckpt, state = None, None
-    if resume:
-        if not out.is_dir():
-            raise EdgeError(f"--resume: {out} does not exist; give the --out folder of an earlier `edge finetune`")
-        ckpt = latest_checkpoint(out)
-        if ckpt is None:
-            raise EdgeError(f"--resume: {out} holds no checkpoint ({CHECKPOINTS}/step-*/); "
-                            "start without --resume or give the right folder")
-        meta = read_meta(ckpt)
-        check_same_base(meta["base"], base, f"checkpoint {ckpt}")
-        lora = LoraSettings(**meta["lora"]) if meta.get("lora") else lora
-        saved = TrainSettings(**meta["train"])
-        if settings.steps != saved.steps:
-            say(f"resume: training to step {settings.steps} (was {saved.steps}); the schedule is stretched")
-            saved.steps = settings.steps
-        settings = saved
-        precision = meta.get("precision_asked", precision)
-        state = torch.load(ckpt / STATE, weights_only=True)
-        note = dist.check_resume(state, ckpt, lora.dropout)  # another number of processes: edge.distributed
-        if note:
-            say(note)
-        if state["step"] >= settings.steps:
-            raise EdgeError(f"--resume: {ckpt} is already at step {state['step']} of {settings.steps}; "
-                            "pass a larger --steps to train further")
-    else:
-        check_writable(out, force)
-        load_chats(data)  # a bad data file must not cost the old adapter (--force deletes it next)
-        if out.exists() and force and dist.is_main:
-            for name in (CHECKPOINTS,):
-                shutil.rmtree(out / name, ignore_errors=True)
-            for name in (LOG, PLOT, META, "adapter_model.safetensors", "adapter_config.json") + FULL_FILES:
-                (out / name).unlink(missing_ok=True)
 
     chats = load_chats(data)
     if loaded is not None:
@@ -1085,7 +1010,7 @@ def train(*, model: str = "embedded", data: str | Path, out: str | Path, lora: L
     if not train_set:
         raise EdgeError(f"{data}: no training examples left after the held-out split; add data or lower --eval-fraction")
     dist.check_settings(settings)
-    if settings.epochs > 0 and state is None:
+    if settings.epochs > 0 and fresh:
         settings.steps = settings.steps_for_epochs(len(train_set))
     per_step = settings.batch_size * settings.grad_accum
     say(f"data: {len(train_set)} training chats, {len(eval_set)} held out; {settings.steps} steps of {per_step} chats "
@@ -1097,16 +1022,12 @@ def train(*, model: str = "embedded", data: str | Path, out: str | Path, lora: L
     chunk_rows = min(settings.chunk_rows, LEAN_CHUNK_ROWS) if mode == "lean" else settings.chunk_rows
 
     torch.manual_seed(settings.seed)
-    if settings.full:
-        net = prepare_full(base_model, checkpointing)
-    else:
-        net = add_lora(base_model, lora, checkpointing)
+    net = prepare_full(base_model, checkpointing) if settings.full else add_lora(base_model, lora, checkpointing)
     dev = _device_of(net)
     job_tokens = settings.steps * per_step * sum(len(e.ids) for e in train_set) / len(train_set)
     compile_key = _compile_key(base_model, p.name, mode, settings.full, dev)
     use_compile, why = decide_compile(settings.compile, dev, job_tokens, compile_key)
     say(f"compile: {'on' if use_compile else 'off'} ({why})")
-    pad_multiple = 64 if use_compile else 1
     if use_compile:
         use_compile_cache()
         say("compiling the layers with torch.compile (the first step waits for it) ...")
@@ -1122,7 +1043,7 @@ def train(*, model: str = "embedded", data: str | Path, out: str | Path, lora: L
     params = [q for _, q in named_params]
     # a 16-bit model trains float32 master weights (FSDP2: its float32 shards are those already)
     masters = MasterWeights(params) if settings.full and params[0].dtype != torch.float32 else None
-    opt_params = masters.master if masters else params  # what the optimizer steps and clipping sees
+    opt_params = masters.master if masters else params
     n_trained = sum(q.numel() for q in params)
     if settings.full:
         say(f"training: full fine-tuning, every weight ({n_trained / 1e6:.1f}M)"
@@ -1136,160 +1057,225 @@ def train(*, model: str = "embedded", data: str | Path, out: str | Path, lora: L
     # so GradScaler can unscale them. A no-op in bf16 and fp32.
     scaler = torch.amp.GradScaler(dev.type, init_scale=settings.loss_scale, enabled=p.name == "fp16")
     stream = BatchStream(train_set, settings.batch_size, settings.seed)
-    start = 0
-    if state is not None:
-        from peft import set_peft_model_state_dict
-        from safetensors.torch import load_file
+    return _Job(settings=settings, lora=lora, p=p, tok=tok, net=net, loss_fn=loss_fn, named_params=named_params,
+                masters=masters, opt_params=opt_params, opt=opt, sched=sched, scaler=scaler, stream=stream,
+                train_set=train_set, eval_set=eval_set, mode=mode, chunk_rows=chunk_rows, use_compile=use_compile,
+                pad_multiple=64 if use_compile else 1, compile_key=compile_key, dev=dev, dist=dist)
 
-        if settings.full:
-            from edge.distributed import shard_like
 
-            weights = load_file(ckpt / "model.safetensors", device=str(dev))
-            if masters:
-                masters.load(weights, named_params)
-            else:
-                with torch.no_grad():
-                    for name, q in named_params:
-                        q.copy_(shard_like(weights[name], q))
+def _restore(job: _Job, ckpt: Path, state: dict) -> int:
+    """Weights, optimizer, schedule, loss scale, random states and data position from a
+    checkpoint (FSDP2: cut into this process's shards); returns its step."""
+    import torch
+    from peft import set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    from edge.distributed import shard_like
+
+    if job.settings.full:
+        weights = load_file(ckpt / "model.safetensors", device=str(job.dev))
+        if job.masters:
+            job.masters.load(weights, job.named_params)
         else:
-            set_peft_model_state_dict(net, load_file(ckpt / "adapter_model.safetensors", device=str(dev)))
-        opt.load_state_dict(state["optimizer"])
-        dist.shard_optimizer(opt)  # FSDP2: the saved full moments cut into this process's shards
-        sched.load_state_dict(state["scheduler"])
-        if state.get("scaler"):
-            scaler.load_state_dict(state["scaler"])
-        torch.set_rng_state(state["rng_cpu"])
-        if state["rng_cuda"] and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(state["rng_cuda"])
-        stream = BatchStream(train_set, settings.batch_size, settings.seed, state["epoch"], state["index"])
-        dist.restore_rng(state)
-        start = state["step"]
-        say(f"resuming from {ckpt} (step {start})")
+            with torch.no_grad():
+                for name, q in job.named_params:
+                    q.copy_(shard_like(weights[name], q))
+    else:
+        set_peft_model_state_dict(job.net, load_file(ckpt / "adapter_model.safetensors", device=str(job.dev)))
+    job.opt.load_state_dict(state["optimizer"])
+    job.dist.shard_optimizer(job.opt)  # FSDP2: the saved full moments cut into this process's shards
+    job.sched.load_state_dict(state["scheduler"])
+    if state.get("scaler"):
+        job.scaler.load_state_dict(state["scaler"])
+    torch.set_rng_state(state["rng_cpu"])
+    if state["rng_cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["rng_cuda"])
+    job.stream = BatchStream(job.train_set, job.settings.batch_size, job.settings.seed, state["epoch"], state["index"])
+    job.dist.restore_rng(state)
+    return state["step"]
 
-    meta = {"base": base, "lora": None if settings.full else asdict(lora), "full": settings.full,
-            "train": asdict(settings), "precision": p.name,
-            "precision_asked": precision, "data": {"path": str(Path(data).resolve()), "sha256": sha256_file(Path(data)),
-                                                   "train": len(train_set), "eval": len(eval_set)}}
-    dist.barrier()  # every process has checked OUT before process 0, which alone writes there, starts
-    out.mkdir(parents=True, exist_ok=True)
+
+def _open_log(out: Path, dist, start: int) -> Path:
+    """log.jsonl (process 0; the others write nowhere): emptied for a new run, cut back to the
+    checkpoint's step on a resume (lines written after it, before the interruption)."""
     log_file = out / LOG if dist.is_main else Path(os.devnull)
-    if state is None:
+    if start == 0:
         log_file.write_text("")
-    else:  # drop log lines past the checkpoint (written after it, before the interruption)
+    else:
         lines = log_file.read_text().splitlines() if log_file.is_file() else []  # a copied checkpoint alone: none
         keep = [line for line in lines if line.strip() and json.loads(line)["step"] <= start]
         log_file.write_text("".join(line + "\n" for line in keep))
+    return log_file
+
+
+def _train_step(job: _Job, step: int, last_ckpt) -> dict:
+    """One optimizer step over the global batch: this process's micro-batches forward and
+    backward, gradients summed over processes, clipped, and the update (skipped on an fp16
+    overflow). Returns {loss, tokens, grad_norm, skipped}; raises when the step would train
+    nothing or went non-finite."""
+    import torch
+
+    from edge import distributed
+
+    s, dist, scaler = job.settings, job.dist, job.scaler
+    job.opt.zero_grad(set_to_none=True)
+    # this process's micro-batches of the global batch; n_label: label tokens of the global batch
+    micro, n_label = dist.step_batches(job.stream, s)
+    step_loss, step_tokens = 0.0, 0
+    for i, batch in enumerate(micro):
+        ids, att, lab, pos, n_real = make_batch(batch, job.dev, job.pad_multiple, s.pack)
+        with dist.accumulating(more=i < len(micro) - 1):  # gradients sync after the last
+            loss_sum, _ = job.loss_fn(ids, att, lab, job.chunk_rows, job.use_compile, position_ids=pos)
+            scaler.scale(loss_sum / n_label).backward()
+        step_loss += float(loss_sum.detach())
+        step_tokens += n_real  # real tokens only, never padding
+    step_loss, step_tokens = dist.sum_step(step_loss / n_label, step_tokens)  # over all processes
+    missing = [name for name, q in job.named_params if q.grad is None]
+    if missing:  # a broken autograd graph: the step would silently train nothing
+        raise EdgeError(f"no gradient reached {len(missing)} of {len(job.named_params)} adapter weights at step "
+                        f"{step + 1} (e.g. {missing[0]}); training stopped; this is a bug in how the model "
+                        "was built or compiled: please report it")
+    if job.masters:
+        job.masters.grads_to_master()
+    scaler.unscale_(job.opt)
+    norm = torch.nn.utils.clip_grad_norm_(job.opt_params, s.clip if s.clip > 0 else float("inf"))
+    norm = distributed.plain(norm)  # FSDP2: the global norm, from a DTensor
+    # fp16: gradients that overflow at the current loss scale are normal; GradScaler skips
+    # that update and halves the scale. Overflowing even at scale 1 is a real failure.
+    overflow = not torch.isfinite(norm)
+    skipped = overflow and scaler.is_enabled() and scaler.get_scale() > 1.0
+    if float(norm) == 0.0:  # what torch 2.11 compiled from the old fp16 fixes (edge.precision)
+        raise EdgeError(f"every adapter weight got an all-zero gradient at step {step + 1} (loss {step_loss:.4g}); "
+                        "training stopped: it would train nothing; this is a bug in how the model was built "
+                        "or compiled: please report it")
+    if not math.isfinite(step_loss) or (overflow and not skipped):
+        what = "loss" if not math.isfinite(step_loss) else "gradient norm"
+        raise NonFiniteError(
+            f"the {what} became non-finite at step {step + 1} ({step_loss if what == 'loss' else float(norm)}); "
+            f"training stopped before the update; last good checkpoint: {last_ckpt or 'none'}; "
+            "try --precision bf16 or fp32, or a lower --lr")
+    scaler.step(job.opt)  # skips the update when the unscaled gradients hold inf/NaN
+    scaler.update()
+    if job.masters:
+        job.masters.master_to_model()
+    if not skipped:
+        job.sched.step()
+    return {"loss": step_loss, "tokens": step_tokens, "grad_norm": float(norm), "skipped": skipped}
+
+
+def _save_final(job: _Job, out: Path, final: dict) -> None:
+    """The adapter (or with --full the whole model) into OUT: written beside, then renamed file
+    by file. Every process calls it (FSDP2 gathers the shards); process 0 writes."""
+    gathered = job.dist.gather_full(job.net, job.opt, job.masters)
+    if not job.dist.is_main:
+        return
+    tmp = temp_dir(out, "final")
+    try:
+        if job.settings.full:
+            save_full(job.net, tmp, final, job.masters, job.tok, weights=gathered.get("weights"))
+        else:
+            save_adapter(job.net, tmp, final)
+        for f in tmp.iterdir():
+            os.replace(f, out / f.name)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def train(*, model: str = "embedded", data: str | Path, out: str | Path, lora: LoraSettings | None = None,
+          settings: TrainSettings | None = None, precision: str = "auto", resume: bool = False,
+          force: bool = False, loaded=None, progress: bool = True, callback: Callable | None = None,
+          say: Callable[[str], None] = print) -> TrainResult:
+    """Train a LoRA adapter; see the module docstring. `loaded` = (model, tokenizer, precision)
+    reuses an already-loaded base (the demo measures it first). `callback(step, model, record)`
+    runs after each step (tests use it)."""
+    import torch
+    from tqdm import tqdm
+
+    from edge import distributed
+
+    lora, settings = lora or LoraSettings(), settings or TrainSettings()
+    out = Path(out)
+    dist = distributed.current()  # one process, or one of several (torchrun): edge.distributed
+    if not dist.is_main:
+        say, progress = (lambda s: None), False
+    base = base_identity(model)
+    ckpt, state = None, None
+    if resume:
+        ckpt, state, lora, settings, precision = _open_checkpoint(out, base, lora, settings, precision, dist, say)
+    else:
+        _clear_out(out, data, force, dist)
+
+    job = _prepare(model, data, lora, settings, precision, loaded, state is None, dist, say)
+    settings, net = job.settings, job.net
+    start = 0
+    if state is not None:
+        start = _restore(job, ckpt, state)
+        say(f"resuming from {ckpt} (step {start})")
+    meta = {"base": base, "lora": None if settings.full else asdict(lora), "full": settings.full,
+            "train": asdict(settings), "precision": job.p.name,
+            "precision_asked": precision, "data": {"path": str(Path(data).resolve()), "sha256": sha256_file(Path(data)),
+                                                   "train": len(job.train_set), "eval": len(job.eval_set)}}
+    dist.barrier()  # every process has checked OUT before process 0, which alone writes there, starts
+    out.mkdir(parents=True, exist_ok=True)
+    log_file = _open_log(out, dist, start)
 
     net.train()
     losses, last_ckpt = [], ckpt
     tokens_seen, t0, marks = 0, time.time(), []
     stopped, train_loss, eval_loss = "done", None, None
     bar = tqdm(total=settings.steps, initial=start, desc="fine-tune", unit="step", disable=not progress, dynamic_ncols=True)
-    bar.set_postfix_str("first step: the slowest (warm-up" + (", compiling)" if use_compile else ")"))
+    bar.set_postfix_str("first step: the slowest (warm-up" + (", compiling)" if job.use_compile else ")"))
     with _StopFlag(hard=not dist.active) as flag, open(log_file, "a", encoding="utf-8") as log:
         step = start
-        while step < settings.steps:
-            opt.zero_grad(set_to_none=True)
-            # this process's micro-batches of the global batch; n_label: label tokens of the global batch
-            micro, n_label = dist.step_batches(stream, settings)
-            step_loss, step_tokens = 0.0, 0
-            for i, batch in enumerate(micro):
-                ids, att, lab, pos, n_real = make_batch(batch, dev, pad_multiple, settings.pack)
-                with dist.accumulating(more=i < len(micro) - 1):  # gradients sync after the last
-                    loss_sum, _ = loss_fn(ids, att, lab, chunk_rows, use_compile, position_ids=pos)
-                    scaler.scale(loss_sum / n_label).backward()
-                step_loss += float(loss_sum.detach())
-                step_tokens += n_real  # real tokens only, never padding
-            step_loss, step_tokens = dist.sum_step(step_loss / n_label, step_tokens)  # over all processes
-            missing = [name for name, q in named_params if q.grad is None]
-            if missing:  # a broken autograd graph: the step would silently train nothing
-                bar.close()
-                raise EdgeError(f"no gradient reached {len(missing)} of {len(named_params)} adapter weights at step "
-                                f"{step + 1} (e.g. {missing[0]}); training stopped; this is a bug in how the model "
-                                "was built or compiled: please report it")
-            if masters:
-                masters.grads_to_master()
-            scaler.unscale_(opt)
-            norm = torch.nn.utils.clip_grad_norm_(opt_params, settings.clip if settings.clip > 0 else float("inf"))
-            norm = distributed.plain(norm)  # FSDP2: the global norm, from a DTensor
-            # fp16: gradients that overflow at the current loss scale are normal; GradScaler skips
-            # that update and halves the scale. Overflowing even at scale 1 is a real failure.
-            overflow = not torch.isfinite(norm)
-            skipped = overflow and scaler.is_enabled() and scaler.get_scale() > 1.0
-            if float(norm) == 0.0:  # what torch 2.11 compiled from the old fp16 fixes (edge.precision)
-                bar.close()
-                raise EdgeError(f"every adapter weight got an all-zero gradient at step {step + 1} (loss {step_loss:.4g}); "
-                                "training stopped: it would train nothing; this is a bug in how the model was built "
-                                "or compiled: please report it")
-            if not math.isfinite(step_loss) or (overflow and not skipped):
-                bar.close()
-                what = "loss" if not math.isfinite(step_loss) else "gradient norm"
-                raise NonFiniteError(
-                    f"the {what} became non-finite at step {step + 1} ({step_loss if what == 'loss' else float(norm)}); "
-                    f"training stopped before the update; last good checkpoint: {last_ckpt or 'none'}; "
-                    "try --precision bf16 or fp32, or a lower --lr")
-            scaler.step(opt)  # skips the update when the unscaled gradients hold inf/NaN
-            scaler.update()
-            if masters:
-                masters.master_to_model()
-            if not skipped:
-                sched.step()
-            step += 1
-            tokens_seen += step_tokens
-            marks.append((time.time() - t0, step_tokens))
-            dt = time.time() - t0
-            record = {"step": step, "loss": step_loss, "lr": sched.get_last_lr()[0], "grad_norm": float(norm),
-                      "tokens": step_tokens, "tok_s": tokens_seen / dt if dt > 0 else 0.0, "elapsed": dt,
-                      # tok_s: overall since the start, compiling included; step_tok_s: this step alone
-                      "step_tok_s": step_tokens / (dt - marks[-2][0]) if len(marks) > 1 and dt > marks[-2][0] else None}
-            if scaler.is_enabled():
-                record.update(loss_scale=scaler.get_scale(), skipped=skipped)
-            losses.append(step_loss)
-            train_loss = step_loss
-            if step % settings.eval_interval == 0 or step == settings.steps:
-                if eval_set:
-                    eval_loss = evaluate_loss(net, eval_set, settings.batch_size, chunk_rows, use_compile,
-                                              pad_multiple, settings.pack, loss_fn)
-                    record["eval_loss"] = eval_loss
-            log.write(json.dumps(record) + "\n")
-            log.flush()
-            bar.set_postfix(loss=f"{step_loss:.4f}", tok_s=f"{record['tok_s']:.0f}",
-                            **({"eval": f"{eval_loss:.4f}"} if eval_loss is not None else {}))
-            bar.update(1)
-            if callback is not None:
-                callback(step, net, record)
-            interrupted = dist.any(flag.set)  # a stop asked of any process stops all of them after this step
-            if step % settings.save_interval == 0 or step == settings.steps or interrupted:
-                gathered = dist.gather_full(net, opt, masters)  # FSDP2: every process gives its shards
-                last_ckpt = dist.save(save_checkpoint, out, net, opt, sched, scaler, stream, step, meta, settings.keep,
-                                      full=settings.full, masters=masters, **gathered)
-            if interrupted:
-                stopped = "interrupted"
-                break
-    bar.close()
-    seconds = time.time() - t0
-    gathered = dist.gather_full(net, opt, masters) if stopped == "done" else {}
-    if stopped == "done" and dist.is_main:
-        tmp = temp_dir(out, "final")  # write beside, then rename file by file
         try:
-            final = {**meta, "step": step, "train_loss": train_loss, "eval_loss": eval_loss}
-            if settings.full:
-                save_full(net, tmp, final, masters, tok, weights=gathered.get("weights"))
-            else:
-                save_adapter(net, tmp, final)
-            for f in tmp.iterdir():
-                os.replace(f, out / f.name)
+            while step < settings.steps:
+                r = _train_step(job, step, last_ckpt)
+                step += 1
+                tokens_seen += r["tokens"]
+                dt = time.time() - t0
+                marks.append((dt, r["tokens"]))
+                record = {"step": step, "loss": r["loss"], "lr": job.sched.get_last_lr()[0], "grad_norm": r["grad_norm"],
+                          "tokens": r["tokens"], "tok_s": tokens_seen / dt if dt > 0 else 0.0, "elapsed": dt,
+                          # tok_s: overall since the start, compiling included; step_tok_s: this step alone
+                          "step_tok_s": r["tokens"] / (dt - marks[-2][0]) if len(marks) > 1 and dt > marks[-2][0] else None}
+                if job.scaler.is_enabled():
+                    record.update(loss_scale=job.scaler.get_scale(), skipped=r["skipped"])
+                losses.append(r["loss"])
+                train_loss = r["loss"]
+                if (step % settings.eval_interval == 0 or step == settings.steps) and job.eval_set:
+                    eval_loss = evaluate_loss(net, job.eval_set, settings.batch_size, job.chunk_rows, job.use_compile,
+                                              job.pad_multiple, settings.pack, job.loss_fn)
+                    record["eval_loss"] = eval_loss
+                log.write(json.dumps(record) + "\n")
+                log.flush()
+                bar.set_postfix(loss=f"{r['loss']:.4f}", tok_s=f"{record['tok_s']:.0f}",
+                                **({"eval": f"{eval_loss:.4f}"} if eval_loss is not None else {}))
+                bar.update(1)
+                if callback is not None:
+                    callback(step, net, record)
+                interrupted = dist.any(flag.set)  # a stop asked of any process stops all of them after this step
+                if step % settings.save_interval == 0 or step == settings.steps or interrupted:
+                    gathered = dist.gather_full(net, job.opt, job.masters)  # FSDP2: every process gives its shards
+                    last_ckpt = dist.save(save_checkpoint, out, net, job.opt, job.sched, job.scaler, job.stream, step,
+                                          meta, settings.keep, full=settings.full, masters=job.masters, **gathered)
+                if interrupted:
+                    stopped = "interrupted"
+                    break
         finally:
-            shutil.rmtree(tmp, ignore_errors=True)
-    if use_compile and step - start >= 2 and dist.is_main:
-        remember_compiled(compile_key)
+            bar.close()
+    seconds = time.time() - t0
+    if stopped == "done":
+        _save_final(job, out, {**meta, "step": step, "train_loss": train_loss, "eval_loss": eval_loss})
+    if job.use_compile and step - start >= 2 and dist.is_main:
+        remember_compiled(job.compile_key)
     if dist.is_main:
         plot_losses(log_file, out / PLOT)
     dist.barrier()
     net.eval()
+    dev = job.dev
     return TrainResult(out=str(out), steps=step, start_step=start, train_loss=train_loss, eval_loss=eval_loss,
-                       tokens_per_s=tokens_seen / seconds if seconds > 0 else 0.0, seconds=seconds, precision=p.name,
-                       steady_tokens_per_s=steady_rate(marks), memory_mode=mode,
+                       tokens_per_s=tokens_seen / seconds if seconds > 0 else 0.0, seconds=seconds, precision=job.p.name,
+                       steady_tokens_per_s=steady_rate(marks), memory_mode=job.mode,
                        peak_gib=torch.cuda.max_memory_allocated(dev) / 2**30 if dev.type == "cuda" else None,
                        stopped=stopped, checkpoint=str(last_ckpt) if last_ckpt else None, losses=losses, model=net)
 

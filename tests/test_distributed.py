@@ -247,6 +247,24 @@ def test_batch_size_must_split_over_processes():
         TrainSettings(micro_batch=-1)
 
 
+def _full_on_two_and_one(tiny_dir, data, tmp_path, precision: str, rel: float, *extra: str) -> list[str]:
+    """--full for 4 steps on two processes (tmp_path/two) and on one (tmp_path/one); every step's
+    loss must agree to `rel`. Returns the two-process command's arguments."""
+    from edge.finetune import finetune_cmd
+
+    args = ["finetune", "--model", str(tiny_dir), "--data", str(data), "--out", str(tmp_path / "two"), "--batch-size",
+            "4", "--lr", "1e-3", "--precision", precision, "--steps", "4", "--json", "--full", *extra]
+    r = subprocess.run(_torchrun(2, args), env=_env(), capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    finetune_cmd(model=str(tiny_dir), data=str(data), out=str(tmp_path / "one"), lr=1e-3, precision=precision, steps=4,
+                 json=True, training=TrainSettings(batch_size=4, save_every=100, full=True))
+    one, two = _log(tmp_path / "one"), _log(tmp_path / "two")
+    assert len(two) == 4 and two[-1]["loss"] < two[0]["loss"]
+    for a, b in zip(one, two):
+        assert b["loss"] == pytest.approx(a["loss"], rel=rel), a["step"]
+    return args
+
+
 @pytest.mark.slow
 def test_two_process_full_finetune_fsdp2_equals_one_resumes_and_exports(tiny_dir, small_data, tmp_path):
     """--full on two processes (FSDP2: weights, gradients and Adam moments sharded; gloo runs
@@ -259,18 +277,8 @@ def test_two_process_full_finetune_fsdp2_equals_one_resumes_and_exports(tiny_dir
     from edge.finetune import STATE, finetune_cmd
     from edge.models import load
 
-    steps = ["--steps", "4", "--lr", "1e-3", "--save-every", "2"]
-    args = [a for a in _args(tiny_dir, small_data, tmp_path / "two", "--full")
-            if a not in ("--steps", str(STEPS), "--lr", "5e-3", "--save-every", "100")]
-    r = subprocess.run(_torchrun(2, args + steps), env=_env(), capture_output=True, text=True, timeout=600)
-    assert r.returncode == 0, r.stderr[-3000:]
-    finetune_cmd(model=str(tiny_dir), data=str(small_data), out=str(tmp_path / "one"), lr=1e-3,
-                 precision="fp32", steps=4, json=True,
-                 training=TrainSettings(batch_size=4, save_every=100, full=True))
-    one, two = _log(tmp_path / "one"), _log(tmp_path / "two")
-    assert len(two) == 4 and two[-1]["loss"] < two[0]["loss"]
-    for a, b in zip(one, two):
-        assert b["loss"] == pytest.approx(a["loss"], rel=1e-5), a["step"]
+    args = _full_on_two_and_one(tiny_dir, small_data, tmp_path, "fp32", 1e-5, "--save-every", "2")
+    two = _log(tmp_path / "two")
 
     # the step-2 checkpoint: full tensors (not one process's shards), resumed on 2 and on 1 process
     ckpt = tmp_path / "two" / "checkpoints" / "step-000002"
@@ -283,7 +291,7 @@ def test_two_process_full_finetune_fsdp2_equals_one_resumes_and_exports(tiny_dir
         cut = tmp_path / where
         cut.mkdir()
         shutil.copytree(ckpt, cut / "checkpoints" / ckpt.name)
-        resume = [a if a != str(tmp_path / "two") else str(cut) for a in args] + steps + ["--resume"]
+        resume = [a if a != str(tmp_path / "two") else str(cut) for a in args] + ["--resume"]
         if n == 2:
             r = subprocess.run(_torchrun(2, resume), env=_env(), capture_output=True, text=True, timeout=600)
             assert r.returncode == 0, r.stderr[-3000:]
@@ -307,19 +315,7 @@ def test_two_process_full_finetune_fsdp2_bf16_equals_one(tiny_dir, small_data, t
     """bf16 --full: one process keeps float32 master weights beside the bf16 model; FSDP2 keeps
     float32 shards and gathers each layer in bf16. Both round the same way: the losses agree
     to bf16's noise, and the result is saved in float32."""
-    from edge.finetune import finetune_cmd
-
-    args = ["finetune", "--model", str(tiny_dir), "--data", str(small_data), "--out", str(tmp_path / "two"), "--batch-size", "4",
-            "--lr", "1e-3", "--precision", "bf16", "--steps", "4", "--save-every", "100", "--json", "--full"]
-    r = subprocess.run(_torchrun(2, args), env=_env(), capture_output=True, text=True, timeout=600)
-    assert r.returncode == 0, r.stderr[-3000:]
-    finetune_cmd(model=str(tiny_dir), data=str(small_data), out=str(tmp_path / "one"), lr=1e-3,
-                 precision="bf16", steps=4, json=True,
-                 training=TrainSettings(batch_size=4, save_every=100, full=True))
-    one, two = _log(tmp_path / "one"), _log(tmp_path / "two")
-    assert len(two) == 4 and two[-1]["loss"] < two[0]["loss"]
-    for a, b in zip(one, two):
-        assert b["loss"] == pytest.approx(a["loss"], rel=1e-4), a["step"]
+    _full_on_two_and_one(tiny_dir, small_data, tmp_path, "bf16", 1e-4, "--save-every", "100")
     assert json.loads((tmp_path / "two" / "config.json").read_text())["dtype"] == "float32"
 
 

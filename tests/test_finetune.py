@@ -16,8 +16,9 @@ import pytest
 import torch
 
 from edge import gemma3
+from edge.chunked_loss import chunked_cross_entropy
 from edge.errors import EdgeError
-from edge.finetune import (IGNORE, LoraSettings, NonFiniteError, TrainSettings, add_lora, chunked_cross_entropy,
+from edge.finetune import (IGNORE, LoraSettings, NonFiniteError, TrainSettings, add_lora,
                            collate, epoch_batches, finetune_cmd, latest_checkpoint, plain_loss, prepare_examples,
                            causal_lm, reply_loss, train)
 from edge.task import TRAIN
