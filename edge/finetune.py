@@ -3,7 +3,7 @@
     edge finetune --data train.jsonl --out runs/ft --steps 200            # embedded 270M, LoRA
     edge finetune --model DIR --data train.jsonl --out runs/ft --resume   # continue exactly
     edge finetune --data train.jsonl --out runs/full --full --epochs 2    # every weight; then edge export
-    edge finetune --gpus 2 --data train.jsonl --out runs/ft               # 2 GPUs (torchrun, DDP): edge.distributed
+    edge finetune --gpus 2 --data train.jsonl --out runs/ft               # 2 GPUs (torchrun; DDP, FSDP2 with --full)
 
 Takes a model spec (`edge.models.load`), a chat JSONL file (`edge.data`) and a precision
 (`edge.precision`). Writes into OUT/:
