@@ -158,7 +158,7 @@ def few_tokens_warning(n_scored: int) -> str:
             "bars are wide and small differences between variants mean nothing; give a longer --text")
 
 
-def _log_softmax(x: np.ndarray) -> np.ndarray:
+def log_softmax(x: np.ndarray) -> np.ndarray:
     x = x.astype(np.float32, copy=True)
     x -= x.max(axis=-1, keepdims=True)
     x -= np.log(np.exp(x).sum(axis=-1, keepdims=True))
@@ -195,7 +195,7 @@ def logprobs(context, chunks: list[Chunk], ctx: int) -> list[np.ndarray]:
         at = 0
         for i in group:
             k = len(chunks[i].rows)
-            out[i] = _log_softmax(logits[at:at + k])
+            out[i] = log_softmax(logits[at:at + k])
             at += k
     return out
 
@@ -235,7 +235,7 @@ def decode_speed(model: Model, n_tokens: int = 64, prompt: str = "The history of
         return n_tokens / (time.perf_counter() - t0)
 
 
-def _teacher_forced(model: Model, prompts: list[list[int]], replies: list[list[int]], n_seq: int) -> list[bool]:
+def teacher_forced(model: Model, prompts: list[list[int]], replies: list[list[int]], n_seq: int) -> list[bool]:
     """Whether greedy decoding would reproduce each reply exactly: one pass over prompt + reply,
     the argmax at every reply position equal to the reply's next token (its `<end_of_turn>` last)."""
     ok = []
@@ -254,7 +254,7 @@ def _teacher_forced(model: Model, prompts: list[list[int]], replies: list[list[i
     return ok
 
 
-def _greedy(model: Model, prompts: list[list[int]], max_new_tokens: int, n_seq: int) -> list[list[int]]:
+def greedy(model: Model, prompts: list[list[int]], max_new_tokens: int, n_seq: int) -> list[list[int]]:
     """Greedy replies, up to `n_seq` prompts decoding together (one llama_decode per step for all)."""
     stops = {gemma3.END_OF_TURN_ID, gemma3.EOS_ID}
     replies: list[list[int]] = [[] for _ in prompts]
@@ -306,9 +306,9 @@ def task_accuracy(model: Model, chats, max_new_tokens: int = 16, n_seq: int = 16
         refs.append(ref)
         replies.append(reply if fits else None)
     forced = [i for i, r in enumerate(replies) if r is not None]
-    same = dict(zip(forced, _teacher_forced(model, [prompts[i] for i in forced], [replies[i] for i in forced], n_seq)))
+    same = dict(zip(forced, teacher_forced(model, [prompts[i] for i in forced], [replies[i] for i in forced], n_seq)))
     rest = [i for i in range(len(chats)) if not same.get(i)]
-    got = dict(zip(rest, _greedy(model, [prompts[i] for i in rest], max_new_tokens, n_seq)))
+    got = dict(zip(rest, greedy(model, [prompts[i] for i in rest], max_new_tokens, n_seq)))
     pairs = [(refs[i] if same.get(i) else model.detokenize(got[i]).decode("utf-8", "replace").strip(), refs[i])
              for i in range(len(chats))]
     return sum(g == r for g, r in pairs) / max(1, len(pairs)), pairs

@@ -51,7 +51,7 @@ def test_logits_of_chosen_rows_equal_those_of_a_full_decode(tiny_pair):
     `logits_all`, its `scores`), the way the scorer worked before."""
     from llama_cpp import Llama
 
-    from edge.evaluate import Chunk, logprobs, scoring_context, _log_softmax
+    from edge.evaluate import Chunk, logprobs, scoring_context, log_softmax
     from edge.llamacpp import Model
 
     ref, _ = tiny_pair
@@ -67,7 +67,7 @@ def test_logits_of_chosen_rows_equal_those_of_a_full_decode(tiny_pair):
         for t, ch, g in zip(toks, chunks, got):
             llm.reset()
             llm.eval(t)
-            full = _log_softmax(np.array(llm.scores[: len(t)]))
+            full = log_softmax(np.array(llm.scores[: len(t)]))
             assert g.shape == (len(ch.rows), full.shape[1])
             np.testing.assert_allclose(g, full[ch.rows], rtol=1e-4, atol=1e-4)
             assert not np.allclose(g[0], g[1])
@@ -81,7 +81,7 @@ def test_task_accuracy_by_teacher_forcing_equals_greedy_decoding(tiny_pair):
     decoding of every chat, batched or one at a time."""
     from edge.data import Chat
     from edge.template import render_text
-    from edge.evaluate import _greedy, task_accuracy
+    from edge.evaluate import greedy, task_accuracy
     from edge.llamacpp import Model
 
     ref, _ = tiny_pair
@@ -89,7 +89,7 @@ def test_task_accuracy_by_teacher_forcing_equals_greedy_decoding(tiny_pair):
     with Model(ref) as m:
         prompts = [m.tokenize(render_text([{"role": "user", "content": a}], add_generation_prompt=True)[0].encode(),
                               add_bos=True, special=True) for a in asks]
-        said = [m.detokenize(r).decode("utf-8", "replace").strip() for r in _greedy(m, prompts, 6, n_seq=1)]
+        said = [m.detokenize(r).decode("utf-8", "replace").strip() for r in greedy(m, prompts, 6, n_seq=1)]
         chats = [Chat(({"role": "user", "content": a}, {"role": "model", "content": s if i % 2 else "1999-07-02"}))
                  for i, (a, s) in enumerate(zip(asks, said))]
         together = task_accuracy(m, chats, max_new_tokens=6, n_seq=4)
@@ -100,11 +100,11 @@ def test_task_accuracy_by_teacher_forcing_equals_greedy_decoding(tiny_pair):
 
 
 def test_compare_matches_hand_computed_kld():
-    from edge.evaluate import Chunk, _log_softmax, compare
+    from edge.evaluate import Chunk, log_softmax, compare
 
     p = np.array([[0.7, 0.2, 0.1], [0.25, 0.25, 0.5]])
     q = np.array([[0.5, 0.3, 0.2], [0.25, 0.25, 0.5]])
-    lp, lq = _log_softmax(np.log(p)), _log_softmax(np.log(q))
+    lp, lq = log_softmax(np.log(p)), log_softmax(np.log(q))
     out = compare([lp], [lq], [Chunk([0, 1, 2], np.arange(2))])  # targets: token 1 then token 2
     kl0 = sum(a * math.log(a / b) for a, b in zip(p[0], q[0]))
     assert out["kld_mean"] == pytest.approx(kl0 / 2, rel=1e-5)
