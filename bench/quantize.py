@@ -42,6 +42,9 @@ def main() -> None:
     ap.add_argument("--settings", default="both", choices=["both", "plain", "imatrix"],
                     help="quantize without the imatrix, with it, or both")
     ap.add_argument("--task-n", type=int, default=50, help="demo-task eval chats (fine-tuned model only)")
+    ap.add_argument("--task-max-tokens", type=int, default=16,
+                    help="longest greedy reply for the task's exact match (the demo task's dates: 16; "
+                         "bench/make_task2.py's sentences: 48)")
     ap.add_argument("--task-recipes", default="XL6.1-Q8_0,XL6.1-Q8_0+im,Q4_K_M,Q4_K_M+im",
                     help="variants whose task exact match is measured (fine-tuned model only; +im: with the imatrix)")
     ap.add_argument("--calib", default="", help="calibration chats for the imatrix (default: the demo task's train "
@@ -139,7 +142,7 @@ def main() -> None:
         for r in rows:
             if r["name"] in ("reference", *args.task_recipes.split(",")):
                 with Model(r["path"]) as llm:
-                    r["task_accuracy"] = task_accuracy(llm, chats)[0]
+                    r["task_accuracy"] = task_accuracy(llm, chats, max_new_tokens=args.task_max_tokens)[0]
                 task[r["name"]] = r["task_accuracy"]
 
     title = f"bench/quantize.py on {'fine-tuned ' + model_dir.name if args.merged else 'the embedded Gemma 3 270M'}"

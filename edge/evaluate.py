@@ -20,15 +20,19 @@ The statistics are those of `llama-perplexity --kl-divergence` (tools/perplexity
 - `n_scored`: how many positions these come from; below `FEW_TOKENS` the report warns.
 - `ppl`: the variant's perplexity on the scored tokens (the reference's on its own row).
 - `size_bytes`, `bpw`: file size, and bits per weight = 8 x tensor bytes / tensor elements.
-- `tok_s`: greedy decode speed on this CPU (tokens after a short prompt).
+- `tok_s`: greedy decode speed on this CPU (tokens after a short prompt); none for the reference.
 - `task_accuracy`: exact match of greedy replies on a chat eval set (the demo task), stopping
   on `<end_of_turn>` or `<eos>`: settled for most chats by one teacher-forced pass (greedy
   reproduces the expected reply iff its argmax is the reply's next token at every position),
   the others decoded greedily; None when no eval set is given.
 - `score_seconds`: the time spent scoring this file (KLD only: not the speed or task runs).
 
-The reference's log-probabilities are kept in memory (n_scored x 262,144 floats: 1 MiB per
-token), so keep the text to a few thousand tokens.
+The reference's log-probabilities and probabilities are kept in memory (n_scored x 262,144
+floats each: 2 MiB per token), so keep the text to a few thousand tokens.
+
+Speed (issue 20): the work is llama.cpp's (the body over every token of the chunks, the head
+at the scored rows; the task's teacher-forced pass as much again); `threads()` gives it the cores
+idle now, not what the load average says a minute after this process's own fine-tune.
 """
 
 from __future__ import annotations
@@ -200,11 +204,13 @@ def logprobs(context, chunks: list[Chunk], ctx: int) -> list[np.ndarray]:
     return out
 
 
-def compare(ref: list[np.ndarray], var: list[np.ndarray], chunks: list[Chunk]) -> dict:
-    """llama-perplexity's KL-divergence statistics of var against ref, and var's perplexity."""
+def compare(ref: list[np.ndarray], var: list[np.ndarray], chunks: list[Chunk],
+            ref_p: list[np.ndarray] | None = None) -> dict:
+    """llama-perplexity's KL-divergence statistics of var against ref, and var's perplexity.
+    `ref_p`: exp(ref), when the caller keeps it for several variants (the same numbers)."""
     klds, agree, nll = [], [], []
-    for r, v, c in zip(ref, var, chunks):
-        kl = (np.exp(r) * (r - v)).sum(axis=-1)
+    for k, (r, v, c) in enumerate(zip(ref, var, chunks)):
+        kl = ((np.exp(r) if ref_p is None else ref_p[k]) * (r - v)).sum(axis=-1)
         klds.append(np.maximum(kl, 0.0))  # rounding can give -1e-9
         agree.append(r.argmax(-1) == v.argmax(-1))
         targets = c.targets
@@ -330,7 +336,7 @@ def evaluate(ref_gguf: str | Path, variants: dict, *, text: str | None = None, n
     chats = load_chats(task_eval) if task_eval is not None and not isinstance(task_eval, list) else task_eval
     items = [("reference", (ref_gguf, _label(ref_gguf), False))] + [
         (n, v if isinstance(v, tuple) else (v, n, False)) for n, v in variants.items()]
-    rows, ref_lp, chunks = [], None, None
+    rows, ref_lp, ref_p, chunks = [], None, None, None
     bar = tqdm(items, desc="evaluate", unit="file", disable=not progress, leave=False)
     for name, (path, recipe, imat) in bar:
         bar.set_postfix_str(name)
@@ -341,12 +347,14 @@ def evaluate(ref_gguf: str | Path, variants: dict, *, text: str | None = None, n
                 chunks = chunk_tokens(model, text, n_tokens, ctx)
                 with scoring_context(model, chunks, ctx) as c:
                     ref_lp = logprobs(c, chunks, ctx)
-                metrics = compare(ref_lp, ref_lp, chunks)
+                ref_p = [np.exp(r) for r in ref_lp]
+                metrics = compare(ref_lp, ref_lp, chunks, ref_p)
             else:
                 with scoring_context(model, chunks, ctx) as c:
-                    metrics = compare(ref_lp, logprobs(c, chunks, ctx), chunks)
+                    metrics = compare(ref_lp, logprobs(c, chunks, ctx), chunks, ref_p)
             seconds = time.perf_counter() - t0
-            tok_s = decode_speed(model, speed_tokens) if speed_tokens else None
+            # no speed run for the reference: nobody ships the F32 file, and it is the dearest to decode
+            tok_s = decode_speed(model, speed_tokens) if speed_tokens and name != "reference" else None
             acc = task_accuracy(model, chats)[0] if chats else None
         rows.append(VariantScore(name=name, recipe=recipe, path=str(path), size_bytes=size, bpw=round(bpw, 3),
                                  tok_s=None if tok_s is None else round(tok_s, 1), task_accuracy=acc,

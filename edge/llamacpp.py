@@ -48,21 +48,59 @@ def lib():
     return llama_cpp
 
 
+_THREADS: tuple[float, int] | None = None   # (when measured, threads): measured at most every THREADS_TTL s
+THREADS_TTL = 10.0
+
+
+def idle_cores(window: float = 0.1) -> float | None:
+    """How many cores are idle right now: the idle share of /proc/stat's CPU time over `window`
+    seconds, times the cores; None where /proc/stat is not there."""
+    import time
+
+    def sample():
+        with open("/proc/stat") as f:
+            v = [int(x) for x in f.readline().split()[1:]]
+        return v[3] + v[4], sum(v[:8])      # idle + iowait, user..steal
+
+    try:
+        i0, t0 = sample()
+        time.sleep(window)
+        i1, t1 = sample()
+    except (OSError, ValueError, IndexError):
+        return None
+    return (os.cpu_count() or 1) * (i1 - i0) / max(1, t1 - t0)
+
+
 def threads() -> int:
-    """Threads for llama.cpp: the cores not already busy (at least 1).
+    """Threads for llama.cpp: the cores idle right now (at least 1). `EDGE_THREADS` overrides.
 
     llama.cpp's worker threads spin while they wait for each other; on a CPU shared with other
     work that turns into a convoy (measured here at load 13 on 2 cores: 2 threads decoded
-    0.36 tok/s, 1 thread 4.1 tok/s). `EDGE_THREADS` overrides.
+    0.36 tok/s, 1 thread 4.1 tok/s). Idle cores are measured now (/proc/stat over 0.1 s, kept
+    for 10 s), not from the load average: that lags by a minute and counts this process's own
+    work just before (after a fine-tune on 2 cores it said 2 busy, and scoring ran on 1 of 2
+    idle cores). Without /proc/stat: the load average.
     """
+    global _THREADS
+    import time
+
     if os.environ.get("EDGE_THREADS"):
         return max(1, int(os.environ["EDGE_THREADS"]))
-    n = os.cpu_count() or 1
+    now = time.monotonic()
+    if _THREADS is not None and now - _THREADS[0] < THREADS_TTL:
+        return _THREADS[1]
     try:
-        busy = round(os.getloadavg()[0])
-    except OSError:  # not available on this platform
-        busy = 0
-    return max(1, min(n, n - busy))
+        n = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        n = os.cpu_count() or 1
+    idle = idle_cores()
+    if idle is None:
+        try:
+            idle = n - os.getloadavg()[0]
+        except OSError:  # not available on this platform
+            idle = n
+    _THREADS = (now, max(1, min(n, round(idle))))
+    return _THREADS[1]
 
 
 @contextmanager

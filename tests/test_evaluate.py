@@ -75,6 +75,42 @@ def test_logits_of_chosen_rows_equal_those_of_a_full_decode(tiny_pair):
         llm.close()
 
 
+def test_scores_equal_the_plain_scorer_on_any_thread_count(tiny_pair, monkeypatch):
+    """The scorer's statistics (KLD, its percentiles, same top, ppl) equal those of the plain way
+    to score, each chunk decoded alone with the logits of every position through llama-cpp-python's
+    public `Llama.eval`, on 1 thread and on 2."""
+    from llama_cpp import Llama
+
+    from edge.evaluate import chunk_tokens, compare, evaluate, log_softmax
+    from edge.llamacpp import Model
+
+    ref, q4 = tiny_pair
+    text = "The lighthouse keeper climbed the stairs every evening, counting boats in the fog. " * 10
+    with Model(ref) as m:
+        chunks = chunk_tokens(m, text, 120, 48)
+
+    def plain(path):
+        llm = Llama(model_path=str(path), n_ctx=64, n_batch=64, logits_all=True, verbose=False)
+        try:
+            out = []
+            for c in chunks:
+                llm.reset()
+                llm.eval(c.tokens)
+                out.append(log_softmax(np.array(llm.scores[: len(c.tokens)])[c.rows]))
+            return out
+        finally:
+            llm.close()
+
+    want = compare(plain(ref), plain(q4), chunks)
+    for n in ("1", "2"):
+        monkeypatch.setenv("EDGE_THREADS", n)
+        got = next(r for r in evaluate(ref, {"q4": q4}, text=text, n_tokens=120, ctx=48, speed_tokens=0,
+                                       progress=False) if r.name == "q4")
+        assert got.n_scored == want["n_scored"] == 120
+        for k in ("kld_mean", "kld_median", "kld_p99", "kld_max", "top1", "ppl"):
+            assert getattr(got, k) == pytest.approx(want[k], rel=1e-5, abs=1e-9), (n, k)
+
+
 def test_task_accuracy_by_teacher_forcing_equals_greedy_decoding(tiny_pair):
     """Chats whose expected reply is what greedy decoding says are settled by the one
     teacher-forced pass, the rest are decoded; either way the pairs equal plain greedy
@@ -191,3 +227,24 @@ def test_reports_written(tmp_path):
     assert "19 scored positions" in md and "only 19 scored tokens" in md and "512" not in md
     assert (tmp_path / "pareto.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert paths["report_json"].endswith("report.json")
+
+
+def test_threads_are_the_idle_cores_now(monkeypatch):
+    """threads(): EDGE_THREADS when set; else the cores idle over the last 0.1 s (/proc/stat), at
+    least 1 and at most this process's cores, whatever the minute-long load average says."""
+    import os
+
+    import edge.llamacpp as L
+
+    monkeypatch.setenv("EDGE_THREADS", "3")
+    assert L.threads() == 3
+    monkeypatch.delenv("EDGE_THREADS")
+    n = len(os.sched_getaffinity(0))
+    for idle, want in ((0.0, 1), (0.4, 1), (1.6, min(2, n)), (64.0, n)):
+        monkeypatch.setattr(L, "_THREADS", None)
+        monkeypatch.setattr(L, "idle_cores", lambda window=0.1, v=idle: v)
+        monkeypatch.setattr(os, "getloadavg", lambda: (99.0, 99.0, 99.0))   # not consulted while /proc/stat is there
+        assert L.threads() == want, idle
+    monkeypatch.undo()
+    idle = L.idle_cores(0.05)
+    assert idle is None or 0.0 <= idle <= (os.cpu_count() or 1) + 1e-9
