@@ -162,10 +162,16 @@ def few_tokens_warning(n_scored: int) -> str:
             "bars are wide and small differences between variants mean nothing; give a longer --text")
 
 
-def log_softmax(x: np.ndarray) -> np.ndarray:
-    x = x.astype(np.float32, copy=True)
+def log_softmax(x: np.ndarray, out: np.ndarray | None = None, scratch: np.ndarray | None = None) -> np.ndarray:
+    """Row-wise log-softmax in float32. `out`, `scratch`: float32 buffers of x's shape to reuse
+    (no fresh 1 MiB-a-row arrays per chunk; the same arithmetic, the same numbers)."""
+    if out is None:
+        x = x.astype(np.float32, copy=True)
+    else:
+        np.copyto(out, x)
+        x = out
     x -= x.max(axis=-1, keepdims=True)
-    x -= np.log(np.exp(x).sum(axis=-1, keepdims=True))
+    x -= np.log(np.exp(x, out=scratch).sum(axis=-1, keepdims=True))
     return x
 
 
@@ -204,19 +210,22 @@ def logprobs(context, chunks: list[Chunk], ctx: int) -> list[np.ndarray]:
     return out
 
 
-def compare(ref: list[np.ndarray], var: list[np.ndarray], chunks: list[Chunk],
-            ref_p: list[np.ndarray] | None = None) -> dict:
-    """llama-perplexity's KL-divergence statistics of var against ref, and var's perplexity.
-    `ref_p`: exp(ref), when the caller keeps it for several variants (the same numbers)."""
-    klds, agree, nll = [], [], []
-    for k, (r, v, c) in enumerate(zip(ref, var, chunks)):
-        kl = ((np.exp(r) if ref_p is None else ref_p[k]) * (r - v)).sum(axis=-1)
-        klds.append(np.maximum(kl, 0.0))  # rounding can give -1e-9
-        agree.append(r.argmax(-1) == v.argmax(-1))
-        targets = c.targets
-        nll.append(-v[np.arange(len(targets)), targets])
-    kld = np.concatenate(klds).astype(np.float64)
-    same = np.concatenate(agree).astype(np.float64)
+def chunk_stats(r: np.ndarray, v: np.ndarray, chunk: Chunk, p: np.ndarray | None = None,
+                scratch: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per scored position of one chunk: KL(ref || var), whether the top tokens agree, and the
+    variant's negative log-likelihood of the target. `p`: exp(r) if kept; `scratch`: a float32
+    buffer of r's shape to reuse."""
+    d = np.subtract(r, v, out=scratch)
+    d *= np.exp(r) if p is None else p
+    kl = np.maximum(d.sum(axis=-1), 0.0)   # rounding can give -1e-9
+    targets = chunk.targets
+    return kl, r.argmax(-1) == v.argmax(-1), -v[np.arange(len(targets)), targets]
+
+
+def summarize(stats: list[tuple[np.ndarray, np.ndarray, np.ndarray]]) -> dict:
+    """llama-perplexity's KL-divergence statistics, same top token and perplexity from `chunk_stats`."""
+    kld = np.concatenate([s[0] for s in stats]).astype(np.float64)
+    same = np.concatenate([s[1] for s in stats]).astype(np.float64)
     n = len(kld)
     mean, top = float(kld.mean()), float(same.mean())
     err = float(np.sqrt(max(0.0, (kld * kld).mean() - mean * mean) / (n - 1))) if n > 1 else None
@@ -225,7 +234,34 @@ def compare(ref: list[np.ndarray], var: list[np.ndarray], chunks: list[Chunk],
     return {"kld_mean": mean, "kld_err": err, "kld_median": float(pct[0]), "kld_p90": float(pct[1]),
             "kld_p95": float(pct[2]), "kld_p99": float(pct[3]), "kld_p999": float(pct[4]),
             "kld_max": float(kld.max()), "top1": top, "top1_err": top_err, "n_scored": n,
-            "ppl": float(np.exp(np.concatenate(nll).mean()))}
+            "ppl": float(np.exp(np.concatenate([s[2] for s in stats]).mean()))}
+
+
+def compare(ref: list[np.ndarray], var: list[np.ndarray], chunks: list[Chunk],
+            ref_p: list[np.ndarray] | None = None) -> dict:
+    """llama-perplexity's KL-divergence statistics of var against ref, and var's perplexity.
+    `ref_p`: exp(ref), when the caller keeps it for several variants."""
+    return summarize([chunk_stats(r, v, c, None if ref_p is None else ref_p[k])
+                      for k, (r, v, c) in enumerate(zip(ref, var, chunks))])
+
+
+def score_against(context, chunks: list[Chunk], ctx: int, ref: list[np.ndarray], ref_p: list[np.ndarray]) -> dict:
+    """`compare(ref, logprobs(context, chunks, ctx), chunks, ref_p)`, chunk by chunk through two
+    reused buffers instead of every chunk's log-probabilities at once: the same numbers."""
+    most = max(len(c.rows) for c in chunks)
+    buf = np.empty((most, context.model.n_vocab), np.float32)
+    tmp = np.empty_like(buf)
+    stats: list = [None] * len(chunks)
+    for group in _groups(chunks, ctx):
+        context.clear()
+        logits = context.decode([(s, chunks[i].tokens, chunks[i].rows) for s, i in enumerate(group)])
+        at = 0
+        for i in group:
+            k = len(chunks[i].rows)
+            v = log_softmax(logits[at:at + k], out=buf[:k], scratch=tmp[:k])
+            stats[i] = chunk_stats(ref[i], v, chunks[i], ref_p[i], scratch=tmp[:k])
+            at += k
+    return summarize(stats)
 
 
 def decode_speed(model: Model, n_tokens: int = 64, prompt: str = "The history of the") -> float:
@@ -351,7 +387,7 @@ def evaluate(ref_gguf: str | Path, variants: dict, *, text: str | None = None, n
                 metrics = compare(ref_lp, ref_lp, chunks, ref_p)
             else:
                 with scoring_context(model, chunks, ctx) as c:
-                    metrics = compare(ref_lp, logprobs(c, chunks, ctx), chunks, ref_p)
+                    metrics = score_against(c, chunks, ctx, ref_lp, ref_p)
             seconds = time.perf_counter() - t0
             # no speed run for the reference: nobody ships the F32 file, and it is the dearest to decode
             tok_s = decode_speed(model, speed_tokens) if speed_tokens and name != "reference" else None
