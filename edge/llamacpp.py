@@ -1,8 +1,8 @@
 """Opening a GGUF with llama.cpp: the one place in the tree that does (chat, scoring, the budget's RSS child).
 
     from edge.llamacpp import open_llama, Model
-    llm = open_llama("m-XL6.1-Q8_0.gguf", n_ctx=2048)        # llama-cpp-python's `Llama`: sampling, chat
-    with Model("m-XL6.1-Q8_0.gguf") as m, m.context(n_ctx=512, n_seq=4) as ctx:   # logits, for scoring
+    llm = open_llama("m-XL6.2-Q8_0.gguf", n_ctx=2048)        # llama-cpp-python's `Llama`: sampling, chat
+    with Model("m-XL6.2-Q8_0.gguf") as m, m.context(n_ctx=512, n_seq=4) as ctx:   # logits, for scoring
         ids = m.tokenize(b"Hello", add_bos=True)
         logits = ctx.decode([(0, ids, [len(ids) - 1])])   # (rows, n_vocab), in the order asked
 

@@ -1,7 +1,7 @@
 """`edge run`: the user's chats in, phone-ready GGUF files, a model card and a recommendation out.
 
     edge run --data chats.jsonl --out runs/mine
-    edge run --data alpaca.json --out runs/mine --recipes XL6.1-Q8_0,Q8_0 --device pixel_7 --push chatterui
+    edge run --data alpaca.json --out runs/mine --recipes XL6.2-Q8_0,Q8_0 --device pixel_7 --push chatterui
     edge run --config run.toml --out runs/mine --from quantize      # redo quantize and what follows
 
 This module is the one place that knows the order of the stages. Each stage is a small

@@ -1,6 +1,6 @@
 """`edge quantize`, the variants stage: a reference GGUF -> standard and dynamic variants, scored, with a report.
 
-    edge quantize --gguf runs/demo/gguf/ref-F32.gguf --recipe Q4_K_M --recipe XL6.1-Q8_0 --out runs/q
+    edge quantize --gguf runs/demo/gguf/ref-F32.gguf --recipe Q4_K_M --recipe XL6.2-Q8_0 --out runs/q
     edge quantize --gguf ref-F32.gguf --recipe all --calib my_chats.jsonl --model runs/demo/merged --out q/
     edge quantize --gguf ref-F32.gguf --recipe dynamic --imatrix imatrix.gguf --out q/ --json
 
@@ -115,7 +115,7 @@ def expand_recipes(names: list[str]) -> list[R.Recipe]:
                 if r.name not in [x.name for x in out]:
                     out.append(r)
     if not out:
-        raise EdgeError("no recipe given; use --recipe NAME (e.g. XL6.1-Q8_0), 'all', 'standard' or 'dynamic'")
+        raise EdgeError("no recipe given; use --recipe NAME (e.g. XL6.2-Q8_0), 'all', 'standard' or 'dynamic'")
     return out
 
 

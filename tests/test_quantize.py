@@ -130,24 +130,24 @@ def test_every_recipe_resolves_to_the_intended_types(shaped, tmp_path):
             assert ft == R.FILE_TYPE[max(weights, key=weights.get)] == R.file_type(plan, tensors), recipe.name
     by = {m["recipe"]: m for m in made}
     assert by["Q4_K_M"]["n_fallback"] > 0  # the problem the XL recipes are designed around
-    q4 = readback(by["XL6.1-Q8_0"]["path"])
-    assert q4["blk.0.ffn_down.weight"] == T.Q5_1 and q4["blk.5.attn_v.weight"] == T.Q8_0
-    assert not any(t in (T.Q4_K, T.Q5_K, T.Q6_K) for t in q4.values())   # no Q8_K-rounded inputs
+    q6 = readback(by["XL6.2-Q8_0"]["path"])
+    assert q6["blk.0.ffn_down.weight"] == T.Q6_K and q6["blk.5.attn_v.weight"] == T.Q8_0   # 2048/6912-wide rows
+    assert q6["blk.0.attn_output.weight"] == q6["blk.0.ffn_up.weight"] == T.Q5_1
     q8 = readback(by["XL8.9-Q8_0"]["path"])
     assert q8["token_embd.weight"] == T.Q8_0 and q8["blk.0.attn_v.weight"] == q8["blk.0.attn_k.weight"] == T.F16
     assert readback(by["IQ2_M"]["path"])["token_embd.weight"] == T.Q8_0   # not Q5_K: rows of 640/1152
 
 
 def test_recipe_names_are_case_insensitive_keep_their_old_names_and_suggest_on_a_typo():
-    assert R.get("q4_k_m") is R.RECIPES["Q4_K_M"] and R.get("xl6.1-q8_0") is R.RECIPES["XL6.1-Q8_0"]
-    assert R.get("Q4_K_XL") is R.RECIPES["XL6.1-Q8_0"]                     # the name before issue 20
+    assert R.get("q4_k_m") is R.RECIPES["Q4_K_M"] and R.get("xl6.2-q8_0") is R.RECIPES["XL6.2-Q8_0"]
+    assert R.get("Q4_K_XL") is R.RECIPES["XL6.2-Q8_0"]                     # the name before issue 20
     assert R.get("Q8_K_XL") is R.RECIPES["XL8.9-Q8_0"]                     # the 8-bit XL recipe, redesigned
-    for gone in ("XL8.7-F16", "xl7.4-q8_0", "Q6_K_XL"):                       # removed: the reason, not a guess
+    for gone in ("XL8.7-F16", "xl7.4-q8_0", "Q6_K_XL", "XL6.1-Q8_0"):                       # removed: the reason, not a guess
         with pytest.raises(EdgeError, match=r"was removed: .*; use "):
             R.get(gone)
     with pytest.raises(EdgeError, match=r"did you mean Q4_K_M"):
         R.get("Q4_KM")
-    with pytest.raises(EdgeError, match=r"did you mean Q4_K_XL \(now XL6.1-Q8_0\)"):
+    with pytest.raises(EdgeError, match=r"did you mean Q4_K_XL \(now XL6.2-Q8_0\)"):
         R.get("Q4_K_XXL")
 
 
@@ -173,7 +173,7 @@ def test_sizes_follow_the_plan(small, tmp_path):
 
     _, src = small
     tensors, _ = read_tensors(src)
-    made = quantize_variants(src, [R.RECIPES["XL6.1-Q8_0"], R.RECIPES["Q8_0"]], tmp_path, force=True, progress=False)
+    made = quantize_variants(src, [R.RECIPES["XL6.2-Q8_0"], R.RECIPES["Q8_0"]], tmp_path, force=True, progress=False)
     for m in made:
         data_bytes = sum(int(t.n_bytes) for t in gguf.GGUFReader(m["path"]).tensors)
         assert data_bytes == R.resolve(R.RECIPES[m["recipe"]], tensors).size_bytes(tensors)
@@ -399,8 +399,8 @@ def test_recipes_made_for_an_imatrix_say_so_without_one():
     from quantize.variants import imatrix_note
 
     assert imatrix_note([R.RECIPES["Q8_0"], R.RECIPES["XL8.9-Q8_0"], R.RECIPES["Q4_K_M"]]) == ""
-    note = imatrix_note([R.get(n) for n in ("Q8_0", "XL6.1-Q8_0", "XL5.4-Q4_0")])
-    assert note.startswith("XL6.1-Q8_0, XL5.4-Q4_0 are made for an importance matrix") and "--calib" in note
+    note = imatrix_note([R.get(n) for n in ("Q8_0", "XL6.2-Q8_0", "XL5.4-Q4_0", "XL5.4-IQ4_NL")])
+    assert note.startswith("XL5.4-Q4_0, XL5.4-IQ4_NL are made for an importance matrix") and "--calib" in note
 
 
 @pytest.mark.real
@@ -427,7 +427,7 @@ def test_recipes_resolve_on_gemma3_1b_shapes_exported_and_quantized(tmp_path):
     for recipe in R.RECIPES.values():     # every recipe resolves on these shapes, without a silent fallback
         plan = R.resolve(recipe, tensors, imatrix=recipe.needs_imatrix)
         assert not [n for n, t in plan.types.items() if rows[n] % GGML_QUANT_SIZES[t][0]], recipe.name
-    recipes = [R.RECIPES[n] for n in ("Q4_K_M", "Q3_K_M", "XL8.9-Q8_0", "XL6.1-Q8_0", "XL5.4-Q4_0")]
+    recipes = [R.RECIPES[n] for n in ("Q4_K_M", "Q3_K_M", "XL8.9-Q8_0", "XL6.2-Q8_0", "XL5.4-Q4_0")]
     out = tmp_path / "q"
     for recipe in recipes:   # one at a time: each 1B-wide file is 300-600 MB
         [m] = quantize_variants(ref, [recipe], out, force=True, progress=False)
