@@ -195,18 +195,24 @@ def scoring_context(model: Model, chunks: list[Chunk], ctx: int):
                          n_outputs=max(1, max(sum(len(chunks[i].rows) for i in g) for g in _groups(chunks, ctx))))
 
 
-def logprobs(context, chunks: list[Chunk], ctx: int) -> list[np.ndarray]:
-    """Log-softmax of the next-token logits at the scored positions of every chunk; several
-    chunks per llama_decode, each its own sequence starting at position 0."""
-    out: list[np.ndarray | None] = [None] * len(chunks)
+def chunk_logits(context, chunks: list[Chunk], ctx: int):
+    """(chunk index, its scored rows' logits) for every chunk: several chunks per llama_decode,
+    each its own sequence starting at position 0. A row block is valid until the next one."""
     for group in _groups(chunks, ctx):
         context.clear()
         logits = context.decode([(s, chunks[i].tokens, chunks[i].rows) for s, i in enumerate(group)])
         at = 0
         for i in group:
             k = len(chunks[i].rows)
-            out[i] = log_softmax(logits[at:at + k])
+            yield i, logits[at:at + k]
             at += k
+
+
+def logprobs(context, chunks: list[Chunk], ctx: int) -> list[np.ndarray]:
+    """Log-softmax of the next-token logits at the scored positions of every chunk."""
+    out: list[np.ndarray | None] = [None] * len(chunks)
+    for i, rows in chunk_logits(context, chunks, ctx):
+        out[i] = log_softmax(rows)
     return out
 
 
@@ -252,15 +258,10 @@ def score_against(context, chunks: list[Chunk], ctx: int, ref: list[np.ndarray],
     buf = np.empty((most, context.model.n_vocab), np.float32)
     tmp = np.empty_like(buf)
     stats: list = [None] * len(chunks)
-    for group in _groups(chunks, ctx):
-        context.clear()
-        logits = context.decode([(s, chunks[i].tokens, chunks[i].rows) for s, i in enumerate(group)])
-        at = 0
-        for i in group:
-            k = len(chunks[i].rows)
-            v = log_softmax(logits[at:at + k], out=buf[:k], scratch=tmp[:k])
-            stats[i] = chunk_stats(ref[i], v, chunks[i], ref_p[i], scratch=tmp[:k])
-            at += k
+    for i, rows in chunk_logits(context, chunks, ctx):
+        k = len(rows)
+        v = log_softmax(rows, out=buf[:k], scratch=tmp[:k])
+        stats[i] = chunk_stats(ref[i], v, chunks[i], ref_p[i], scratch=tmp[:k])
     return summarize(stats)
 
 
