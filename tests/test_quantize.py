@@ -400,7 +400,7 @@ def test_recipes_made_for_an_imatrix_say_so_without_one():
 
     assert imatrix_note([R.RECIPES["Q8_0"], R.RECIPES["XL8.9-Q8_0"], R.RECIPES["Q4_K_M"]]) == ""
     note = imatrix_note([R.get(n) for n in ("Q8_0", "XL6.2-Q8_0", "XL5.4-Q4_0", "XL5.4-IQ4_NL")])
-    assert note.startswith("XL5.4-Q4_0, XL5.4-IQ4_NL are made for an importance matrix") and "--calib" in note
+    assert note.startswith("XL6.2-Q8_0, XL5.4-Q4_0, XL5.4-IQ4_NL are made for an importance matrix") and "--calib" in note
 
 
 @pytest.mark.real
