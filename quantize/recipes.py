@@ -246,8 +246,9 @@ DYNAMIC = [
     _dyn("XL6.2-Q8_0", F.MOSTLY_Q8_0, "Q4_K_M's size class: Q8_0 head and attn_v, Q6_K ffn_down, Q5_1 elsewhere", [
         (EMB, T.Q8_0, "output head Q8_0 (Q4_K_M does the same); below 8 bits it dominates KLD"),
         (V, T.Q8_0, "attn_v Q8_0 on every layer (Q4_K_M: only on 'more bits' layers): 0.16M/layer"),
-        (DOWN, T.Q6_K, "ffn_down Q6_K: its 2048-wide rows hold 256-blocks; the most outlier-prone "
-                       "matrix gets the bits (Q5_K_M gives it Q6_K on a third of the layers)"),
+        (DOWN, T.Q6_K, "ffn_down Q6_K: its rows (2,048 on the 270M, 6,912 on the 1B) hold 256-blocks; the "
+                       "most outlier-prone matrix gets the bits (Q5_K_M gives it Q6_K on a third of the layers)",
+         T.Q5_1),
         (r"(attn_[qk]|attn_output|ffn_gate|ffn_up)\.weight$", T.Q5_1, QK_MLP_Q5_1),
     ], wants_imatrix=True, aliases=("Q4_K_XL",)),
     _dyn("XL5.3-IQ4_NL", F.MOSTLY_IQ4_NL, "small and fast: IQ4_NL output head, 4-bit body, 6-bit ffn_down", [
