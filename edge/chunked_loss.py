@@ -15,6 +15,7 @@ float32 buffers whatever N is. `compile=True` compiles the chunk (dynamic shapes
 
 from __future__ import annotations
 
+IGNORE = -100  # the label of a token that is not trained (prompts, padding): cross_entropy's ignore_index
 
 
 def _chunk_loss(h, weight, y, softcap: float, need_grad: bool, need_wgrad: bool = False):

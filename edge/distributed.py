@@ -93,7 +93,7 @@ class Dist:
         of `micro_batch` chats when it is set); several split the chats by tokens, longest first
         to the least loaded process, each process getting the same number of chats.
         """
-        from edge.finetune import IGNORE
+        from edge.chunked_loss import IGNORE
 
         batches = [stream.next() for _ in range(settings.grad_accum)]
         chats = [e for b in batches for e in b]
@@ -150,7 +150,7 @@ class Dist:
         import torch
         from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
-        from edge.finetune import causal_lm
+        from edge.models import causal_lm
 
         # A 16-bit model: the shards are float32 (they are the master weights one process keeps
         # in edge.finetune.MasterWeights, and the optimizer steps them), each layer computes with
@@ -181,14 +181,13 @@ class Dist:
         ddp = getattr(self, "_ddp", None)
         return ddp.no_sync() if ddp is not None and more else contextlib.nullcontext()
 
-    def gather_full(self, net, optimizer, masters=None) -> dict:
-        """FSDP2: the full weights and optimizer state, gathered from every process's shards
-        (every process must call this); process 0 gets them in CPU memory, the others None.
+    def gather_full(self, weights: dict, optimizer) -> dict:
+        """FSDP2: the full weights (`weights`: edge.finetune.full_state_dict, this process's
+        shards) and optimizer state, gathered from every process's shards (every process must
+        call this); process 0 gets them in CPU memory, the others None.
         Keyword arguments for `edge.finetune.save_checkpoint` / `save_full`; {} unless sharded."""
         if not self.sharded:
             return {}
-        from edge.finetune import full_state_dict
-
         cache: dict[int, object] = {}
 
         def full(t):  # one gather per tensor: the tied embedding and head stay one tensor
@@ -198,7 +197,7 @@ class Dist:
             return cache[id(t)]
 
         what = "gathering the full weights for a checkpoint"
-        weights = self._collective(lambda: {k: full(v) for k, v in full_state_dict(net, masters).items()}, what)
+        weights = self._collective(lambda: {k: full(v) for k, v in weights.items()}, what)
         osd = optimizer.state_dict()
         state = self._collective(lambda: {i: {k: full(v) for k, v in s.items()} for i, s in osd["state"].items()},
                                  "gathering the optimizer state for a checkpoint")
@@ -518,10 +517,10 @@ def torchrun_command(gpus: int, argv: list[str], module: str = "edge.cli") -> li
     return ["torchrun", "--standalone", f"--nproc-per-node={gpus}", "-m", module, *argv]
 
 
-def launch(gpus: int, argv: list[str], out: str | Path | None = None, module: str = "edge.cli") -> None:
+def launch(gpus: int, argv: list[str], last_checkpoint=None, module: str = "edge.cli") -> None:
     """Run `python -m MODULE <argv>` (by default `edge <argv>`) in `gpus` processes, one per GPU,
     through torchrun's launcher, and wait. A process that dies stops the others and ends here in
-    one line naming its rank."""
+    one line naming its rank and `last_checkpoint()`, the checkpoint to resume from (if any)."""
     import logging
     import uuid
 
@@ -550,8 +549,6 @@ def launch(gpus: int, argv: list[str], out: str | Path | None = None, module: st
             raise KeyboardInterrupt from None
         rank, f = e.get_first_failure()
         how = f"was killed by {f.signal_name()}" if f.exitcode < 0 else f"exited with code {f.exitcode}"
-        from edge.finetune import latest_checkpoint
-
-        last = latest_checkpoint(Path(out)) if out else None
+        last = last_checkpoint() if last_checkpoint else None
         raise RankError(f"process {rank} of {gpus} {how}; the other processes were stopped; "
                         f"last checkpoint: {last or 'none'}" + ("; continue with --resume" if last else "")) from None

@@ -48,12 +48,12 @@ from pathlib import Path
 from typing import Callable, Literal, get_args
 
 from edge import gemma3
-from edge.chunked_loss import chunked_cross_entropy
+from edge.chunked_loss import IGNORE, chunked_cross_entropy
 from edge.errors import EdgeError, environment_error
 from edge.fsutil import atomic_dir, atomic_path, check_writable, read_json, sha256_file, temp_dir
+from edge.models import causal_lm
 from edge.precision import PrecisionName
 
-IGNORE = -100
 DEFAULT_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 CHECKPOINTS = "checkpoints"
 META = "edge_adapter.json"
@@ -236,12 +236,6 @@ def apply_precision_fixes(model, p) -> None:
         apply_fp16_fixes(model)
 
 
-def causal_lm(model):
-    """The Gemma3ForCausalLM inside a peft wrapper (or the model itself)."""
-    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
-    if not hasattr(inner, "lm_head") or not hasattr(inner, "model"):
-        raise EdgeError(f"{type(inner).__name__} is not a causal language model with an output head")
-    return inner
 
 
 def reply_loss(model, input_ids, attention_mask, labels, chunk_rows: int = 1024, compile: bool = False,
@@ -1166,7 +1160,7 @@ def _train_step(job: _Job, step: int, last_ckpt) -> dict:
 def _save_final(job: _Job, out: Path, final: dict) -> None:
     """The adapter (or with --full the whole model) into OUT: written beside, then renamed file
     by file. Every process calls it (FSDP2 gathers the shards); process 0 writes."""
-    gathered = job.dist.gather_full(job.net, job.opt, job.masters)
+    gathered = job.dist.gather_full(full_state_dict(job.net, job.masters), job.opt)
     if not job.dist.is_main:
         return
     tmp = temp_dir(out, "final")
@@ -1255,7 +1249,7 @@ def train(*, model: str = "embedded", data: str | Path, out: str | Path, lora: L
                     callback(step, net, record)
                 interrupted = dist.any(flag.set)  # a stop asked of any process stops all of them after this step
                 if step % settings.save_interval == 0 or step == settings.steps or interrupted:
-                    gathered = dist.gather_full(net, job.opt, job.masters)  # FSDP2: every process gives its shards
+                    gathered = dist.gather_full(full_state_dict(net, job.masters), job.opt)  # FSDP2: every process gives its shards
                     last_ckpt = dist.save(save_checkpoint, out, net, job.opt, job.sched, job.scaler, job.stream, step,
                                           meta, settings.keep, full=settings.full, masters=job.masters, **gathered)
                 if interrupted:
@@ -1360,7 +1354,7 @@ def finetune_cmd(*, data: str, out: str, model: str = "embedded", precision: Pre
     if distributed.needs_launch(gpus):  # --gpus N > 1 and no launcher yet: start torchrun, same flags
         from edge.cli import argv_for
 
-        return distributed.launch(gpus, argv_for("finetune", finetune_cmd, args), out)
+        return distributed.launch(gpus, argv_for("finetune", finetune_cmd, args), lambda: latest_checkpoint(Path(out)))
     chosen = {"steps": steps, "epochs": epochs, "lr": FULL_LR if full and lr is None else lr,
               "compile": {"auto": None, "on": True, "off": False}[compile]}
     settings = replace(training, **{k: v for k, v in chosen.items() if v is not None or k == "compile"})

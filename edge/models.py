@@ -229,7 +229,6 @@ def load_tokenizer(spec: str = EMBEDDED):
 
 def load(spec: str = EMBEDDED, dtype="fp32", device: str = "cpu", verbose: bool = False):
     """Load (model, tokenizer) for a spec: 'embedded', a directory, or a cached hub id."""
-    import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     path = resolve(spec, verbose)
@@ -296,3 +295,11 @@ def public_identity(spec: str, model_dir: Path | None = None) -> dict:
         base = Path(str(spec)).name
     family = "gemma-3-" + size.lower() if size else "gemma-3"
     return {"base_model": base, "size_label": size, "family": family}
+
+
+def causal_lm(model):
+    """The Gemma3ForCausalLM inside a peft wrapper (or the model itself)."""
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    if not hasattr(inner, "lm_head") or not hasattr(inner, "model"):
+        raise EdgeError(f"{type(inner).__name__} is not a causal language model with an output head")
+    return inner

@@ -271,13 +271,14 @@ def _train_on_gpus(c: Ctx, job: dict, loaded):
     settings and the same result as one process. A base model loaded here for the accuracy
     waits on the CPU meanwhile."""
     from edge import distributed, trainjob
+    from edge.finetune import latest_checkpoint
 
     spec = trainjob.write_job(c.run.path("fine-tune-job.json"), **job)
     device = None
     if loaded is not None:
         device = next(loaded[0].parameters()).device
         loaded[0].to("cpu")
-    distributed.launch(c.s.gpus, [str(spec)], job["out"], module="edge.trainjob")
+    distributed.launch(c.s.gpus, [str(spec)], lambda: latest_checkpoint(job["out"]), module="edge.trainjob")
     result = trainjob.read_result(spec)
     for f in (spec, trainjob.result_path(spec)):
         f.unlink(missing_ok=True)
