@@ -817,6 +817,11 @@ class TrainResult:
     memory_mode: str = "fast"
     peak_gib: float | None = None    # GPU: this process's peak (torch.cuda.max_memory_allocated)
 
+    def record(self, leave_out: tuple[str, ...] = ()) -> dict:
+        """The fields as plain values, without the model (never copied: `asdict` would deep-copy
+        it, which FSDP2 refuses) and without `leave_out`."""
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("model", *leave_out)}
+
 
 def steady_rate(marks: list[tuple[float, int]]) -> float | None:
     """Real tokens per second over the second half of the steps, from (elapsed, tokens) per step:
@@ -1371,7 +1376,7 @@ def finetune_cmd(*, data: str, out: str, model: str = "embedded", precision: Pre
     if not dist.is_main:
         return None
     # not asdict(result): it would deep-copy the model (which FSDP2 refuses)
-    summary = {f.name: getattr(result, f.name) for f in fields(result) if f.name not in ("model", "losses")}
+    summary = result.record(leave_out=("losses",))
     fmt = lambda v: "n/a" if v is None else f"{v:.4f}"
     nxt = f"{'model' if full else 'adapter'}: {out}  (log.jsonl, loss.png)\nnext: {next_step(Path(out), full)}"
     say(f"trained steps {result.start_step}->{result.steps} in {result.seconds:.0f} s "

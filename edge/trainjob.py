@@ -64,7 +64,7 @@ def run(job: str | Path) -> int:
         result = train(settings=settings, **spec)
     if dist.is_main:
         with atomic_path(result_path(job)) as tmp:
-            tmp.write_text(json.dumps({f.name: getattr(result, f.name) for f in fields(result) if f.name != "model"}))
+            tmp.write_text(json.dumps(result.record()))
     return 0 if result.stopped == "done" else INTERRUPTED
 
 

@@ -34,18 +34,24 @@ STAGE_COLUMNS = [("stage", "stage"), ("status", "status"), ("outputs", "outputs"
 EDGE = [sys.executable, "-c", "import sys; from edge.cli import main; sys.exit(main())"]
 
 
-def stage_rows(run_dir: Path | None, active: bool = False) -> list[list[str]]:
-    """One row per stage of `edge run`, from the run's run.json (read only). A stage left
-    "running" by a process that is gone reads "interrupted" (the next run resumes it)."""
-    from edge.pipeline import STAGE_NAMES
+def read_manifest(run_dir: Path | None) -> dict:
+    """The run's run.json, read only; {} when there is none or it cannot be read."""
     from edge.runfolder import MANIFEST
 
-    stages = {}
-    if run_dir is not None and (run_dir / MANIFEST).is_file():
-        try:
-            stages = json.loads((run_dir / MANIFEST).read_text()).get("stages", {})
-        except (json.JSONDecodeError, OSError, AttributeError):
-            stages = {}
+    try:
+        data = json.loads((run_dir / MANIFEST).read_text()) if run_dir is not None else {}
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def stage_rows(manifest: dict, active: bool = False) -> list[list[str]]:
+    """One row per stage of `edge run`, from the run's run.json (`read_manifest`). A stage left
+    "running" by a process that is gone reads "interrupted" (the next run resumes it)."""
+    from edge.pipeline import STAGE_NAMES
+
+    stages = manifest.get("stages")
+    stages = stages if isinstance(stages, dict) else {}
     rows = []
     for name in list(STAGE_NAMES) + [s for s in stages if s not in STAGE_NAMES]:
         e = stages.get(name)
@@ -135,17 +141,13 @@ class PipelineScreen(Screen):
         field.value = str(n) if n > 1 else "1"
         label.display = field.display = n > 1
 
-    @property
-    def adapter_dir(self) -> Path:
+    def log_dir(self, manifest: dict) -> Path:
         """Where the fine-tune writes log.jsonl: its folder in the run, adapter or (full) model,
         by the settings run.json records."""
-        from edge.runfolder import MANIFEST
         from edge.stages import finetune_out
 
-        try:
-            full = bool(json.loads((self.run_dir / MANIFEST).read_text()).get("settings", {}).get("full"))
-        except (OSError, ValueError, AttributeError):
-            full = False
+        settings = manifest.get("settings")
+        full = bool(settings.get("full")) if isinstance(settings, dict) else False
         return finetune_out(Run(self.run_dir, {}), full)
 
     def action_refresh(self) -> None:
@@ -153,12 +155,14 @@ class PipelineScreen(Screen):
         from edge.finetune import LOG
 
         table = self.query_one("#pipeline-table", DataTable)
-        rows = stage_rows(self.run_dir, active=self.proc is not None)
+        manifest = read_manifest(self.run_dir)       # once per refresh: the table and the plot's folder
+        rows = stage_rows(manifest, active=self.proc is not None)
         if [list(map(str, table.get_row_at(i))) for i in range(table.row_count)] != rows:
             table.clear()
             for r in rows:
                 table.add_row(*r, key=r[0])
-        records = read_log(self.adapter_dir / LOG)
+        folder = self.log_dir(manifest)
+        records = read_log(folder / LOG)
         losses = [r["loss"] for r in records if isinstance(r.get("loss"), (int, float))]
         self.query_one(Sparkline).data = losses
         label = self.query_one("#pipeline-loss-label", Static)
@@ -170,7 +174,7 @@ class PipelineScreen(Screen):
                          + f" · {last.get('tok_s', 0):.0f} tok/s · {last.get('elapsed', 0):.0f} s"
                          + f"   [dim](plot from {min(losses):.4f} to {max(losses):.4f})[/dim]")
         else:
-            label.update(f"fine-tune loss by step: no {LOG} in {self.adapter_dir} yet")
+            label.update(f"fine-tune loss by step: no {LOG} in {folder} yet")
         if self.proc is not None:
             running = next((r[0] for r in rows if r[1] == "running"), "starting")
             with self._lock:
