@@ -34,6 +34,7 @@ speed: no source read gives one for these models, so nothing is fitted.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import statistics
@@ -315,12 +316,24 @@ def gemma3_1b_tensors(workdir: Path, file_type: str, imatrix: bool = True) -> li
     return out
 
 
-def repack_check(rows_toml: Path = TABLE, features=("i8mm", "dotprod"), workdir: Path | None = None) -> list[dict]:
+@functools.lru_cache(maxsize=None)
+def _workdir():
+    import tempfile
+
+    return tempfile.TemporaryDirectory(prefix="edge-phones-")     # lives as long as this process
+
+
+@functools.lru_cache(maxsize=None)
+def pocketpal_tensors(file_type: str) -> tuple:
+    """`gemma3_1b_tensors` of one PocketPal file type, made once per process (the 1B configuration is
+    written once; each quantization takes a few seconds)."""
+    return tuple(gemma3_1b_tensors(Path(_workdir().name), file_type))
+
+
+def repack_check(rows_toml: Path = TABLE, features=("i8mm", "dotprod")) -> list[dict]:
     """Per PocketPal model: llama.cpp's logged CPU / CPU_REPACK MiB on the phones (no mmap: CPU holds
     every tensor not repacked, the tied embedding included) vs quantize/repack.py's prediction on
     those tensors for an ARM CPU with `features` (Snapdragon 8 Gen 2 and 8 Elite Gen 5: i8mm)."""
-    import tempfile
-
     from quantize import repack
 
     logged: dict[str, dict] = {}
@@ -329,18 +342,16 @@ def repack_check(rows_toml: Path = TABLE, features=("i8mm", "dotprod"), workdir:
             if logged.setdefault(r["model"], r["weights_mib"]) != r["weights_mib"]:
                 raise EdgeError(f"{rows_toml}: model {r['model']} has two different weights_mib")
     out = []
-    with tempfile.TemporaryDirectory() as tmp:
-        work = workdir or Path(tmp)
-        for model, mib in logged.items():
-            tensors = gemma3_1b_tensors(work, POCKETPAL_FILE_TYPES[model])
-            rep = repack.repacked(tensors, features)
-            rep_bytes = repack.repacked_bytes(tensors, features)
-            head = rep_bytes - sum(b for n, _, _, b in tensors if n in rep and n != "token_embd.weight")
-            cpu = sum(b for _, _, _, b in tensors) - (rep_bytes - head)      # the embedding stays in CPU
-            types = sorted({k.split()[0] for k in rep.values()})
-            out.append({"model": model, "logged_cpu_mib": mib.get("CPU", 0.0), "logged_repack_mib": mib.get("CPU_REPACK", 0.0),
-                        "cpu_mib": cpu / MIB, "repack_mib": rep_bytes / MIB, "repacked_types": types,
-                        "n_repacked": len(rep)})
+    for model, mib in logged.items():
+        tensors = pocketpal_tensors(POCKETPAL_FILE_TYPES[model])
+        rep = repack.repacked(tensors, features)
+        rep_bytes = repack.repacked_bytes(tensors, features)
+        head = rep_bytes - sum(b for n, _, _, b in tensors if n in rep and n != "token_embd.weight")
+        cpu = sum(b for _, _, _, b in tensors) - (rep_bytes - head)      # the embedding stays in CPU
+        types = sorted({k.split()[0] for k in rep.values()})
+        out.append({"model": model, "logged_cpu_mib": mib.get("CPU", 0.0), "logged_repack_mib": mib.get("CPU_REPACK", 0.0),
+                    "cpu_mib": cpu / MIB, "repack_mib": rep_bytes / MIB, "repacked_types": types,
+                    "n_repacked": len(rep)})
     return out
 
 
@@ -354,17 +365,157 @@ def repack_markdown(res: list[dict]) -> str:
     return "\n".join(lines)
 
 
+# ---- prompt processing: the repack rule in the prompt-speed prediction (edge.phonespeed.PROMPT_SPEED) ----
+MIN_PROMPT_TYPE_ROWS = 3     # a plain (not repacked) type needs this many rows where it holds >= 5% of the
+                             # body's weights to get its own cost; the others share cost['*']
+
+
+@dataclass
+class PromptRow:
+    """One published prompt speed with what the prediction needs: the file's body matrices as this
+    machine's llama.cpp quantizes the model's configuration, the phone's repack features and the
+    clocks of the cores its threads ran on."""
+
+    phone: str
+    model: str
+    prompt_tok_s: float
+    threads: str
+    ghz: float
+    features: frozenset
+    by_kernel: dict          # PromptSpeedModel.weights_by_kernel of the file's body on this phone
+    source: str
+
+
+def prompt_rows(rows_toml: Path = TABLE, profiles=None) -> list[PromptRow]:
+    """The rows of bench/phones.toml that give a prompt speed (PocketPal's matrix: Gemma 3 1B in eight
+    quantizations), each with its file's tensor types (`gemma3_1b_tensors`, about a second per file)."""
+    from edge.phonespeed import PromptSpeedModel, body_matrices
+    from quantize import repack
+
+    profiles = profiles or load_profiles()
+    data = tomllib.loads(rows_toml.read_text())
+    out = []
+    for r in data.get("row", []):
+        if "prompt_tok_s" not in r:
+            continue
+        if r["model"] not in POCKETPAL_FILE_TYPES:
+            raise EdgeError(f"{rows_toml}: prompt speed of {r['model']!r}, whose tensor types are not known "
+                            "(bench/phones.py POCKETPAL_FILE_TYPES)")
+        p = profiles[r["phone"]]
+        threads = int(r["threads"]) if str(r["threads"]).isdigit() else None
+        feats = repack.features_of([f for f in ("dotprod", "i8mm") if getattr(p, f)])
+        body = body_matrices(pocketpal_tensors(POCKETPAL_FILE_TYPES[r["model"]]))
+        out.append(PromptRow(r["phone"], r["model"], float(r["prompt_tok_s"]), str(r["threads"]),
+                             sum(p.core_clocks(threads)), feats, PromptSpeedModel.weights_by_kernel(body, feats),
+                             r["source"]))
+    return out
+
+
+def _plain_share(row: PromptRow) -> dict:
+    """{type: share of the body's weights} of the matrices this phone runs without repacking."""
+    total = sum(row.by_kernel.values())
+    return {k: n / total for k, n in row.by_kernel.items() if k != "repacked"}
+
+
+def predict_prompt(model, row: PromptRow) -> float:
+    return model.tok_s(row.by_kernel, row.ghz)
+
+
+def prompt_fit(rows: list[PromptRow]):
+    """`rate` and the plain (not repacked) types' costs, by least squares on the relative error of the
+    time per prompt token, which is linear in them: ghz / tok_s = (repacked + sum of cost x plain
+    weights) / rate. A type with its own cost needs MIN_PROMPT_TYPE_ROWS rows where it holds >= 5% of
+    the body; the rest cost cost['*'], the geometric mean of the fitted costs (a type never measured
+    is taken to be a typical plain kernel, not a free one)."""
+    import numpy as np
+
+    from edge.phonespeed import PromptSpeedModel
+
+    counts: dict = {}
+    for r in rows:
+        for t, sh in _plain_share(r).items():
+            counts[t] = counts.get(t, 0) + (sh >= 0.05)
+    types = sorted(t for t, n in counts.items() if n >= MIN_PROMPT_TYPE_ROWS)
+    star = 4.0
+    for _ in range(20):          # cost['*'] and the fit agree after a few rounds
+        u = np.array([r.ghz / r.prompt_tok_s for r in rows])
+        x = np.array([[r.by_kernel.get("repacked", 0)] + [r.by_kernel.get(t, 0) for t in types] for r in rows], float)
+        rest = np.array([sum(n for k, n in r.by_kernel.items() if k != "repacked" and k not in types) for r in rows], float)
+        # u = (x[:, 0] + star x rest) / rate + sum_t x[:, t] cost_t / rate: unknowns 1/rate and cost_t/rate
+        a = np.column_stack([x[:, 0] + star * rest, x[:, 1:]]) / u[:, None]
+        theta = np.linalg.lstsq(a, np.ones(len(rows)), rcond=None)[0]
+        rate, costs = 1 / theta[0], theta[1:] / theta[0]
+        new_star = float(np.exp(np.mean(np.log(np.maximum(costs, 1e-3))))) if len(types) else star
+        if abs(new_star - star) < 1e-9:
+            break
+        star = new_star
+    cost = {"*": round(star, 3), **{t: round(float(c), 3) for t, c in zip(types, costs)}}
+    return PromptSpeedModel(round(float(rate), -6), cost)
+
+
+def prompt_run(rows: list[PromptRow]) -> dict:
+    """Shipped, leave-one-out, new-phone and new-file (a quantization the fit never saw: what a user's own
+    recipe is) predictions of every prompt-speed row."""
+    from edge.phonespeed import PROMPT_SPEED
+
+    def held(key):
+        fits = {k: prompt_fit([r for r in rows if key(r) != k]) for k in sorted({key(r) for r in rows})}
+        return [predict_prompt(fits[key(r)], r) for r in rows]
+
+    loo = [predict_prompt(prompt_fit(rows[:i] + rows[i + 1:]), r) for i, r in enumerate(rows)]
+    new_phone, new_file = held(lambda r: r.phone), held(lambda r: r.model)
+    full = prompt_fit(rows)
+    out = []
+    for r, a, b, c in zip(rows, loo, new_phone, new_file):
+        ours = predict_prompt(PROMPT_SPEED, r)
+        plain = _plain_share(r)
+        out.append({"phone": r.phone, "model": r.model, "threads": r.threads, "ghz": r.ghz,
+                    "prompt_tok_s": r.prompt_tok_s, "plain_share": plain,
+                    "ours": ours, "ours_err": _err(ours, r.prompt_tok_s), "held_out": a, "held_out_err": _err(a, r.prompt_tok_s),
+                    "new_phone": b, "new_phone_err": _err(b, r.prompt_tok_s),
+                    "new_file": c, "new_file_err": _err(c, r.prompt_tok_s), "source": r.source})
+    keys = ("held_out", "new_phone", "new_file", "ours")
+    return {"rows": out, "fit": {"rate": full.rate, "cost": full.cost},
+            "median_abs_err": {k: statistics.median(abs(o[k + "_err"]) for o in out) for k in keys},
+            "max_abs_err": {k: max(abs(o[k + "_err"]) for o in out) for k in keys}}
+
+
+def prompt_markdown(res: dict) -> str:
+    lines = ["| phone | model | threads, GHz | not repacked (share of body weights) | published prompt tok/s "
+             "| ours | err | held-out | err | new phone | err | new file | err |",
+             "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for o in res["rows"]:
+        plain = ", ".join(f"{t} {v:.0%}" for t, v in sorted(o["plain_share"].items(), key=lambda x: -x[1])) or "none"
+        lines.append(f"| {o['phone']} | {o['model']} | {o['threads']}, {o['ghz']:.1f} | {plain} | {o['prompt_tok_s']:g} "
+                     f"| {o['ours']:.0f} | {o['ours_err']:+.0%} | {o['held_out']:.0f} | {o['held_out_err']:+.0%} "
+                     f"| {o['new_phone']:.0f} | {o['new_phone_err']:+.0%} | {o['new_file']:.0f} | {o['new_file_err']:+.0%} |")
+    lines += ["", "| \\|error\\| of prompt speed | median | worst |", "|---|---:|---:|"]
+    for key, label in (("held_out", "held-out row (leave-one-out)"), ("new_phone", "new phone (no row of its phone)"),
+                       ("new_file", "new file (no row of its quantization)"), ("ours", "shipped (in-sample)")):
+        lines.append(f"| {label} | {res['median_abs_err'][key]:.0%} | {res['max_abs_err'][key]:.0%} |")
+    f = res["fit"]
+    lines += ["", f"fit on all rows: {f['rate'] / 1e9:.2f} G weights/s per GHz on repacked kernels; cost per weight "
+              "when not repacked: " + ", ".join(f"{k} {v:.2f}" for k, v in f["cost"].items())]
+    return "\n".join(lines)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--json", action="store_true", help="print the results as JSON")
     ap.add_argument("--repack", action="store_true", help="also quantize the 1B configuration with this machine's "
                     "llama.cpp and compare the predicted CPU_REPACK buffers with PocketPal's logs (about a minute)")
+    ap.add_argument("--prompt", action="store_true", help="also predict the prompt speeds (repack-aware; the "
+                    "1B configuration quantized in 8 types by this machine's llama.cpp, about 10 s)")
     args = ap.parse_args()
     res = run(load_table())
+    text = markdown(res)
     if args.repack:
         res["repack"] = repack_check()
-    print(json.dumps(res, indent=2) if args.json else
-          markdown(res) + ("\n\n" + repack_markdown(res["repack"]) if args.repack else ""))
+        text += "\n\n" + repack_markdown(res["repack"])
+    if args.prompt:
+        res["prompt"] = prompt_run(prompt_rows())
+        text += "\n\n" + prompt_markdown(res["prompt"])
+    print(json.dumps(res, indent=2, default=str) if args.json else text)
 
 
 if __name__ == "__main__":

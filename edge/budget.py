@@ -47,7 +47,7 @@ from typing import Literal
 from edge.apps import anythingllm_rule, pocketpal_rule, storage_verdicts
 from edge.errors import EdgeError
 from edge.modelinfo import ModelInfo, model_info, read_models
-from edge.phonespeed import ESTIMATED_BANDWIDTH, phone_speed
+from edge.phonespeed import ESTIMATED_BANDWIDTH, PROMPT_SPEED, body_matrices, phone_speed
 from edge.profiles import (DEFAULT_DEVICES, Profile, by_tier, get_profile, load_profiles, match_profile,
                            usable_bytes_for)
 from edge.texttable import text_table
@@ -234,6 +234,7 @@ class Verdict:
     estimate: dict
     warnings: list[str] = field(default_factory=list)
     storage: dict = field(default_factory=dict)   # storage_verdicts: free space and need per app
+    prompt_tok_s: float | None = None    # predicted prompt processing (prefill) speed, big cores
 
 
 def _classify(need: int, usable: int) -> str:
@@ -303,7 +304,7 @@ def verdict(path, device, *, ctx: int = 4096, ubatch: int = 512, kv_type: str = 
     mc = max_ctx(info, usable, ubatch=ubatch, kv_type=kv_type, swa_full=swa_full, runtime_bytes=runtime,
                  cpu_features=features)
     # speed and heat
-    tok = tok_full = sust = energy = None
+    tok = tok_full = sust = energy = prompt = None
     thermal = ""
     if kind == "host":
         bw = HOST_CALIBRATION["decode_bandwidth_gbs"]
@@ -317,6 +318,9 @@ def verdict(path, device, *, ctx: int = 4096, ubatch: int = 512, kv_type: str = 
                          n_layers=info.n_layers, target_tok_s=target_tok_s)
         tok, tok_full, sust, energy, thermal = sp.tok_s, sp.tok_s_full, sp.sustained_tok_s, \
             sp.energy_mj_per_token, sp.thermal
+        # compute-bound: which matrices llama.cpp repacks on this CPU decides it (quantize/repack.py)
+        kernels = PROMPT_SPEED.weights_by_kernel(body_matrices(info.tensors), repack.features_of(features))
+        prompt = PROMPT_SPEED.tok_s(kernels, sum(prof.core_clocks()))
         warnings += sp.warnings
     else:
         thermal = "no profile matches this phone: speed unknown"
@@ -333,6 +337,7 @@ def verdict(path, device, *, ctx: int = 4096, ubatch: int = 512, kv_type: str = 
                    tok_s=tok, tok_s_full=tok_full, sustained_tok_s=sust, energy_mj_per_token=energy,
                    thermal=thermal, pocketpal=pocketpal_rule(info.file_bytes, ram),
                    anythingllm=anythingllm_rule(info.file_bytes, ram), estimate=asdict(e), warnings=warnings,
+                   prompt_tok_s=prompt,
                    storage=storage_verdicts(info.file_bytes, getattr(device, "storage_free_bytes", None)))
 
 
@@ -416,12 +421,13 @@ def _mb(b) -> str:
 
 def verdict_table(vs: list[Verdict], with_variant: bool) -> str:
     head = (("variant",) if with_variant else ()) + ("device", "verdict", "needs", "usable", "max n_ctx",
-                                                    "tok/s", "sustained", "PocketPal", "AnythingLLM")
+                                                    "tok/s", "prompt tok/s", "sustained", "PocketPal", "AnythingLLM")
     rows = [head]
     for v in vs:
         rows.append(((v.variant,) if with_variant else ()) + (
             v.device, v.verdict, _mb(v.peak_bytes), _mb(v.usable_bytes), f"{v.max_ctx:,}",
             "-" if v.tok_s is None else f"{v.tok_s:.0f}" + ("*" if ESTIMATED_BANDWIDTH in v.warnings else ""),
+            "-" if v.prompt_tok_s is None else f"{v.prompt_tok_s:.0f}",
             "-" if v.sustained_tok_s is None else f"{v.sustained_tok_s:.0f}",
             "fits" if v.pocketpal["fits"] else "warns",
             {"ok": "fits", "tight": "tight", "impossible": "too large"}[v.anythingllm["badge"]]))

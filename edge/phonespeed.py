@@ -15,6 +15,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from quantize import repack
+
 # The SoC family decides how much of the DRAM's theoretical bandwidth llama.cpp's decode reaches
 # (memory controller, cores, prefetchers): read from the profile's `soc` name.
 SOC_FAMILIES: tuple[tuple[str, tuple[str, ...]], ...] = (
@@ -91,6 +93,57 @@ PHONE_SPEED = PhoneSpeedModel(
     type_cost={"IQ2_S": 1.58, "Q2_K": 1.092, "Q3_K": 0.795, "Q4_0": 0.755, "Q4_K": 0.941, "Q5_K": 0.973,
                "Q6_K": 0.797},
 )
+
+
+@dataclass(frozen=True)
+class PromptSpeedModel:
+    """Prompt processing (prefill) of llama.cpp on a phone's CPU. Unlike decode it is compute-bound:
+    each prompt token is multiplied by every weight matrix of the body (the output head only at the
+    last token: left out), at a pace set by the clocks of the cores in use. A matrix llama.cpp
+    repacked at load (quantize/repack.py, the rule the RAM estimate uses) runs an interleaved GEMM
+    kernel (dotprod/i8mm); any other runs the plain dot-product path, `cost[type]` times dearer per
+    weight (types without a figure: cost['*']). So two files of one size can differ several-fold:
+    on Gemma 3 1B, Q4_K_M's 1,152-wide rows fall back from Q4_K to Q5_0, which has no repacked kernel.
+
+        prompt tokens/s = rate x sum of core GHz / sum over body matrices of (weights x cost[kernel])
+    """
+
+    rate: float            # weights per second per GHz, on repacked kernels
+    cost: dict             # weight type (not repacked) -> cost per weight relative to a repacked one
+
+    @staticmethod
+    def weights_by_kernel(matrices, features) -> dict:
+        """{'repacked' or the type run as stored: weights} of [(name, type, shape, ...)] body matrices
+        on a CPU with `features`."""
+        out: dict = {}
+        for name, qtype, shape, *_ in matrices:
+            key = "repacked" if repack.kernel(qtype, shape[1], features) else str(qtype)
+            out[key] = out.get(key, 0) + shape[0] * shape[1]
+        return out
+
+    def cost_weights(self, by_kernel: dict) -> float:
+        return sum(n * (1.0 if k == "repacked" else self.cost.get(k, self.cost["*"])) for k, n in by_kernel.items())
+
+    def tok_s(self, by_kernel: dict, ghz: float) -> float:
+        """`by_kernel`: `weights_by_kernel(...)`; `ghz`: the summed clocks of the cores in use."""
+        return self.rate * ghz / self.cost_weights(by_kernel)
+
+
+def body_matrices(tensors):
+    """The weight matrices a prompt token multiplies: every 2-D `.weight` but the token embedding
+    and the output head (prompt processing computes the head for the last token only)."""
+    return [t for t in tensors if len(t[2]) == 2 and str(t[0]).endswith(".weight")
+            and t[0] not in ("token_embd.weight", "output.weight")]
+
+
+# Fitted by bench/phones.py --prompt on PocketPal's 24 prompt speeds (Gemma 3 1B in 8 quantizations on
+# 3 phones, 6 threads, a 256-token prompt, llama.cpp's logged repacked buffers matched to 0.01 MiB);
+# tests/test_budget.py checks that a re-fit gives these numbers. Error on rows the fit did not see: median
+# 24% (leave-one-out), 25% on a phone it never saw, 26% on a quantization it never saw (docs/BENCHMARKS.md
+# "Phones"). Types run as stored cost 3-10x a repacked weight: Q4_K_M and Q5_K_M of Gemma 3 1B read a
+# prompt at a third of Q4_0's speed (their 1,152-wide rows fall back to Q5_0/Q5_1, never repacked).
+PROMPT_SPEED = PromptSpeedModel(rate=9.98e9, cost={"*": 4.86, "IQ2_S": 10.251, "IQ3_S": 3.054, "Q3_K": 4.692,
+                                                   "Q5_0": 4.025, "Q5_1": 4.588})
 
 
 @dataclass

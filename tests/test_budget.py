@@ -459,6 +459,68 @@ def test_repack_rule_predicts_pocketpal_logged_buffers():
         assert o["cpu_mib"] == pytest.approx(o["logged_cpu_mib"], abs=0.006), o
 
 
+@pytest.mark.slow
+def test_shipped_prompt_speed_is_the_fit_of_the_table():
+    """edge.phonespeed.PROMPT_SPEED must be what bench/phones.py fits on PocketPal's prompt speeds today,
+    and the repack rule must carry the effect those phones show: on each of them, Gemma 3 1B's Q4_K_M
+    (65% of its body in Q5_0, which llama.cpp never repacks) reads a prompt at about a third of the
+    speed of Q4_0 (nearly all repacked), though both are 4-bit files of one size."""
+    from bench import phones
+
+    rows = phones.prompt_rows()
+    assert len(rows) == 24
+    m = phones.prompt_fit(rows)
+    assert m.rate == pytest.approx(phonespeed.PROMPT_SPEED.rate, rel=0.01)
+    assert set(m.cost) == set(phonespeed.PROMPT_SPEED.cost)
+    for k, c in m.cost.items():
+        assert c == pytest.approx(phonespeed.PROMPT_SPEED.cost[k], rel=0.01), k
+    for phone in {r.phone for r in rows}:
+        q4km, q40 = (next(r for r in rows if r.phone == phone and r.model == f"gemma3-1b-{q}") for q in ("q4_k_m", "q4_0"))
+        published = q4km.prompt_tok_s / q40.prompt_tok_s
+        ours = phones.predict_prompt(m, q4km) / phones.predict_prompt(m, q40)
+        assert published < 0.5 and ours == pytest.approx(published, rel=0.3), phone
+
+
+def test_prompt_speed_follows_the_repack_rule():
+    """Matrices llama.cpp repacks on the phone's CPU cost 1 per weight, the others their type's cost:
+    the same Gemma 3 1B layer in Q4_0 reads a prompt several times faster than in Q5_0 on an i8mm
+    phone, and not on a CPU without dotprod/i8mm (nothing repacked) or when the rows do not divide
+    into the kernel's interleave; the clocks scale it."""
+    ps = phonespeed.PROMPT_SPEED
+    layer = [("blk.0.attn_q.weight", (1152, 1024)), ("blk.0.attn_k.weight", (1152, 256)),
+             ("blk.0.ffn_up.weight", (1152, 6912)), ("blk.0.ffn_down.weight", (6912, 1152))]
+    as_type = lambda t, rows_extra=0: [(n, t, (a, b + rows_extra)) for n, (a, b) in layer]  # noqa: E731
+    arm, plain = frozenset({"dotprod", "i8mm"}), frozenset()
+    q40, q50 = (ps.tok_s(ps.weights_by_kernel(as_type(t), arm), 16.0) for t in ("Q4_0", "Q5_0"))
+    assert q40 == pytest.approx(ps.cost["Q5_0"] * q50)
+    assert ps.weights_by_kernel(as_type("Q4_0"), plain) == {"Q4_0": sum(a * b for _, (a, b) in layer)}
+    assert ps.tok_s(ps.weights_by_kernel(as_type("Q4_0"), plain), 16.0) == pytest.approx(q40 / ps.cost["*"])
+    assert "repacked" not in ps.weights_by_kernel(as_type("Q4_0", rows_extra=2), arm)   # rows % 4 != 0
+    assert ps.tok_s(ps.weights_by_kernel(as_type("Q4_0"), arm), 8.0) == pytest.approx(q40 / 2)
+    # the head is computed for the last prompt token only: not in the body
+    assert phonespeed.body_matrices([("token_embd.weight", "Q8_0", (1152, 262144), 0), *as_type("Q4_0")]) == as_type("Q4_0")
+    assert get_profile("galaxy_s23").core_clocks(6) == [3.36, 2.8, 2.8, 2.8, 2.8, 2.0]
+    assert get_profile("galaxy_s23").core_clocks() == [3.36, 2.8, 2.8, 2.8, 2.8]           # the big cores
+    assert sum(get_profile("redmi_note_12").core_clocks()) > 0
+
+
+def test_the_verdict_predicts_prompt_speed_from_what_the_phone_repacks(info):
+    """`edge budget` shows the prompt speed beside the decode speed: on a profile, from the repack
+    rule with the profile's features; the embedded 270M Q4_K_M runs its Q4_K/Q6_K/Q8_0 matrices
+    repacked on a dotprod phone and none on a Cortex-A53 phone without dotprod."""
+    ps = phonespeed.PROMPT_SPEED
+    body = phonespeed.body_matrices(info.tensors)
+    for name in ("pixel_7", "galaxy_a12"):
+        prof = get_profile(name)
+        feats = frozenset(f for f in ("dotprod", "i8mm") if getattr(prof, f))
+        v = verdict(info, name, ctx=1024)
+        assert v.prompt_tok_s == pytest.approx(ps.tok_s(ps.weights_by_kernel(body, feats), sum(prof.core_clocks())))
+    assert "repacked" in ps.weights_by_kernel(body, frozenset({"dotprod"}))
+    assert "repacked" not in ps.weights_by_kernel(body, frozenset())
+    table = budget.verdict_table([verdict(info, "pixel_7", ctx=1024)], with_variant=False)
+    assert "prompt tok/s" in table.splitlines()[0]
+
+
 def test_budget_counts_the_repacked_copy_per_tensor(info):
     """The estimate adds the bytes quantize/repack.py says llama.cpp repacks, per tensor. The embedded
     270M Q4_K_M: on an ARM phone with dotprod (with or without i8mm) its Q4_K, Q6_K and Q8_0 matrices,

@@ -87,6 +87,41 @@ def test_the_gguf_conversion_hides_transformers_dequantizing_bar(tiny_dir, tmp_p
     assert "Converting and de-quantizing" not in capfd.readouterr().err
 
 
+def test_merge_defaults_to_fp32_as_the_readme_pipeline_does():
+    """Issue 21: `merge` defaulted to bf16 while the README's pipeline merges in fp32; the default and
+    its help must say fp32, and the README's merge line must agree."""
+    out = subprocess.run(EDGE + ["merge", "--help"], capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert out.returncode == 0, out.stderr
+    dtype_help = " ".join(out.stdout.split("--dtype", 1)[1].split())
+    assert "default: fp32" in dtype_help, dtype_help
+    readme = (ROOT / "README.md").read_text()
+    merge_lines = [ln for ln in readme.splitlines() if ln.startswith("edge merge ")]
+    assert merge_lines and all("--dtype bf16" not in ln and "--dtype fp16" not in ln for ln in merge_lines)
+
+
+def test_the_first_conversion_says_what_the_default_model_is(tmp_path, monkeypatch, capsys):
+    """Issue 21: the default model is the pretrained 270M dequantized from Q4_K_M; the first
+    conversion says so (and the README too), with what it means for quality. The conversion itself
+    is replaced here (it takes minutes); what is printed around it is the real code's."""
+    from edge import models
+
+    monkeypatch.setattr(models, "cache_dir", lambda: tmp_path)
+    monkeypatch.setattr(models, "embedded_gguf", lambda: tmp_path / "gemma-3-270m-Q4_K_M.gguf")
+
+    def fake_convert(gguf, out):
+        out.mkdir(parents=True)
+        (out / "config.json").write_text("{}")
+    monkeypatch.setattr(models, "_convert_gguf", fake_convert)
+    models.ensure_embedded(verbose=True)
+    said = " ".join(capsys.readouterr().out.split())
+    for fact in ("pretrained (not instruction-tuned)", "Q4_K_M", "weaker", "google/gemma-3-270m", "3-4 minutes"):
+        assert fact in said, fact
+    models.ensure_embedded(verbose=True)                     # converted once: nothing more to say
+    assert capsys.readouterr().out == ""
+    readme = " ".join((ROOT / "README.md").read_text().split())
+    assert "*pretrained* 270M (not the instruction-tuned `-it`)" in readme and "dequantized" in readme
+
+
 # ---- llama.cpp's "using full-size SWA cache" line ----------------------------------------------
 SWA_LINE = "full-size SWA cache"
 

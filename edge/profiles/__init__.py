@@ -94,6 +94,16 @@ class Profile:
         big = sum(n for n, name in counts if not LITTLE_CORES.search(name))
         return big or self.cpu_cores        # all cores alike (8x Cortex-A53): none is waited on
 
+    def core_clocks(self, threads: int | None = None) -> list[float]:
+        """Clocks (GHz) of the cores llama.cpp's `threads` threads run on, read from `cpu`: the big
+        cores fastest first, then the little ones ("1x Cortex-X3 3.36 GHz + 2x Cortex-A715 2.8 GHz +
+        ..."); `threads` None: the big cores (as the speed predictions assume)."""
+        cores = []
+        for n, name, ghz in re.findall(r"(\d+)\s*x\s*([^+]*?)\s*([\d.]+)\s*GHz", self.cpu):
+            cores += [(bool(LITTLE_CORES.search(name)), -float(ghz))] * int(n)
+        cores.sort()
+        return [-g for _, g in cores[: self.big_cores if threads is None else threads]]
+
     @property
     def ram_bytes(self) -> int:
         """Physical RAM: phone RAM is sold in binary gigabytes (an '8 GB' phone has 8 GiB)."""
