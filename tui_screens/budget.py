@@ -86,6 +86,8 @@ def detail_text(v, column: library.Column, recommended: str | None, reason: str)
         speed = f"speed: {v.tok_s:.1f} tok/s at an empty context, {v.tok_s_full:.1f} with it full"
         if v.energy_mj_per_token is not None:
             speed += f" · {v.energy_mj_per_token:.0f} mJ/token"
+        if v.prompt_tok_s is not None:
+            speed += f" · reads a prompt at {v.prompt_tok_s:.0f} tok/s"
         lines.append(speed)
     if v.thermal:
         lines.append(f"heat: {v.thermal}")
