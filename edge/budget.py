@@ -318,9 +318,12 @@ def verdict(path, device, *, ctx: int = 4096, ubatch: int = 512, kv_type: str = 
                          n_layers=info.n_layers, target_tok_s=target_tok_s)
         tok, tok_full, sust, energy, thermal = sp.tok_s, sp.tok_s_full, sp.sustained_tok_s, \
             sp.energy_mj_per_token, sp.thermal
-        # compute-bound: which matrices llama.cpp repacks on this CPU decides it (quantize/repack.py)
-        kernels = PROMPT_SPEED.weights_by_kernel(body_matrices(info.tensors), repack.features_of(features))
-        prompt = PROMPT_SPEED.tok_s(kernels, sum(prof.core_clocks()))
+        # compute-bound: which matrices llama.cpp repacks on this CPU decides it (quantize/repack.py);
+        # calibrated on dotprod/i8mm phones only: an older core's plain kernels are slower still
+        feats = repack.features_of(features)
+        if feats & {"dotprod", "i8mm"}:
+            kernels = PROMPT_SPEED.weights_by_kernel(body_matrices(info.tensors), feats)
+            prompt = PROMPT_SPEED.tok_s(kernels, sum(prof.core_clocks()))
         warnings += sp.warnings
     else:
         thermal = "no profile matches this phone: speed unknown"
