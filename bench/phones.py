@@ -27,8 +27,9 @@ What is calibrated: the efficiency per SoC family, layer_bytes and the cost of e
 at least two rows, by least squares on the log of the speed. The bytes per token of a row are
 llama.cpp's own log of its weight buffers on that phone where the source gives it (the PocketPal
 rows), else params x bytes per weight. Thread counts: only the PocketPal rows state one (6); that is
-what the little-core term uses. Prompt speeds are recorded, not predicted. Sustained (throttled)
-speed: no source read gives one for these models, so nothing is fitted.
+what the little-core term uses. Prompt speeds (`--prompt`): edge.phonespeed.PromptSpeedModel, from
+which matrices llama.cpp repacks on the phone (quantize/repack.py), fitted on PocketPal's 24 rows.
+Sustained (throttled) speed: no source read gives one for these models, so nothing is fitted.
 """
 
 from __future__ import annotations
@@ -263,7 +264,7 @@ def markdown(res: dict) -> str:
     lines += ["",
               f"fit on all rows: efficiency {eff}; per-layer cost {f['layer_bytes'] / 1e6:.1f} MB of reading; "
               f"compute cost per byte relative to Q8_0: {cost}",
-              f"prompt-speed rows: {res['prompt_rows']} (recorded, not predicted); sustained (throttled) rows: none "
+              f"prompt-speed rows: {res['prompt_rows']} (predicted with --prompt); sustained (throttled) rows: none "
               "published for these models in the sources read"]
     return "\n".join(lines)
 
@@ -381,7 +382,6 @@ class PromptRow:
     prompt_tok_s: float
     threads: str
     ghz: float
-    features: frozenset
     by_kernel: dict          # PromptSpeedModel.weights_by_kernel of the file's body on this phone
     source: str
 
@@ -406,7 +406,7 @@ def prompt_rows(rows_toml: Path = TABLE, profiles=None) -> list[PromptRow]:
         feats = repack.features_of([f for f in ("dotprod", "i8mm") if getattr(p, f)])
         body = body_matrices(pocketpal_tensors(POCKETPAL_FILE_TYPES[r["model"]]))
         out.append(PromptRow(r["phone"], r["model"], float(r["prompt_tok_s"]), str(r["threads"]),
-                             sum(p.core_clocks(threads)), feats, PromptSpeedModel.weights_by_kernel(body, feats),
+                             sum(p.core_clocks(threads)), PromptSpeedModel.weights_by_kernel(body, feats),
                              r["source"]))
     return out
 
@@ -436,11 +436,11 @@ def prompt_fit(rows: list[PromptRow]):
         for t, sh in _plain_share(r).items():
             counts[t] = counts.get(t, 0) + (sh >= 0.05)
     types = sorted(t for t, n in counts.items() if n >= MIN_PROMPT_TYPE_ROWS)
+    u = np.array([r.ghz / r.prompt_tok_s for r in rows])
+    x = np.array([[r.by_kernel.get("repacked", 0)] + [r.by_kernel.get(t, 0) for t in types] for r in rows], float)
+    rest = np.array([sum(n for k, n in r.by_kernel.items() if k != "repacked" and k not in types) for r in rows], float)
     star = 4.0
     for _ in range(20):          # cost['*'] and the fit agree after a few rounds
-        u = np.array([r.ghz / r.prompt_tok_s for r in rows])
-        x = np.array([[r.by_kernel.get("repacked", 0)] + [r.by_kernel.get(t, 0) for t in types] for r in rows], float)
-        rest = np.array([sum(n for k, n in r.by_kernel.items() if k != "repacked" and k not in types) for r in rows], float)
         # u = (x[:, 0] + star x rest) / rate + sum_t x[:, t] cost_t / rate: unknowns 1/rate and cost_t/rate
         a = np.column_stack([x[:, 0] + star * rest, x[:, 1:]]) / u[:, None]
         theta = np.linalg.lstsq(a, np.ones(len(rows)), rcond=None)[0]
@@ -505,7 +505,7 @@ def main() -> None:
     ap.add_argument("--repack", action="store_true", help="also quantize the 1B configuration with this machine's "
                     "llama.cpp and compare the predicted CPU_REPACK buffers with PocketPal's logs (about a minute)")
     ap.add_argument("--prompt", action="store_true", help="also predict the prompt speeds (repack-aware; the "
-                    "1B configuration quantized in 8 types by this machine's llama.cpp, about 10 s)")
+                    "1B configuration quantized in 8 types by this machine's llama.cpp, one to two minutes)")
     args = ap.parse_args()
     res = run(load_table())
     text = markdown(res)
