@@ -91,7 +91,7 @@ def main() -> None:
         existing, todo = [], []
         for r in recipes:
             if imatrix is None and r.needs_imatrix:
-                continue      # llama.cpp refuses it without one (IQ2_M)
+                continue      # refused without one (IQ2_M by llama.cpp, XL6.2-Q8_0 by us)
             f = next((out / sub).glob(f"*-{r.name}.gguf"), None) if args.reuse and (out / sub).is_dir() else None
             if f is not None:
                 existing.append({"recipe": r.name, "family": r.family, "path": str(f), "size_bytes": f.stat().st_size,

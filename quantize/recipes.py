@@ -24,7 +24,8 @@ Two kinds of recipe:
   4. Their Q5_1 bulk wants an importance matrix: on the demo fine-tune's replies (2,000 tokens)
      Q4_K_XL's KLD is 0.065 without one and 0.029 with one, where a K-quant mix like Q5_K_M's
      goes the other way (0.034 -> 0.038). `edge quantize` says so when it has none
-     (`wants_imatrix`).
+     (`wants_imatrix`), and refuses XL6.2-Q8_0 without one (`needs_imatrix`: only the imatrix
+     puts it below llama.cpp's front).
 
 Patterns are Python/ECMAScript regexes searched in GGUF tensor names, through the `regex`
 module with a time bound (`search`): a custom recipe's pattern is at most MAX_PATTERN characters,
@@ -102,7 +103,8 @@ class Recipe:
     expect: tuple[Row, ...] = ()  # standard types only: what llama.cpp gives on Gemma 3 shapes
     family: str = "dynamic"  # "llama.cpp" or "dynamic"
     wants_imatrix: bool = False  # measured much worse without one (docs/BENCHMARKS.md, Quantize)
-    needs_imatrix: bool = False  # llama.cpp refuses it without one (IQ2 types)
+    needs_imatrix: str = ""      # why it is refused without one ('' = it is not): llama.cpp refuses the IQ2
+                                 # types; ours where only an imatrix puts it below llama.cpp's front
     aliases: tuple[str, ...] = ()  # earlier names that still resolve
 
     @property
@@ -110,13 +112,14 @@ class Recipe:
         return self.family == "llama.cpp"
 
 
-def _std(name: str, ftype: F, summary: str, expect: list[tuple], needs_imatrix: bool = False) -> Recipe:
+def _std(name: str, ftype: F, summary: str, expect: list[tuple], needs_imatrix: str = "") -> Recipe:
     return Recipe(name, ftype, summary, (), tuple(Row(*r) for r in expect), "llama.cpp", needs_imatrix=needs_imatrix)
 
 
 def _dyn(name: str, ftype: F, summary: str, rows: list[tuple], wants_imatrix: bool = False,
-         aliases: tuple[str, ...] = ()) -> Recipe:
-    return Recipe(name, ftype, summary, tuple(Row(*r) for r in rows), (), "dynamic", wants_imatrix, aliases=aliases)
+         aliases: tuple[str, ...] = (), needs_imatrix: str = "") -> Recipe:
+    return Recipe(name, ftype, summary, tuple(Row(*r) for r in rows), (), "dynamic", wants_imatrix or bool(needs_imatrix),
+                  needs_imatrix, aliases=aliases)
 
 
 EMB = r"^token_embd\.weight$"
@@ -206,7 +209,7 @@ STANDARD = [
         (r"^blk\.{eighth}\.ffn_down\.weight$", T.IQ3_S, "first n/8 layers' ffn_down IQ3_S"),
         (O, T.IQ3_S, "attn_output IQ3_S"),
         (r"\.weight$", T.IQ2_S, "IQ2_S; IQ4_NL on 640/1152-wide rows"),
-    ], needs_imatrix=True),
+    ], needs_imatrix="llama.cpp refuses its 2-bit types without one"),
 ]
 
 # --- our dynamic recipes -----------------------------------------------------------------------
@@ -241,8 +244,8 @@ DYNAMIC = [
     # task (Q5_K_M, 1.1 MB smaller: 0.0207 vs 0.0237). XL6.2-Q8_0 adds Q6_K to ffn_down (1.7 MB more):
     # with an imatrix 1.33x and 1.18x below the Q5_K_M-Q6_K front; without one 1.08x below on the
     # demo task and 1.11x *above* on the weather task (0.0079 vs 0.0071, error 0.0014; on 2,048 tokens
-    # of a new weather fine-tune 1.02x above, 0.00715 +- 0.00093 vs 0.00699), so it is made for an
-    # imatrix (docs/BENCHMARKS.md, Quantize, issue 20). This size class sits on
+    # of a new weather fine-tune 1.02x above, 0.00715 +- 0.00093 vs 0.00699), so it is refused without an
+    # imatrix, as llama.cpp refuses IQ2_M (docs/BENCHMARKS.md, Quantize, issue 20). This size class sits on
     # llama.cpp's front within the error bars: no 6-bit table here beat it in every setting.
     _dyn("XL6.2-Q8_0", F.MOSTLY_Q8_0, "Q4_K_M's size class: Q8_0 head and attn_v, Q6_K ffn_down, Q5_1 elsewhere", [
         (EMB, T.Q8_0, "output head Q8_0 (Q4_K_M does the same); below 8 bits it dominates KLD"),
@@ -251,7 +254,8 @@ DYNAMIC = [
                        "most outlier-prone matrix gets the bits (Q5_K_M gives it Q6_K on a third of the layers)",
          T.Q5_1),
         (r"(attn_[qk]|attn_output|ffn_gate|ffn_up)\.weight$", T.Q5_1, QK_MLP_Q5_1),
-    ], wants_imatrix=True, aliases=("Q4_K_XL",)),
+    ], aliases=("Q4_K_XL",), needs_imatrix="without one it is no closer to the reference than llama.cpp's Q5_K_M-Q6_K "
+                                           "front (1.02x above it on a weather fine-tune); use Q5_K_M"),
     _dyn("XL5.3-IQ4_NL", F.MOSTLY_IQ4_NL, "small and fast: IQ4_NL output head, 4-bit body, 6-bit ffn_down", [
         (EMB, T.IQ4_NL, "IQ4_NL head halves the bytes read per token (the decode-speed lever)"),
         (V, T.Q8_0, "attn_v Q8_0: tiny, sensitive"),

@@ -33,7 +33,7 @@ QUANTIZED_SOURCE_NOTE = ("the source GGUF is already quantized: requantizing com
 
 def imatrix_note(recipe_objs: list[R.Recipe]) -> str:
     """What to say when recipes that want an importance matrix are quantized without one."""
-    names = [r.name for r in recipe_objs if r.wants_imatrix]
+    names = [r.name for r in recipe_objs if r.wants_imatrix and not r.needs_imatrix]
     if not names:
         return ""
     return (f"{', '.join(names)} {'is' if len(names) == 1 else 'are'} made for an importance matrix (on a "
@@ -132,9 +132,9 @@ def quantize_variants(src: str | Path, recipes: list[R.Recipe], out_dir: str | P
     tensors, meta = read_tensors(src)
     name = model_name(src, meta)
     plans = [R.resolve(r, tensors, imatrix=imatrix is not None) for r in recipes]  # all recipe errors first
-    if imatrix is None and (need := [r.name for r in recipes if r.needs_imatrix]):
-        raise EdgeError(f"{', '.join(need)} need{'s' if len(need) == 1 else ''} an importance matrix (llama.cpp refuses "
-                        "its 2-bit types without one): give --calib YOUR_CHATS.jsonl --model MERGED_DIR or --imatrix FILE")
+    if imatrix is None and (need := [r for r in recipes if r.needs_imatrix]):
+        raise EdgeError(f"{need[0].name} needs an importance matrix ({need[0].needs_imatrix}): give --calib "
+                        "YOUR_CHATS.jsonl --model MERGED_DIR or --imatrix FILE")
     warnings = snap_back_warnings(plans, base_grid_types(meta))
     values = None
     if imatrix is not None:

@@ -95,11 +95,12 @@ def model_kv(**override) -> dict[str, tuple[int, bytes]]:
     return {k: v for k, v in kv.items() if v is not None}
 
 
-def model_tensors(n_vocab: int = 4, width: int = 64) -> list[tuple]:
-    """token_embd plus one F32 matrix and one norm per layer (2 layers), packed back to back."""
+def model_tensors(n_vocab: int = 4, width: int = 64, matrices: tuple[str, ...] = ("attn_q",)) -> list[tuple]:
+    """token_embd plus F32 `matrices` (width x width) and one norm per layer (2 layers), packed back
+    to back."""
     specs = [("token_embd.weight", (width, n_vocab))]
     for il in range(2):
-        specs += [(f"blk.{il}.attn_q.weight", (width, width)), (f"blk.{il}.attn_norm.weight", (width,))]
+        specs += [(f"blk.{il}.{m}.weight", (width, width)) for m in matrices] + [(f"blk.{il}.attn_norm.weight", (width,))]
     out, off = [], 0
     for name, shape in specs:
         n = 4
@@ -110,5 +111,8 @@ def model_tensors(n_vocab: int = 4, width: int = 64) -> list[tuple]:
     return out
 
 
-def model_gguf(**override) -> bytes:
-    return gguf_bytes(model_kv(**override), model_tensors())
+GEMMA_MATRICES = ("attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down")
+
+
+def model_gguf(matrices: tuple[str, ...] = ("attn_q",), **override) -> bytes:
+    return gguf_bytes(model_kv(**override), model_tensors(matrices=matrices))

@@ -508,6 +508,14 @@ def test_quantize_unknown_recipe(d, capsys):
     check_bad(capsys, d, ["quantize", "--gguf", ref, "--recipe", "Q9_Z", "--out", "q"], "Q9_Z")
 
 
+@pytest.mark.parametrize("recipe, why", [("IQ2_M", "llama.cpp refuses its 2-bit types without one"),
+                                         ("xl6.2-q8_0", "without one it is no closer to the reference than .*; use Q5_K_M")])
+def test_quantize_without_the_imatrix_a_recipe_needs(recipe, why, d, capsys):
+    ref = write(d / "ref-F32.gguf", G.model_gguf(matrices=G.GEMMA_MATRICES))
+    check_bad(capsys, d, ["quantize", "--gguf", ref, "--recipe", "Q8_0", "--recipe", recipe, "--out", "q"],
+              rf"needs an importance matrix \({why}.*\): give --calib")
+
+
 # ---- imatrix, precision, demo, push ---------------------------------------------------------------
 def test_imatrix_bad_calibration_before_model(d, capsys):
     write(d / "c.jsonl", DEEP_JSON + b"\n")
