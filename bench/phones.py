@@ -389,7 +389,7 @@ class PromptRow:
 def prompt_rows(rows_toml: Path = TABLE, profiles=None) -> list[PromptRow]:
     """The rows of bench/phones.toml that give a prompt speed (PocketPal's matrix: Gemma 3 1B in eight
     quantizations), each with its file's tensor types (`gemma3_1b_tensors`, about a second per file)."""
-    from edge.phonespeed import PromptSpeedModel, body_matrices
+    from edge.phonespeed import PromptSpeedModel
     from quantize import repack
 
     profiles = profiles or load_profiles()
@@ -403,8 +403,8 @@ def prompt_rows(rows_toml: Path = TABLE, profiles=None) -> list[PromptRow]:
                             "(bench/phones.py POCKETPAL_FILE_TYPES)")
         p = profiles[r["phone"]]
         threads = int(r["threads"]) if str(r["threads"]).isdigit() else None
-        feats = repack.features_of([f for f in ("dotprod", "i8mm") if getattr(p, f)])
-        body = body_matrices(pocketpal_tensors(POCKETPAL_FILE_TYPES[r["model"]]))
+        feats = repack.features_of(p.cpu_features)
+        body = list(repack.matrices(pocketpal_tensors(POCKETPAL_FILE_TYPES[r["model"]]), head=False))
         out.append(PromptRow(r["phone"], r["model"], float(r["prompt_tok_s"]), str(r["threads"]),
                              sum(p.core_clocks(threads)), PromptSpeedModel.weights_by_kernel(body, feats),
                              r["source"]))

@@ -47,7 +47,7 @@ from typing import Literal
 from edge.apps import anythingllm_rule, pocketpal_rule, storage_verdicts
 from edge.errors import EdgeError
 from edge.modelinfo import ModelInfo, model_info, read_models
-from edge.phonespeed import ESTIMATED_BANDWIDTH, PROMPT_SPEED, body_matrices, phone_speed
+from edge.phonespeed import ESTIMATED_BANDWIDTH, PROMPT_SPEED, phone_speed
 from edge.profiles import (DEFAULT_DEVICES, Profile, by_tier, get_profile, load_profiles, match_profile,
                            usable_bytes_for)
 from edge.texttable import text_table
@@ -282,7 +282,7 @@ def verdict(path, device, *, ctx: int = 4096, ubatch: int = 512, kv_type: str = 
         ram = device.ram_bytes
         usable = usable_bytes_for(ram)
         runtime = PHONE_APP_RUNTIME_BYTES
-        features = ["asimddp"] * device.dotprod + ["i8mm"] * device.i8mm
+        features = device.cpu_features
     elif isinstance(device, DeviceState):
         kind = device.source
         dev_name = device.model or device.serial or kind
@@ -322,7 +322,7 @@ def verdict(path, device, *, ctx: int = 4096, ubatch: int = 512, kv_type: str = 
         # calibrated on dotprod/i8mm phones only: an older core's plain kernels are slower still
         feats = repack.features_of(features)
         if feats & {"dotprod", "i8mm"}:
-            kernels = PROMPT_SPEED.weights_by_kernel(body_matrices(info.tensors), feats)
+            kernels = PROMPT_SPEED.weights_by_kernel(repack.matrices(info.tensors, head=False), feats)
             prompt = PROMPT_SPEED.tok_s(kernels, sum(prof.core_clocks()))
         warnings += sp.warnings
     else:

@@ -129,13 +129,6 @@ class PromptSpeedModel:
         return self.rate * ghz / self.cost_weights(by_kernel)
 
 
-def body_matrices(tensors):
-    """The weight matrices a prompt token multiplies: every 2-D `.weight` but the token embedding
-    and the output head (prompt processing computes the head for the last token only)."""
-    return [t for t in tensors if len(t[2]) == 2 and str(t[0]).endswith(".weight")
-            and t[0] not in ("token_embd.weight", "output.weight")]
-
-
 # Fitted by bench/phones.py --prompt on PocketPal's 24 prompt speeds (Gemma 3 1B in 8 quantizations on
 # 3 phones, 6 threads, a 256-token prompt, llama.cpp's logged repacked buffers matched to 0.01 MiB);
 # tests/test_budget.py checks that a re-fit gives these numbers. Error on rows the fit did not see: median

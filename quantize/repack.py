@@ -86,14 +86,18 @@ def kernel(qtype: str, n_rows: int, features=PHONE_FEATURES) -> str | None:
     return None
 
 
-def _matrices(tensors):
+def matrices(tensors, head: bool = True):
     """(name, type, shape, n_bytes or None) of the weight matrices llama.cpp multiplies: every 2-D
-    `.weight`, and `token_embd.weight` only when it is the output head too (no `output.weight`)."""
+    `.weight`, and `token_embd.weight` only when it is the output head too (no `output.weight`).
+    `head` False: the body alone, without the output head (a prompt multiplies it at its last token
+    only)."""
     tensors = [tuple(t) for t in tensors]
     tied = not any(t[0] == "output.weight" for t in tensors)
     for t in tensors:
         name, qtype, shape = t[0], str(t[1]), tuple(int(d) for d in t[2])
         if len(shape) != 2 or not name.endswith(".weight") or (name == "token_embd.weight" and not tied):
+            continue
+        if not head and name in ("output.weight", "token_embd.weight"):
             continue
         yield name, qtype, shape, (int(t[3]) if len(t) > 3 else None)
 
@@ -102,7 +106,7 @@ def repacked(tensors, features=PHONE_FEATURES) -> dict[str, str]:
     """{tensor name: kernel} for the matrices of [(name, type name, shape ne0-first[, n_bytes])]
     that llama.cpp repacks at load on a CPU with `features`; a tied head counts once, as the head."""
     out = {}
-    for name, qtype, shape, _ in _matrices(tensors):
+    for name, qtype, shape, _ in matrices(tensors):
         k = kernel(qtype, shape[1], features)
         if k:
             out[name] = k
@@ -113,7 +117,7 @@ def repacked_bytes(tensors, features=PHONE_FEATURES) -> int:
     """Bytes of the CPU_REPACK buffer: the n_bytes of every matrix of [(name, type, shape, n_bytes)]
     that llama.cpp repacks (llama.cpp logs it as `CPU_REPACK model buffer size`)."""
     total = 0
-    for name, qtype, shape, n_bytes in _matrices(tensors):
+    for name, qtype, shape, n_bytes in matrices(tensors):
         if kernel(qtype, shape[1], features):
             if n_bytes is None:
                 raise ValueError(f"{name}: repacked_bytes needs (name, type, shape, n_bytes)")
@@ -126,14 +130,14 @@ def summary(tensors, features=PHONE_FEATURES) -> dict:
     rep = repacked(tensors, features)
     total = rep_elems = 0
     kinds: dict[str, int] = {}
-    for name, _, shape, _ in _matrices(tensors):
+    for name, _, shape, _ in matrices(tensors):
         n = shape[0] * shape[1]
         total += n
         if name in rep:
             rep_elems += n
             kinds[rep[name]] = kinds.get(rep[name], 0) + 1
     head = rep.get("output.weight") or rep.get("token_embd.weight")
-    return {"features": sorted(features_of(features)), "n_tensors": len(rep), "n_matrices": sum(1 for _ in _matrices(tensors)),
+    return {"features": sorted(features_of(features)), "n_tensors": len(rep), "n_matrices": sum(1 for _ in matrices(tensors)),
             "weight_share": rep_elems / total if total else 0.0, "head": head, "kernels": kinds}
 
 

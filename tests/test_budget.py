@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from edge import apps, budget, phonespeed, profiles as edge_profiles
+from quantize import repack
 from edge.budget import EdgeError, estimate, matrix, recommend, verdict
 from edge.modelinfo import model_info
 from edge.profiles import get_profile, load_profiles
@@ -498,10 +499,14 @@ def test_prompt_speed_follows_the_repack_rule():
     assert "repacked" not in ps.weights_by_kernel(as_type("Q4_0", rows_extra=2), arm)   # rows % 4 != 0
     assert ps.tok_s(ps.weights_by_kernel(as_type("Q4_0"), arm), 8.0) == pytest.approx(q40 / 2)
     # the head is computed for the last prompt token only: not in the body
-    assert phonespeed.body_matrices([("token_embd.weight", "Q8_0", (1152, 262144), 0), *as_type("Q4_0")]) == as_type("Q4_0")
+    body = repack.matrices([("token_embd.weight", "Q8_0", (1152, 262144), 0), *as_type("Q4_0")], head=False)
+    assert [m[:3] for m in body] == as_type("Q4_0")
     assert get_profile("galaxy_s23").core_clocks(6) == [3.36, 2.8, 2.8, 2.8, 2.8, 2.0]
     assert get_profile("galaxy_s23").core_clocks() == [3.36, 2.8, 2.8, 2.8, 2.8]           # the big cores
     assert sum(get_profile("redmi_note_12").core_clocks()) > 0
+    # a profile's features spelled as cpuinfo spells them, for the one repack rule
+    assert repack.features_of(get_profile("galaxy_s23").cpu_features) == {"dotprod", "i8mm"}
+    assert get_profile("galaxy_a12").cpu_features == ()
 
 
 def test_the_verdict_predicts_prompt_speed_from_what_the_phone_repacks(info):
@@ -510,7 +515,7 @@ def test_the_verdict_predicts_prompt_speed_from_what_the_phone_repacks(info):
     repacked on a dotprod phone and none on a Cortex-A53 phone without dotprod, where no calibration
     row says how slow its plain kernels are: no prompt speed there."""
     ps = phonespeed.PROMPT_SPEED
-    body = phonespeed.body_matrices(info.tensors)
+    body = list(repack.matrices(info.tensors, head=False))
     prof = get_profile("pixel_7")
     v = verdict(info, "pixel_7", ctx=1024)
     assert v.prompt_tok_s == pytest.approx(ps.tok_s(ps.weights_by_kernel(body, frozenset({"dotprod"})),

@@ -105,6 +105,12 @@ class Profile:
         return [-g for _, g in cores[: self.big_cores if threads is None else threads]]
 
     @property
+    def cpu_features(self) -> tuple[str, ...]:
+        """The /proc/cpuinfo flags of its CPU that llama.cpp's repacking looks at (quantize/repack.py),
+        as a phone read over adb reports them (`DeviceState.cpu_features`)."""
+        return ("asimddp",) * self.dotprod + ("i8mm",) * self.i8mm
+
+    @property
     def ram_bytes(self) -> int:
         """Physical RAM: phone RAM is sold in binary gigabytes (an '8 GB' phone has 8 GiB)."""
         return int(self.ram_gb * GIB)
