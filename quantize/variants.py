@@ -181,8 +181,9 @@ def quantize_cmd(*, gguf: str, recipe: list[str], out: str, imatrix: str = "", c
 
     Recipes (any case): Q8_0 Q6_K Q5_K_M Q4_K_M Q4_K_S Q3_K_M Q2_K Q4_0 IQ4_NL IQ4_XS IQ3_M IQ2_M
     (llama.cpp's own mixtures) and ours, named XL<body bpw>-<head type> (per-tensor tables in
-    quantize/recipes.py); 'all', 'standard', 'dynamic' name groups. Writes
-    OUT/<name>-<RECIPE>.gguf, report.json, report.md, pareto.png.
+    quantize/recipes.py); 'all', 'standard', 'dynamic' name groups. Refused without an importance
+    matrix (give --calib or --imatrix): IQ2_M, XL6.2-Q8_0. Writes OUT/<name>-<RECIPE>.gguf,
+    report.json, report.md, pareto.png.
 
     Args:
         gguf: the reference GGUF (F32/BF16/F16, from `edge export`).

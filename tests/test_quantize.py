@@ -401,6 +401,18 @@ def test_chat_text_is_scored_on_the_replies_with_their_special_tokens(tmp_path):
     assert len(first.rows) == 3 and len(first.tokens) == first.rows[-1] + 2
 
 
+def test_quantize_help_names_every_standard_type_and_the_recipes_refused_without_an_imatrix():
+    import re
+
+    from quantize.variants import quantize_cmd
+
+    doc = " ".join(quantize_cmd.__doc__.split())
+    standard = re.search(r"Recipes \(any case\): (.*?) \(llama.cpp's own mixtures\)", doc).group(1).split()
+    refused = re.search(r"Refused without an importance matrix \(.*?\): (.*?)\. ", doc).group(1).split(", ")
+    assert standard == R.STANDARD_NAMES
+    assert set(refused) == {r.name for r in R.RECIPES.values() if r.needs_imatrix}
+
+
 def test_recipes_made_for_an_imatrix_say_so_without_one():
     from quantize.variants import imatrix_note
 
