@@ -118,8 +118,8 @@ def _std(name: str, ftype: F, summary: str, expect: list[tuple], needs_imatrix: 
 
 def _dyn(name: str, ftype: F, summary: str, rows: list[tuple], wants_imatrix: bool = False,
          aliases: tuple[str, ...] = (), needs_imatrix: str = "") -> Recipe:
-    return Recipe(name, ftype, summary, tuple(Row(*r) for r in rows), (), "dynamic", wants_imatrix or bool(needs_imatrix),
-                  needs_imatrix, aliases=aliases)
+    return Recipe(name, ftype, summary, tuple(Row(*r) for r in rows), (), "dynamic", wants_imatrix, needs_imatrix,
+                  aliases=aliases)
 
 
 EMB = r"^token_embd\.weight$"

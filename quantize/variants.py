@@ -33,7 +33,7 @@ QUANTIZED_SOURCE_NOTE = ("the source GGUF is already quantized: requantizing com
 
 def imatrix_note(recipe_objs: list[R.Recipe]) -> str:
     """What to say when recipes that want an importance matrix are quantized without one."""
-    names = [r.name for r in recipe_objs if r.wants_imatrix and not r.needs_imatrix]
+    names = [r.name for r in recipe_objs if r.wants_imatrix]
     if not names:
         return ""
     return (f"{', '.join(names)} {'is' if len(names) == 1 else 'are'} made for an importance matrix (on a "
