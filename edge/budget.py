@@ -282,7 +282,6 @@ def verdict(path, device, *, ctx: int = 4096, ubatch: int = 512, kv_type: str = 
         ram = device.ram_bytes
         usable = usable_bytes_for(ram)
         runtime = PHONE_APP_RUNTIME_BYTES
-        features = device.cpu_features
     elif isinstance(device, DeviceState):
         kind = device.source
         dev_name = device.model or device.serial or kind
@@ -291,12 +290,12 @@ def verdict(path, device, *, ctx: int = 4096, ubatch: int = 512, kv_type: str = 
         if not ram or not usable:
             raise EdgeError(f"device {dev_name} did not report its memory; check `adb shell cat /proc/meminfo`")
         runtime = None if kind == "host" else PHONE_APP_RUNTIME_BYTES
-        features = device.cpu_features
         if kind != "host":
             prof = match_profile(device, profiles)
         warnings += device.warnings()
     else:
         raise TypeError(f"device must be a Profile, DeviceState or profile name, not {type(device).__name__}")
+    features = device.cpu_features     # a profile's and a phone's (adb) alike: cpuinfo's spelling
     e = estimate(info, ctx=ctx, ubatch=ubatch, kv_type=kv_type, swa_full=swa_full, runtime_bytes=runtime,
                  cpu_features=features)
     peak = _peak(e, info)
